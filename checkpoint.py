@@ -1,0 +1,115 @@
+"""Checkpoint files: atomic writes, safe loads, and state_dict clean-up.
+
+Checkpoints hold only tensors and plain Python types, so they load with
+``torch.load(weights_only=True)``: a file that needs arbitrary unpickling is refused
+instead of being allowed to run code.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from errors import UserError
+
+# Wrappers that prefix state_dict keys: DataParallel/DDP ("module.") and torch.compile ("_orig_mod.").
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+def save_checkpoint(path: str | os.PathLike, payload: Mapping) -> Path:
+    """Write ``payload`` to ``path`` atomically: a temporary file in the same folder, fsync, rename.
+
+    An interruption at any moment leaves either the old file or the new one, never a torn file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(dict(payload), f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_name, path)
+        _fsync_dir(path.parent)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _fsync_dir(folder: Path) -> None:
+    # Makes the rename itself durable; not every platform allows opening a directory.
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """Load a checkpoint or pretrained file safely, on the CPU.
+
+    Returns a dict that always has a ``state_dict`` entry: a file that is itself a bare
+    state_dict is wrapped. Raises :class:`UserError` with a one-line reason for a missing,
+    truncated, corrupt or unsafe file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint not found: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else "unsupported content"
+        raise UserError(
+            f"refusing to load {path}: it needs arbitrary unpickling, which could run code "
+            f"({first_line}). Only checkpoints of tensors and plain Python types are accepted."
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"cannot read checkpoint {path}: the file is corrupt or truncated ({reason})") from None
+    if not isinstance(obj, Mapping):
+        raise UserError(f"cannot use checkpoint {path}: expected a dict, found {type(obj).__name__}")
+    obj = dict(obj)
+    if "state_dict" not in obj:
+        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            return {"state_dict": obj}
+        raise UserError(f"cannot use checkpoint {path}: it has no 'state_dict' entry (keys: {sorted(obj)[:8]})")
+    if not isinstance(obj["state_dict"], Mapping):
+        raise UserError(f"cannot use checkpoint {path}: its 'state_dict' is not a mapping")
+    return obj
+
+
+def strip_wrapper_prefixes(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Remove leading ``module.`` / ``_orig_mod.`` prefixes (in any combination) from every key."""
+    cleaned = {}
+    for key, value in state_dict.items():
+        stripped = True
+        while stripped:
+            stripped = False
+            for prefix in WRAPPER_PREFIXES:
+                if key.startswith(prefix):
+                    key = key[len(prefix):]
+                    stripped = True
+        cleaned[key] = value
+    return cleaned
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The bare model inside DDP/DataParallel and torch.compile wrappers."""
+    while True:
+        if isinstance(model, nn.parallel.DistributedDataParallel | nn.DataParallel):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
