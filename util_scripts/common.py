@@ -1,0 +1,332 @@
+"""Shared pieces of the data preparation scripts.
+
+- where the videos of each dataset layout live (:func:`find_videos`),
+- decoding and resizing with PyAV in the same way as the ``ffmpeg`` command line of the
+  original scripts (:func:`iter_frames`, :func:`scaled_size`),
+- JPEG encoding, atomic output folders and files,
+- a process pool with a progress bar that reports failed videos instead of stopping
+  (:func:`run_over_videos`),
+- the entry-point wrapper that turns :class:`errors.UserError` into one line and exit code 2.
+
+Everything runs in-process: no ``ffmpeg``/``ffprobe`` executable is needed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import multiprocessing
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from errors import UserError
+
+logger = logging.getLogger(__name__)
+
+# File extension of the raw videos per dataset (the original scripts' filter).
+VIDEO_EXTENSIONS = {
+    "kinetics": ".mp4",
+    "mit": ".mp4",
+    "activitynet": ".mp4",
+    "ucf101": ".avi",
+    "hmdb51": ".avi",
+}
+DATASETS = tuple(VIDEO_EXTENSIONS)
+# Hidden prefix of half-written outputs; never mistaken for a finished video.
+PARTIAL_MARK = ".partial-"
+
+
+@dataclass(frozen=True)
+class VideoItem:
+    """One video to convert.
+
+    Attributes:
+        src: the video file.
+        rel: output location relative to the destination root, without extension:
+            ``<class>/<stem>`` (or ``<stem>`` for ActivityNet).
+    """
+
+    src: Path
+    rel: Path
+
+
+@dataclass(frozen=True)
+class ItemResult:
+    """What happened to one video: status is 'done', 'skipped' or 'failed'."""
+
+    item: VideoItem
+    status: str
+    n_frames: int = 0
+    message: str = ""
+
+
+def find_videos(src_dir: Path, dataset: str) -> list[VideoItem]:
+    """All videos of ``src_dir`` in the layout of ``dataset``, sorted.
+
+    ActivityNet keeps every video directly in ``src_dir`` (output ``<stem>``); the other
+    datasets have one sub-folder per class, ``test`` included (output ``<class>/<stem>``).
+    Hidden files and files with another extension are ignored.
+    """
+    if dataset not in VIDEO_EXTENSIONS:
+        raise UserError(f"unknown dataset '{dataset}'; choose one of {', '.join(DATASETS)}")
+    src_dir = Path(src_dir)
+    if not src_dir.is_dir():
+        raise UserError(f"video folder not found: {src_dir}")
+    ext = VIDEO_EXTENSIONS[dataset]
+    if dataset == "activitynet":
+        items = [VideoItem(p, Path(p.stem)) for p in _video_files(src_dir, ext)]
+        layout = f"{src_dir}/<video>{ext}"
+    else:
+        class_dirs = sorted(d for d in src_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
+        items = [VideoItem(p, Path(d.name, p.stem)) for d in class_dirs for p in _video_files(d, ext)]
+        layout = f"{src_dir}/<class>/<video>{ext}"
+    if not items:
+        raise UserError(f"no {ext} videos found for dataset '{dataset}' (expected layout: {layout})")
+    return items
+
+
+def _video_files(folder: Path, ext: str) -> list[Path]:
+    return sorted(
+        p for p in folder.iterdir() if p.is_file() and p.suffix.lower() == ext and not p.name.startswith(".")
+    )
+
+
+def scaled_size(width: int, height: int, size: int) -> tuple[int, int]:
+    """Output (width, height) whose SHORTER side is ``size``, aspect ratio kept.
+
+    Same rule as the original's ``scale=-1:size`` (landscape) / ``scale=size:-1`` (portrait or
+    square) filters: ffmpeg computes the free side with ``av_rescale``, i.e. rounding to the
+    nearest integer with halves rounded up.
+    """
+    if width > height:
+        return _round_half_up(size * width, height), size
+    return size, _round_half_up(size * height, width)
+
+
+def _round_half_up(numerator: int, denominator: int) -> int:
+    return (2 * numerator + denominator) // (2 * denominator)
+
+
+def iter_frames(path: Path, *, size: int, fps: float = -1, threads: int = 1) -> Iterator:
+    """Decode ``path`` and yield PIL RGB images, resized so the short side is ``size``.
+
+    ``size <= 0`` keeps the original resolution. ``fps > 0`` resamples the frame rate with
+    libavfilter's ``fps`` filter (the same frame selection as ``ffmpeg -vf fps=N``); otherwise
+    every decoded frame is kept. Packets that fail to decode are skipped, as the ffmpeg
+    command line does; a file that cannot be opened or has no video stream raises
+    ``av.error.FFmpegError`` / ``ValueError``.
+    """
+    import av  # imported here so the JSON scripts do not need PyAV
+
+    with av.open(str(path)) as container:
+        if not container.streams.video:
+            raise ValueError("no video stream")
+        stream = container.streams.video[0]
+        if threads != 1:  # with one process per core, extra decoder threads only add contention
+            stream.thread_type = "AUTO"
+            stream.codec_context.thread_count = max(0, threads)
+        graph = None
+        for packet in container.demux(stream):
+            try:
+                frames = packet.decode()
+            except av.error.InvalidDataError as e:
+                logger.warning("%s: skipping an undecodable packet (%s)", path, e)
+                continue
+            for frame in frames:
+                if graph is None:
+                    graph = _build_graph(stream, frame, size=size, fps=fps)
+                graph.push(frame)
+                yield from _drain(graph)
+        if graph is not None:
+            graph.push(None)
+            yield from _drain(graph)
+
+
+def _build_graph(stream, first_frame, *, size: int, fps: float):
+    import av.filter
+
+    graph = av.filter.Graph()
+    chain = [graph.add_buffer(template=stream)]
+    if fps > 0:
+        chain.append(graph.add("fps", f"{fps}"))
+    if size > 0:
+        width, height = scaled_size(first_frame.width, first_frame.height, size)
+        chain.append(graph.add("scale", f"{width}:{height}"))
+    chain.append(graph.add("buffersink"))
+    for a, b in zip(chain, chain[1:]):
+        a.link_to(b)
+    graph.configure()
+    return graph
+
+
+def _drain(graph) -> Iterator:
+    import av
+
+    while True:
+        try:
+            frame = graph.pull()
+        except (av.error.BlockingIOError, av.error.EOFError):
+            return
+        yield frame.to_image()
+
+
+def encode_jpeg(image, quality: int) -> bytes:
+    """JPEG bytes of a PIL image."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def frame_name(index: int) -> str:
+    """File name of the 1-based frame ``index``: image_00001.jpg, ..."""
+    return f"image_{index:05d}.jpg"
+
+
+def remove_partials(final: Path) -> None:
+    """Delete half-written outputs of ``final`` left by an interrupted run."""
+    for stale in final.parent.glob(f".{final.name}{PARTIAL_MARK}*"):
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_dir(final: Path) -> Iterator[Path]:
+    """Yield a hidden temporary folder next to ``final`` that becomes ``final`` on success.
+
+    On error the temporary folder is removed, so ``final`` either does not exist or is complete.
+    An existing ``final`` is replaced.
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}{PARTIAL_MARK}", dir=final.parent))
+    try:
+        yield tmp
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_file(final: Path) -> Iterator[Path]:
+    """Yield a hidden temporary file path next to ``final`` that is renamed to ``final`` on success."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{final.name}{PARTIAL_MARK}", dir=final.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def resolve_n_jobs(n_jobs: int) -> int:
+    """-1 (or any value < 1) means one process per CPU core."""
+    return n_jobs if n_jobs >= 1 else (os.cpu_count() or 1)
+
+
+def run_over_videos(
+    worker: Callable[[VideoItem], ItemResult], items: Sequence[VideoItem], *, n_jobs: int, desc: str
+) -> list[ItemResult]:
+    """Run ``worker`` on every item, in ``n_jobs`` processes, with a progress bar.
+
+    ``worker`` must be picklable (a module-level function or a ``functools.partial`` of one)
+    and should return a 'failed' result rather than raise; an exception that escapes it is
+    still caught and reported for that video only.
+    """
+    from tqdm import tqdm
+
+    n_jobs = min(resolve_n_jobs(n_jobs), max(1, len(items)))
+    safe = _Guarded(worker)
+    results = []
+    with tqdm(total=len(items), desc=desc, unit="video", mininterval=0.5) as bar:
+        if n_jobs == 1:
+            mapped = map(safe, items)
+            pool = None
+        else:
+            pool = multiprocessing.get_context().Pool(n_jobs)
+            mapped = pool.imap_unordered(safe, items, chunksize=1)
+        try:
+            for result in mapped:
+                results.append(result)
+                bar.update()
+                if result.status == "failed":
+                    bar.write(f"failed: {result.item.src}: {result.message}", file=sys.stderr)
+        finally:
+            if pool is not None:
+                pool.terminate()
+                pool.join()
+    return sorted(results, key=lambda r: str(r.item.rel))
+
+
+class _Guarded:
+    """Picklable wrapper that turns an escaping exception into a 'failed' result."""
+
+    def __init__(self, worker: Callable[[VideoItem], ItemResult]):
+        self.worker = worker
+
+    def __call__(self, item: VideoItem) -> ItemResult:
+        try:
+            return self.worker(item)
+        except Exception as e:  # one bad video must not stop the others
+            return ItemResult(item, "failed", message=f"{type(e).__name__}: {e}")
+
+
+def summarize(results: Sequence[ItemResult], *, what: str) -> int:
+    """Print a summary of the run; return the exit code (1 if any video failed, else 0)."""
+    counts = {status: sum(r.status == status for r in results) for status in ("done", "skipped", "failed")}
+    print(
+        f"{what}: {counts['done']} converted, {counts['skipped']} already complete (skipped), "
+        f"{counts['failed']} failed, of {len(results)} videos"
+    )
+    failed = [r for r in results if r.status == "failed"]
+    if failed:
+        print(f"{len(failed)} videos could not be converted (rerun to retry only these):", file=sys.stderr)
+        for r in failed:
+            print(f"  {r.item.src}: {r.message}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> None:
+    """Call ``main(argv)``, print a UserError as ``error: ...`` and exit 2, else exit with its code."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    try:
+        code = main(argv)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(code or 0)
+
+
+def build_conversion_parser(description: str):
+    """Argument parser shared by generate_video_jpgs and generate_video_hdf5 (original CLI + extras)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("dir_path", type=Path, help="folder of the raw videos")
+    parser.add_argument("dst_path", type=Path, help="output folder (created if missing)")
+    parser.add_argument("dataset", choices=DATASETS, help="folder layout and video extension")
+    parser.add_argument("--n_jobs", type=int, default=-1, help="parallel processes over videos (-1: all CPU cores)")
+    parser.add_argument("--fps", type=float, default=-1, help="output frame rate (-1: keep every frame)")
+    parser.add_argument("--size", type=int, default=240, help="length of the SHORTER side in pixels (-1: keep)")
+    parser.add_argument("--quality", type=int, default=75, help="JPEG quality, 1-95 (ffmpeg's default output is lower)")
+    return parser
+
+
+def check_conversion_args(args) -> None:
+    if not 1 <= args.quality <= 95:
+        raise UserError(f"--quality must be in 1..95, got {args.quality}")
+    if args.size == 0 or args.size < -1:
+        raise UserError(f"--size must be a positive number of pixels or -1, got {args.size}")

@@ -1,0 +1,78 @@
+"""Store every video as one HDF5 file ``DST/<class>/<video>.hdf5`` of JPEG-encoded frames.
+
+Usage: ``python -m util_scripts.generate_video_hdf5 SRC DST DATASET [--size 240] [--fps -1] [--n_jobs -1]``
+
+The file holds one dataset, ``video``: a 1-D array of variable-length uint8 arrays, element i
+being the complete JPEG file of frame i+1 (the layout the original loader reads). Frames are
+encoded in memory in a single pass and the file is written under a hidden temporary name,
+then renamed, so an existing ``.hdf5`` is always complete and is skipped on a rerun. Exit code:
+0 when every video was converted or skipped, 1 if some could not be decoded (listed at the end),
+2 for bad arguments.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from pathlib import Path
+
+from util_scripts.common import (
+    ItemResult,
+    VideoItem,
+    atomic_file,
+    build_conversion_parser,
+    check_conversion_args,
+    encode_jpeg,
+    find_videos,
+    iter_frames,
+    remove_partials,
+    run_cli,
+    run_over_videos,
+    summarize,
+)
+
+
+def write_jpeg_hdf5(path: Path, jpegs: Sequence[bytes]) -> None:
+    """Write ``jpegs`` as the vlen-uint8 dataset ``video`` of a new HDF5 file at ``path``."""
+    import h5py
+    import numpy as np
+
+    data = np.empty(len(jpegs), dtype=object)
+    for i, jpeg in enumerate(jpegs):
+        data[i] = np.frombuffer(jpeg, dtype=np.uint8)
+    with h5py.File(path, "w") as f:
+        f.create_dataset("video", data=data, dtype=h5py.vlen_dtype(np.dtype("uint8")))
+
+
+def convert_video(item: VideoItem, *, dst_root: Path, size: int, fps: float, quality: int, threads: int) -> ItemResult:
+    """Write the HDF5 file of one video; skip it if the file already exists."""
+    final = dst_root / item.rel.parent / f"{item.rel.name}.hdf5"
+    if final.is_file():
+        return ItemResult(item, "skipped")
+    jpegs = [encode_jpeg(image, quality) for image in iter_frames(item.src, size=size, fps=fps, threads=threads)]
+    if not jpegs:
+        raise ValueError("no frame could be decoded")
+    remove_partials(final)
+    with atomic_file(final) as tmp:
+        write_jpeg_hdf5(tmp, jpegs)
+    return ItemResult(item, "done", n_frames=len(jpegs))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_conversion_parser(__doc__.splitlines()[0]).parse_args(argv)
+    check_conversion_args(args)
+    items = find_videos(args.dir_path, args.dataset)
+    worker = functools.partial(
+        convert_video,
+        dst_root=args.dst_path,
+        size=args.size,
+        fps=args.fps,
+        quality=args.quality,
+        threads=0 if args.n_jobs == 1 else 1,
+    )
+    results = run_over_videos(worker, items, n_jobs=args.n_jobs, desc="hdf5")
+    return summarize(results, what=f"hdf5 files written to {args.dst_path}")
+
+
+if __name__ == "__main__":
+    run_cli(main)

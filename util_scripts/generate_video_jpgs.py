@@ -1,0 +1,71 @@
+"""Extract the frames of every video into ``DST/<class>/<video>/image_00001.jpg, ...``.
+
+Usage: ``python -m util_scripts.generate_video_jpgs SRC DST DATASET [--size 240] [--fps -1] [--n_jobs -1]``
+
+A video whose output folder already holds frames is skipped, and folders are written under a
+hidden temporary name and renamed when complete, so rerunning after an interruption converts
+only what is missing. Videos that cannot be decoded are listed at the end; the exit code is
+then 1 (0 when every video was converted or already complete, 2 for bad arguments).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from pathlib import Path
+
+from util_scripts.common import (
+    ItemResult,
+    VideoItem,
+    atomic_dir,
+    build_conversion_parser,
+    check_conversion_args,
+    encode_jpeg,
+    find_videos,
+    frame_name,
+    iter_frames,
+    remove_partials,
+    run_cli,
+    run_over_videos,
+    summarize,
+)
+
+
+def is_complete(folder: Path) -> bool:
+    """A frame folder is complete once it exists with frames: it only appears by an atomic rename."""
+    return (folder / frame_name(1)).is_file()
+
+
+def convert_video(item: VideoItem, *, dst_root: Path, size: int, fps: float, quality: int, threads: int) -> ItemResult:
+    """Write the frames of one video; skip it if its folder is already complete."""
+    final = dst_root / item.rel
+    if is_complete(final):
+        return ItemResult(item, "skipped")
+    remove_partials(final)
+    n_frames = 0
+    with atomic_dir(final) as tmp:
+        for n_frames, image in enumerate(iter_frames(item.src, size=size, fps=fps, threads=threads), start=1):
+            (tmp / frame_name(n_frames)).write_bytes(encode_jpeg(image, quality))
+        if n_frames == 0:
+            raise ValueError("no frame could be decoded")
+    return ItemResult(item, "done", n_frames=n_frames)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_conversion_parser(__doc__.splitlines()[0]).parse_args(argv)
+    check_conversion_args(args)
+    items = find_videos(args.dir_path, args.dataset)
+    worker = functools.partial(
+        convert_video,
+        dst_root=args.dst_path,
+        size=args.size,
+        fps=args.fps,
+        quality=args.quality,
+        threads=0 if args.n_jobs == 1 else 1,
+    )
+    results = run_over_videos(worker, items, n_jobs=args.n_jobs, desc="jpg")
+    return summarize(results, what=f"frames written to {args.dst_path}")
+
+
+if __name__ == "__main__":
+    run_cli(main)
