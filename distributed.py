@@ -1,0 +1,147 @@
+"""Process-group set-up and the few collective helpers the loops need.
+
+Two launch styles give the same result:
+
+- ``torchrun`` (or any launcher setting RANK / LOCAL_RANK / WORLD_SIZE and MASTER_ADDR / MASTER_PORT):
+  one process per GPU, rendezvous through ``env://``, any number of nodes;
+- the original's ``--distributed --dist_url URL --world_size N_NODES``: this process spawns one worker
+  per local GPU (one on a CPU-only machine). The node rank comes from NODE_RANK (or OpenMPI's
+  OMPI_COMM_WORLD_RANK when run under mpirun), 0 when neither is set, so OpenMPI is not required.
+
+The single-process path is the same code with world size 1 and no process group.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+_ENV_KEYS = ("RANK", "LOCAL_RANK", "WORLD_SIZE")
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process sits in the job.
+
+    Attributes:
+        rank: global rank (0 .. world_size - 1).
+        local_rank: rank on this node; selects the GPU.
+        world_size: number of processes in the job.
+        device: the device this process computes on.
+        is_main: True on rank 0, which alone writes logs, checkpoints and results.
+    """
+
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    is_main: bool = True
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def _use_cuda(opt: argparse.Namespace) -> bool:
+    return not opt.no_cuda and torch.cuda.is_available()
+
+
+def launched_by_torchrun() -> bool:
+    return all(key in os.environ for key in _ENV_KEYS)
+
+
+def init_distributed(opt: argparse.Namespace, *, init_method: str = "env://") -> DistInfo:
+    """Build this process's :class:`DistInfo` from RANK / LOCAL_RANK / WORLD_SIZE and join the group.
+
+    Without those variables it is a single process (no process group). gloo serves the CPU, nccl CUDA.
+    """
+    rank = int(os.environ.get("RANK", 0))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    if _use_cuda(opt):
+        device = torch.device("cuda", local_rank % torch.cuda.device_count())
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if world_size > 1 and not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend, init_method=init_method, rank=rank, world_size=world_size)
+    return DistInfo(rank=rank, local_rank=local_rank, world_size=world_size, device=device, is_main=rank == 0)
+
+
+def launch(worker: Callable[[argparse.Namespace, DistInfo], int], opt: argparse.Namespace) -> int:
+    """Run ``worker(opt, dist_info)`` in this process, or in one spawned process per local GPU.
+
+    Returns the worker's exit status (for spawned workers: 0, or 1 when any of them failed).
+    """
+    if launched_by_torchrun() or not opt.distributed:
+        info = init_distributed(opt)
+        try:
+            return worker(opt, info)
+        finally:
+            shutdown()
+    n_local = torch.cuda.device_count() if _use_cuda(opt) else 1
+    n_nodes = max(opt.world_size, 1)
+    node_rank = int(os.environ.get("NODE_RANK", os.environ.get("OMPI_COMM_WORLD_RANK", 0)))
+    log.info("spawning %d worker(s) on node %d of %d (%s)", n_local, node_rank, n_nodes, opt.dist_url)
+    try:
+        torch.multiprocessing.spawn(_spawned, args=(worker, opt, n_local, n_nodes, node_rank), nprocs=n_local)
+    except torch.multiprocessing.ProcessExitedException as e:
+        log.error("worker %d exited with status %s", e.error_index, e.exit_code)
+        return 1
+    return 0
+
+
+def _spawned(local_rank: int, worker: Callable, opt: argparse.Namespace, n_local: int, n_nodes: int,
+             node_rank: int) -> None:
+    os.environ.update(RANK=str(node_rank * n_local + local_rank), LOCAL_RANK=str(local_rank),
+                      WORLD_SIZE=str(n_local * n_nodes))
+    info = init_distributed(opt, init_method=opt.dist_url)
+    try:
+        status = worker(opt, info)
+    finally:
+        shutdown()
+    if status:
+        raise SystemExit(status)
+
+
+def shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum ``tensor`` over all ranks in place (a no-op in a single process); returns it."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def barrier() -> None:
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
+def gather_objects(obj: object) -> list:
+    """Every rank's ``obj``, in rank order (a one-element list in a single process)."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def parameters_in_sync(model: nn.Module) -> bool:
+    """True when every rank holds the same parameters (compares per-tensor checksums across ranks)."""
+    with torch.no_grad():
+        sums = torch.stack([p.detach().double().sum() for p in model.parameters()]).cpu()
+    return all(torch.equal(sums, other) for other in gather_objects(sums))

@@ -1,0 +1,108 @@
+"""Sliding-window inference: clip softmax scores -> per-video (or per-clip) top-k JSON, as the original.
+
+Output schema (``{subset}.json``):
+    averaged: {"results": {video_id: [{"label": name, "score": float}, ...]}}
+    --inference_no_average: {"results": {video_id: [{"segment": [begin, end], "result": [...]}, ...]}}
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from training import autocast
+
+log = logging.getLogger(__name__)
+
+
+class VideoScoreAggregator:
+    """Collects clip scores per video and turns them into video scores.
+
+    Args:
+        class_names: index -> class name, used for the labels in the results.
+    """
+
+    def __init__(self, class_names: Sequence[str]):
+        self.class_names = list(class_names)
+        # video_id -> list of (segment, clip scores); dict order = order in which videos were first seen.
+        self.clips: dict[str, list[tuple[list[int], torch.Tensor]]] = {}
+
+    def update(self, scores: torch.Tensor, video_ids: Sequence[str], segments: Sequence[Sequence[int]]) -> None:
+        """Add a batch of clip scores (N, n_classes) with each clip's video id and [begin, end] segment."""
+        scores = scores.detach().float().cpu()
+        for row, video_id, segment in zip(scores, video_ids, segments):
+            self.clips.setdefault(video_id, []).append(([int(s) for s in segment], row))
+
+    def merge(self, other: VideoScoreAggregator) -> None:
+        """Add another aggregator's clips (e.g. gathered from another rank); videos keep their first position."""
+        for video_id, clips in other.clips.items():
+            self.clips.setdefault(video_id, []).extend(clips)
+
+    def reorder(self, video_order: Sequence[str]) -> None:
+        """Put videos in ``video_order`` (unknown ones last, in their current order) and clips by segment."""
+        rank = {vid: i for i, vid in enumerate(video_order)}
+        ordered = sorted(self.clips, key=lambda vid: rank.get(vid, len(rank)))
+        self.clips = {vid: sorted(self.clips[vid], key=lambda c: c[0]) for vid in ordered}
+
+    def video_scores(self) -> dict[str, torch.Tensor]:
+        """Mean clip score per video."""
+        return {vid: torch.stack([s for _, s in clips]).mean(dim=0) for vid, clips in self.clips.items()}
+
+    def _top(self, scores: torch.Tensor, k: int) -> list[dict]:
+        values, indices = scores.topk(min(k, scores.numel()))
+        return [{"label": self.class_names[i], "score": v} for v, i in zip(values.tolist(), indices.tolist())]
+
+    def finalize(self, topk: int, *, average: bool = True) -> dict:
+        """The results dict of the original's JSON schema (averaged per video, or one entry per clip)."""
+        if average:
+            results = {vid: self._top(s, topk) for vid, s in self.video_scores().items()}
+        else:
+            results = {vid: [{"segment": seg, "result": self._top(s, topk)} for seg, s in clips]
+                       for vid, clips in self.clips.items()}
+        return {"results": results}
+
+    def accuracy(self, labels: Mapping[str, int], k: int = 1) -> tuple[float, int] | None:
+        """Video-level top-k accuracy over the videos that have a label, and their number (None if none)."""
+        hits, n = 0, 0
+        for vid, scores in self.video_scores().items():
+            label = labels.get(vid)
+            if label is None or label < 0:
+                continue
+            n += 1
+            hits += int(label in scores.topk(min(k, scores.numel())).indices.tolist())
+        return (hits / n, n) if n else None
+
+
+def run_inference(model: nn.Module, loader: Iterable, device: torch.device, *, class_names: Sequence[str],
+                  normalizer: Callable | None = None, precision: str = "fp32",
+                  show_progress: bool = True, log_interval: int = 10) -> VideoScoreAggregator:
+    """Softmax scores of every clip of ``loader``, collected per video."""
+    model.eval()
+    aggregator = VideoScoreAggregator(class_names)
+    n_batches, start = len(loader), time.perf_counter()
+    with torch.inference_mode():
+        for i, (clips, targets) in enumerate(loader, start=1):
+            clips = clips.to(device, non_blocking=True)
+            if normalizer is not None:
+                clips = normalizer(clips)
+            with autocast(device, precision):
+                outputs = model(clips)
+            scores = torch.softmax(outputs.float(), dim=1)
+            aggregator.update(scores, [t[0] for t in targets], [t[1] for t in targets])
+            if show_progress and (i % log_interval == 0 or i == n_batches):
+                log.info("inference [%d/%d] %.1f s", i, n_batches, time.perf_counter() - start)
+    return aggregator
+
+
+def write_results(path: str | Path, results: dict) -> Path:
+    """Write the results JSON (no indentation, like the original)."""
+    path = Path(path)
+    with open(path, "w") as f:
+        json.dump(results, f)
+    return path

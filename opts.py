@@ -1,0 +1,250 @@
+"""Command-line options of main.py: every flag of the original (same spelling, type, default) plus ours.
+
+``parse_opts(argv)`` parses and then resolves once: paths are joined onto ``--root_path``, derived
+fields (``arch``, ``mean``, ``std``, ``n_input_channels``, ``n_finetune_classes``, ...) are added and
+impossible combinations are rejected with ``parser.error``. Nothing is changed after that.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import torch
+
+# Kept in sync with models.MODEL_FAMILIES by tests/test_opts.py; a static tuple keeps `-h` free of model imports.
+MODEL_CHOICES = ("densenet", "preresnet", "resnet", "resnet2p1d", "resnext", "wideresnet")
+DATASET_CHOICES = ("kinetics", "activitynet", "ucf101", "hmdb51", "mit")
+
+# Per-channel (R, G, B) statistics for inputs in [0, 1]; multiplied by --value_scale.
+MEAN_STD = {
+    "activitynet": ((0.4477, 0.4209, 0.3906), (0.2767, 0.2695, 0.2714)),
+    "kinetics": ((0.4345, 0.4051, 0.3775), (0.2768, 0.2713, 0.2737)),
+    "0.5": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+}
+
+# Paths joined onto --root_path when it is given (the original's rule; an absolute path stays absolute).
+_ROOTED_PATHS = ("video_path", "annotation_path", "result_path", "resume_path", "pretrain_path")
+RESUME_AUTO = "auto"
+
+
+def _add_data_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("paths and data")
+    g.add_argument("--root_path", default=None, type=Path,
+                   help="If given, video/annotation/result/resume/pretrain paths are relative to it")
+    g.add_argument("--video_path", default=None, type=Path, help="Directory of frame dirs or .hdf5 files")
+    g.add_argument("--annotation_path", default=None, type=Path, help="Annotation JSON file")
+    g.add_argument("--result_path", default=None, type=Path,
+                   help="Output directory for logs, checkpoints, opts.json (created if missing)")
+    g.add_argument("--dataset", default="kinetics", type=str, choices=DATASET_CHOICES, help="Dataset name")
+    g.add_argument("--n_classes", default=400, type=int, help="Number of classes of the task")
+    g.add_argument("--file_type", default="jpg", type=str, choices=("jpg", "hdf5"), help="Frame storage")
+    g.add_argument("--input_type", default="rgb", type=str, choices=("rgb", "flow"),
+                   help="rgb or flow (flow needs --file_type hdf5)")
+    g.add_argument("--n_threads", default=4, type=int, help="DataLoader workers (total; divided per process)")
+    g.add_argument("--normalize_in_workers", action="store_true",
+                   help="Normalise clips to float in the loader workers instead of on the device")
+    g.add_argument("--accimage", action="store_true", help="Accepted for compatibility; has no effect")
+
+
+def _add_transform_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("clips and augmentation")
+    g.add_argument("--sample_size", default=112, type=int, help="Spatial crop size (height = width)")
+    g.add_argument("--sample_duration", default=16, type=int, help="Frames per clip")
+    g.add_argument("--sample_t_stride", default=1, type=int, help="Temporal stride between sampled frames")
+    g.add_argument("--train_crop", default="random", type=str, choices=("random", "corner", "center"),
+                   help="Spatial crop in training")
+    g.add_argument("--train_crop_min_scale", default=0.25, type=float, help="Min area fraction of random crop")
+    g.add_argument("--train_crop_min_ratio", default=0.75, type=float, help="Min aspect ratio of random crop")
+    g.add_argument("--no_hflip", action="store_true", help="Disable random horizontal flip in training")
+    g.add_argument("--colorjitter", action="store_true", help="Add colour jitter in training")
+    g.add_argument("--train_t_crop", default="random", type=str, choices=("random", "center"),
+                   help="Temporal crop in training")
+    g.add_argument("--mean_dataset", default="kinetics", type=str, choices=tuple(MEAN_STD),
+                   help="Dataset whose mean/std normalise the inputs")
+    g.add_argument("--no_mean_norm", action="store_true", help="Do not subtract the mean")
+    g.add_argument("--no_std_norm", action="store_true", help="Do not divide by the std")
+    g.add_argument("--value_scale", default=1, type=int, help="1: inputs in [0,1]; 255: inputs in [0,255]")
+
+
+def _add_model_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("model")
+    g.add_argument("--model", default="resnet", type=str, choices=MODEL_CHOICES, help="Model family")
+    g.add_argument("--model_depth", default=18, type=int, help="Depth of the model (valid values per family)")
+    g.add_argument("--conv1_t_size", default=7, type=int, help="Temporal kernel size of the stem conv")
+    g.add_argument("--conv1_t_stride", default=1, type=int, help="Temporal stride of the stem conv")
+    g.add_argument("--no_max_pool", action="store_true", help="Remove the max-pool after the stem")
+    g.add_argument("--resnet_shortcut", default="B", type=str, choices=("A", "B"),
+                   help="A: zero-padding identity, B: 1x1x1 conv projection")
+    g.add_argument("--resnet_widen_factor", default=1.0, type=float, help="Width multiplier of resnet/resnet2p1d")
+    g.add_argument("--wide_resnet_k", default=2, type=int, help="Width factor of wideresnet")
+    g.add_argument("--resnext_cardinality", default=32, type=int, help="Groups of resnext")
+    g.add_argument("--n_pretrain_classes", default=0, type=int, help="Classes of the --pretrain_path model")
+    g.add_argument("--pretrain_path", default=None, type=Path, help="Pretrained checkpoint to fine-tune from")
+    g.add_argument("--ft_begin_module", default="", type=str,
+                   help="Train only from this top-level module on (e.g. layer4, fc); '' trains everything")
+
+
+def _add_optim_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("optimisation")
+    g.add_argument("--learning_rate", default=0.1, type=float, help="Initial learning rate")
+    g.add_argument("--momentum", default=0.9, type=float, help="SGD momentum")
+    g.add_argument("--dampening", default=0.0, type=float, help="SGD dampening (0 with --nesterov)")
+    g.add_argument("--weight_decay", default=1e-3, type=float, help="Weight decay")
+    g.add_argument("--nesterov", action="store_true", help="Nesterov momentum")
+    g.add_argument("--optimizer", default="sgd", type=str, choices=("sgd",), help="Optimizer (SGD only)")
+    g.add_argument("--lr_scheduler", default="multistep", type=str, choices=("multistep", "plateau", "cosine"),
+                   help="multistep (x0.1 at milestones), plateau (on val loss) or cosine (per epoch)")
+    g.add_argument("--multistep_milestones", default=[50, 100, 150], type=int, nargs="+",
+                   help="Epochs after which multistep multiplies the LR by 0.1")
+    g.add_argument("--overwrite_milestones", action="store_true",
+                   help="On resume, use the milestones given here instead of the checkpoint's")
+    g.add_argument("--plateau_patience", default=10, type=int, help="Patience of the plateau scheduler")
+    g.add_argument("--warmup_epochs", default=0, type=int, help="Linear warm-up epochs before cosine decay")
+    g.add_argument("--batch_size", default=128, type=int,
+                   help="GLOBAL training batch size: summed over all processes (each gets batch_size // world)")
+    g.add_argument("--n_epochs", default=200, type=int, help="Last epoch to train (inclusive)")
+    g.add_argument("--precision", default=None, type=str, choices=("fp32", "bf16", "fp16"),
+                   help="Autocast precision (default: bf16 on CUDA, fp32 on CPU)")
+    g.add_argument("--compile", action="store_true", help="Compile the model with torch.compile")
+
+
+def _add_run_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("run control, checkpoints and logs")
+    g.add_argument("--resume_path", default=None, type=Path,
+                   help="Checkpoint to resume from; 'auto' = newest save_*.pth in --result_path (or start fresh)")
+    g.add_argument("--no_train", action="store_true", help="Skip training")
+    g.add_argument("--no_val", action="store_true", help="Skip validation")
+    g.add_argument("--n_val_samples", default=3, type=int, help="Clips per validation video")
+    g.add_argument("--checkpoint", default=10, type=int, help="Save save_{epoch}.pth every this many epochs")
+    g.add_argument("--manual_seed", default=1, type=int, help="Seed of random, numpy and torch")
+    g.add_argument("--deterministic", action="store_true", help="Use deterministic algorithms (slower)")
+    g.add_argument("--tensorboard", action="store_true", help="Write tensorboard scalars into --result_path")
+    g.add_argument("--log_interval", default=10, type=int, help="Batches between progress/log updates")
+
+
+def _add_inference_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("inference")
+    g.add_argument("--inference", action="store_true", help="Run inference after the epoch loop")
+    g.add_argument("--inference_subset", default="val", type=str, choices=("train", "val", "test"),
+                   help="Subset to run inference on; results go to {subset}.json")
+    g.add_argument("--inference_stride", default=16, type=int, help="Sliding-window stride in frames")
+    g.add_argument("--inference_crop", default="center", type=str, choices=("center", "nocrop"),
+                   help="center crop, or resize only (nocrop)")
+    g.add_argument("--inference_no_average", action="store_true", help="Write per-clip instead of per-video scores")
+    g.add_argument("--inference_batch_size", default=0, type=int,
+                   help="Videos per inference batch per process; 0 = --batch_size")
+    g.add_argument("--output_topk", default=5, type=int, help="Top-k labels per video; <= 0 means all classes")
+
+
+def _add_device_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("devices and distributed")
+    g.add_argument("--no_cuda", action="store_true", help="Run on the CPU")
+    g.add_argument("--distributed", action="store_true",
+                   help="One process per local GPU (not needed under torchrun, which is detected)")
+    g.add_argument("--dist_url", default="tcp://127.0.0.1:23456", type=str,
+                   help="Rendezvous address for --distributed (ignored under torchrun)")
+    g.add_argument("--world_size", default=-1, type=int, help="Number of nodes for --distributed (-1 = 1)")
+    g.add_argument("--batchnorm_sync", action="store_true", help="Synchronise BatchNorm statistics across GPUs")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser with every flag, grouped by topic."""
+    parser = argparse.ArgumentParser(
+        description="Train, validate and run inference with 3D CNNs for video action recognition.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    for add in (_add_data_args, _add_transform_args, _add_model_args, _add_optim_args, _add_run_args,
+                _add_inference_args, _add_device_args):
+        add(parser)
+    return parser
+
+
+def parse_opts(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse ``argv`` (default: sys.argv) and resolve derived options; exits with a message on bad input."""
+    parser = build_parser()
+    opt = parser.parse_args(argv)
+    _check(parser, opt)
+    _resolve(opt)
+    return opt
+
+
+def _cuda_wanted(opt: argparse.Namespace) -> bool:
+    return not opt.no_cuda and torch.cuda.is_available()
+
+
+def _check(parser: argparse.ArgumentParser, opt: argparse.Namespace) -> None:
+    problems = []
+    if opt.result_path is None:
+        problems.append("--result_path is required")
+    if opt.lr_scheduler == "plateau" and opt.no_val:
+        problems.append("--lr_scheduler plateau needs validation losses; remove --no_val")
+    if opt.pretrain_path is not None and opt.n_pretrain_classes <= 0:
+        problems.append("--pretrain_path needs --n_pretrain_classes (the class count of the pretrained model)")
+    if opt.ft_begin_module and opt.pretrain_path is None:
+        problems.append("--ft_begin_module only applies when fine-tuning; add --pretrain_path")
+    if opt.input_type == "flow" and opt.file_type != "hdf5":
+        problems.append("--input_type flow needs --file_type hdf5")
+    if opt.warmup_epochs and opt.lr_scheduler != "cosine":
+        problems.append("--warmup_epochs is only used with --lr_scheduler cosine")
+    if opt.warmup_epochs < 0:
+        problems.append("--warmup_epochs must be >= 0")
+    if opt.precision == "fp16" and not _cuda_wanted(opt):
+        problems.append("--precision fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
+    if opt.batchnorm_sync and not (opt.distributed or "WORLD_SIZE" in os.environ):
+        problems.append("--batchnorm_sync needs a distributed run (--distributed or torchrun)")
+    if opt.overwrite_milestones and opt.lr_scheduler != "multistep":
+        problems.append("--overwrite_milestones only applies to --lr_scheduler multistep")
+    positive = ("n_classes", "sample_size", "sample_duration", "sample_t_stride", "batch_size", "n_epochs",
+                "n_val_samples", "checkpoint", "inference_stride", "log_interval", "value_scale")
+    problems += [f"--{name} must be >= 1 (got {getattr(opt, name)})" for name in positive if getattr(opt, name) < 1]
+    if opt.n_threads < 0 or opt.inference_batch_size < 0:
+        problems.append("--n_threads and --inference_batch_size must be >= 0")
+    if not 0.0 < opt.train_crop_min_scale <= 1.0 or not 0.0 < opt.train_crop_min_ratio <= 1.0:
+        problems.append("--train_crop_min_scale and --train_crop_min_ratio must be in (0, 1]")
+    if problems:
+        parser.error("; ".join(problems))
+
+
+def _resolve(opt: argparse.Namespace) -> None:
+    resume_auto = opt.resume_path is not None and str(opt.resume_path) == RESUME_AUTO
+    if opt.root_path is not None:
+        for name in _ROOTED_PATHS:
+            if getattr(opt, name) is not None and not (name == "resume_path" and resume_auto):
+                setattr(opt, name, opt.root_path / getattr(opt, name))
+    if opt.pretrain_path is not None:
+        # The model is built with the pretrained class count first, then its head is replaced.
+        opt.n_finetune_classes = opt.n_classes
+        opt.n_classes = opt.n_pretrain_classes
+    if opt.output_topk <= 0:
+        opt.output_topk = opt.n_classes
+    if opt.inference_batch_size == 0:
+        opt.inference_batch_size = opt.batch_size
+    if opt.precision is None:
+        opt.precision = "bf16" if _cuda_wanted(opt) else "fp32"
+    opt.arch = f"{opt.model}-{opt.model_depth}"
+    opt.begin_epoch = 1
+    mean, std = MEAN_STD[opt.mean_dataset]
+    opt.mean = [m * opt.value_scale for m in mean]
+    opt.std = [s * opt.value_scale for s in std]
+    opt.n_input_channels = 3
+    if opt.input_type == "flow":
+        opt.n_input_channels = 2
+        opt.mean, opt.std = opt.mean[:2], opt.std[:2]
+
+
+def opts_to_plain(opt: argparse.Namespace) -> dict:
+    """vars(opt) with Paths as strings: JSON-serialisable and safe inside weights_only checkpoints."""
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(opt).items()}
+
+
+def save_opts(opt: argparse.Namespace, result_path: Path) -> Path:
+    """Write opts.json (one JSON object, the original's layout) into ``result_path``, creating it."""
+    result_path = Path(result_path)
+    result_path.mkdir(parents=True, exist_ok=True)
+    path = result_path / "opts.json"
+    with open(path, "w") as f:
+        json.dump(opts_to_plain(opt), f)
+    return path
