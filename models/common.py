@@ -1,0 +1,124 @@
+"""Pieces shared by every model family: depth tables, weight init, shortcuts and the head API."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# ResNet-style depth table shared by resnet, resnet2p1d, preresnet, wideresnet and resnext:
+# depth -> (block kind, blocks per stage). Each family maps the kind to its own block class.
+RESNET_STAGES: dict[int, tuple[str, tuple[int, int, int, int]]] = {
+    10: ("basic", (1, 1, 1, 1)),
+    18: ("basic", (2, 2, 2, 2)),
+    34: ("basic", (3, 4, 6, 3)),
+    50: ("bottleneck", (3, 4, 6, 3)),
+    101: ("bottleneck", (3, 4, 23, 3)),
+    152: ("bottleneck", (3, 8, 36, 3)),
+    200: ("bottleneck", (3, 24, 36, 3)),
+}
+BOTTLENECK_DEPTHS = tuple(d for d, (kind, _) in RESNET_STAGES.items() if kind == "bottleneck")
+
+STAGE_WIDTHS = (64, 128, 256, 512)
+
+
+def lookup_depth(family: str, depth: int, table: dict) -> object:
+    """The table entry for ``depth``; ValueError naming the valid depths otherwise."""
+    if depth not in table:
+        raise ValueError(f"{family} has no depth {depth}; valid depths: {', '.join(map(str, sorted(table)))}")
+    return table[depth]
+
+
+def scaled_widths(widths: tuple[int, ...], factor: float) -> list[int]:
+    """Stage widths multiplied by ``factor`` and truncated, as the original computes them."""
+    return [int(w * factor) for w in widths]
+
+
+def conv1x1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv3d:
+    return nn.Conv3d(in_planes, out_planes, kernel_size=1, stride=stride, bias=False)
+
+
+def conv3x3x3(in_planes: int, out_planes: int, stride: int = 1, groups: int = 1) -> nn.Conv3d:
+    return nn.Conv3d(in_planes, out_planes, kernel_size=3, stride=stride, padding=1, groups=groups, bias=False)
+
+
+def mid_planes_2p1d(in_planes: int, out_planes: int, kernel: tuple[int, int, int]) -> int:
+    """Width between the spatial and temporal convs of a (2+1)D factorisation.
+
+    Chosen so the factorised pair has about as many weights as the full 3D conv it replaces;
+    the floor division reproduces the original's widths (and thus its state_dict shapes) exactly.
+    """
+    kt, kh, kw = kernel
+    return (in_planes * out_planes * kt * kh * kw) // (in_planes * kh * kw + kt * out_planes)
+
+
+class ZeroPadShortcut(nn.Module):
+    """Parameter-free projection shortcut (type 'A'): subsample by ``stride``, zero-pad new channels.
+
+    Unlike the original (which concatenated ``.data`` and so cut the gradient), gradients flow
+    through the identity part; the module holds no parameters or buffers, so no state_dict keys.
+    """
+
+    def __init__(self, out_planes: int, stride: int) -> None:
+        super().__init__()
+        self.out_planes = out_planes
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride != 1:
+            x = x[:, :, :: self.stride, :: self.stride, :: self.stride]
+        # F.pad pads the last dims first: (W, W, H, H, T, T, C_before, C_after).
+        return F.pad(x, (0, 0, 0, 0, 0, 0, 0, self.out_planes - x.shape[1]))
+
+
+def make_shortcut(shortcut_type: str, in_planes: int, out_planes: int, stride: int) -> nn.Module | None:
+    """The projection for the first block of a stage, or None when the identity fits."""
+    if stride == 1 and in_planes == out_planes:
+        return None
+    if shortcut_type == "A":
+        return ZeroPadShortcut(out_planes, stride)
+    if shortcut_type == "B":
+        return nn.Sequential(conv1x1x1(in_planes, out_planes, stride), nn.BatchNorm3d(out_planes))
+    raise ValueError(f"shortcut_type must be 'A' or 'B', got {shortcut_type!r}")
+
+
+def init_weights(model: nn.Module, *, zero_linear_bias: bool = False) -> None:
+    """Original init: He-normal (fan_out) convs, BN weight 1 / bias 0; Linear keeps PyTorch's default."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv3d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm3d):
+            nn.init.constant_(m.weight, 1)
+            nn.init.constant_(m.bias, 0)
+        elif zero_linear_bias and isinstance(m, nn.Linear):
+            nn.init.constant_(m.bias, 0)
+
+
+class ClassifierHeadMixin:
+    """One head and stage API for every family, so fine-tuning never special-cases a model.
+
+    Subclasses set ``classifier_name`` (the attribute holding the final nn.Linear) and may
+    override :meth:`named_stages`.
+    """
+
+    classifier_name = "fc"
+
+    def get_classifier(self) -> nn.Linear:
+        return getattr(self, self.classifier_name)
+
+    def reset_classifier(self, n_classes: int) -> None:
+        """Replace the head by a freshly initialised Linear (PyTorch default init) on the same device/dtype."""
+        old = self.get_classifier()
+        new = nn.Linear(old.in_features, n_classes, device=old.weight.device, dtype=old.weight.dtype)
+        setattr(self, self.classifier_name, new)
+
+    def named_stages(self) -> list[tuple[str, nn.Module]]:
+        """Top-level modules that own parameters, in registration (= state_dict) order."""
+        return [(name, m) for name, m in self.named_children() if _has_params(m)]
+
+    def stage_names(self) -> list[str]:
+        return [name for name, _ in self.named_stages()]
+
+
+def _has_params(module: nn.Module) -> bool:
+    return any(True for _ in module.parameters())
