@@ -34,9 +34,7 @@ class DenseLayer(nn.Sequential):
         self.add_module("conv1", nn.Conv3d(in_features, bn_size * growth_rate, kernel_size=1, bias=False))
         self.add_module("norm2", nn.BatchNorm3d(bn_size * growth_rate))
         self.add_module("relu2", nn.ReLU(inplace=True))
-        self.add_module(
-            "conv2", nn.Conv3d(bn_size * growth_rate, growth_rate, kernel_size=3, padding=1, bias=False)
-        )
+        self.add_module("conv2", nn.Conv3d(bn_size * growth_rate, growth_rate, kernel_size=3, padding=1, bias=False))
         self.drop_rate = drop_rate
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
