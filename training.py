@@ -145,3 +145,33 @@ def _epoch_result(totals: torch.Tensor, n_clips: int, device: torch.device, *, l
     count = max(count, 1.0)
     return {"loss": loss_sum / count, "acc": correct / count, "lr": lr, "clips": int(count), "time": elapsed,
             "clips_per_s": n_clips / max(elapsed, 1e-9), "data_share": data_time / max(elapsed, 1e-9)}
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, opt) -> torch.optim.lr_scheduler.LRScheduler:
+    """The LR scheduler named by --lr_scheduler; every one of them is stepped once per epoch."""
+    sched = torch.optim.lr_scheduler
+    if opt.lr_scheduler == "multistep":
+        return sched.MultiStepLR(optimizer, milestones=opt.multistep_milestones, gamma=0.1)
+    if opt.lr_scheduler == "plateau":
+        return sched.ReduceLROnPlateau(optimizer, "min", patience=opt.plateau_patience)
+    return sched.LambdaLR(optimizer, cosine_with_warmup(n_epochs=opt.n_epochs, warmup_epochs=opt.warmup_epochs))
+
+
+def cosine_with_warmup(*, n_epochs: int, warmup_epochs: int) -> Callable[[int], float]:
+    """LR factor for 0-based epoch k: linear warm-up to 1 over ``warmup_epochs``, then half a cosine to 0."""
+
+    def factor(k: int) -> float:
+        if k < warmup_epochs:
+            return (k + 1) / (warmup_epochs + 1)
+        span = max(n_epochs - warmup_epochs, 1)
+        return 0.5 * (1.0 + math.cos(math.pi * min(k - warmup_epochs, span) / span))
+
+    return factor
+
+
+def step_scheduler(scheduler, val_loss: float | None) -> None:
+    """Step once at the end of an epoch (the plateau scheduler needs that epoch's validation loss)."""
+    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        scheduler.step(val_loss)
+    else:
+        scheduler.step()
