@@ -1,0 +1,128 @@
+"""Datasets and DataLoaders from the options (the only data module that reads `opt`).
+
+Batches: training and validation -> (clips, targets) with clips uint8 (N, T, H, W, C) (float32
+(N, C, T, H, W) already normalised when opt.normalize_in_workers) and targets LongTensor (N,);
+validation flattens all clips of its videos. Inference -> (clips, [[video_id, [begin, end]], ...]).
+`opt.batch_size` / `opt.inference_batch_size` are per process. No torchvision anywhere.
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from datasets.annotations import class_names, load_annotation, read_records
+from datasets.clip_loader import ClipLoader
+from datasets.problems import DataProblems
+from datasets.readers import FlowHdf5Reader, Hdf5Reader, JpegDirReader
+from datasets.sampling import EpochShardSampler
+from datasets.video_dataset import VideoClipDataset, collate_clips
+from errors import UserError
+from spatial_transforms import ClipNormalizer, get_mean_std, get_spatial_transform
+from temporal_transforms import get_temporal_transform
+
+SUBSET_NAMES = {"train": "training", "val": "validation", "test": "testing"}
+PREFETCH_FACTOR = 4
+
+
+def seed_worker(worker_id: int) -> None:
+    """worker_init_fn: seed python/numpy/torch from the worker's torch seed; one compute thread per worker."""
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.set_num_threads(1)
+
+
+def build_input_normalizer(opt) -> ClipNormalizer:
+    """mean/std of --mean_dataset scaled by --value_scale, honouring --no_mean_norm/--no_std_norm and flow (2 ch)."""
+    mean, std = get_mean_std(opt.value_scale, opt.mean_dataset)
+    n_channels = 2 if opt.input_type == "flow" else 3
+    if opt.no_mean_norm:
+        mean = [0.0] * 3
+    if opt.no_std_norm:
+        std = [1.0] * 3
+    return ClipNormalizer(mean[:n_channels], std[:n_channels], opt.value_scale)
+
+
+def get_class_names(opt) -> list[str]:
+    """Index -> class name from the annotation file of opt.dataset."""
+    return class_names(load_annotation(opt.annotation_path), dataset=opt.dataset, path=opt.annotation_path)
+
+
+def _reader(opt):
+    if opt.file_type not in ("jpg", "hdf5"):
+        raise UserError(f"--file_type must be jpg or hdf5, got {opt.file_type!r}")
+    if opt.input_type == "flow":
+        if opt.file_type != "hdf5":
+            raise UserError("--input_type flow needs --file_type hdf5 (flow is read from video_u/video_v)")
+        return FlowHdf5Reader()
+    return JpegDirReader() if opt.file_type == "jpg" else Hdf5Reader()
+
+
+def build_dataset(opt, split: str, *, problems: DataProblems | None = None) -> VideoClipDataset:
+    """The dataset of `split` in {'train', 'val', 'inference'} (inference uses opt.inference_subset)."""
+    subset = SUBSET_NAMES[opt.inference_subset] if split == "inference" else SUBSET_NAMES[split]
+    records, _ = read_records(opt.annotation_path, opt.video_path, dataset=opt.dataset, subset=subset,
+                              file_type=opt.file_type, untrimmed=split == "inference")
+    spatial = get_spatial_transform(
+        split, sample_size=opt.sample_size, train_crop=opt.train_crop,
+        train_crop_min_scale=opt.train_crop_min_scale, train_crop_min_ratio=opt.train_crop_min_ratio,
+        hflip=not opt.no_hflip, colorjitter=opt.colorjitter, inference_crop=opt.inference_crop)
+    temporal = get_temporal_transform(
+        split, sample_duration=opt.sample_duration, sample_t_stride=opt.sample_t_stride,
+        train_t_crop=opt.train_t_crop, n_val_samples=opt.n_val_samples, inference_stride=opt.inference_stride)
+    problems = problems or DataProblems(max_workers=opt.n_threads)
+    loader = ClipLoader(_reader(opt), spatial, problems, draft=getattr(opt, "jpeg_draft", True))
+    normalizer = build_input_normalizer(opt) if getattr(opt, "normalize_in_workers", False) else None
+    return VideoClipDataset(records, loader, temporal, target="video_segment" if split == "inference" else "label",
+                            normalizer=normalizer, seed=opt.manual_seed)
+
+
+def _loader(dataset: VideoClipDataset, sampler: EpochShardSampler, *, batch_size: int, opt, dist,
+            collate_fn=None) -> DataLoader:
+    workers = opt.n_threads
+    device = getattr(dist, "device", None)
+    return DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate_fn,
+        pin_memory=device is not None and torch.device(device).type == "cuda",
+        persistent_workers=workers > 0, prefetch_factor=PREFETCH_FACTOR if workers > 0 else None,
+        worker_init_fn=seed_worker, generator=torch.Generator().manual_seed(opt.manual_seed))
+
+
+def _world(dist) -> tuple[int, int]:
+    return (dist.rank, dist.world_size) if dist is not None else (0, 1)
+
+
+def build_train_loader(opt, dist) -> tuple[DataLoader, EpochShardSampler]:
+    """Shuffled training loader and its sampler (never None: call sampler.set_epoch(epoch) each epoch)."""
+    dataset = build_dataset(opt, "train")
+    rank, world_size = _world(dist)
+    sampler = EpochShardSampler(len(dataset), shuffle=True, seed=opt.manual_seed, rank=rank, world_size=world_size)
+    return _loader(dataset, sampler, batch_size=opt.batch_size, opt=opt, dist=dist), sampler
+
+
+def build_val_loader(opt, dist) -> DataLoader:
+    """Validation loader: batch_size // n_val_samples videos (at least 1) per batch, clips flattened."""
+    dataset = build_dataset(opt, "val")
+    rank, world_size = _world(dist)
+    sampler = EpochShardSampler(len(dataset), shuffle=False, seed=opt.manual_seed, rank=rank, world_size=world_size)
+    videos = max(1, opt.batch_size // opt.n_val_samples)
+    return _loader(dataset, sampler, batch_size=videos, opt=opt, dist=dist, collate_fn=collate_clips)
+
+
+def build_inference_loader(opt, dist) -> DataLoader:
+    """Sliding-window loader over opt.inference_subset: inference_batch_size videos per batch."""
+    dataset = build_dataset(opt, "inference")
+    rank, world_size = _world(dist)
+    sampler = EpochShardSampler(len(dataset), shuffle=False, seed=opt.manual_seed, rank=rank, world_size=world_size)
+    videos = opt.inference_batch_size or opt.batch_size
+    return _loader(dataset, sampler, batch_size=videos, opt=opt, dist=dist, collate_fn=collate_clips)
+
+
+def data_problems(loader: DataLoader) -> DataProblems:
+    """The bad-data counters of a loader built here: `.counts()` -> {'missing_frames': n, ...} (cumulative)."""
+    return loader.dataset.problems

@@ -1,0 +1,242 @@
+"""Annotation JSON -> video records, parsed once per run (spec 4.1, 4.2, 4.6).
+
+Two schemas:
+- kinetics, mit, ucf101, hmdb51: {"labels": [...], "database": {id: {"subset", "annotations":
+  {"label"?, "segment"?}, "video_path"?}}}; the segment is in frames ([1, n+1] for jpg, [0, n]
+  for hdf5). Video location: entry["video_path"] if given, else <root>/<label>/<id>[.hdf5]; an
+  entry without a label (test videos) is looked up in <root>/test/<id> and then <root>/<id>.
+- activitynet: the official ActivityNet 1.3 JSON (taxonomy; annotations = list of {segment in
+  seconds, label}) plus the per-video "fps" field; classes are the taxonomy leaves in taxonomy
+  order; videos live in <root>/v_<id>[.hdf5]; one record per annotated segment (trimmed) or one
+  per video (untrimmed, for inference).
+
+Deviations from the original: testing entries without a label load (label -1); ActivityNet works
+(its class was broken); an ActivityNet segment may end at the last frame (the original's
+min(..., n_frames) dropped it); no "dataset loading [i/n]" print (crashed below 5 videos).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from errors import UserError
+
+logger = logging.getLogger(__name__)
+
+DATASETS = ("kinetics", "mit", "ucf101", "hmdb51", "activitynet")
+SUBSETS = ("training", "validation", "testing")
+FILE_TYPES = ("jpg", "hdf5")
+ACTIVITYNET_MIN_FRAMES = 8  # the original skipped shorter ActivityNet segments
+
+
+@dataclass(frozen=True)
+class VideoRecord:
+    """One sample: a video (or a segment of it) with its label.
+
+    Attributes:
+        video_id: key in the annotation database.
+        path: frame directory (jpg) or .hdf5 file.
+        label: class index, -1 when unlabelled (test videos).
+        segment: (first_frame, end_exclusive) in the file's own numbering (1-based jpg, 0-based hdf5).
+        fps: frames per second when known (ActivityNet), else None.
+    """
+
+    video_id: str
+    path: Path
+    label: int
+    segment: tuple[int, int]
+    fps: float | None = None
+
+    @property
+    def frame_indices(self) -> list[int]:
+        return list(range(*self.segment))
+
+
+def load_annotation(path: Path | str) -> dict[str, Any]:
+    """Read an annotation JSON; UserError naming the file when it is missing or malformed."""
+    path = Path(path)
+    try:
+        with path.open(encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise UserError(f"annotation file not found: {path}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"annotation file {path} is not valid JSON: {e}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("database"), dict):
+        raise UserError(f"annotation file {path} has no 'database' object")
+    return data
+
+
+def activitynet_class_names(data: dict[str, Any], path: Path | str) -> list[str]:
+    """Taxonomy leaves (nodes that are nobody's parent), in taxonomy order."""
+    taxonomy = data.get("taxonomy")
+    if not isinstance(taxonomy, list) or not taxonomy:
+        raise UserError(f"ActivityNet annotation file {path} has no 'taxonomy' list")
+    try:
+        parents = {node["parentId"] for node in taxonomy}
+        return [node["nodeName"] for node in taxonomy if node["nodeId"] not in parents]
+    except (KeyError, TypeError) as e:
+        raise UserError(f"malformed taxonomy in {path}: {e!r}") from None
+
+
+def class_names(data: dict[str, Any], *, dataset: str, path: Path | str) -> list[str]:
+    """Index -> class name for `dataset`."""
+    if dataset == "activitynet":
+        return activitynet_class_names(data, path)
+    labels = data.get("labels")
+    if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+        raise UserError(f"annotation file {path} has no 'labels' list of strings")
+    return labels
+
+
+def _candidate_paths(root: Path, video_id: str, entry: dict, label: str | None, *, dataset: str,
+                     file_type: str) -> list[Path]:
+    suffix = ".hdf5" if file_type == "hdf5" else ""
+    if "video_path" in entry:
+        return [Path(entry["video_path"])]
+    if dataset == "activitynet":
+        return [root / f"v_{video_id}{suffix}", root / f"{video_id}{suffix}"]
+    if label is not None:
+        return [root / label / f"{video_id}{suffix}"]
+    return [root / "test" / f"{video_id}{suffix}", root / f"{video_id}{suffix}"]
+
+
+def _find_video(candidates: list[Path]) -> Path | None:
+    return next((p for p in candidates if p.exists()), None)
+
+
+def _standard_records(data: dict, names: list[str], *, root: Path, subset: str, file_type: str,
+                      dataset: str, path: Path) -> tuple[list[VideoRecord], list[str]]:
+    """Records of the kinetics-style schema, plus the ids whose video is missing."""
+    class_to_idx = {name: i for i, name in enumerate(names)}
+    records, missing = [], []
+    for video_id, entry in data["database"].items():
+        if not isinstance(entry, dict) or entry.get("subset") != subset:
+            continue
+        ann = entry.get("annotations") or {}
+        label = ann.get("label")
+        if label is not None and label not in class_to_idx:
+            raise UserError(f"video {video_id} in {path} has label {label!r}, which is not in 'labels'")
+        video = _find_video(_candidate_paths(root, video_id, entry, label, dataset=dataset, file_type=file_type))
+        if video is None:
+            missing.append(video_id)
+            continue
+        segment = ann.get("segment", entry.get("segment"))
+        if segment is None:
+            segment = _segment_from_disk(video, file_type)
+        try:
+            begin, end = int(segment[0]), int(segment[1])
+        except (TypeError, ValueError, IndexError):
+            raise UserError(f"video {video_id} in {path} has a malformed segment {segment!r}") from None
+        if end <= begin:
+            continue  # a video with no frames (the original skipped segment [1, 1])
+        label_id = class_to_idx[label] if label is not None else -1
+        records.append(VideoRecord(video_id, video, label_id, (begin, end)))
+    return records, missing
+
+
+def count_frames(video: Path, file_type: str) -> int:
+    """Frames of a video on disk: jpg files named '*image*' (not hidden), or len of the hdf5 'video' dataset."""
+    if file_type == "hdf5":
+        import h5py
+
+        try:
+            with h5py.File(video, "r") as f:
+                key = "video" if "video" in f else "video_u"
+                return len(f[key])
+        except (OSError, KeyError):
+            return 0
+    return sum(1 for p in video.iterdir() if "image" in p.name and not p.name.startswith("."))
+
+
+def _segment_from_disk(video: Path, file_type: str) -> tuple[int, int]:
+    base = 0 if file_type == "hdf5" else 1
+    return base, base + count_frames(video, file_type)
+
+
+def _activitynet_records(data: dict, names: list[str], *, root: Path, subset: str, file_type: str,
+                         untrimmed: bool, path: Path) -> tuple[list[VideoRecord], list[str]]:
+    class_to_idx = {name: i for i, name in enumerate(names)}
+    base = 0 if file_type == "hdf5" else 1
+    records, missing = [], []
+    for video_id, entry in data["database"].items():
+        if not isinstance(entry, dict) or entry.get("subset") != subset:
+            continue
+        video = _find_video(_candidate_paths(root, video_id, entry, None, dataset="activitynet", file_type=file_type))
+        if video is None:
+            missing.append(video_id)
+            continue
+        n_frames = count_frames(video, file_type)
+        annotations = entry.get("annotations") or []
+        labels = [class_to_idx.get(a.get("label"), -2) for a in annotations]
+        if -2 in labels:
+            bad = next(a.get("label") for a, i in zip(annotations, labels) if i == -2)
+            raise UserError(f"video {video_id} in {path} has label {bad!r}, which is not a taxonomy leaf")
+        fps = entry.get("fps")
+        if untrimmed or not annotations:
+            if n_frames > 0:
+                label = labels[0] if labels else -1
+                records.append(VideoRecord(video_id, video, label, (base, base + n_frames), fps))
+            continue
+        if not isinstance(fps, (int, float)) or fps <= 0:
+            raise UserError(f"video {video_id} in {path} has no 'fps' (run util_scripts.add_fps_into_activitynet_json)")
+        for ann, label in zip(annotations, labels):
+            t0, t1 = ann["segment"]
+            begin = math.floor(t0 * fps) + base
+            end = min(math.floor(t1 * fps) + base, n_frames + base)
+            if end - begin >= ACTIVITYNET_MIN_FRAMES:
+                records.append(VideoRecord(video_id, video, label, (begin, end), float(fps)))
+    return records, missing
+
+
+def read_records(
+    annotation_path: Path | str,
+    video_root: Path | str,
+    *,
+    dataset: str,
+    subset: str,
+    file_type: str = "jpg",
+    untrimmed: bool = False,
+) -> tuple[list[VideoRecord], list[str]]:
+    """Parse the annotation file once into records of `subset`, and return them with the class names.
+
+    Videos missing on disk are skipped and reported in one warning. UserError when the file is
+    missing or malformed, a label is unknown, or no video of the subset exists on disk.
+    `untrimmed` (ActivityNet only): one record per whole video instead of one per annotated segment.
+    """
+    if dataset not in DATASETS:
+        raise UserError(f"unknown dataset {dataset!r}; choose from {', '.join(DATASETS)}")
+    if subset not in SUBSETS:
+        raise UserError(f"unknown subset {subset!r}; choose from {', '.join(SUBSETS)}")
+    annotation_path, root = Path(annotation_path), Path(video_root)
+    data = load_annotation(annotation_path)
+    names = class_names(data, dataset=dataset, path=annotation_path)
+    try:
+        if dataset == "activitynet":
+            records, missing = _activitynet_records(data, names, root=root, subset=subset, file_type=file_type,
+                                                    untrimmed=untrimmed, path=annotation_path)
+        else:
+            records, missing = _standard_records(data, names, root=root, subset=subset, file_type=file_type,
+                                                 dataset=dataset, path=annotation_path)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise UserError(f"malformed entry in annotation file {annotation_path}: {e!r}") from None
+    _report_missing(missing, records, annotation_path=annotation_path, root=root, subset=subset)
+    return records, names
+
+
+def _report_missing(missing: list[str], records: list[VideoRecord], *, annotation_path: Path, root: Path,
+                    subset: str) -> None:
+    if not records:
+        if missing:
+            raise UserError(f"none of the {len(missing)} '{subset}' videos of {annotation_path} exist under {root} "
+                            f"(e.g. {missing[0]}); check --video_path, --file_type and the <label>/<id> layout")
+        raise UserError(f"annotation file {annotation_path} has no usable '{subset}' videos")
+    if missing:
+        logger.warning("%d of %d '%s' videos listed in %s are missing under %s and are skipped (e.g. %s)",
+                       len(missing), len(missing) + len(records), subset, annotation_path, root,
+                       ", ".join(missing[:5]))

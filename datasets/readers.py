@@ -1,0 +1,110 @@
+"""Frame readers: fetch the encoded JPEG bytes of given frame indices, and decode them only as large as needed.
+
+Readers return one entry per requested index: the encoded bytes, or None when the frame is
+missing (they never raise for a missing or unreadable file; the clip loader repairs and counts).
+- `JpegDirReader`: <dir>/image_00001.jpg ... (1-based indices, spec 4.7).
+- `Hdf5Reader`: dataset 'video' of vlen uint8 JPEG bytes (0-based).
+- `FlowHdf5Reader`: datasets 'video_u' and 'video_v' -> (u_bytes, v_bytes) per frame.
+The HDF5 file is opened per read, so nothing is shared across worker processes.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from PIL import Image
+
+try:  # libjpeg-turbo with DCT-domain downscaling; optional
+    import simplejpeg
+except ImportError:  # pragma: no cover - depends on the environment
+    simplejpeg = None
+
+logger = logging.getLogger(__name__)
+
+Encoded = bytes | tuple[bytes, bytes]
+
+
+class ReadError(Exception):
+    """The whole video could not be opened (e.g. a truncated HDF5 file)."""
+
+
+class JpegDirReader:
+    """Frames stored as <video_dir>/image_{i:05d}.jpg."""
+
+    channels = 3
+
+    def fetch(self, path: Path, indices: Sequence[int]) -> list[Encoded | None]:
+        out: list[Encoded | None] = []
+        for i in indices:
+            try:
+                out.append((path / f"image_{i:05d}.jpg").read_bytes())
+            except OSError:
+                out.append(None)
+        return out
+
+
+class Hdf5Reader:
+    """Frames stored as encoded bytes in HDF5 datasets (one per channel group)."""
+
+    channels = 3
+    keys: tuple[str, ...] = ("video",)
+
+    def fetch(self, path: Path, indices: Sequence[int]) -> list[Encoded | None]:
+        import h5py  # imported lazily so jpg-only runs do not need it at import time
+
+        try:
+            with h5py.File(path, "r") as f:
+                datasets = [f[k] for k in self.keys]
+                n = min(len(d) for d in datasets)
+                return [self._element(datasets, i, n) for i in indices]
+        except (OSError, KeyError, ValueError) as e:
+            raise ReadError(f"cannot read {path}: {e}") from None
+
+    def _element(self, datasets: list, i: int, n: int) -> Encoded | None:
+        if not 0 <= i < n:
+            return None
+        try:
+            parts = [d[i].tobytes() for d in datasets]
+        except (OSError, ValueError):
+            return None
+        return parts[0] if len(parts) == 1 else tuple(parts)
+
+
+class FlowHdf5Reader(Hdf5Reader):
+    """Optical flow: grayscale JPEG frames in 'video_u' and 'video_v' -> 2 channels (u, v)."""
+
+    channels = 2
+    keys = ("video_u", "video_v")
+
+
+def jpeg_size(data: bytes) -> tuple[int, int]:
+    """(width, height) from the JPEG header, without decoding pixels."""
+    if simplejpeg is not None:
+        try:
+            height, width, _, _ = simplejpeg.decode_jpeg_header(data)
+            return width, height
+        except (ValueError, RuntimeError):
+            pass
+    with Image.open(io.BytesIO(data)) as img:
+        return img.size
+
+
+def decode_jpeg(data: bytes, *, gray: bool = False, min_size: tuple[int, int] | None = None) -> Image.Image:
+    """Decode JPEG bytes to an RGB (or 'L') PIL image of at least `min_size` (DCT-domain downscaling).
+
+    `min_size=None` decodes at full size. Raises OSError/ValueError on corrupt data.
+    """
+    if simplejpeg is not None:
+        try:
+            kw = {"min_width": min_size[0], "min_height": min_size[1]} if min_size else {}
+            arr = simplejpeg.decode_jpeg(data, colorspace="GRAY" if gray else "RGB", **kw)
+            return Image.fromarray(arr[..., 0] if gray else arr, "L" if gray else "RGB")
+        except (ValueError, RuntimeError):
+            pass  # not a baseline JPEG simplejpeg handles (or corrupt): let Pillow decide
+    img = Image.open(io.BytesIO(data))
+    if min_size is not None:
+        img.draft("L" if gray else "RGB", min_size)
+    return img.convert("L" if gray else "RGB")

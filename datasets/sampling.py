@@ -1,0 +1,56 @@
+"""Sampler that shards a dataset over ranks and tells each item its epoch."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch.utils.data import Sampler
+
+
+class EpochShardSampler(Sampler):
+    """Yields (index, epoch) pairs for `VideoClipDataset`, sharded over `world_size` ranks.
+
+    Training (`shuffle=True`): a permutation seeded by (seed, epoch), identical on every rank,
+    padded by wrapping around so every rank gets the same number of items (same number of steps,
+    like DistributedSampler). Validation/inference (`shuffle=False`): in order, rank r takes items
+    r, r + world_size, ... WITHOUT padding, so no video is counted twice; ranks may then differ by
+    one item (harmless for evaluation loops that only all-reduce at the end).
+
+    The epoch advances by itself on each new iteration; `set_epoch(e)` sets the next one (call it
+    every epoch, as with DistributedSampler, so a resumed run continues the same sequence).
+    """
+
+    def __init__(self, n_items: int, *, shuffle: bool, seed: int = 0, rank: int = 0, world_size: int = 1):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in [0, {world_size})")
+        self.n_items = n_items
+        self.shuffle = shuffle
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use `epoch` for the next iteration (later iterations continue from epoch + 1)."""
+        self.epoch = epoch
+
+    def _indices(self) -> list[int]:
+        if not self.shuffle:
+            return list(range(self.rank, self.n_items, self.world_size))
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        order = torch.randperm(self.n_items, generator=g).tolist()
+        total = -(-self.n_items // self.world_size) * self.world_size
+        order += (order * (total // max(1, len(order)) + 1))[: total - len(order)]
+        return order[self.rank : total : self.world_size]
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch = self.epoch
+        indices = self._indices()
+        self.epoch = epoch + 1
+        return iter([(i, epoch) for i in indices])
+
+    def __len__(self) -> int:
+        if self.shuffle:
+            return -(-self.n_items // self.world_size)
+        return len(range(self.rank, self.n_items, self.world_size))

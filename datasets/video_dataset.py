@@ -1,0 +1,90 @@
+"""The one Dataset class for training (one clip per item) and validation/inference (several clips per item)."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+import torch
+from torch.utils.data import Dataset
+
+from datasets.annotations import VideoRecord
+from datasets.clip_loader import ClipLoader
+from spatial_transforms import ClipNormalizer
+from temporal_transforms import TemporalTransform, clip_segment
+
+TARGETS = ("label", "video_segment")
+
+
+def item_seed(seed: int, epoch: int, index: int) -> int:
+    """Seed of one item's random draws: different per epoch and item, independent of workers and ranks."""
+    return (seed * 1_000_003 + epoch) * 1_000_000_007 + index
+
+
+class VideoClipDataset(Dataset):
+    """Clips of annotated videos: temporal transform -> reader -> spatial transform -> uint8 clip.
+
+    Items: training (`temporal.multi_clip` False) -> (clip, label); validation/inference -> (list of
+    clips, list of targets), flattened by `collate_clips`. A clip is uint8 (T, H, W, C), or float32
+    (C, T, H, W) already normalised when `normalizer` is given. Targets are the label (int) or,
+    with target='video_segment', [video_id, [first_frame, end_exclusive]] of each clip.
+
+    An index may be an int or an (index, epoch) pair (as `EpochShardSampler` yields): all random
+    draws of an item come from a generator seeded by (seed, epoch, index), so a run is reproducible
+    whatever the number of workers, and persistent workers still get new crops every epoch.
+
+    Args:
+        records: the samples (datasets.annotations.read_records).
+        loader: reads and transforms clips (datasets.clip_loader.ClipLoader).
+        temporal: the split's temporal transform.
+        target: 'label' or 'video_segment'.
+        normalizer: when given, clips are normalised here (in the worker) and returned as float.
+        seed: base seed of the per-item generators.
+    """
+
+    def __init__(self, records: Sequence[VideoRecord], loader: ClipLoader, temporal: TemporalTransform, *,
+                 target: str = "label", normalizer: ClipNormalizer | None = None, seed: int = 0):
+        if target not in TARGETS:
+            raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
+        self.records = list(records)
+        self.loader = loader
+        self.temporal = temporal
+        self.target = target
+        self.normalizer = normalizer
+        self.seed = seed
+
+    @property
+    def problems(self):
+        """The `DataProblems` counters of this dataset (shared with its worker processes)."""
+        return self.loader.problems
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, key: int | tuple[int, int]):
+        index, epoch = key if isinstance(key, tuple) else (key, 0)
+        record = self.records[index]
+        rng = random.Random(item_seed(self.seed, epoch, index))
+        clips_indices = self.temporal(record.frame_indices, rng)
+        clips = [self._to_tensor(c) for c in self.loader.load(record, clips_indices, rng)]
+        if self.target == "label":
+            targets = [record.label] * len(clips)
+        else:
+            targets = [[record.video_id, clip_segment(c)] for c in clips_indices]
+        if not self.temporal.multi_clip:
+            return clips[0], targets[0]
+        return clips, targets
+
+    def _to_tensor(self, clip) -> torch.Tensor:
+        t = torch.from_numpy(clip)
+        return t if self.normalizer is None else self.normalizer(t[None])[0]
+
+
+def collate_clips(batch: list[tuple[list[torch.Tensor], list]]) -> tuple[torch.Tensor, torch.Tensor | list]:
+    """Flatten the clips of all videos in a batch (spec 4.5): labels -> LongTensor, segments -> plain list."""
+    clips = [c for item_clips, _ in batch for c in item_clips]
+    targets = [t for _, item_targets in batch for t in item_targets]
+    stacked = torch.stack(clips)
+    if targets and isinstance(targets[0], int):
+        return stacked, torch.tensor(targets, dtype=torch.long)
+    return stacked, targets

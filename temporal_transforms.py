@@ -1,0 +1,159 @@
+"""Temporal sampling: pure functions from a list of frame indices to the indices of one or more clips.
+
+Every function returns new lists and never mutates its input. Randomness comes only from the
+`rng` argument (a `random.Random`), so a caller that seeds it gets reproducible clips.
+
+Deliberate deviations from the original (kenshohara/3D-ResNets-PyTorch, spec 5.2):
+- `random_crop` can pick every full window, including the last one (the original never did).
+- `even_crop` with `n_samples=1` returns the first window (the original divided by zero; this is
+  what its `work` branch does).
+- `even_crop` and `sliding_window` slice the (possibly subsampled) index list, so
+  `--sample_t_stride` is honoured inside validation and inference clips (original issue #254).
+  With stride 1 the clips are identical to the original's.
+- Nothing is mutated in place (the original's LoopPadding appended to its argument).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+Clip = list[int]
+
+
+def loop_padding(indices: Sequence[int], size: int) -> Clip:
+    """Repeat `indices` cyclically until there are at least `size` of them (longer lists are kept)."""
+    out = list(indices)
+    if not out:
+        raise ValueError("cannot loop-pad an empty index list")
+    i = 0
+    while len(out) < size:
+        out.append(out[i])
+        i += 1
+    return out
+
+
+def begin_crop(indices: Sequence[int], size: int) -> Clip:
+    """The first `size` indices, loop-padded when the video is shorter."""
+    return loop_padding(indices[:size], size)
+
+
+def center_crop(indices: Sequence[int], size: int) -> Clip:
+    """The `size` indices around the middle (1..100, 16 -> 43..58), loop-padded when short."""
+    begin = max(0, len(indices) // 2 - size // 2)
+    return loop_padding(indices[begin : begin + size], size)
+
+
+def random_crop(indices: Sequence[int], size: int, rng: random.Random | None = None) -> Clip:
+    """A window of `size` consecutive entries at a uniformly random start, loop-padded when short.
+
+    Every start 0..len-size is possible (the original excluded the last one).
+    """
+    rng = rng or random
+    begin = rng.randint(0, max(0, len(indices) - size))
+    return loop_padding(indices[begin : begin + size], size)
+
+
+def even_crop(indices: Sequence[int], size: int, n_samples: int) -> list[Clip]:
+    """Up to `n_samples` windows with evenly spaced starts (validation).
+
+    Same start arithmetic as the original: stride = max(1, ceil((len - 1 - size) / (n_samples - 1)));
+    a window that runs past the end is loop-padded and is the last one. 1..100, 16, 3 -> starts 1, 43, 85.
+    """
+    if n_samples < 1:
+        raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+    n = len(indices)
+    stride = 1 if n_samples == 1 else max(1, -(-(n - 1 - size) // (n_samples - 1)))
+    clips: list[Clip] = []
+    for begin in range(0, n, stride):
+        if len(clips) >= n_samples:
+            break
+        window = indices[begin : begin + size]
+        clips.append(loop_padding(window, size))
+        if len(window) < size:
+            break
+    return clips
+
+
+def sliding_window(indices: Sequence[int], size: int, stride: int) -> list[Clip]:
+    """Windows starting every `stride` entries (0 means `size`); the first short window is loop-padded and ends it.
+
+    1..50, 16, 16 -> [1..16], [17..32], [33..48], [49, 50, 49, ...]; 1..48 -> exactly three windows.
+    """
+    stride = stride or size
+    clips: list[Clip] = []
+    for begin in range(0, len(indices), stride):
+        window = indices[begin : begin + size]
+        clips.append(loop_padding(window, size))
+        if len(window) < size:
+            break
+    return clips
+
+
+def subsample(indices: Sequence[int], stride: int) -> Clip:
+    """Every `stride`-th index, starting with the first."""
+    if stride < 1:
+        raise ValueError(f"stride must be >= 1, got {stride}")
+    return list(indices[::stride])
+
+
+def clip_segment(clip: Sequence[int]) -> list[int]:
+    """[first, end_exclusive] covered by a clip, as the original reports it: [min, max + 1]."""
+    return [min(clip), max(clip) + 1]
+
+
+@dataclass(frozen=True)
+class TemporalTransform:
+    """Frame-index sampling of one split, built by `get_temporal_transform` (picklable, for workers).
+
+    Calling it with a video's frame indices returns a list of clips (index lists): exactly one for
+    'random' and 'center' (training), several for 'even' (validation) and 'sliding' (inference).
+    """
+
+    kind: str
+    size: int
+    t_stride: int = 1
+    n_samples: int = 1
+    window_stride: int = 0
+
+    @property
+    def multi_clip(self) -> bool:
+        return self.kind in ("even", "sliding")
+
+    def __call__(self, indices: Sequence[int], rng: random.Random | None = None) -> list[Clip]:
+        if not indices:
+            raise ValueError("a video needs at least one frame")
+        ix = subsample(indices, self.t_stride)
+        if self.kind == "random":
+            return [random_crop(ix, self.size, rng)]
+        if self.kind == "center":
+            return [center_crop(ix, self.size)]
+        if self.kind == "even":
+            return even_crop(ix, self.size, self.n_samples)
+        return sliding_window(ix, self.size, self.window_stride)
+
+
+def get_temporal_transform(
+    split: str,
+    *,
+    sample_duration: int,
+    sample_t_stride: int = 1,
+    train_t_crop: str = "random",
+    n_val_samples: int = 3,
+    inference_stride: int = 16,
+) -> TemporalTransform:
+    """Temporal sampling for `split` in {'train', 'val', 'inference'} (spec 5.3, with the fixes above)."""
+    if sample_duration < 1 or sample_t_stride < 1:
+        raise ValueError("sample_duration and sample_t_stride must be >= 1")
+    if split == "train":
+        if train_t_crop not in ("random", "center"):
+            raise ValueError(f"train_t_crop must be 'random' or 'center', got {train_t_crop!r}")
+        return TemporalTransform(train_t_crop, sample_duration, sample_t_stride)
+    if split == "val":
+        if n_val_samples < 1:
+            raise ValueError(f"n_val_samples must be >= 1, got {n_val_samples}")
+        return TemporalTransform("even", sample_duration, sample_t_stride, n_samples=n_val_samples)
+    if split == "inference":
+        return TemporalTransform("sliding", sample_duration, sample_t_stride, window_stride=inference_stride)
+    raise ValueError(f"split must be 'train', 'val' or 'inference', got {split!r}")
