@@ -92,9 +92,7 @@ def find_videos(src_dir: Path, dataset: str) -> list[VideoItem]:
 
 
 def _video_files(folder: Path, ext: str) -> list[Path]:
-    return sorted(
-        p for p in folder.iterdir() if p.is_file() and p.suffix.lower() == ext and not p.name.startswith(".")
-    )
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() == ext and not p.name.startswith("."))
 
 
 def scaled_size(width: int, height: int, size: int) -> tuple[int, int]:

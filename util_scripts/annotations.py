@@ -1,0 +1,131 @@
+"""Shared pieces of the annotation JSON generators (kinetics_json, ucf101_json, ...).
+
+The JSON they write (spec 4.1): ``{"labels": [...], "database": {video_id: entry}}`` with
+``entry = {"subset": "training"|"validation"|"testing", "annotations": {"label": name,
+"segment": [begin, end]}}``. Testing entries have no label. The segment is only written when
+the converted video exists: ``[1, n_frames + 1]`` for a jpg folder, ``[0, n_frames]`` for an
+hdf5 file. A video without a segment is skipped by the dataset, so missing videos are counted
+and reported instead of stopping the script.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+from errors import UserError
+from util_scripts.common import atomic_file
+
+VIDEO_TYPES = ("jpg", "hdf5")
+TEST_DIR = "test"  # where the generators expect unlabelled test videos: <video_path>/test/<id>
+
+
+def read_lines(path: Path, *, what: str) -> list[str]:
+    """Non-empty, stripped lines of a text file (any line ending); UserError if it is missing."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} not found: {path}")
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        return [line.strip() for line in f.read().splitlines() if line.strip()]
+
+
+def read_csv_rows(path: Path, *, what: str, required: Iterable[str]) -> list[dict[str, str]]:
+    """Rows of a CSV file with a header line; UserError if missing or a required column is absent."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} not found: {path}")
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        reader = csv.DictReader(f)
+        columns = [c.strip() for c in reader.fieldnames or []]
+        missing = [c for c in required if c not in columns]
+        if missing:
+            raise UserError(f"{path}: missing column(s) {', '.join(missing)} in header {columns}")
+        return [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
+
+
+def count_jpg_frames(folder: Path) -> int:
+    """Frames in a jpg video folder, counted like the original: names containing 'image', not hidden."""
+    return sum(1 for name in os.listdir(folder) if "image" in name and not name.startswith("."))
+
+
+def count_hdf5_frames(path: Path) -> int:
+    """Length of the 'video' dataset of an hdf5 video file."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            return len(f["video"])
+    except (OSError, KeyError) as e:
+        raise UserError(f"cannot read hdf5 video {path}: {e}") from None
+
+
+def find_segment(video_path: Path, label_dir: str, video_id: str, video_type: str) -> list[int] | None:
+    """[begin, end) frame segment of a converted video, or None if it does not exist (yet)."""
+    if video_type == "hdf5":
+        file = Path(video_path, label_dir, f"{video_id}.hdf5")
+        return [0, count_hdf5_frames(file)] if file.is_file() else None
+    folder = Path(video_path, label_dir, video_id)
+    return [1, count_jpg_frames(folder) + 1] if folder.is_dir() else None
+
+
+def make_entry(subset: str, label: str | None, segment: list[int] | None) -> dict:
+    """One database entry; testing videos (label None) get annotations without 'label'."""
+    annotations = {} if label is None else {"label": label}
+    if segment is not None:
+        annotations["segment"] = segment
+    return {"subset": subset, "annotations": annotations}
+
+
+def build_database(
+    videos: Iterable[tuple[str, str, str | None]], *, video_path: Path, video_type: str, desc: str
+) -> tuple[dict, int]:
+    """Database from (video_id, subset, label-or-None) rows; also returns how many videos were missing.
+
+    Rows are kept in the given order (the dataset, hence the inference output, follows it).
+    """
+    from tqdm import tqdm
+
+    videos = list(videos)
+    database, n_missing = {}, 0
+    for video_id, subset, label in tqdm(videos, desc=desc, unit="video", mininterval=0.5, disable=len(videos) < 2000):
+        segment = find_segment(video_path, TEST_DIR if label is None else label, video_id, video_type)
+        n_missing += segment is None
+        database[video_id] = make_entry(subset, label, segment)
+    return database, n_missing
+
+
+def check_labels(labels_seen: Iterable[tuple[str, str]], labels: list[str]) -> None:
+    """UserError naming the first (label, where) whose label is not in the class list."""
+    known = set(labels)
+    for label, where in labels_seen:
+        if label not in known:
+            raise UserError(f"{where}: label '{label}' is not in the class list ({len(labels)} classes)")
+
+
+def write_annotation_json(dst: Path, labels: list[str], database: dict, *, n_missing: int, video_path: Path) -> None:
+    """Write the JSON atomically and print one summary line (plus a warning for missing videos)."""
+    dst = Path(dst)
+    with atomic_file(dst) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump({"labels": labels, "database": database}, f)
+    subsets = {}
+    for entry in database.values():
+        subsets[entry["subset"]] = subsets.get(entry["subset"], 0) + 1
+    counts = ", ".join(f"{n} {name}" for name, n in subsets.items())
+    print(f"wrote {dst}: {len(labels)} classes, {counts}")
+    if n_missing:
+        print(
+            f"warning: {n_missing} of {len(database)} videos have no converted frames under {video_path} "
+            "(no segment written; the dataset will skip them)",
+            file=sys.stderr,
+        )
+
+
+def add_video_type_argument(parser) -> None:
+    parser.add_argument(
+        "--video_type", choices=VIDEO_TYPES, default="jpg", help="format of the converted videos: jpg folders or hdf5"
+    )

@@ -1,0 +1,188 @@
+"""Video-level top-k accuracy of an inference result JSON against the annotation JSON.
+
+Usage: ``python -m util_scripts.eval_accuracy GT_JSON RESULT_JSON [--subset validation] [-k 1]
+[--ignore] [--save] [--per_class] [--confusion_matrix OUT_PREFIX]``
+
+Prints the original's lines ("load ground truth", ..., "top-k accuracy: <acc>"), then the mean
+class accuracy. Ground-truth videos missing from the results count as wrong unless --ignore.
+``--subset`` accepts the CLI spellings too (val/train/test). --save writes the accuracy to
+``<RESULT_JSON's folder>/top<k>.txt``; --confusion_matrix writes ``OUT_PREFIX.csv`` (and
+``OUT_PREFIX.png`` when matplotlib is installed) of top-1 predictions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from errors import UserError
+from util_scripts.common import run_cli
+
+SUBSET_ALIASES = {"val": "validation", "train": "training", "test": "testing"}
+
+
+def canonical_subset(subset: str) -> str:
+    """'val' -> 'validation', 'train' -> 'training', 'test' -> 'testing'; full names unchanged."""
+    return SUBSET_ALIASES.get(subset, subset)
+
+
+def _load_json(path: Path, what: str) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} not found: {path}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{what} {path} is not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{what} {path}: expected a JSON object at the top level")
+    return data
+
+
+def load_ground_truth(path: Path, subset: str) -> tuple[list[str], dict[str, int]]:
+    """(class names, {video_id: class index}) of the labelled videos of ``subset``."""
+    data = _load_json(path, "ground-truth JSON")
+    labels, database = data.get("labels"), data.get("database")
+    if not isinstance(labels, list) or not isinstance(database, dict):
+        raise UserError(f"{path}: expected 'labels' and 'database' (an annotation JSON made by util_scripts)")
+    index = {name: i for i, name in enumerate(labels)}
+    gt = {}
+    for video_id, entry in database.items():
+        label = entry.get("annotations", {}).get("label")
+        if entry.get("subset") != subset or label is None:
+            continue
+        if label not in index:
+            raise UserError(f"{path}: video {video_id} has label '{label}', which is not in 'labels'")
+        gt[video_id] = index[label]
+    if not gt:
+        present = sorted({str(e.get("subset")) for e in database.values()})
+        raise UserError(f"{path}: no labelled videos in subset '{subset}' (subsets present: {', '.join(present)})")
+    return labels, gt
+
+
+def load_results(path: Path, labels: list[str], k: int) -> dict[str, list[int]]:
+    """{video_id: top-k class indices, best first} from an averaged inference JSON."""
+    results = _load_json(path, "result JSON").get("results")
+    if not isinstance(results, dict):
+        raise UserError(f"{path}: expected a 'results' object (the JSON written by inference)")
+    index = {name: i for i, name in enumerate(labels)}
+    top = {}
+    for video_id, entries in results.items():
+        if entries and isinstance(entries, list) and "result" in entries[0]:
+            raise UserError(f"{path}: results are per clip (--inference_no_average); evaluate averaged results")
+        try:
+            ranked = sorted(entries, key=lambda e: e["score"], reverse=True)[:k]
+            top[video_id] = [index[e["label"]] for e in ranked]
+        except (KeyError, TypeError) as e:
+            raise UserError(f"{path}: video {video_id}: bad entry or unknown label ({e})") from None
+    return top
+
+
+def evaluate(gt_path: Path, result_path: Path, *, subset: str = "validation", k: int = 1, ignore: bool = False) -> dict:
+    """Top-k accuracy, per-class accuracy, mean class accuracy and the top-1 confusion matrix.
+
+    Returns a dict: accuracy, n_ground_truth, n_result (videos of the subset found in the
+    results), n_evaluated (the denominator), per_class_accuracy ({name: acc or None when the
+    class has no evaluated video}), mean_class_accuracy (over classes with videos), labels and
+    confusion (rows: true class, columns: top-1 predicted class; only videos with results).
+    """
+    if k < 1:
+        raise UserError(f"-k must be at least 1, got {k}")
+    labels, gt = load_ground_truth(gt_path, canonical_subset(subset))
+    top = load_results(result_path, labels, k)
+    present = [v for v in gt if v in top]
+    evaluated = present if ignore else list(gt)
+    hits = {v: v in top and gt[v] in top[v] for v in evaluated}
+    n_classes = len(labels)
+    totals, correct = [0] * n_classes, [0] * n_classes
+    for video_id, hit in hits.items():
+        totals[gt[video_id]] += 1
+        correct[gt[video_id]] += hit
+    per_class = {labels[c]: (correct[c] / totals[c] if totals[c] else None) for c in range(n_classes)}
+    class_accs = [acc for acc in per_class.values() if acc is not None]
+    confusion = [[0] * n_classes for _ in range(n_classes)]
+    for video_id in present:
+        confusion[gt[video_id]][top[video_id][0]] += 1
+    return {
+        "accuracy": sum(hits.values()) / len(evaluated) if evaluated else 0.0,
+        "n_ground_truth": len(gt),
+        "n_result": len(present),
+        "n_evaluated": len(evaluated),
+        "per_class_accuracy": per_class,
+        "mean_class_accuracy": sum(class_accs) / len(class_accs) if class_accs else 0.0,
+        "labels": labels,
+        "confusion": confusion,
+    }
+
+
+def write_confusion_matrix(prefix: Path, labels: list[str], confusion: list[list[int]]) -> list[Path]:
+    """Write PREFIX.csv (and PREFIX.png if matplotlib is available); return the written paths."""
+    prefix = Path(prefix)
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    csv_path = prefix.with_name(prefix.name + ".csv")
+    with open(csv_path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["true \\ predicted", *labels])
+        writer.writerows([label, *row] for label, row in zip(labels, confusion))
+    written = [csv_path]
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return written
+    size = min(40, 2 + 0.35 * len(labels))
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(confusion, cmap="Blues")
+    ticks = range(len(labels))
+    ax.set_xticks(ticks, labels, rotation=90, fontsize=6 if len(labels) > 30 else 9)
+    ax.set_yticks(ticks, labels, fontsize=6 if len(labels) > 30 else 9)
+    ax.set_xlabel("predicted (top-1)")
+    ax.set_ylabel("true")
+    fig.tight_layout()
+    png_path = prefix.with_name(prefix.name + ".png")
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)
+    return [*written, png_path]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("ground_truth_path", type=Path, help="annotation JSON")
+    parser.add_argument("result_path", type=Path, help="inference output JSON (e.g. results/val.json)")
+    parser.add_argument("-k", type=int, default=1, help="top-k")
+    parser.add_argument("--subset", default="validation", help="validation|val, training|train, testing|test")
+    parser.add_argument("--save", action="store_true", help="write the accuracy to top<k>.txt next to the results")
+    parser.add_argument("--ignore", action="store_true", help="leave ground-truth videos without results out")
+    parser.add_argument("--per_class", action="store_true", help="print the accuracy of every class")
+    parser.add_argument("--confusion_matrix", type=Path, metavar="OUT_PREFIX", help="write OUT_PREFIX.csv/.png")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    print("load ground truth")
+    report = evaluate(args.ground_truth_path, args.result_path, subset=args.subset, k=args.k, ignore=args.ignore)
+    print(f"number of ground truth: {report['n_ground_truth']}")
+    print("load result")
+    print(f"number of result: {report['n_result']}")
+    print(f"calculate top-{args.k} accuracy")
+    print(f"top-{args.k} accuracy: {report['accuracy']}")
+    print(f"mean class top-{args.k} accuracy: {report['mean_class_accuracy']}")
+    if args.per_class:
+        for name, acc in report["per_class_accuracy"].items():
+            print(f"  {name}: {'n/a' if acc is None else f'{acc:.4f}'}")
+    if args.save:
+        (args.result_path.parent / f"top{args.k}.txt").write_text(str(report["accuracy"]))
+    if args.confusion_matrix:
+        for path in write_confusion_matrix(args.confusion_matrix, report["labels"], report["confusion"]):
+            print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

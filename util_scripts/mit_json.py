@@ -1,0 +1,81 @@
+"""Build the Moments in Time annotation JSON from the official category and CSV files.
+
+Usage: ``python -m util_scripts.mit_json DIR VIDEO_PATH DST_JSON [--video_type jpg]``
+
+``DIR`` holds ``moments_categories.txt`` ("<label>,<index>" lines), ``trainingSet.csv`` and
+``validationSet.csv`` ("<label>/<file>.mp4,<label>,..." rows, no header) and optionally
+``testingSet.csv`` ("<file>.mp4" rows). Video ids are the file stems; segments come from
+``VIDEO_PATH/<label>/<id>`` (test videos: ``VIDEO_PATH/test/<id>``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+from collections.abc import Sequence
+from pathlib import Path, PurePosixPath
+
+from errors import UserError
+from util_scripts.annotations import (
+    add_video_type_argument,
+    build_database,
+    check_labels,
+    read_lines,
+    write_annotation_json,
+)
+from util_scripts.common import run_cli
+
+SPLITS = (("trainingSet.csv", "training"), ("validationSet.csv", "validation"), ("testingSet.csv", "testing"))
+
+
+def read_categories(path: Path) -> list[str]:
+    """Labels in file order (first comma-separated column)."""
+    return [line.split(",")[0].strip() for line in read_lines(path, what="Moments in Time category file")]
+
+
+def read_split(path: Path, subset: str) -> list[tuple[str, str, str | None, str]]:
+    """(video_id, subset, label or None, where) rows of one split CSV."""
+    read_lines(path, what=f"Moments in Time {subset} CSV")  # clear error if missing
+    rows = []
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        for line_no, row in enumerate(csv.reader(f), start=1):
+            if not row or not row[0].strip():
+                continue
+            where = f"{path}:{line_no}"
+            label = None
+            if subset != "testing":
+                if len(row) < 2 or not row[1].strip():
+                    raise UserError(f"{where}: expected '<label>/<file>.mp4,<label>,...', got {','.join(row)!r}")
+                label = row[1].strip()
+            rows.append((PurePosixPath(row[0].strip()).stem, subset, label, where))
+    return rows
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("dir_path", type=Path, help="folder of moments_categories.txt and the split CSVs")
+    parser.add_argument("video_path", type=Path, help="root of the converted videos (<label>/<id>)")
+    parser.add_argument("dst_path", type=Path, help="output JSON file")
+    add_video_type_argument(parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    labels = read_categories(args.dir_path / "moments_categories.txt")
+    rows = []
+    for file_name, subset in SPLITS:
+        path = args.dir_path / file_name
+        if subset == "testing" and not path.is_file():
+            continue
+        rows += read_split(path, subset)
+    check_labels(((label, where) for _, _, label, where in rows if label is not None), labels)
+    database, n_missing = build_database(
+        [row[:3] for row in rows], video_path=args.video_path, video_type=args.video_type, desc="mit"
+    )
+    write_annotation_json(args.dst_path, labels, database, n_missing=n_missing, video_path=args.video_path)
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
