@@ -1,0 +1,172 @@
+"""Every family x depth runs forward/backward on a tiny clip; options, precision, layout and compile work."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from models import MODEL_DEPTHS, MODEL_FAMILIES, build_model
+from models.common import ZeroPadShortcut
+
+ALL_MODELS = [(family, depth) for family, depths in MODEL_DEPTHS.items() for depth in depths]
+SMALLEST = [(family, depths[0]) for family, depths in MODEL_DEPTHS.items()]
+STEM_NAMES = {"resnet2p1d": ["conv1_s", "bn1_s", "conv1_t", "bn1_t"], "densenet": ["conv1", "norm1"]}
+
+
+def clip(family: str, *, batch: int = 2, channels: int = 3) -> torch.Tensor:
+    # Batch 2: train-mode BN needs more than one value per channel once layer4 is 1x1x1.
+    # DenseNet halves time in three transitions after the stem pool, so it needs 16 frames.
+    frames = 16 if family == "densenet" else 8
+    return torch.randn(batch, channels, frames, 32, 32)
+
+
+def small_kwargs(family: str, depth: int) -> dict:
+    # Deep wide ResNets at k=2 hold 300M+ parameters; k=1 keeps the same code path but fits CI memory.
+    return {"k": 1} if family == "wideresnet" and depth > 50 else {}
+
+
+def test_registry_lists_every_family_and_depth():
+    assert sorted(MODEL_FAMILIES) == ["densenet", "preresnet", "resnet", "resnet2p1d", "resnext", "wideresnet"]
+    assert MODEL_DEPTHS["resnet"] == (10, 18, 34, 50, 101, 152, 200)
+    assert MODEL_DEPTHS["resnet2p1d"] == (10, 18, 34, 50, 101, 152, 200)
+    assert set(MODEL_DEPTHS["preresnet"]) >= {18, 34, 50, 101, 152, 200}
+    assert MODEL_DEPTHS["wideresnet"][0] == 50
+    assert MODEL_DEPTHS["resnext"] == (50, 101, 152, 200)
+    assert MODEL_DEPTHS["densenet"] == (121, 169, 201, 264)
+
+
+@pytest.mark.parametrize(("family", "depth"), ALL_MODELS, ids=[f"{f}-{d}" for f, d in ALL_MODELS])
+def test_forward_backward_and_head_reset(family, depth):
+    torch.manual_seed(0)
+    model = build_model(family, depth, n_classes=5, **small_kwargs(family, depth))
+    assert model.arch == f"{family}-{depth}"
+    x = clip(family)
+    out = model(x)
+    assert out.shape == (2, 5)
+    assert torch.isfinite(out).all()
+    out.square().sum().backward()
+    no_grad = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert no_grad == []
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+    head = model.get_classifier()
+    assert isinstance(head, nn.Linear) and head.out_features == 5
+    model.reset_classifier(7)
+    new_head = model.get_classifier()
+    assert new_head is not head and new_head.out_features == 7 and new_head.in_features == head.in_features
+    with torch.no_grad():
+        assert model(x).shape == (2, 7)
+
+    names = model.stage_names()
+    assert names[: len(STEM_NAMES.get(family, ["conv1", "bn1"]))] == STEM_NAMES.get(family, ["conv1", "bn1"])
+    assert names[-1] == ("classifier" if family == "densenet" else "fc")
+
+
+@pytest.mark.parametrize("family", ["resnet", "resnet2p1d", "preresnet", "densenet"])
+def test_flow_input_has_two_channels(family):
+    depth = MODEL_DEPTHS[family][0]
+    model = build_model(family, depth, n_classes=4, n_input_channels=2)
+    first_conv = next(m for m in model.modules() if isinstance(m, nn.Conv3d))
+    assert first_conv.in_channels == 2
+    assert model(clip(family, channels=2)).shape == (2, 4)
+
+
+def test_resnet2p1d_stem_width_ignores_input_channels_like_the_original():
+    # The original sizes the (2+1)D stem for 3 channels even for flow; checkpoints depend on it.
+    assert build_model("resnet2p1d", 18, n_input_channels=2).conv1_s.weight.shape == (110, 2, 1, 7, 7)
+
+
+def test_stem_options_change_shapes():
+    model = build_model("resnet", 18, n_classes=3, conv1_t_size=3, conv1_t_stride=2, no_max_pool=True)
+    assert model.conv1.weight.shape == (64, 3, 3, 7, 7)
+    assert model.conv1.stride == (2, 2, 2)
+    assert isinstance(model.maxpool, nn.Identity)
+    assert model(clip("resnet")).shape == (2, 3)
+
+
+def test_widen_factor_scales_stage_widths():
+    model = build_model("resnet", 18, widen_factor=0.5)
+    assert model.conv1.weight.shape[0] == 32
+    assert model.fc.in_features == 256
+
+
+def test_wideresnet_and_resnext_widths():
+    wide = build_model("wideresnet", 50, k=2, n_classes=10)
+    assert wide.conv1.weight.shape == (128, 3, 7, 7, 7) and wide.fc.in_features == 2048
+    resnext = build_model("resnext", 50, cardinality=16, n_classes=10)
+    assert resnext.layer1[0].conv2.groups == 16
+    assert resnext.layer1[0].conv2.weight.shape == (64, 4, 3, 3, 3)  # mid = 16 * 128 // 32
+    assert resnext.fc.in_features == 2048
+
+
+@pytest.mark.parametrize("depth", [18, 50])
+def test_shortcut_a_has_no_projection_weights(depth):
+    model = build_model("resnet", depth, shortcut_type="A", n_classes=3)
+    assert not any("downsample" in k for k in model.state_dict())
+    assert isinstance(model.layer2[0].downsample, ZeroPadShortcut)
+    assert model(clip("resnet")).shape == (2, 3)
+
+
+def test_shortcut_a_passes_gradient_deliberate_fix():
+    # The original concatenated detached data here, so no gradient reached the block input.
+    shortcut = ZeroPadShortcut(out_planes=8, stride=2)
+    x = torch.randn(1, 4, 4, 6, 6, requires_grad=True)
+    y = shortcut(x)
+    assert y.shape == (1, 8, 2, 3, 3)
+    assert torch.equal(y[:, :4], x[:, :, ::2, ::2, ::2]) and not y[:, 4:].any()
+    y.sum().backward()
+    assert x.grad[:, :, ::2, ::2, ::2].eq(1).all()
+    assert x.grad.sum() == y[:, :4].numel()
+
+
+def test_bad_family_or_depth_lists_valid_values():
+    with pytest.raises(ValueError, match="10, 18, 34, 50, 101, 152, 200"):
+        build_model("resnet", 42)
+    with pytest.raises(ValueError, match="121, 169, 201, 264"):
+        build_model("densenet", 50)
+    with pytest.raises(ValueError, match="densenet, preresnet, resnet"):
+        build_model("vgg", 16)
+
+
+def test_init_follows_the_original():
+    model = build_model("resnet", 10)
+    assert model.bn1.weight.eq(1).all() and model.bn1.bias.eq(0).all()
+    # kaiming_normal_(fan_out, relu): std = sqrt(2 / (out_channels * kernel volume))
+    w = model.layer3[0].conv2.weight
+    expected_std = (2 / (w.shape[0] * 27)) ** 0.5
+    assert abs(w.std().item() - expected_std) / expected_std < 0.05
+    assert build_model("densenet", 121).classifier.bias.eq(0).all()
+
+
+@pytest.mark.parametrize(("family", "depth"), SMALLEST, ids=[f"{f}-{d}" for f, d in SMALLEST])
+def test_bf16_autocast_and_channels_last_3d(family, depth):
+    torch.manual_seed(0)
+    model = build_model(family, depth, n_classes=6, **({"k": 1} if family == "wideresnet" else {})).eval()
+    x = clip(family)
+    with torch.no_grad():
+        reference = model(x)
+        fast = copy.deepcopy(model).to(memory_format=torch.channels_last_3d)
+        out_cl = fast(x.contiguous(memory_format=torch.channels_last_3d))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out_bf16 = fast(x.contiguous(memory_format=torch.channels_last_3d))
+    assert fast.get_classifier().weight.is_contiguous()  # Linear weights are 2D: unaffected
+    conv = next(m for m in fast.modules() if isinstance(m, nn.Conv3d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last_3d)
+    torch.testing.assert_close(out_cl, reference, atol=1e-4, rtol=1e-4)
+    assert out_bf16.dtype == torch.bfloat16
+    assert torch.isfinite(out_bf16).all()
+    scale = reference.abs().max().item()
+    assert (out_bf16.float() - reference).abs().max().item() < 0.1 * scale + 1e-3
+
+
+def test_torch_compile_matches_eager():
+    torch.manual_seed(0)
+    model = build_model("resnet", 10, n_classes=5, widen_factor=0.25).eval()
+    x = torch.randn(1, 3, 8, 32, 32)
+    with torch.no_grad():
+        eager = model(x)
+        compiled = torch.compile(model)(x)
+    torch.testing.assert_close(compiled, eager, atol=1e-4, rtol=1e-4)
