@@ -1,0 +1,154 @@
+"""End to end on the CPU: main.py trains, validates, checkpoints, infers, and reports user errors in one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from checkpoint import load_checkpoint
+from tests.datagen import make_frame_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+# A model and clips small enough for a few seconds per epoch on one core.
+TINY = ["--model", "resnet", "--model_depth", "10", "--resnet_widen_factor", "0.25", "--sample_size", "32",
+        "--sample_duration", "8", "--n_threads", "0", "--no_cuda", "--learning_rate", "0.01", "--batch_size", "2",
+        "--n_val_samples", "2", "--inference_stride", "8"]
+
+
+def run_main(args: list[str], *, launcher: list[str] | None = None, timeout: int = 240,
+             env: dict | None = None) -> subprocess.CompletedProcess:
+    cmd = [*(launcher or [sys.executable]), "main.py", *map(str, args)]
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=full_env)
+
+
+def dataset_args(ds, result_path: Path, n_classes: int = 2) -> list[str]:
+    return ["--video_path", ds.video_path, "--annotation_path", ds.annotation_path, "--result_path", result_path,
+            "--n_classes", n_classes, *TINY]
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory):
+    return make_frame_dataset(tmp_path_factory.mktemp("data"), n_classes=2, videos_per_class=2, n_frames=12,
+                              size=(40, 32))
+
+
+def _rows(path: Path) -> list[list[str]]:
+    raw = path.read_bytes().decode()
+    assert raw.endswith("\r\n") and "\n" not in raw.replace("\r\n", "")  # CRLF like the original
+    return [line.split("\t") for line in raw.split("\r\n")[:-1]]
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_dataset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    proc = run_main([*dataset_args(tiny_dataset, out), "--n_epochs", 2, "--checkpoint", 2, "--inference",
+                     "--tensorboard", "--multistep_milestones", 1])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return out, proc
+
+
+def test_logs_have_the_original_columns(trained):
+    out, proc = trained
+    train = _rows(out / "train.log")
+    assert train[0] == ["epoch", "loss", "acc", "lr"] and [r[0] for r in train[1:]] == ["1", "2"]
+    assert [float(r[3]) for r in train[1:]] == pytest.approx([0.01, 0.001])
+    batches = _rows(out / "train_batch.log")
+    assert batches[0] == ["epoch", "batch", "iter", "loss", "acc", "lr"]
+    assert [r[:3] for r in batches[1:]] == [["1", "1", "1"], ["1", "2", "2"], ["2", "1", "3"], ["2", "2", "4"]]
+    val = _rows(out / "val.log")
+    assert val[0] == ["epoch", "loss", "acc"] and len(val) == 3
+    assert "GFLOPs" in proc.stdout and "parameters" in proc.stdout
+
+
+def test_checkpoint_is_self_describing(trained):
+    out, _ = trained
+    assert not (out / "save_1.pth").exists()
+    ckpt = load_checkpoint(out / "save_2.pth")  # weights_only load succeeds
+    assert {"epoch", "arch", "state_dict", "optimizer", "scheduler", "rng", "model_kwargs", "class_names",
+            "options"} <= set(ckpt)
+    assert ckpt["epoch"] == 2 and ckpt["arch"] == "resnet-10" and ckpt["class_names"] == ["class_0", "class_1"]
+    assert "conv1.weight" in ckpt["state_dict"] and not any(k.startswith("module.") for k in ckpt["state_dict"])
+    assert ckpt["model_kwargs"]["n_classes"] == 2 and ckpt["options"]["result_path"] == str(out)
+    # The scheduler was stepped before saving: the stored LR is the one of epoch 3.
+    assert ckpt["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.001)
+    import model as model_lib
+
+    rebuilt = model_lib.build_model_from_checkpoint_info(ckpt["arch"], ckpt["model_kwargs"])
+    rebuilt.load_state_dict(ckpt["state_dict"])
+
+
+def test_inference_json_schema_and_eval_accuracy(trained, tiny_dataset):
+    out, proc = trained
+    results = json.loads((out / "val.json").read_text())["results"]
+    assert list(results) == tiny_dataset.ids("validation")
+    for entries in results.values():
+        assert [set(e) for e in entries] == [{"label", "score"}] * 2
+        assert entries[0]["score"] >= entries[1]["score"]
+        assert sum(e["score"] for e in entries) == pytest.approx(1.0, abs=1e-5)
+    assert "video-level top-1 accuracy on val" in proc.stdout
+    ev = subprocess.run([sys.executable, "-m", "util_scripts.eval_accuracy", str(tiny_dataset.annotation_path),
+                         str(out / "val.json"), "--subset", "validation"], cwd=ROOT, capture_output=True, text=True,
+                        timeout=60)
+    assert ev.returncode == 0, ev.stderr
+    assert "top-1 accuracy:" in ev.stdout
+
+
+def test_tensorboard_scalars_are_named_and_valued_correctly(trained):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out, _ = trained
+    events = EventAccumulator(str(out))
+    events.Reload()
+    assert {"train/loss", "train/acc", "train/lr", "val/loss", "val/acc"} <= set(events.Tags()["scalars"])
+    assert [e.value for e in events.Scalars("train/lr")] == pytest.approx([0.01, 0.001])  # not the accuracy
+
+
+def test_opts_json_written(trained):
+    out, _ = trained
+    saved = json.loads((out / "opts.json").read_text())
+    assert saved["arch"] == "resnet-10" and saved["n_epochs"] == 2
+
+
+def test_evaluate_only_with_per_clip_results(trained, tiny_dataset, tmp_path):
+    out, _ = trained
+    proc = run_main([*dataset_args(tiny_dataset, tmp_path), "--no_train", "--no_val", "--inference",
+                     "--resume_path", out / "save_2.pth", "--inference_no_average", "--output_topk", 1])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    results = json.loads((tmp_path / "val.json").read_text())["results"]
+    for entries in results.values():
+        # 12 frames, window 8, stride 8 -> clips [1, 9] and [9, 13] (the second loop-padded)
+        assert [e["segment"] for e in entries] == [[1, 9], [9, 13]]
+        assert len(entries[0]["result"]) == 1
+    assert not (tmp_path / "train.log").exists()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--annotation_path", "/nonexistent.json"], "annotation file not found"),
+    (["--resume_path", "/nonexistent.pth"], "checkpoint not found"),
+    (["--model_depth", "11"], "valid depths"),
+])
+def test_user_errors_are_one_line(tiny_dataset, tmp_path, extra, message):
+    proc = run_main([*dataset_args(tiny_dataset, tmp_path), "--n_epochs", 1, *extra])
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("error: ") and message in proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_resume_with_wrong_arch_names_both(trained, tiny_dataset, tmp_path):
+    out, _ = trained
+    proc = run_main([*dataset_args(tiny_dataset, tmp_path), "--model_depth", "18", "--resume_path",
+                     out / "save_2.pth"])
+    assert proc.returncode == 2 and "resnet-10" in proc.stderr and "resnet-18" in proc.stderr
+
+
+def test_resume_auto_without_checkpoint_starts_fresh(tiny_dataset, tmp_path):
+    proc = run_main([*dataset_args(tiny_dataset, tmp_path), "--n_epochs", 1, "--no_val", "--resume_path", "auto"])
+    assert proc.returncode == 0, proc.stderr
+    assert "starting fresh" in proc.stdout
+    assert len(_rows(tmp_path / "train.log")) == 2
