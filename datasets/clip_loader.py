@@ -42,6 +42,8 @@ class ClipLoader:
         """uint8 (T, H, W, C) arrays, one per index list in `clips`, sharing one spatial sample."""
         wanted = sorted({i for clip in clips for i in clip})
         encoded = self._fetch(record, wanted)
+        if encoded is None:  # the file could not be opened at all (already counted)
+            return [self._black(len(c)) for c in clips]
         first = next((e for e in encoded.values() if e is not None), None)
         params, min_size = self._params(first, rng)
         if params is None:
@@ -55,12 +57,12 @@ class ClipLoader:
         out = [np.stack([frames[i] for i in clip]) for clip in clips]
         return [flip_clip(c) for c in out] if params.flip else out
 
-    def _fetch(self, record: VideoRecord, wanted: list[int]) -> dict[int, object]:
+    def _fetch(self, record: VideoRecord, wanted: list[int]) -> dict[int, object] | None:
         try:
             encoded = dict(zip(wanted, self.reader.fetch(record.path, wanted)))
         except ReadError as e:
             self.problems.record("unreadable_videos", record.video_id, detail=str(e))
-            return dict.fromkeys(wanted)
+            return None
         n_missing = sum(e is None for e in encoded.values())
         if 0 < n_missing < len(wanted):
             self.problems.record("missing_frames", record.video_id, n_missing, detail=str(record.path))
