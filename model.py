@@ -119,7 +119,9 @@ def load_state_dict_compat(
     found = strip_wrapper_prefixes(state_dict)
     expected = model.state_dict()
     for key, value in expected.items():
-        if key.endswith("num_batches_tracked") and key not in found:
+        # Only for BNs the file does have, so a file of another depth still shows as a mismatch.
+        bn_present = key.removesuffix("num_batches_tracked") + "running_mean" in found
+        if key.endswith("num_batches_tracked") and key not in found and bn_present:
             found[key] = value.clone()
     problem = _describe_mismatch(model, expected, found, source=source, class_flag=class_flag, source_arch=source_arch)
     if problem is not None:
@@ -135,9 +137,14 @@ def _describe_mismatch(
         return f"{source} state_dict entry {bad_values[0]!r} is not a tensor"
     model_arch = getattr(model, "arch", type(model).__name__)
     head = f"{model.classifier_name}.weight" if hasattr(model, "classifier_name") else None
+    head_prefix = head.removesuffix("weight") if head else None
     missing = [k for k in expected if k not in found]
     unexpected = [k for k in found if k not in expected]
-    reshaped = [k for k in expected if k in found and k != head and found[k].shape != expected[k].shape]
+    reshaped = [
+        k
+        for k in expected
+        if k in found and not (head_prefix and k.startswith(head_prefix)) and found[k].shape != expected[k].shape
+    ]
     if missing or unexpected or reshaped:
         arch_note = f" (saved from {source_arch})" if source_arch and source_arch != model_arch else ""
         details = []
