@@ -23,6 +23,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from errors import UserError
+
 log = logging.getLogger(__name__)
 
 _ENV_KEYS = ("RANK", "LOCAL_RANK", "WORLD_SIZE")
@@ -56,7 +58,15 @@ def _use_cuda(opt: argparse.Namespace) -> bool:
 
 
 def launched_by_torchrun() -> bool:
-    return all(key in os.environ for key in _ENV_KEYS)
+    return all(os.environ.get(key) for key in _ENV_KEYS)
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name) or default
+    try:
+        return int(value)
+    except ValueError:
+        raise UserError(f"environment variable {name}={value!r} is not an integer") from None
 
 
 def init_distributed(opt: argparse.Namespace, *, init_method: str = "env://") -> DistInfo:
@@ -64,9 +74,7 @@ def init_distributed(opt: argparse.Namespace, *, init_method: str = "env://") ->
 
     Without those variables it is a single process (no process group). gloo serves the CPU, nccl CUDA.
     """
-    rank = int(os.environ.get("RANK", 0))
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    rank, local_rank, world_size = _env_int("RANK", 0), _env_int("LOCAL_RANK", 0), _env_int("WORLD_SIZE", 1)
     if _use_cuda(opt):
         device = torch.device("cuda", local_rank % torch.cuda.device_count())
         torch.cuda.set_device(device)
@@ -91,7 +99,7 @@ def launch(worker: Callable[[argparse.Namespace, DistInfo], int], opt: argparse.
             shutdown()
     n_local = torch.cuda.device_count() if _use_cuda(opt) else 1
     n_nodes = max(opt.world_size, 1)
-    node_rank = int(os.environ.get("NODE_RANK", os.environ.get("OMPI_COMM_WORLD_RANK", 0)))
+    node_rank = _env_int("NODE_RANK", _env_int("OMPI_COMM_WORLD_RANK", 0))
     log.info("spawning %d worker(s) on node %d of %d (%s)", n_local, node_rank, n_nodes, opt.dist_url)
     try:
         torch.multiprocessing.spawn(_spawned, args=(worker, opt, n_local, n_nodes, node_rank), nprocs=n_local)

@@ -47,6 +47,7 @@ class Resume:
 
 
 def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     try:
         opt = parse_opts(argv)
         return launch(worker, opt)

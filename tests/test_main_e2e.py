@@ -24,6 +24,7 @@ def run_main(args: list[str], *, launcher: list[str] | None = None, timeout: int
              env: dict | None = None) -> subprocess.CompletedProcess:
     cmd = [*(launcher or [sys.executable]), "main.py", *map(str, args)]
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    full_env = {k: v for k, v in full_env.items() if v is not None}  # None removes a variable
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=full_env)
 
 
