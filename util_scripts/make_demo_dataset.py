@@ -54,7 +54,7 @@ def sample_motion(action: str, rng: np.random.Generator, *, width: int, height: 
     speed = rng.uniform(0.55, 0.8) * (short - 2.2 * radius0) / max(1, n_frames - 1)
     dx, dy = {"move_left": (-1, 0), "move_right": (1, 0), "move_up": (0, -1), "move_down": (0, 1)}.get(action, (0, 0))
     travel_x, travel_y = dx * speed * (n_frames - 1), dy * speed * (n_frames - 1)
-    margin = radius.max() * 1.1
+    margin = radius.max() * 1.35  # the ellipse reaches 1.29 radii from its centre
     cx0 = rng.uniform(margin + max(0.0, -travel_x), width - margin - max(0.0, travel_x))
     cy0 = rng.uniform(margin + max(0.0, -travel_y), height - margin - max(0.0, travel_y))
     return Motion(cx0 + dx * speed * t, cy0 + dy * speed * t, radius, angle)
