@@ -44,8 +44,7 @@ class ClipLoader:
         encoded = self._fetch(record, wanted)
         if encoded is None:  # the file could not be opened at all (already counted)
             return [self._black(len(c)) for c in clips]
-        first = next((e for e in encoded.values() if e is not None), None)
-        params, min_size = self._params(first, rng)
+        params, min_size = self._params(encoded.values(), rng)
         if params is None:
             self.problems.record("unreadable_videos", record.video_id, detail=str(record.path))
             return [self._black(len(c)) for c in clips]
@@ -68,18 +67,20 @@ class ClipLoader:
             self.problems.record("missing_frames", record.video_id, n_missing, detail=str(record.path))
         return encoded
 
-    def _params(self, first, rng: random.Random | None) -> tuple[ClipParams | None, tuple[int, int] | None]:
-        """Clip parameters from the first readable frame's size, and the reduced decode size (or None)."""
-        if first is None:
-            return None, None
-        try:
-            width, height = jpeg_size(first[0] if isinstance(first, tuple) else first)
-        except DECODE_ERRORS:
-            return None, None  # the header is unreadable; the caller treats the video as unreadable
-        params = self.spatial.sample(width, height, rng)
-        need = params.decode_size(width, height)
-        small = self.draft and need[0] * DRAFT_MIN_FACTOR <= width and need[1] * DRAFT_MIN_FACTOR <= height
-        return params, need if small else None
+    def _params(self, encoded, rng: random.Random | None) -> tuple[ClipParams | None, tuple[int, int] | None]:
+        """Clip parameters from the first frame with a readable header, and the reduced decode size (or None)."""
+        for data in encoded:
+            if data is None:
+                continue
+            try:
+                width, height = jpeg_size(data[0] if isinstance(data, tuple) else data)
+            except DECODE_ERRORS:
+                continue  # a corrupt frame; it is counted when decoding
+            params = self.spatial.sample(width, height, rng)
+            need = params.decode_size(width, height)
+            small = self.draft and need[0] * DRAFT_MIN_FACTOR <= width and need[1] * DRAFT_MIN_FACTOR <= height
+            return params, need if small else None
+        return None, None
 
     def _decode_all(self, record: VideoRecord, encoded: dict, params: ClipParams,
                     min_size: tuple[int, int] | None) -> dict[int, np.ndarray | None]:

@@ -180,6 +180,7 @@ def test_missing_videos_are_skipped_with_one_warning(tmp_path, caplog):
 def test_corrupt_and_missing_frames_are_replaced_and_counted(tmp_path, caplog):
     ds = make_frame_dataset(tmp_path, n_classes=1, videos_per_class=1, n_frames=8, content="index")
     video = ds.videos[ds.ids("training")[0]].path
+    (video / "image_00001.jpg").write_bytes(b"this is not a jpeg")  # the first frame: sizes come from another
     (video / "image_00003.jpg").write_bytes(b"this is not a jpeg")
     truncated = (video / "image_00006.jpg").read_bytes()
     (video / "image_00006.jpg").write_bytes(truncated[: len(truncated) // 2])
@@ -188,9 +189,9 @@ def test_corrupt_and_missing_frames_are_replaced_and_counted(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         for _ in range(2):
             clip, _ = train[0]
-    assert frame_numbers(clip) == [1, 2, 2, 4, 4, 7, 7, 8]  # nearest good frame, the earlier one on ties
+    assert frame_numbers(clip) == [2, 2, 2, 4, 4, 7, 7, 8]  # nearest good frame, the earlier one on ties
     counts = train.problems.counts()
-    assert counts == {"missing_frames": 2, "corrupt_frames": 4, "unreadable_videos": 0}  # two reads of the clip
+    assert counts == {"missing_frames": 2, "corrupt_frames": 6, "unreadable_videos": 0}  # two reads of the clip
     messages = [r.getMessage() for r in caplog.records]
     assert sum("missing_frames" in m for m in messages) == 1 and sum("corrupt_frames" in m for m in messages) == 1
     assert all(ds.ids("training")[0] in m for m in messages)
@@ -222,3 +223,13 @@ def test_problem_counts_delta():
     problems.record("corrupt_frames", "b", 1)
     assert DataProblems.delta(problems.counts(), before) == {"missing_frames": 1, "corrupt_frames": 1,
                                                              "unreadable_videos": 0}
+
+
+def test_a_video_of_only_corrupt_frames_gives_a_black_clip(tmp_path):
+    ds = make_frame_dataset(tmp_path, n_classes=1, videos_per_class=1, n_frames=5)
+    for f in ds.videos[ds.ids("training")[0]].path.iterdir():
+        f.write_bytes(b"\xff\xd8 broken")
+    train = build_dataset(make_opt(ds), "train")
+    clip, _ = train[0]
+    assert clip.shape == (4, 16, 16, 3) and int(clip.max()) == 0
+    assert train.problems.counts()["unreadable_videos"] == 1
