@@ -21,7 +21,7 @@ import dataset
 import model as model_lib
 from checkpoint import load_checkpoint, save_checkpoint, strip_wrapper_prefixes, unwrap_model
 from datasets.annotations import read_records
-from distributed import DistInfo, barrier, gather_objects, launch, parameters_in_sync
+from distributed import DistInfo, all_reduce_sum, barrier, gather_objects, launch, parameters_in_sync
 from errors import UserError
 from inference import VideoScoreAggregator, run_inference, write_results
 from opts import RESUME_AUTO, opts_to_plain, parse_opts, save_opts
@@ -120,13 +120,9 @@ def _run(opt: argparse.Namespace, dist: DistInfo) -> None:
     for epoch in range(begin, last + 1):
         metrics = trainer.train_epoch(epoch, criterion, normalizer) if trainer is not None else {}
         if val_loader is not None:
-            val = evaluate(_eval_view(trainer.model if trainer else net), val_loader, criterion, dist.device,
-                           normalizer=normalizer, precision=opt.precision)
-            log.info("validation epoch %d: loss %.4f acc %.4f (%d clips)", epoch, val["loss"], val["acc"],
-                     val["clips"])
+            val = _validate(trainer.model if trainer else net, val_loader, criterion, normalizer, opt=opt, dist=dist,
+                            epoch=epoch, logger=val_logger)
             metrics.update({f"val_{k}": v for k, v in val.items()})
-            if val_logger is not None:
-                val_logger.log({"epoch": epoch, **val})
         if trainer is not None:
             trainer.end_epoch(epoch, metrics.get("val_loss"))
         _write_scalars(writer, epoch, metrics)
@@ -136,6 +132,30 @@ def _run(opt: argparse.Namespace, dist: DistInfo) -> None:
         _infer(data_opt, trainer.model if trainer else net, dist, normalizer)
     if writer is not None:
         writer.close()
+
+
+def _validate(net: nn.Module, loader, criterion: nn.Module, normalizer, *, opt: argparse.Namespace, dist: DistInfo,
+              epoch: int, logger: Logger | None) -> dict:
+    before = dataset.data_problems(loader).counts()
+    val = evaluate(_eval_view(net), loader, criterion, dist.device, normalizer=normalizer, precision=opt.precision)
+    log.info("validation epoch %d: loss %.4f acc %.4f (%d clips)", epoch, val["loss"], val["acc"], val["clips"])
+    report_data_problems(loader, before, phase="validation", epoch=epoch, device=dist.device)
+    if logger is not None:
+        logger.log({"epoch": epoch, **val})
+    return val
+
+
+def report_data_problems(loader, before: dict[str, int], *, phase: str, epoch: int, device: torch.device) -> dict:
+    """Log the bad frames/videos met during one pass (summed over ranks); returns the new cumulative counts."""
+    problems = dataset.data_problems(loader)
+    now = problems.counts()
+    delta = problems.delta(now, before)
+    summed = all_reduce_sum(torch.tensor(list(delta.values()), dtype=torch.float64, device=device)).tolist()
+    found = {kind: int(n) for kind, n in zip(delta, summed) if n}
+    if found:
+        log.warning("%s epoch %d: data problems %s (skipped or padded)", phase, epoch,
+                    ", ".join(f"{kind} {n}" for kind, n in found.items()))
+    return now
 
 
 def _find_resume(opt: argparse.Namespace) -> Resume | None:
@@ -263,12 +283,14 @@ class Trainer:
                 self.batch_logger.log({"epoch": epoch, "iter": (epoch - 1) * n_batches + row["batch"], "lr": lr,
                                        **row})
 
+        before = dataset.data_problems(self.loader).counts()
         result = train_one_epoch(self.model, self.loader, criterion, self.optimizer, self.dist.device, epoch=epoch,
                                  normalizer=normalizer, precision=self.opt.precision, scaler=self.scaler,
                                  log_interval=self.opt.log_interval, show_progress=self.dist.is_main,
                                  on_batches=log_batches if self.batch_logger is not None else None)
         log.info("train epoch %d: loss %.4f acc %.4f lr %g (%.1f clips/s, data wait %.0f%%)", epoch, result["loss"],
                  result["acc"], result["lr"], result["clips_per_s"], 100 * result["data_share"])
+        report_data_problems(self.loader, before, phase="train", epoch=epoch, device=self.dist.device)
         if self.train_logger is not None:
             self.train_logger.log({"epoch": epoch, **result})
         return dict(result)

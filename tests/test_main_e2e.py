@@ -153,3 +153,13 @@ def test_resume_auto_without_checkpoint_starts_fresh(tiny_dataset, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "starting fresh" in proc.stdout
     assert len(_rows(tmp_path / "train.log")) == 2
+
+
+def test_corrupt_frames_are_counted_and_reported(tmp_path):
+    ds = make_frame_dataset(tmp_path / "data", n_classes=2, videos_per_class=2, n_frames=12, size=(40, 32))
+    victim = ds.videos[ds.ids("training")[0]].path
+    (victim / "image_00003.jpg").write_bytes(b"not a jpeg")
+    (victim / "image_00004.jpg").unlink()
+    proc = run_main([*dataset_args(ds, tmp_path / "out"), "--n_epochs", 1, "--no_val", "--train_t_crop", "center"])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "train epoch 1: data problems" in proc.stdout
