@@ -20,6 +20,7 @@ from datasets.problems import DataProblems
 from datasets.readers import FlowHdf5Reader, Hdf5Reader, JpegDirReader
 from datasets.sampling import EpochShardSampler
 from datasets.video_dataset import VideoClipDataset, collate_clips
+from datasets.video_files import VideoFileReader
 from errors import UserError
 from spatial_transforms import ClipNormalizer, get_mean_std, get_spatial_transform
 from temporal_transforms import get_temporal_transform
@@ -54,12 +55,14 @@ def get_class_names(opt) -> list[str]:
 
 
 def _reader(opt):
-    if opt.file_type not in ("jpg", "hdf5"):
-        raise UserError(f"--file_type must be jpg or hdf5, got {opt.file_type!r}")
+    if opt.file_type not in ("jpg", "hdf5", "video"):
+        raise UserError(f"--file_type must be jpg, hdf5 or video, got {opt.file_type!r}")
     if opt.input_type == "flow":
         if opt.file_type != "hdf5":
             raise UserError("--input_type flow needs --file_type hdf5 (flow is read from video_u/video_v)")
         return FlowHdf5Reader()
+    if opt.file_type == "video":
+        return VideoFileReader()
     return JpegDirReader() if opt.file_type == "jpg" else Hdf5Reader()
 
 

@@ -9,6 +9,9 @@ Two schemas:
   seconds, label}) plus the per-video "fps" field; classes are the taxonomy leaves in taxonomy
   order; videos live in <root>/v_<id>[.hdf5]; one record per annotated segment (trimmed) or one
   per video (untrimmed, for inference).
+With file_type 'video' the same layouts hold with a video file <...>/<id>.<ext> (mp4, avi, mkv,
+webm, ...); frames are the decoded stream's, 0-based, counted once and cached in
+<annotation file>.video_meta.json (the JSON's jpg-frame segments are not used).
 
 Deviations from the original: testing entries without a label load (label -1); ActivityNet works
 (its class was broken); an ActivityNet segment may end at the last frame (the original's
@@ -30,7 +33,7 @@ logger = logging.getLogger(__name__)
 
 DATASETS = ("kinetics", "mit", "ucf101", "hmdb51", "activitynet")
 SUBSETS = ("training", "validation", "testing")
-FILE_TYPES = ("jpg", "hdf5")
+FILE_TYPES = ("jpg", "hdf5", "video")
 ACTIVITYNET_MIN_FRAMES = 8  # the original skipped shorter ActivityNet segments
 
 
@@ -96,7 +99,7 @@ def class_names(data: dict[str, Any], *, dataset: str, path: Path | str) -> list
 
 def _candidate_paths(root: Path, video_id: str, entry: dict, label: str | None, *, dataset: str,
                      file_type: str) -> list[Path]:
-    suffix = ".hdf5" if file_type == "hdf5" else ""
+    suffix = ".hdf5" if file_type == "hdf5" else ""  # video files: extensions are probed by the locator
     if "video_path" in entry:
         return [Path(entry["video_path"])]
     if dataset == "activitynet":
@@ -106,11 +109,42 @@ def _candidate_paths(root: Path, video_id: str, entry: dict, label: str | None, 
     return [root / "test" / f"{video_id}{suffix}", root / f"{video_id}{suffix}"]
 
 
-def _find_video(candidates: list[Path]) -> Path | None:
-    return next((p for p in candidates if p.exists()), None)
+class _Locator:
+    """Where videos are and how many frames they have, for one file type (video files: probed once, cached)."""
+
+    def __init__(self, file_type: str, annotation_path: Path):
+        if file_type not in FILE_TYPES:
+            raise UserError(f"unknown file type {file_type!r}; choose from {', '.join(FILE_TYPES)}")
+        self.file_type = file_type
+        self.base = 1 if file_type == "jpg" else 0  # first frame number: jpg files are 1-based
+        self.cache = None
+        if file_type == "video":
+            from datasets.video_files import VideoMetaCache
+
+            self.cache = VideoMetaCache(annotation_path.with_name(annotation_path.name + ".video_meta.json"))
+
+    def find(self, candidates: list[Path]) -> Path | None:
+        if self.file_type == "video":
+            from datasets.video_files import find_video_file
+
+            return next((p for c in candidates if (p := find_video_file(c)) is not None), None)
+        return next((p for p in candidates if p.exists()), None)
+
+    def n_frames(self, video: Path) -> int:
+        if self.cache is not None:
+            meta = self.cache.get(video)
+            return meta.n_frames if meta else 0
+        return count_frames(video, self.file_type)
+
+    def fps(self, video: Path) -> float | None:
+        meta = self.cache.get(video) if self.cache is not None else None
+        return meta.fps if meta else None
+
+    def whole_video(self, video: Path) -> tuple[int, int]:
+        return self.base, self.base + self.n_frames(video)
 
 
-def _standard_records(data: dict, names: list[str], *, root: Path, subset: str, file_type: str,
+def _standard_records(data: dict, names: list[str], *, root: Path, subset: str, locator: _Locator,
                       dataset: str, path: Path) -> tuple[list[VideoRecord], list[str]]:
     """Records of the kinetics-style schema, plus the ids whose video is missing."""
     class_to_idx = {name: i for i, name in enumerate(names)}
@@ -122,13 +156,14 @@ def _standard_records(data: dict, names: list[str], *, root: Path, subset: str, 
         label = ann.get("label")
         if label is not None and label not in class_to_idx:
             raise UserError(f"video {video_id} in {path} has label {label!r}, which is not in 'labels'")
-        video = _find_video(_candidate_paths(root, video_id, entry, label, dataset=dataset, file_type=file_type))
+        video = locator.find(_candidate_paths(root, video_id, entry, label, dataset=dataset,
+                                              file_type=locator.file_type))
         if video is None:
             missing.append(video_id)
             continue
         segment = ann.get("segment", entry.get("segment"))
-        if segment is None:
-            segment = _segment_from_disk(video, file_type)
+        if segment is None or locator.file_type == "video":  # a video file: its own decoded frames, 0-based
+            segment = locator.whole_video(video)
         try:
             begin, end = int(segment[0]), int(segment[1])
         except (TypeError, ValueError, IndexError):
@@ -154,30 +189,26 @@ def count_frames(video: Path, file_type: str) -> int:
     return sum(1 for p in video.iterdir() if "image" in p.name and not p.name.startswith("."))
 
 
-def _segment_from_disk(video: Path, file_type: str) -> tuple[int, int]:
-    base = 0 if file_type == "hdf5" else 1
-    return base, base + count_frames(video, file_type)
-
-
-def _activitynet_records(data: dict, names: list[str], *, root: Path, subset: str, file_type: str,
+def _activitynet_records(data: dict, names: list[str], *, root: Path, subset: str, locator: _Locator,
                          untrimmed: bool, path: Path) -> tuple[list[VideoRecord], list[str]]:
     class_to_idx = {name: i for i, name in enumerate(names)}
-    base = 0 if file_type == "hdf5" else 1
+    base = locator.base
     records, missing = [], []
     for video_id, entry in data["database"].items():
         if not isinstance(entry, dict) or entry.get("subset") != subset:
             continue
-        video = _find_video(_candidate_paths(root, video_id, entry, None, dataset="activitynet", file_type=file_type))
+        video = locator.find(_candidate_paths(root, video_id, entry, None, dataset="activitynet",
+                                              file_type=locator.file_type))
         if video is None:
             missing.append(video_id)
             continue
-        n_frames = count_frames(video, file_type)
+        n_frames = locator.n_frames(video)
         annotations = entry.get("annotations") or []
         labels = [class_to_idx.get(a.get("label"), -2) for a in annotations]
         if -2 in labels:
             bad = next(a.get("label") for a, i in zip(annotations, labels) if i == -2)
             raise UserError(f"video {video_id} in {path} has label {bad!r}, which is not a taxonomy leaf")
-        fps = entry.get("fps")
+        fps = entry.get("fps") or locator.fps(video)
         if untrimmed or not annotations:
             if n_frames > 0:
                 label = labels[0] if labels else -1
@@ -216,15 +247,18 @@ def read_records(
     annotation_path, root = Path(annotation_path), Path(video_root)
     data = load_annotation(annotation_path)
     names = class_names(data, dataset=dataset, path=annotation_path)
+    locator = _Locator(file_type, annotation_path)
     try:
         if dataset == "activitynet":
-            records, missing = _activitynet_records(data, names, root=root, subset=subset, file_type=file_type,
+            records, missing = _activitynet_records(data, names, root=root, subset=subset, locator=locator,
                                                     untrimmed=untrimmed, path=annotation_path)
         else:
-            records, missing = _standard_records(data, names, root=root, subset=subset, file_type=file_type,
+            records, missing = _standard_records(data, names, root=root, subset=subset, locator=locator,
                                                  dataset=dataset, path=annotation_path)
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise UserError(f"malformed entry in annotation file {annotation_path}: {e!r}") from None
+    if locator.cache is not None:
+        locator.cache.save()
     _report_missing(missing, records, annotation_path=annotation_path, root=root, subset=subset)
     return records, names
 

@@ -15,7 +15,7 @@ from PIL import Image
 
 from datasets.annotations import VideoRecord
 from datasets.problems import DataProblems
-from datasets.readers import ReadError, decode_jpeg, jpeg_size
+from datasets.readers import ReadError, decode_frame, frame_size
 from spatial_transforms import ClipParams, SpatialTransform, flip_clip, transform_frame
 
 DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
@@ -73,7 +73,7 @@ class ClipLoader:
             if data is None:
                 continue
             try:
-                width, height = jpeg_size(data[0] if isinstance(data, tuple) else data)
+                width, height = frame_size(data[0] if isinstance(data, tuple) else data)
             except DECODE_ERRORS:
                 continue  # a corrupt frame; it is counted when decoding
             params = self.spatial.sample(width, height, rng)
@@ -111,8 +111,8 @@ def _decode(data, params: ClipParams, min_size: tuple[int, int] | None) -> np.nd
     """Decoded and transformed frame (H, W, C) uint8, or None when the bytes are corrupt."""
     try:
         if isinstance(data, tuple):  # flow: (u, v) grayscale planes -> 2 channels
-            planes = [np.asarray(transform_frame(decode_jpeg(d, gray=True, min_size=min_size), params)) for d in data]
+            planes = [np.asarray(transform_frame(decode_frame(d, gray=True, min_size=min_size), params)) for d in data]
             return np.stack(planes, axis=-1)
-        return np.asarray(transform_frame(decode_jpeg(data, min_size=min_size), params))
+        return np.asarray(transform_frame(decode_frame(data, min_size=min_size), params))
     except DECODE_ERRORS:
         return None

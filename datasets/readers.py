@@ -5,6 +5,7 @@ missing (they never raise for a missing or unreadable file; the clip loader repa
 - `JpegDirReader`: <dir>/image_00001.jpg ... (1-based indices, spec 4.7).
 - `Hdf5Reader`: dataset 'video' of vlen uint8 JPEG bytes (0-based).
 - `FlowHdf5Reader`: datasets 'video_u' and 'video_v' -> (u_bytes, v_bytes) per frame.
+- `datasets.video_files.VideoFileReader` (--file_type video): decoded PyAV frames instead of bytes.
 The HDF5 file is opened per read, so nothing is shared across worker processes.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -108,3 +110,22 @@ def decode_jpeg(data: bytes, *, gray: bool = False, min_size: tuple[int, int] | 
     if min_size is not None:
         img.draft("L" if gray else "RGB", min_size)
     return img.convert("L" if gray else "RGB")
+
+
+def frame_size(data) -> tuple[int, int]:
+    """(width, height) of an encoded JPEG or an already decoded video frame."""
+    if isinstance(data, bytes):
+        return jpeg_size(data)
+    return data.width, data.height
+
+
+def decode_frame(data, *, gray: bool = False, min_size: tuple[int, int] | None = None) -> Image.Image:
+    """JPEG bytes or a PyAV video frame -> PIL image of at least `min_size` (aspect kept)."""
+    if isinstance(data, bytes):
+        return decode_jpeg(data, gray=gray, min_size=min_size)
+    if min_size is None:
+        return data.to_image()
+    scale = max(min_size[0] / data.width, min_size[1] / data.height)
+    # Let swscale do the downscale together with the YUV -> RGB conversion.
+    width, height = max(1, math.ceil(data.width * scale)), max(1, math.ceil(data.height * scale))
+    return data.to_image(width=width, height=height)

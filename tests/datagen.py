@@ -8,6 +8,7 @@ Layouts (spec 4.1, 4.6, 4.7, 4.8):
 - jpg: <root>/<label>/<id>/image_00001.jpg ... (segment [1, n + 1]); test videos under <root>/test/<id>.
 - hdf5: <root>/<label>/<id>.hdf5 with dataset 'video' (vlen uint8 JPEG bytes, segment [0, n]); flow
   ('input_type="flow"') has 'video_u' and 'video_v' (grayscale JPEGs).
+- video: <root>/<label>/<id>.mp4 (H.264 via PyAV, `fps` frames per second, keyframe every 8 frames).
 - activitynet: official-style JSON (taxonomy, segments in seconds, fps), videos in <root>/v_<id>[.hdf5].
 
 Content:
@@ -86,8 +87,28 @@ def decode_frame_number(frame: np.ndarray) -> int:
     return int(round(float(frame[..., 0].mean()) / 8))
 
 
-def write_video(path: Path, frames: list[np.ndarray], *, file_type: str, input_type: str = "rgb") -> None:
-    """Write frames as a jpg directory (path = the directory) or an .hdf5 file (path = the file)."""
+def write_video_file(path: Path, frames: list[np.ndarray], *, fps: float = 10.0, codec: str = "libx264") -> None:
+    """Encode frames (H, W, 3) uint8 into a real compressed video file with PyAV (even sizes for yuv420p)."""
+    import av
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=int(fps))
+        stream.height, stream.width = frames[0].shape[:2]
+        stream.pix_fmt = "yuv420p"
+        if codec == "libx264":  # near-lossless and a keyframe every 8 frames, so seeking is exercised
+            stream.options = {"crf": "1", "g": "8", "keyint_min": "8", "sc_threshold": "0"}
+        for arr in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(arr, format="rgb24")))
+        container.mux(stream.encode())
+
+
+def write_video(path: Path, frames: list[np.ndarray], *, file_type: str, input_type: str = "rgb",
+                fps: float = 10.0) -> None:
+    """Write frames as a jpg directory (path = the directory), an .hdf5 file or a video file (path = the file)."""
+    if file_type == "video":
+        write_video_file(path, frames, fps=fps)
+        return
     if file_type == "jpg":
         path.mkdir(parents=True, exist_ok=True)
         for i, frame in enumerate(frames, start=1):
@@ -136,7 +157,7 @@ def make_frame_dataset(
 
     Each class gets `videos_per_class` training videos and one validation video; with
     `with_test_subset`, one unlabelled testing video per class too. `n_frames` is one count for
-    all videos or a list cycled over them; `size` is (width, height).
+    all videos or a list cycled over them; `size` is (width, height), even for file_type 'video'.
     """
     root = Path(root)
     video_root = root / "videos"
@@ -153,7 +174,7 @@ def make_frame_dataset(
         n = counts[number % len(counts)]
         path = _video_location(video_root, dataset, vid, names[c] if label >= 0 else "test", file_type)
         frames = [frame_image(content, label=c, number=number, frame=i, size=size) for i in range(1, n + 1)]
-        write_video(path, frames, file_type=file_type, input_type=input_type)
+        write_video(path, frames, file_type=file_type, input_type=input_type, fps=fps)
         result.videos[vid] = VideoInfo(vid, label, subset, n, path, number)
     data = _activitynet_json(result, fps) if dataset == "activitynet" else _standard_json(result, file_type)
     result.annotation_path.write_text(json.dumps(data))
@@ -161,14 +182,14 @@ def make_frame_dataset(
 
 
 def _video_location(video_root: Path, dataset: str, vid: str, label_dir: str, file_type: str) -> Path:
-    suffix = ".hdf5" if file_type == "hdf5" else ""
+    suffix = {"hdf5": ".hdf5", "video": ".mp4"}.get(file_type, "")
     if dataset == "activitynet":
         return video_root / f"v_{vid}{suffix}"
     return video_root / label_dir / f"{vid}{suffix}"
 
 
 def _standard_json(ds: SyntheticDataset, file_type: str) -> dict:
-    base = 0 if file_type == "hdf5" else 1
+    base = 1 if file_type == "jpg" else 0
     database = {}
     for v in ds.videos.values():
         ann = {} if v.label < 0 else {"label": ds.class_names[v.label]}

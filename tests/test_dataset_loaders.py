@@ -138,3 +138,15 @@ def test_bad_frames_are_counted_across_worker_processes(tmp_path):
     for clips, _ in loader:
         assert clips.shape == (2, 6, 16, 16, 3)
     assert D.data_problems(loader).counts()["corrupt_frames"] == 4
+
+
+def test_video_file_loaders_with_workers(tmp_path):
+    ds = make_frame_dataset(tmp_path, n_classes=2, videos_per_class=2, n_frames=[14, 20], file_type="video",
+                            content="index")
+    loader, _ = D.build_train_loader(train_opt(ds, file_type="video", n_threads=2, sample_t_stride=2), CPU)
+    for clips, targets in loader:
+        assert clips.shape[1:] == (4, 16, 16, 3) and clips.dtype == torch.uint8 and targets.dtype == torch.long
+    val = D.build_val_loader(make_opt(ds, file_type="video", n_threads=2, sample_t_stride=2), CPU)
+    clips, targets = next(iter(val))
+    assert frame_numbers(clips[0]) == [1, 3, 5, 7] and targets.tolist() == [0, 0, 1, 1]  # 2 videos x 2 clips
+    assert D.data_problems(val).counts() == {"missing_frames": 0, "corrupt_frames": 0, "unreadable_videos": 0}

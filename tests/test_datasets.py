@@ -31,14 +31,14 @@ def frame_numbers(clip) -> list[int]:
     return [decode_frame_number(f) for f in np.asarray(clip)]
 
 
-@pytest.mark.parametrize("file_type", ["jpg", "hdf5"])
+@pytest.mark.parametrize("file_type", ["jpg", "hdf5", "video"])
 @pytest.mark.parametrize("kind", KINDS)
 def test_every_dataset_kind_and_layout_gives_labelled_clips_of_the_right_frames(tmp_path, kind, file_type):
     ds = make_frame_dataset(tmp_path, dataset=kind, file_type=file_type, n_frames=[9, 12], content="index")
     opt = make_opt(ds, dataset=kind, file_type=file_type)
     train = build_dataset(opt, "train")
     assert len(train) == len(ds.ids("training")) == 4
-    base = 0 if file_type == "hdf5" else 1
+    base = 1 if file_type == "jpg" else 0
     for record in train.records:
         info = ds.videos[record.video_id]
         assert record.label == info.label and record.path == info.path
@@ -230,6 +230,54 @@ def test_a_video_of_only_corrupt_frames_gives_a_black_clip(tmp_path):
     for f in ds.videos[ds.ids("training")[0]].path.iterdir():
         f.write_bytes(b"\xff\xd8 broken")
     train = build_dataset(make_opt(ds), "train")
+    clip, _ = train[0]
+    assert clip.shape == (4, 16, 16, 3) and int(clip.max()) == 0
+    assert train.problems.counts()["unreadable_videos"] == 1
+
+
+def test_video_reader_seeks_to_any_frames(tmp_path):
+    from datasets.video_files import VideoFileReader
+
+    ds = make_frame_dataset(tmp_path, n_classes=1, videos_per_class=1, n_frames=30, file_type="video",
+                            content="index")
+    frames = VideoFileReader().fetch(ds.videos[ds.ids("training")[0]].path, [25, 3, 26, 30, 4])
+    assert frames[3] is None  # past the end (0-based 0..29)
+    numbers = [decode_frame_number(np.asarray(f.to_image())) for f in frames if f is not None]
+    assert numbers == [26, 4, 27, 5]
+
+
+def test_video_metadata_is_probed_once_and_cached_beside_the_annotation_file(tmp_path, monkeypatch):
+    import datasets.video_files as vf
+
+    ds = make_frame_dataset(tmp_path, n_frames=[7, 11], file_type="video")
+    first, _ = read_records(ds.annotation_path, ds.video_path, dataset="kinetics", subset="training",
+                            file_type="video")
+    cache = ds.annotation_path.with_name(ds.annotation_path.name + ".video_meta.json")
+    assert cache.is_file() and len(json.loads(cache.read_text())) == 4
+    assert [r.segment for r in first] == [(0, ds.videos[r.video_id].n_frames) for r in first]
+
+    def no_probe(path):
+        raise AssertionError(f"probed {path} again")
+
+    monkeypatch.setattr(vf, "probe_video", no_probe)
+    again, _ = read_records(ds.annotation_path, ds.video_path, dataset="kinetics", subset="training",
+                            file_type="video")
+    assert again == first
+
+
+def test_video_files_with_other_extensions_are_found(tmp_path):
+    ds = make_frame_dataset(tmp_path, n_classes=1, videos_per_class=2, n_frames=6, file_type="video")
+    vid = ds.ids("training")[0]
+    ds.videos[vid].path.rename(ds.videos[vid].path.with_suffix(".mkv"))
+    records, _ = read_records(ds.annotation_path, ds.video_path, dataset="kinetics", subset="training",
+                              file_type="video")
+    assert next(r for r in records if r.video_id == vid).path.suffix == ".mkv"
+
+
+def test_a_video_file_broken_after_indexing_gives_a_black_clip(tmp_path):
+    ds = make_frame_dataset(tmp_path, n_classes=1, videos_per_class=1, n_frames=8, file_type="video")
+    train = build_dataset(make_opt(ds, file_type="video"), "train")
+    train.records[0].path.write_bytes(b"\x00" * 100)
     clip, _ = train[0]
     assert clip.shape == (4, 16, 16, 3) and int(clip.max()) == 0
     assert train.problems.counts()["unreadable_videos"] == 1
