@@ -1,0 +1,92 @@
+"""util_scripts.export_model: TorchScript and ONNX files that reproduce the eager model's logits."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from checkpoint import save_checkpoint
+from errors import UserError
+from models import build_model
+from util_scripts import export_model
+
+ROOT = Path(__file__).resolve().parents[1]
+# Small clips keep the test fast; widen_factor 0.25 keeps every layer of the depth at a quarter width.
+SMALL = ["--sample_duration", "8", "--sample_size", "32"]
+
+
+def needs_onnx():
+    missing = [m for m in ("onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
+    if missing:
+        pytest.skip(f"ONNX export/check unavailable: {', '.join(missing)} not installed")
+
+
+def write_our_checkpoint(path: Path, family: str, depth: int) -> torch.nn.Module:
+    kwargs = {"n_classes": 5, "widen_factor": 0.25}
+    torch.manual_seed(0)
+    model = build_model(family, depth, **kwargs)
+    save_checkpoint(
+        path, {"epoch": 1, "arch": f"{family}-{depth}", "model_kwargs": kwargs, "state_dict": model.state_dict()}
+    )
+    return model
+
+
+@pytest.mark.parametrize(("family", "depth"), [("resnet", 18), ("resnet2p1d", 18)])
+def test_torchscript_and_onnx_match_eager(tmp_path, family, depth):
+    needs_onnx()
+    ckpt = tmp_path / "save_1.pth"
+    write_our_checkpoint(ckpt, family, depth)
+    args = export_model.build_parser().parse_args([str(ckpt), "--output_dir", str(tmp_path / "out"), *SMALL])
+    results = export_model.export_all(args)
+    assert set(results) == {"torchscript", "onnx"}
+    for path, diff in results.values():
+        assert path.is_file()
+        assert diff < 1e-4
+
+
+def test_original_format_file_uses_flags_and_reads_class_count(tmp_path, capsys):
+    ckpt = tmp_path / "r2p1d18_K_200ep.pth"
+    torch.manual_seed(0)
+    model = build_model("resnet2p1d", 18, n_classes=7, widen_factor=0.25)
+    save_checkpoint(
+        ckpt,
+        {
+            "epoch": 200,
+            "arch": "resnet2p1d-18",
+            "state_dict": {"module." + k: v for k, v in model.state_dict().items()},
+        },
+    )
+    code = export_model.main([str(ckpt), "--formats", "torchscript", "--resnet_widen_factor", "0.25", *SMALL])
+    assert code == 0
+    assert "torchscript" in capsys.readouterr().out
+    traced = torch.jit.load(str(tmp_path / "r2p1d18_K_200ep.pt"))
+    x = torch.randn(3, 3, 8, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(traced(x), model.eval()(x), atol=1e-4, rtol=1e-4)
+
+
+def test_file_without_arch_needs_model_flags(tmp_path):
+    ckpt = tmp_path / "bare.pth"
+    torch.save(build_model("resnet", 10, n_classes=3).state_dict(), ckpt)
+    with pytest.raises(UserError, match="--model and --model_depth"):
+        export_model.main([str(ckpt), "--formats", "torchscript", *SMALL])
+    with pytest.raises(UserError, match="does not match the model resnet-18"):
+        export_model.main([str(ckpt), "--model", "resnet", "--model_depth", "18", "--formats", "torchscript", *SMALL])
+
+
+def test_cli_reports_user_errors_in_one_line(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "util_scripts.export_model", str(tmp_path / "missing.pth")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("error:") and "not found" in proc.stderr
+    assert "Traceback" not in proc.stderr
