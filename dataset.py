@@ -79,7 +79,7 @@ def build_dataset(opt, split: str, *, problems: DataProblems | None = None) -> V
         split, sample_duration=opt.sample_duration, sample_t_stride=opt.sample_t_stride,
         train_t_crop=opt.train_t_crop, n_val_samples=opt.n_val_samples, inference_stride=opt.inference_stride)
     problems = problems or DataProblems(max_workers=opt.n_threads)
-    loader = ClipLoader(_reader(opt), spatial, problems, draft=getattr(opt, "jpeg_draft", True))
+    loader = ClipLoader(_reader(opt), spatial, problems, draft=not getattr(opt, "exact_decode", False))
     normalizer = build_input_normalizer(opt) if getattr(opt, "normalize_in_workers", False) else None
     return VideoClipDataset(records, loader, temporal, target="video_segment" if split == "inference" else "label",
                             normalizer=normalizer, seed=opt.manual_seed)

@@ -40,12 +40,15 @@ def _add_data_args(parser: argparse.ArgumentParser) -> None:
                    help="Output directory for logs, checkpoints, opts.json (created if missing)")
     g.add_argument("--dataset", default="kinetics", type=str, choices=DATASET_CHOICES, help="Dataset name")
     g.add_argument("--n_classes", default=400, type=int, help="Number of classes of the task")
-    g.add_argument("--file_type", default="jpg", type=str, choices=("jpg", "hdf5"), help="Frame storage")
+    g.add_argument("--file_type", default="jpg", type=str, choices=("jpg", "hdf5", "video"),
+                   help="jpg: frame dirs; hdf5: one file of JPEG bytes per video; video: video files (mp4, avi, ...)")
     g.add_argument("--input_type", default="rgb", type=str, choices=("rgb", "flow"),
                    help="rgb or flow (flow needs --file_type hdf5)")
     g.add_argument("--n_threads", default=4, type=int, help="DataLoader workers (total; divided per process)")
     g.add_argument("--normalize_in_workers", action="store_true",
                    help="Normalise clips to float in the loader workers instead of on the device")
+    g.add_argument("--exact_decode", action="store_true",
+                   help="Decode JPEG frames at full size (no draft-mode downscaling before the crop); slower")
     g.add_argument("--accimage", action="store_true", help="Accepted for compatibility; has no effect")
 
 
