@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 from datasets.annotations import class_names, load_annotation, read_records
 from datasets.clip_loader import ClipLoader
 from datasets.problems import DataProblems
-from datasets.readers import FlowHdf5Reader, Hdf5Reader, JpegDirReader
+from datasets.readers import FlowHdf5Reader, Hdf5Reader, JpegDirReader, check_frames_fit
 from datasets.sampling import EpochShardSampler
 from datasets.video_dataset import VideoClipDataset, collate_clips
 from datasets.video_files import VideoFileReader
@@ -79,7 +79,9 @@ def build_dataset(opt, split: str, *, problems: DataProblems | None = None) -> V
         split, sample_duration=opt.sample_duration, sample_t_stride=opt.sample_t_stride,
         train_t_crop=opt.train_t_crop, n_val_samples=opt.n_val_samples, inference_stride=opt.inference_stride)
     problems = problems or DataProblems(max_workers=opt.n_threads)
-    loader = ClipLoader(_reader(opt), spatial, problems, draft=not getattr(opt, "exact_decode", False))
+    reader = _reader(opt)
+    check_frames_fit(reader, records, opt.sample_size)
+    loader = ClipLoader(reader, spatial, problems, draft=not getattr(opt, "exact_decode", False))
     normalizer = build_input_normalizer(opt) if getattr(opt, "normalize_in_workers", False) else None
     return VideoClipDataset(records, loader, temporal, target="video_segment" if split == "inference" else "label",
                             normalizer=normalizer, seed=opt.manual_seed)

@@ -18,6 +18,7 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -28,6 +29,8 @@ from errors import UserError
 log = logging.getLogger(__name__)
 
 _ENV_KEYS = ("RANK", "LOCAL_RANK", "WORLD_SIZE")
+_FAILED_KEY = "toolkit/failed_rank"  # set in the rendezvous store by the first rank that fails
+DEFAULT_TIMEOUT_S = 1800
 
 
 @dataclass(frozen=True)
@@ -82,7 +85,11 @@ def init_distributed(opt: argparse.Namespace, *, init_method: str = "env://") ->
         device = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend, init_method=init_method, rank=rank, world_size=world_size)
+        # The timeout bounds how long a collective waits for a rank that hangs (a rank that dies is
+        # noticed at once: its connections close).
+        timeout = timedelta(seconds=getattr(opt, "dist_timeout", DEFAULT_TIMEOUT_S))
+        dist.init_process_group(backend=backend, init_method=init_method, rank=rank, world_size=world_size,
+                                timeout=timeout)
     return DistInfo(rank=rank, local_rank=local_rank, world_size=world_size, device=device, is_main=rank == 0)
 
 
@@ -120,6 +127,38 @@ def _spawned(local_rank: int, worker: Callable, opt: argparse.Namespace, n_local
         shutdown()
     if status:
         raise SystemExit(status)
+
+
+def mark_failed(rank: int, reason: str) -> None:
+    """Tell the other ranks (through the rendezvous store) that ``rank`` failed, so their errors can name it."""
+    store = _store()
+    if store is None:
+        return
+    try:
+        if not store.check([_FAILED_KEY]):  # keep the first failure: later ones are its consequences
+            store.set(_FAILED_KEY, f"{rank}: {reason}"[:500])
+    except Exception:  # noqa: BLE001 - the store may already be gone; the error is reported locally anyway
+        pass
+
+
+def failed_peer() -> str | None:
+    """'<rank>: <reason>' of the first rank that called :func:`mark_failed`, or None if none did (or unknown)."""
+    store = _store()
+    if store is None:
+        return None
+    try:
+        return store.get(_FAILED_KEY).decode() if store.check([_FAILED_KEY]) else None
+    except Exception:  # noqa: BLE001 - the store lives on a rank/agent that may be gone
+        return None
+
+
+def _store():
+    if not dist.is_initialized():
+        return None
+    try:  # private but long-stable API; without it failures just name no rank
+        return dist.distributed_c10d._get_default_store()
+    except Exception:  # noqa: BLE001
+        return None
 
 
 def shutdown() -> None:

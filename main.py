@@ -21,7 +21,16 @@ import dataset
 import model as model_lib
 from checkpoint import load_checkpoint, save_checkpoint, strip_wrapper_prefixes, unwrap_model
 from datasets.annotations import read_records
-from distributed import DistInfo, all_reduce_sum, barrier, gather_objects, launch, parameters_in_sync
+from distributed import (
+    DistInfo,
+    all_reduce_sum,
+    barrier,
+    failed_peer,
+    gather_objects,
+    launch,
+    mark_failed,
+    parameters_in_sync,
+)
 from errors import UserError
 from inference import VideoScoreAggregator, run_inference, write_results
 from opts import RESUME_AUTO, opts_to_plain, parse_opts, save_opts
@@ -54,6 +63,11 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # Checkpoints are written atomically, so the newest save_*.pth is complete whatever was interrupted.
+        print("interrupted: the last saved checkpoint is intact; rerun with --resume_path auto to continue",
+              file=sys.stderr)
+        return 130
 
 
 def worker(opt: argparse.Namespace, dist: DistInfo) -> int:
@@ -62,9 +76,30 @@ def worker(opt: argparse.Namespace, dist: DistInfo) -> int:
     try:
         _run(opt, dist)
     except UserError as e:
+        if dist.distributed:
+            mark_failed(dist.rank, str(e))
         print(f"error: {e}" if not dist.distributed else f"error (rank {dist.rank}): {e}", file=sys.stderr)
         return 2
+    except Exception as e:
+        if not dist.distributed:
+            raise
+        return _report_rank_failure(dist, e)
     return 0
+
+
+def _report_rank_failure(dist: DistInfo, error: Exception) -> int:
+    """A distributed process failed: name the rank that failed first, so the others do not fail silently.
+
+    Our own failure is re-raised (with its traceback) after telling the other ranks; a consequence of
+    another rank's failure (a collective whose peer is gone) is one line naming that rank.
+    """
+    peer = failed_peer()
+    if peer is not None and not peer.startswith(f"{dist.rank}:"):
+        print(f"error (rank {dist.rank}): stopping because rank {peer}", file=sys.stderr)
+        return 1
+    mark_failed(dist.rank, f"{type(error).__name__}: {error}")
+    print(f"error (rank {dist.rank}): {type(error).__name__}: {error}", file=sys.stderr)
+    raise error
 
 
 def _configure_logging(dist: DistInfo) -> None:
@@ -102,11 +137,16 @@ def per_process_opts(opt: argparse.Namespace, dist: DistInfo) -> argparse.Namesp
 
 def _run(opt: argparse.Namespace, dist: DistInfo) -> None:
     _configure_torch(opt, dist)
+    _check_data_paths(opt)
     if dist.is_main:
-        save_opts(opt, opt.result_path)
+        try:
+            save_opts(opt, opt.result_path)
+        except OSError as e:
+            raise UserError(f"cannot write into --result_path {opt.result_path}: {e.strerror or e}") from None
     data_opt = per_process_opts(opt, dist)
     resume = _find_resume(opt)
     net = _build_model(opt, resume, dist)
+    _check_class_count(opt, net)
     criterion = nn.CrossEntropyLoss().to(dist.device)
     normalizer = dataset.build_input_normalizer(opt)
     trainer = None if opt.no_train else Trainer(opt, net, dist, resume=resume, data_opt=data_opt)
@@ -158,11 +198,34 @@ def report_data_problems(loader, before: dict[str, int], *, phase: str, epoch: i
     return now
 
 
+def _check_data_paths(opt: argparse.Namespace) -> None:
+    if opt.no_train and opt.no_val and not opt.inference:
+        return  # nothing reads the data
+    for flag in ("annotation_path", "video_path"):
+        if getattr(opt, flag) is None:
+            raise UserError(f"--{flag} is required to train, validate or run inference")
+    if not Path(opt.video_path).is_dir():
+        raise UserError(f"--video_path {opt.video_path} is not a directory")
+
+
+def _check_class_count(opt: argparse.Namespace, net: nn.Module) -> None:
+    """Labels index the model's outputs: more labels than outputs would crash mid-epoch (or assert on CUDA)."""
+    if opt.no_train and opt.no_val and not opt.inference:
+        return
+    n_labels, n_outputs = len(dataset.get_class_names(opt)), net.get_classifier().out_features
+    if n_labels > n_outputs:
+        flag = "--n_classes" if opt.pretrain_path is None else "--n_classes (the fine-tuning class count)"
+        raise UserError(f"{opt.annotation_path} has {n_labels} labels but the model has {n_outputs} outputs; "
+                        f"set {flag} to at least {n_labels}")
+
+
 def _find_resume(opt: argparse.Namespace) -> Resume | None:
     if opt.resume_path is None:
         return None
     if str(opt.resume_path) != RESUME_AUTO:
         return Resume(Path(opt.resume_path), load_checkpoint(opt.resume_path))
+    for stale in Path(opt.result_path).glob(".save_*.pth.*.tmp"):  # left by a process killed mid-write
+        stale.unlink(missing_ok=True)
     candidates = sorted(Path(opt.result_path).glob("save_*.pth"), key=_epoch_of, reverse=True)
     for path in candidates:
         try:

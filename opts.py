@@ -151,11 +151,20 @@ def _add_device_args(parser: argparse.ArgumentParser) -> None:
                    help="Rendezvous address for --distributed (ignored under torchrun)")
     g.add_argument("--world_size", default=-1, type=int, help="Number of nodes for --distributed (-1 = 1)")
     g.add_argument("--batchnorm_sync", action="store_true", help="Synchronise BatchNorm statistics across GPUs")
+    g.add_argument("--dist_timeout", default=1800, type=int,
+                   help="Seconds a collective waits for a rank that hangs before the job fails")
+
+
+class _OneLineErrorParser(argparse.ArgumentParser):
+    """Reports a bad command line in one line (the full usage of ~70 flags would bury the message)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see {self.prog} -h)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser with every flag, grouped by topic."""
-    parser = argparse.ArgumentParser(
+    parser = _OneLineErrorParser(
         description="Train, validate and run inference with 3D CNNs for video action recognition.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -201,7 +210,7 @@ def _check(parser: argparse.ArgumentParser, opt: argparse.Namespace) -> None:
     if opt.overwrite_milestones and opt.lr_scheduler != "multistep":
         problems.append("--overwrite_milestones only applies to --lr_scheduler multistep")
     positive = ("n_classes", "sample_size", "sample_duration", "sample_t_stride", "batch_size", "n_epochs",
-                "n_val_samples", "checkpoint", "inference_stride", "log_interval", "value_scale")
+                "n_val_samples", "checkpoint", "inference_stride", "log_interval", "value_scale", "dist_timeout")
     problems += [f"--{name} must be >= 1 (got {getattr(opt, name)})" for name in positive if getattr(opt, name) < 1]
     if opt.n_threads < 0 or opt.inference_batch_size < 0:
         problems.append("--n_threads and --inference_batch_size must be >= 0")

@@ -19,6 +19,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from errors import UserError
+
 try:  # libjpeg-turbo with DCT-domain downscaling; optional
     import simplejpeg
 except ImportError:  # pragma: no cover - depends on the environment
@@ -129,3 +131,23 @@ def decode_frame(data, *, gray: bool = False, min_size: tuple[int, int] | None =
     # Let swscale do the downscale together with the YUV -> RGB conversion.
     width, height = max(1, math.ceil(data.width * scale)), max(1, math.ceil(data.height * scale))
     return data.to_image(width=width, height=height)
+
+
+def check_frames_fit(reader, records: Sequence, sample_size: int, *, n_videos: int = 3) -> None:
+    """UserError when the frames are smaller than the crop (``--sample_size``): crops would be upsampled.
+
+    Cheap: reads only the first frame's header of up to ``n_videos`` videos and stops at the first
+    readable one (bad videos are counted during the run, not here).
+    """
+    for record in list(records)[:n_videos]:
+        try:
+            data = reader.fetch(record.path, [record.segment[0]])[0]
+            if data is None:
+                continue
+            width, height = frame_size(data[0] if isinstance(data, tuple) else data)
+        except (ReadError, OSError, ValueError, SyntaxError):
+            continue
+        if sample_size > min(width, height):
+            raise UserError(f"--sample_size {sample_size} is larger than the frames of video {record.video_id} "
+                            f"({width}x{height}); use --sample_size <= {min(width, height)} or extract larger frames")
+        return
