@@ -74,10 +74,12 @@ def build_dataset(opt, split: str, *, problems: DataProblems | None = None) -> V
     spatial = get_spatial_transform(
         split, sample_size=opt.sample_size, train_crop=opt.train_crop,
         train_crop_min_scale=opt.train_crop_min_scale, train_crop_min_ratio=opt.train_crop_min_ratio,
-        hflip=not opt.no_hflip, colorjitter=opt.colorjitter, inference_crop=opt.inference_crop)
+        hflip=not opt.no_hflip, colorjitter=opt.colorjitter, inference_crop=opt.inference_crop,
+        inference_n_crops=getattr(opt, "inference_n_crops", 1))
     temporal = get_temporal_transform(
         split, sample_duration=opt.sample_duration, sample_t_stride=opt.sample_t_stride,
-        train_t_crop=opt.train_t_crop, n_val_samples=opt.n_val_samples, inference_stride=opt.inference_stride)
+        train_t_crop=opt.train_t_crop, n_val_samples=opt.n_val_samples, inference_stride=opt.inference_stride,
+        inference_n_clips=getattr(opt, "inference_n_clips", 0) or 0)
     problems = problems or DataProblems(max_workers=opt.n_threads)
     reader = _reader(opt)
     check_frames_fit(reader, records, opt.sample_size)

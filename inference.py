@@ -51,8 +51,15 @@ class VideoScoreAggregator:
         self.clips = {vid: sorted(self.clips[vid], key=lambda c: c[0]) for vid in ordered}
 
     def video_scores(self) -> dict[str, torch.Tensor]:
-        """Mean clip score per video."""
+        """Mean clip score per video (with multi-view testing: the mean over all clips x crops)."""
         return {vid: torch.stack([s for _, s in clips]).mean(dim=0) for vid, clips in self.clips.items()}
+
+    def segment_scores(self, video_id: str) -> list[tuple[list[int], torch.Tensor]]:
+        """(segment, mean score) per distinct segment of a video, in order: the crops of one clip are averaged."""
+        groups: dict[tuple[int, ...], list[torch.Tensor]] = {}
+        for segment, scores in self.clips[video_id]:
+            groups.setdefault(tuple(segment), []).append(scores)
+        return [(list(seg), torch.stack(s).mean(dim=0)) for seg, s in groups.items()]
 
     def _top(self, scores: torch.Tensor, k: int) -> list[dict]:
         values, indices = scores.topk(min(k, scores.numel()))
@@ -63,8 +70,8 @@ class VideoScoreAggregator:
         if average:
             results = {vid: self._top(s, topk) for vid, s in self.video_scores().items()}
         else:
-            results = {vid: [{"segment": seg, "result": self._top(s, topk)} for seg, s in clips]
-                       for vid, clips in self.clips.items()}
+            results = {vid: [{"segment": seg, "result": self._top(s, topk)} for seg, s in self.segment_scores(vid)]
+                       for vid in self.clips}
         return {"results": results}
 
     def accuracy(self, labels: Mapping[str, int], k: int = 1) -> tuple[float, int] | None:
@@ -77,6 +84,25 @@ class VideoScoreAggregator:
             n += 1
             hits += int(label in scores.topk(min(k, scores.numel())).indices.tolist())
         return (hits / n, n) if n else None
+
+    def clip_accuracy(self, labels: Mapping[str, int], k: int = 1) -> tuple[float, int] | None:
+        """Top-k accuracy of every single view (clip, or clip x crop) of the labelled videos, and their number."""
+        hits, n = 0, 0
+        for vid, clips in self.clips.items():
+            label = labels.get(vid)
+            if label is None or label < 0:
+                continue
+            for _, scores in clips:
+                n += 1
+                hits += int(label in scores.topk(min(k, scores.numel())).indices.tolist())
+        return (hits / n, n) if n else None
+
+    def accuracy_report(self, labels: Mapping[str, int]) -> dict | None:
+        """Clip-level and video-level top-1 accuracy with their counts (None when no video has a label)."""
+        clip, video = self.clip_accuracy(labels), self.accuracy(labels)
+        if clip is None or video is None:
+            return None
+        return {"clip_acc": clip[0], "clips": clip[1], "video_acc": video[0], "videos": video[1]}
 
 
 def run_inference(model: nn.Module, loader: Iterable, device: torch.device, *, class_names: Sequence[str],

@@ -140,6 +140,17 @@ def _add_inference_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--inference_batch_size", default=0, type=int,
                    help="Videos per inference batch per process; 0 = --batch_size")
     g.add_argument("--output_topk", default=5, type=int, help="Top-k labels per video; <= 0 means all classes")
+    g.add_argument("--inference_n_clips", default=0, type=int,
+                   help="Multi-view testing: this many evenly spaced clips per video; 0 = sliding windows "
+                        "every --inference_stride frames")
+    g.add_argument("--inference_n_crops", default=1, type=int, choices=(1, 3),
+                   help="Spatial crops per clip: 1 (--inference_crop) or 3 (left/center/right, or "
+                        "top/center/bottom for portrait videos); scores are averaged over all views")
+    g.add_argument("--predict", default=None, type=Path,
+                   help="Predict top-k labels of a video file or of every video under a directory (no annotation "
+                        "file); needs --resume_path; writes predictions.json/.csv into --result_path (default .)")
+    g.add_argument("--class_names", default=None, type=Path,
+                   help="For --predict: text file with one class name per line (for checkpoints without names)")
 
 
 def _add_device_args(parser: argparse.ArgumentParser) -> None:
@@ -189,8 +200,14 @@ def _cuda_wanted(opt: argparse.Namespace) -> bool:
 
 def _check(parser: argparse.ArgumentParser, opt: argparse.Namespace) -> None:
     problems = []
-    if opt.result_path is None:
+    if opt.result_path is None and opt.predict is None:
         problems.append("--result_path is required")
+    if opt.predict is not None and opt.resume_path is None:
+        problems.append("--predict needs --resume_path (the checkpoint to predict with)")
+    if opt.inference_n_clips < 0:
+        problems.append(f"--inference_n_clips must be >= 0 (got {opt.inference_n_clips})")
+    if opt.inference_n_crops == 3 and opt.inference_crop != "center":
+        problems.append("--inference_n_crops 3 needs --inference_crop center")
     if opt.lr_scheduler == "plateau" and opt.no_val:
         problems.append("--lr_scheduler plateau needs validation losses; remove --no_val")
     if opt.pretrain_path is not None and opt.n_pretrain_classes <= 0:

@@ -127,6 +127,24 @@ def resize_center_box(width: int, height: int, size: int) -> tuple[float, float,
     return (left / rw, top / rh, (left + size) / rw, (top + size) / rh)
 
 
+def three_crop_boxes(width: int, height: int, size: int) -> list[tuple[float, float, float, float]]:
+    """Source boxes (relative) of Resize(size) + three size x size crops along the longer side.
+
+    Landscape: left, center, right; portrait: top, center, bottom (square frames: three center crops).
+    The center box is exactly `resize_center_box`.
+    """
+    rw, rh = resized_size(width, height, size)
+    center = resize_center_box(width, height, size)
+    if rw >= rh:
+        lefts = (0, int(round((rw - size) / 2)), rw - size)
+        boxes = [(left / rw, center[1], (left + size) / rw, center[3]) for left in lefts]
+    else:
+        tops = (0, int(round((rh - size) / 2)), rh - size)
+        boxes = [(center[0], top / rh, center[2], (top + size) / rh) for top in tops]
+    boxes[1] = center
+    return boxes
+
+
 def sample_jitter(strengths: Sequence[float], rng: random.Random) -> JitterParams:
     b, c, s, h = strengths
     order = list(range(4))
@@ -146,6 +164,8 @@ class SpatialTransform:
         scale: area fraction range of the random crop; ratio: aspect ratio range.
         hflip: random horizontal flip with p=0.5.
         jitter: (brightness, contrast, saturation, hue) strengths, or None.
+        n_crops: spatial views per clip; 3 (crop 'center' only) = left/center/right (landscape)
+            or top/center/bottom (portrait) crops of the resized frame (multi-view testing).
     """
 
     crop: str
@@ -154,6 +174,20 @@ class SpatialTransform:
     ratio: tuple[float, float] = (0.75, 1 / 0.75)
     hflip: bool = False
     jitter: tuple[float, float, float, float] | None = None
+    n_crops: int = 1
+
+    def __post_init__(self):
+        if self.n_crops not in (1, 3):
+            raise ValueError(f"n_crops must be 1 or 3, got {self.n_crops}")
+        if self.n_crops == 3 and self.crop != "center":
+            raise ValueError(f"3 crops need crop 'center' (resize + crops), got {self.crop!r}")
+
+    def sample_views(self, width: int, height: int, rng: random.Random | None = None) -> list[ClipParams]:
+        """The parameters of every spatial view of one clip: [sample(...)], or the three crops."""
+        if self.n_crops == 1:
+            return [self.sample(width, height, rng)]
+        out = (self.size, self.size)
+        return [ClipParams(box=box, out_size=out) for box in three_crop_boxes(width, height, self.size)]
 
     def sample(self, width: int, height: int, rng: random.Random | None = None) -> ClipParams:
         """Draw the parameters of one clip whose frames are `width` x `height`."""
@@ -184,8 +218,9 @@ def get_spatial_transform(
     hflip: bool = True,
     colorjitter: bool = False,
     inference_crop: str = "center",
+    inference_n_crops: int = 1,
 ) -> SpatialTransform:
-    """Spatial transform for `split` in {'train', 'val', 'inference'} (spec 5.3)."""
+    """Spatial transform for `split` in {'train', 'val', 'inference'} (spec 5.3); inference may have 3 crops."""
     if split == "train":
         if train_crop not in TRAIN_CROPS:
             raise ValueError(f"train_crop must be one of {TRAIN_CROPS}, got {train_crop!r}")
@@ -197,7 +232,7 @@ def get_spatial_transform(
     if split == "inference":
         if inference_crop not in INFERENCE_CROPS:
             raise ValueError(f"inference_crop must be one of {INFERENCE_CROPS}, got {inference_crop!r}")
-        return SpatialTransform(inference_crop, sample_size)
+        return SpatialTransform(inference_crop, sample_size, n_crops=inference_n_crops)
     raise ValueError(f"split must be 'train', 'val' or 'inference', got {split!r}")
 
 

@@ -91,6 +91,22 @@ def sliding_window(indices: Sequence[int], size: int, stride: int) -> list[Clip]
     return clips
 
 
+def uniform_clips(indices: Sequence[int], size: int, n_clips: int) -> list[Clip]:
+    """Exactly `n_clips` windows with evenly spaced starts from the first to the last full window (multi-view).
+
+    Start k is round(k * (len - size) / (n_clips - 1)); one clip is the center window. A video shorter
+    than `size` gives `n_clips` copies of its loop-padded indices, so every video has the same view count.
+    1..100, 16, 3 -> starts 1, 43, 85.
+    """
+    if n_clips < 1:
+        raise ValueError(f"n_clips must be >= 1, got {n_clips}")
+    if n_clips == 1:
+        return [center_crop(indices, size)]
+    last_start = max(0, len(indices) - size)
+    starts = [round(k * last_start / (n_clips - 1)) for k in range(n_clips)]
+    return [loop_padding(indices[b : b + size], size) for b in starts]
+
+
 def subsample(indices: Sequence[int], stride: int) -> Clip:
     """Every `stride`-th index, starting with the first."""
     if stride < 1:
@@ -108,7 +124,8 @@ class TemporalTransform:
     """Frame-index sampling of one split, built by `get_temporal_transform` (picklable, for workers).
 
     Calling it with a video's frame indices returns a list of clips (index lists): exactly one for
-    'random' and 'center' (training), several for 'even' (validation) and 'sliding' (inference).
+    'random' and 'center' (training), several for 'even' (validation), 'sliding' (inference) and
+    'uniform' (multi-view inference: exactly `n_samples` evenly spaced clips).
     """
 
     kind: str
@@ -119,7 +136,7 @@ class TemporalTransform:
 
     @property
     def multi_clip(self) -> bool:
-        return self.kind in ("even", "sliding")
+        return self.kind in ("even", "sliding", "uniform")
 
     def __call__(self, indices: Sequence[int], rng: random.Random | None = None) -> list[Clip]:
         if not indices:
@@ -131,6 +148,8 @@ class TemporalTransform:
             return [center_crop(ix, self.size)]
         if self.kind == "even":
             return even_crop(ix, self.size, self.n_samples)
+        if self.kind == "uniform":
+            return uniform_clips(ix, self.size, self.n_samples)
         return sliding_window(ix, self.size, self.window_stride)
 
 
@@ -142,8 +161,13 @@ def get_temporal_transform(
     train_t_crop: str = "random",
     n_val_samples: int = 3,
     inference_stride: int = 16,
+    inference_n_clips: int = 0,
 ) -> TemporalTransform:
-    """Temporal sampling for `split` in {'train', 'val', 'inference'} (spec 5.3, with the fixes above)."""
+    """Temporal sampling for `split` in {'train', 'val', 'inference'} (spec 5.3, with the fixes above).
+
+    Inference uses sliding windows every `inference_stride` frames, or with `inference_n_clips` > 0
+    that many evenly spaced clips per video.
+    """
     if sample_duration < 1 or sample_t_stride < 1:
         raise ValueError("sample_duration and sample_t_stride must be >= 1")
     if split == "train":
@@ -155,5 +179,9 @@ def get_temporal_transform(
             raise ValueError(f"n_val_samples must be >= 1, got {n_val_samples}")
         return TemporalTransform("even", sample_duration, sample_t_stride, n_samples=n_val_samples)
     if split == "inference":
+        if inference_n_clips < 0:
+            raise ValueError(f"inference_n_clips must be >= 0, got {inference_n_clips}")
+        if inference_n_clips:
+            return TemporalTransform("uniform", sample_duration, sample_t_stride, n_samples=inference_n_clips)
         return TemporalTransform("sliding", sample_duration, sample_t_stride, window_stride=inference_stride)
     raise ValueError(f"split must be 'train', 'val' or 'inference', got {split!r}")

@@ -39,22 +39,40 @@ class ClipLoader:
         self.draft = draft
 
     def load(self, record: VideoRecord, clips: Sequence[Sequence[int]], rng: random.Random | None) -> list[np.ndarray]:
-        """uint8 (T, H, W, C) arrays, one per index list in `clips`, sharing one spatial sample."""
+        """uint8 (T, H, W, C) arrays, one per index list in `clips`, sharing one spatial sample.
+
+        Only for transforms with one spatial view; multi-crop transforms need `load_views`.
+        """
+        views = self.load_views(record, clips, rng)
+        if len(views) != 1:
+            raise ValueError(f"the spatial transform has {len(views)} views; use load_views")
+        return views[0]
+
+    def load_views(self, record: VideoRecord, clips: Sequence[Sequence[int]],
+                   rng: random.Random | None) -> list[list[np.ndarray]]:
+        """For each spatial view of the transform, the uint8 (T, H, W, C) arrays of all `clips`.
+
+        Frames are fetched and decoded once; each view is a different crop of the same frames.
+        """
         wanted = sorted({i for clip in clips for i in clip})
+        n_views = self.spatial.n_crops
         encoded = self._fetch(record, wanted)
         if encoded is None:  # the file could not be opened at all (already counted)
-            return [self._black(len(c)) for c in clips]
-        params, min_size = self._params(encoded.values(), rng)
-        if params is None:
+            return [[self._black(len(c)) for c in clips] for _ in range(n_views)]
+        views, min_size = self._params(encoded.values(), rng)
+        if views is None:
             self.problems.record("unreadable_videos", record.video_id, detail=str(record.path))
-            return [self._black(len(c)) for c in clips]
-        frames = self._decode_all(record, encoded, params, min_size)
+            return [[self._black(len(c)) for c in clips] for _ in range(n_views)]
+        frames = self._decode_all(record, encoded, views, min_size)
         if not any(f is not None for f in frames.values()):
             self.problems.record("unreadable_videos", record.video_id, detail=str(record.path))
-            return [self._black(len(c), params) for c in clips]
+            return [[self._black(len(c), params) for c in clips] for params in views]
         _fill_from_neighbours(frames, wanted)
-        out = [np.stack([frames[i] for i in clip]) for clip in clips]
-        return [flip_clip(c) for c in out] if params.flip else out
+        out = []
+        for v, params in enumerate(views):
+            view = [np.stack([frames[i][v] for i in clip]) for clip in clips]
+            out.append([flip_clip(c) for c in view] if params.flip else view)
+        return out
 
     def _fetch(self, record: VideoRecord, wanted: list[int]) -> dict[int, object] | None:
         try:
@@ -67,8 +85,8 @@ class ClipLoader:
             self.problems.record("missing_frames", record.video_id, n_missing, detail=str(record.path))
         return encoded
 
-    def _params(self, encoded, rng: random.Random | None) -> tuple[ClipParams | None, tuple[int, int] | None]:
-        """Clip parameters from the first frame with a readable header, and the reduced decode size (or None)."""
+    def _params(self, encoded, rng: random.Random | None) -> tuple[list[ClipParams] | None, tuple[int, int] | None]:
+        """Parameters of every view from the first frame with a readable header, and the reduced decode size."""
         for data in encoded:
             if data is None:
                 continue
@@ -76,18 +94,19 @@ class ClipLoader:
                 width, height = frame_size(data[0] if isinstance(data, tuple) else data)
             except DECODE_ERRORS:
                 continue  # a corrupt frame; it is counted when decoding
-            params = self.spatial.sample(width, height, rng)
-            need = params.decode_size(width, height)
+            views = self.spatial.sample_views(width, height, rng)
+            needs = [params.decode_size(width, height) for params in views]
+            need = (max(n[0] for n in needs), max(n[1] for n in needs))
             small = self.draft and need[0] * DRAFT_MIN_FACTOR <= width and need[1] * DRAFT_MIN_FACTOR <= height
-            return params, need if small else None
+            return views, need if small else None
         return None, None
 
-    def _decode_all(self, record: VideoRecord, encoded: dict, params: ClipParams,
-                    min_size: tuple[int, int] | None) -> dict[int, np.ndarray | None]:
-        frames: dict[int, np.ndarray | None] = {}
+    def _decode_all(self, record: VideoRecord, encoded: dict, views: list[ClipParams],
+                    min_size: tuple[int, int] | None) -> dict[int, list[np.ndarray] | None]:
+        frames: dict[int, list[np.ndarray] | None] = {}
         n_corrupt = 0
         for i, data in encoded.items():
-            frames[i] = None if data is None else _decode(data, params, min_size)
+            frames[i] = None if data is None else _decode(data, views, min_size)
             n_corrupt += data is not None and frames[i] is None
         if n_corrupt:
             self.problems.record("corrupt_frames", record.video_id, n_corrupt, detail=str(record.path))
@@ -107,12 +126,13 @@ def _fill_from_neighbours(frames: dict[int, np.ndarray | None], order: list[int]
             frames[i] = frames[order[nearest]]
 
 
-def _decode(data, params: ClipParams, min_size: tuple[int, int] | None) -> np.ndarray | None:
-    """Decoded and transformed frame (H, W, C) uint8, or None when the bytes are corrupt."""
+def _decode(data, views: list[ClipParams], min_size: tuple[int, int] | None) -> list[np.ndarray] | None:
+    """The frame decoded once and transformed per view: (H, W, C) uint8 each, or None when the bytes are corrupt."""
     try:
         if isinstance(data, tuple):  # flow: (u, v) grayscale planes -> 2 channels
-            planes = [np.asarray(transform_frame(decode_frame(d, gray=True, min_size=min_size), params)) for d in data]
-            return np.stack(planes, axis=-1)
-        return np.asarray(transform_frame(decode_frame(data, min_size=min_size), params))
+            planes = [decode_frame(d, gray=True, min_size=min_size) for d in data]
+            return [np.stack([np.asarray(transform_frame(p, params)) for p in planes], axis=-1) for params in views]
+        img = decode_frame(data, min_size=min_size)
+        return [np.asarray(transform_frame(img, params)) for params in views]
     except DECODE_ERRORS:
         return None

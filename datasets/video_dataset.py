@@ -25,7 +25,8 @@ class VideoClipDataset(Dataset):
     """Clips of annotated videos: temporal transform -> reader -> spatial transform -> uint8 clip.
 
     Items: training (`temporal.multi_clip` False) -> (clip, label); validation/inference -> (list of
-    clips, list of targets), flattened by `collate_clips`. A clip is uint8 (T, H, W, C), or float32
+    clips, list of targets), flattened by `collate_clips`; with a 3-crop spatial transform every clip
+    comes as its 3 crops in a row, each with the clip's target. A clip is uint8 (T, H, W, C), or float32
     (C, T, H, W) already normalised when `normalizer` is given. Targets are the label (int) or,
     with target='video_segment', [video_id, [first_frame, end_exclusive]] of each clip.
 
@@ -66,7 +67,10 @@ class VideoClipDataset(Dataset):
         record = self.records[index]
         rng = random.Random(item_seed(self.seed, epoch, index))
         clips_indices = self.temporal(record.frame_indices, rng)
-        clips = [self._to_tensor(c) for c in self.loader.load(record, clips_indices, rng)]
+        views = self.loader.load_views(record, clips_indices, rng)
+        if len(views) > 1:  # multi-crop: every crop of clip 0, then of clip 1, ... (targets repeat per crop)
+            clips_indices = [c for c in clips_indices for _ in views]
+        clips = [self._to_tensor(view[k]) for k in range(len(views[0])) for view in views]
         if self.target == "label":
             targets = [record.label] * len(clips)
         else:
