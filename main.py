@@ -59,6 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     try:
         opt = parse_opts(argv)
+        if opt.predict is not None:  # prediction on raw videos: one process, no annotation file
+            import predict
+
+            return predict.run(opt, argv)
         return launch(worker, opt)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -443,11 +447,15 @@ def _inference_records(opt: argparse.Namespace, loader) -> list:
     return list(records)
 
 
-def _report_video_accuracy(opt: argparse.Namespace, aggregator: VideoScoreAggregator, labels: dict) -> None:
-    result = aggregator.accuracy(labels)
-    if result is not None:
-        acc, n = result
-        print(f"video-level top-1 accuracy on {opt.inference_subset}: {acc:.4f} ({n} videos)")
+def _report_video_accuracy(opt: argparse.Namespace, aggregator: VideoScoreAggregator, labels: dict) -> dict | None:
+    report = aggregator.accuracy_report(labels)
+    if report is not None:
+        views = f"{opt.inference_n_clips or 'sliding'} clips x {opt.inference_n_crops} crops"
+        print(f"clip-level top-1 accuracy on {opt.inference_subset}: {report['clip_acc']:.4f} ({report['clips']} "
+              f"clips, {views})")
+        print(f"video-level top-1 accuracy on {opt.inference_subset}: {report['video_acc']:.4f} "
+              f"({report['videos']} videos)")
+    return report
 
 
 if __name__ == "__main__":
