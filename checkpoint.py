@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -69,12 +68,14 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else "unsupported content"
+        if not _looks_like_pickle_or_zip(path):  # random bytes also end up in the (weights-only) unpickler
+            raise UserError(f"cannot read checkpoint {path}: the file is corrupt or not a PyTorch checkpoint "
+                            f"({_unpickling_reason(e)})") from None
         raise UserError(
             f"refusing to load {path}: it needs arbitrary unpickling, which could run code "
-            f"({first_line}). Only checkpoints of tensors and plain Python types are accepted."
+            f"({_unpickling_reason(e)}). Only checkpoints of tensors and plain Python types are accepted."
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
+    except Exception as e:  # noqa: BLE001 - whatever a damaged file makes torch.load raise (EOFError, KeyError, ...)
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"cannot read checkpoint {path}: the file is corrupt or truncated ({reason})") from None
     if not isinstance(obj, Mapping):
@@ -87,6 +88,20 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     if not isinstance(obj["state_dict"], Mapping):
         raise UserError(f"cannot use checkpoint {path}: its 'state_dict' is not a mapping")
     return obj
+
+
+def _looks_like_pickle_or_zip(path: Path) -> bool:
+    """A zip archive (torch.save's format) or a pickle stream of protocol 2+ (the legacy format)."""
+    with open(path, "rb") as f:
+        head = f.read(2)
+    return head == b"PK" or (len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5)
+
+
+def _unpickling_reason(error: Exception) -> str:
+    """The specific line of torch's long weights-only message, e.g. 'unsupported GLOBAL posix.system ...'."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    specific = [line for line in lines if "GLOBAL" in line or line.startswith("Unsupported")]
+    return (specific or lines or ["unsupported content"])[0]
 
 
 def strip_wrapper_prefixes(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
