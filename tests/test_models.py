@@ -16,6 +16,16 @@ SMALLEST = [(family, depths[0]) for family, depths in MODEL_DEPTHS.items()]
 STEM_NAMES = {"resnet2p1d": ["conv1_s", "bn1_s", "conv1_t", "bn1_t"], "densenet": ["conv1", "norm1"]}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # These tensors are tiny: intra-op threads only add barrier overhead, and on shared CI cores
+    # their spin-waiting made this module 5-10x slower. Restored afterwards for other modules.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def clip(family: str, *, batch: int = 2, channels: int = 3) -> torch.Tensor:
     # Batch 2: train-mode BN needs more than one value per channel once layer4 is 1x1x1.
     # DenseNet halves time in three transitions after the stem pool, so it needs 16 frames.
