@@ -3,14 +3,16 @@
     python tests/fail_rank_main.py <main.py flags>     (under torchrun or with RANK/WORLD_SIZE set)
 
 TOOLKIT_TEST_FAIL_RANK (default 1): the rank that fails; TOOLKIT_TEST_FAIL_AT_BATCH (default 2): the
-training batch (1-based, counted over the whole run) at which it fails; TOOLKIT_TEST_FAIL_MODE: 'raise'
-(an exception, default) or 'exit' (the process vanishes with os._exit, as if killed).
+batch (1-based, training and validation batches counted together over the whole run) at which it fails; TOOLKIT_TEST_FAIL_MODE: 'raise'
+(an exception, default), 'exit' (the process vanishes with os._exit, as if killed) or 'hang' (it stops
+responding, so the others wait in a collective until --dist_timeout).
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -30,7 +32,9 @@ def _failing_prepare(*args, **kwargs):
     if int(os.environ.get("RANK", "0")) == FAIL_RANK and _calls == FAIL_AT:
         if MODE == "exit":
             os._exit(3)
-        raise RuntimeError(f"injected failure at training batch {_calls}")
+        if MODE == "hang":
+            time.sleep(3600)
+        raise RuntimeError(f"injected failure at batch {_calls}")
     return _original_prepare(*args, **kwargs)
 
 
