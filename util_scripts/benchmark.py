@@ -1,0 +1,181 @@
+"""Measure model, loader, end-to-end training and inference speed, original-style vs the fast defaults.
+
+Usage: ``python -m util_scripts.benchmark [--device auto|cpu|cuda] [--parts model loader e2e inference]
+[--workers 4 16] [--compile] [--model resnet --model_depth 50 --batch_size 64 ...] [--output FILE.json]``
+
+Without --video_path/--annotation_path it writes (once, cached under --data_dir) a synthetic
+dataset of photo-like 320x240 JPEG frames. Each part runs both variants in the same process:
+'original' (fp32 eager + per-frame PIL/float loader) and 'fast' (uint8 loader, device-side
+normalisation, bf16 + channels_last_3d + cudnn.benchmark on CUDA), plus 'fast_compile' with
+--compile. Prints a table and writes JSON with the median clips/s over --repeats windows.
+Defaults depend on the device: small on the CPU (about a minute on 2 cores), the issue's
+configuration (resnet-50, 16x112x112, batch 64, 4 and 16 workers) on CUDA.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import dataset
+from errors import UserError
+from util_scripts import bench_parts
+from util_scripts.bench_data import SyntheticSpec, bench_opts, make_synthetic_dataset, mean_frame_bytes
+from util_scripts.bench_report import format_table, summarize_targets
+from util_scripts.common import run_cli
+
+PARTS = ("model", "loader", "e2e", "inference")
+DEFAULTS = {  # device type -> defaults of the size options
+    "cpu": dict(model_depth=10, batch_size=4, sample_duration=8, sample_size=112, workers=[1, 2], steps=2,
+                loader_steps=12, warmup=1, repeats=3, videos_per_class=4, n_frames=24),
+    "cuda": dict(model_depth=50, batch_size=64, sample_duration=16, sample_size=112, workers=[4, 16], steps=20,
+                 loader_steps=20, warmup=5, repeats=3, videos_per_class=64, n_frames=48),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m util_scripts.benchmark", description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS)
+    p.add_argument("--model", default="resnet")
+    p.add_argument("--model_depth", type=int, help="default: 10 on the CPU, 50 on CUDA")
+    p.add_argument("--batch_size", type=int, help="clips per step (default: 4 CPU, 64 CUDA)")
+    p.add_argument("--sample_size", type=int, help="crop side (default 112)")
+    p.add_argument("--sample_duration", type=int, help="frames per clip (default: 8 CPU, 16 CUDA)")
+    p.add_argument("--workers", type=int, nargs="+", help="loader-only worker counts (default: 1 2 CPU, 4 16 CUDA)")
+    p.add_argument("--e2e_workers", type=int, help="workers for end to end and inference (default: the largest)")
+    p.add_argument("--steps", type=int, help="batches per timed window (model, end to end)")
+    p.add_argument("--loader_steps", type=int, help="batches per timed window of the loader-only part")
+    p.add_argument("--warmup", type=int, help="batches before timing (worker start-up, autotuning, compile)")
+    p.add_argument("--repeats", type=int, help="timed windows per measurement (the median is reported)")
+    p.add_argument("--compile", action="store_true", help="also measure the fast variant under torch.compile")
+    p.add_argument("--gpu_decode", default="auto", choices=("auto", "on", "off"),
+                   help="loader-only with nvjpeg decode (CUDA + torchvision); auto: when available")
+    p.add_argument("--video_path", type=Path, help="jpg frame dataset root (default: generate a synthetic one)")
+    p.add_argument("--annotation_path", type=Path)
+    p.add_argument("--dataset", default="kinetics")
+    p.add_argument("--inference_subset", default="val", choices=("train", "val", "test"))
+    p.add_argument("--data_dir", type=Path, default=Path(tempfile.gettempdir()) / "3dcnn_benchmark",
+                   help="where the synthetic dataset is cached")
+    p.add_argument("--videos_per_class", type=int, help="synthetic training videos per class (4 classes)")
+    p.add_argument("--n_frames", type=int, help="frames per synthetic video")
+    p.add_argument("--output", type=Path, default=Path("benchmark.json"), help="JSON results file")
+    return p
+
+
+def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
+    """Pick the device and fill unset size options with that device's defaults."""
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is available")
+    for key, value in DEFAULTS[args.device].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if (args.video_path is None) != (args.annotation_path is None):
+        raise UserError("give both --video_path and --annotation_path, or neither (synthetic dataset)")
+    args.e2e_workers = args.e2e_workers if args.e2e_workers is not None else max(args.workers)
+    return args
+
+
+def _data(args) -> tuple[Path, Path, dict]:
+    if args.video_path is not None:
+        return args.video_path, args.annotation_path, {"source": str(args.video_path)}
+    spec = SyntheticSpec(train_per_class=args.videos_per_class, val_per_class=max(1, args.videos_per_class // 4),
+                         n_frames=args.n_frames)
+    start = time.perf_counter()
+    video_path, annotation_path = make_synthetic_dataset(args.data_dir, spec)
+    info = {"source": "synthetic", "path": str(video_path), "videos": spec.n_classes * (spec.train_per_class +
+            spec.val_per_class), "frames_per_video": spec.n_frames, "frame_size": list(spec.size),
+            "prepare_s": round(time.perf_counter() - start, 1)}
+    return video_path, annotation_path, info
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU {platform.processor() or platform.machine()} ({os.cpu_count()} cores visible)"
+
+
+class Runner:
+    """Builds the options of each configuration and runs the parts, collecting a results dict."""
+
+    def __init__(self, args: argparse.Namespace, video_path: Path, annotation_path: Path):
+        self.args, self.device = args, torch.device(args.device)
+        self.paths = dict(video_path=video_path, annotation_path=annotation_path,
+                          result_path=args.data_dir / "results", device=args.device)
+        probe = bench_opts(args, workers=0, fast=True, compile_model=False, n_classes=1, **self.paths)
+        self.n_classes = len(dataset.get_class_names(probe))
+        self.variants = ["original", "fast"] + (["fast_compile"] if args.compile else [])
+        self.window = dict(warmup=args.warmup, steps=args.steps, repeats=args.repeats)
+        self.loader_window = dict(self.window, steps=args.loader_steps)
+
+    def opts(self, variant: str, workers: int):
+        return bench_opts(self.args, workers=workers, fast=variant != "original",
+                          compile_model=variant == "fast_compile", n_classes=self.n_classes, **self.paths)
+
+    def _each(self, fn, workers: int, variants=None, **kw) -> dict:
+        out = {}
+        for v in variants or self.variants:
+            print(f"  {fn.__name__} {v} (workers {workers}) ...", flush=True)
+            out[v] = fn(self.opts(v, workers), self.device, fast=v != "original", **kw).as_dict()
+        return out
+
+    def run(self) -> dict:
+        parts, args = {}, self.args
+        if "model" in args.parts:
+            parts["model"] = self._each(bench_parts.model_only, 0, **self.window)
+        if "loader" in args.parts:
+            both, gpu = ["original", "fast"], self._gpu_decode()
+            parts["loader"] = {str(w): self._each(bench_parts.loader_only, w, both, **self.loader_window)
+                               for w in args.workers}
+            if gpu:
+                run = bench_parts.loader_gpu_decode
+                parts["loader_gpu_decode"] = {str(w): run(self.opts("fast", w), self.device, **self.loader_window)
+                                              .as_dict() for w in args.workers}
+        if "e2e" in args.parts:
+            parts["e2e"] = self._each(bench_parts.end_to_end, args.e2e_workers, **self.window)
+        if "inference" in args.parts:
+            parts["inference"] = self._each(bench_parts.inference, args.e2e_workers, repeats=args.repeats)
+        return parts
+
+    def _gpu_decode(self) -> bool:
+        if self.args.gpu_decode == "off":
+            return False
+        from util_scripts.bench_gpu_decode import nvjpeg_available
+
+        ok = nvjpeg_available(self.device)
+        if not ok and self.args.gpu_decode == "on":
+            raise UserError("--gpu_decode on needs a CUDA device and an importable torchvision (nvjpeg)")
+        return ok
+
+
+def main(argv=None) -> int:
+    args = resolve_args(build_parser().parse_args(argv))
+    if args.device == "cuda":  # the original enabled cudnn autotuning too, so both variants get it
+        torch.backends.cudnn.benchmark = True
+    video_path, annotation_path, data_info = _data(args)
+    data_info["mean_frame_bytes"] = round(mean_frame_bytes(video_path))
+    runner = Runner(args, video_path, annotation_path)
+    start = time.perf_counter()
+    parts = runner.run()
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    report = {"device": device_name(runner.device), "torch": torch.__version__, "cpu_count": os.cpu_count(),
+              "settings": settings, "data": data_info, "parts": parts, "elapsed_s": round(time.perf_counter() - start)}
+    report["targets"] = summarize_targets(report)
+    print(format_table(report))
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(report, indent=2))
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
