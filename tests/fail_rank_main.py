@@ -2,10 +2,11 @@
 
     python tests/fail_rank_main.py <main.py flags>     (under torchrun or with RANK/WORLD_SIZE set)
 
-TOOLKIT_TEST_FAIL_RANK (default 1): the rank that fails; TOOLKIT_TEST_FAIL_AT_BATCH (default 2): the
-batch (1-based, training and validation batches counted together over the whole run) at which it fails; TOOLKIT_TEST_FAIL_MODE: 'raise'
-(an exception, default), 'exit' (the process vanishes with os._exit, as if killed) or 'hang' (it stops
-responding, so the others wait in a collective until --dist_timeout).
+- TOOLKIT_TEST_FAIL_RANK (default 1): the rank that fails;
+- TOOLKIT_TEST_FAIL_AT_BATCH (default 2): the batch at which it fails (1-based, training and validation
+  batches counted together over the whole run);
+- TOOLKIT_TEST_FAIL_MODE: 'raise' (an exception, default), 'exit' (the process vanishes with os._exit,
+  as if killed) or 'hang' (it stops responding, so the others wait in a collective until --dist_timeout).
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 import subprocess
 import sys
 import time
@@ -165,3 +166,22 @@ def test_sigkill_at_random_moments_then_resume_auto(data, reference, tmp_path):
     _finish_chain(data, out, ref, f"TOOLKIT_KILL_SEED={SEED}, chain {chain}, final")
     print(f"kills: {kills} over {chain + 1} chains (TOOLKIT_KILL_SEED={SEED})")
     assert kills["during_write"] >= N_KILLS // 3, f"{kills}, TOOLKIT_KILL_SEED={SEED}"
+
+
+def test_ctrl_c_during_a_checkpoint_write_is_one_line_and_keeps_checkpoints(data, tmp_path):
+    out, log = tmp_path / "out", tmp_path / "log.txt"
+    with open(log, "w") as f:
+        proc = subprocess.Popen([sys.executable, "tests/slow_save_main.py", *args(data, out)], cwd=ROOT,
+                                env={**os.environ, "OMP_NUM_THREADS": "1", "TOOLKIT_TEST_SAVE_SECONDS": "2"},
+                                stdout=subprocess.DEVNULL, stderr=f)
+    deadline = time.monotonic() + 120
+    while not (out / "save_1.pth").exists() or not _temp_files(out):  # epoch 2's write has begun
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 130
+    err = log.read_text().strip()
+    assert err.splitlines() == ["interrupted: the last saved checkpoint is intact; rerun with --resume_path auto "
+                                "to continue"], err
+    assert not _temp_files(out) and not (out / "save_2.pth").exists()
+    assert load_checkpoint(out / "save_1.pth")["epoch"] == 1
