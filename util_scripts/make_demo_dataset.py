@@ -1,6 +1,6 @@
 """Write a small labelled action dataset of real compressed videos, in the UCF-101 layout.
 
-Usage: ``python -m util_scripts.make_demo_dataset DIR [--n_train_per_class 16] [--n_test_per_class 4]
+Usage: ``python -m util_scripts.make_demo_dataset DIR [--n_train_per_class 32] [--n_test_per_class 8]
 [--size 96x72] [--n_frames 24] [--seed 0]``
 
 Each video shows one textured shape on a noisy textured background; the class is the MOTION
@@ -11,7 +11,9 @@ start position and speed are random. Output::
     DIR/splits/classInd.txt, trainlist01.txt, testlist01.txt   (official UCF-101 formats)
 
 so ``generate_video_jpgs DIR/videos DIR/jpg ucf101`` and ``ucf101_json DIR/splits DIR/jpg DIR``
-prepare it like the real dataset.
+prepare it like the real dataset. The direction of motion is the label, so train WITHOUT random
+horizontal flips (``main.py --no_hflip``): a flip turns move_left into move_right and rotate_cw
+into a counter-clockwise turn.
 """
 
 from __future__ import annotations
@@ -46,12 +48,12 @@ def sample_motion(action: str, rng: np.random.Generator, *, width: int, height: 
     """Random trajectory of one video whose only class-specific property is the motion."""
     t = np.arange(n_frames, dtype=np.float64)
     short = min(width, height)
-    radius0 = rng.uniform(0.12, 0.18) * short
-    growth = rng.uniform(0.5, 1.0) / max(1, n_frames - 1) if action == "grow" else 0.0
+    radius0 = rng.uniform(0.14, 0.2) * short
+    growth = rng.uniform(0.45, 0.8) / max(1, n_frames - 1) if action == "grow" else 0.0
     radius = radius0 * (1 + growth * t)
-    spin = rng.uniform(0.10, 0.22) if action == "rotate_cw" else 0.0  # radians per frame
+    spin = rng.uniform(0.12, 0.25) if action == "rotate_cw" else 0.0  # radians per frame
     angle = rng.uniform(0, 2 * math.pi) + spin * t  # image y points down: growing angle turns clockwise
-    speed = rng.uniform(0.55, 0.8) * (short - 2.2 * radius0) / max(1, n_frames - 1)
+    speed = rng.uniform(0.5, 0.75) * (short - 2.2 * radius0) / max(1, n_frames - 1)
     dx, dy = {"move_left": (-1, 0), "move_right": (1, 0), "move_up": (0, -1), "move_down": (0, 1)}.get(action, (0, 0))
     travel_x, travel_y = dx * speed * (n_frames - 1), dy * speed * (n_frames - 1)
     margin = radius.max() * 1.35  # the ellipse reaches 1.29 radii from its centre
@@ -64,7 +66,8 @@ def render_video(action: str, rng: np.random.Generator, *, width: int, height: i
     """Frames (T, H, W, 3) uint8 of one random video of ``action``."""
     motion = sample_motion(action, rng, width=width, height=height, n_frames=n_frames)
     shape = SHAPES[rng.integers(len(SHAPES))]
-    colours = rng.integers(0, 256, size=(2, 3))
+    colour = rng.integers(0, 256, size=3)
+    colours = np.stack([colour, 255 - colour])  # complementary stripes: the shape stands out from any background
     stripe = rng.uniform(0.35, 0.6)  # stripe frequency: the texture makes rotation visible
     background = _background(rng, width=width, height=height)
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float64)
@@ -77,7 +80,7 @@ def render_video(action: str, rng: np.random.Generator, *, width: int, height: i
         texture = (np.sin(u * motion.radius[i] * stripe) > 0)[..., None]
         shape_rgb = np.where(texture, colours[0], colours[1])
         frame = np.where(inside[..., None], shape_rgb, background)
-        frame = frame + rng.normal(0, 6, size=frame.shape)
+        frame = frame + rng.normal(0, 4, size=frame.shape)
         frames[i] = np.clip(frame, 0, 255).astype(np.uint8)
     return frames
 
@@ -86,20 +89,20 @@ def _inside(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     if shape == "square":
         return (np.abs(u) < 0.8) & (np.abs(v) < 0.8)
     if shape == "triangle":
-        return (v < 0.5) & (v > 2 * np.abs(u) - 1.0)
+        return (v < 0.6) & (v > 1.8 * np.abs(u) - 1.0)
     return u * u + 0.6 * v * v < 1.0  # an ellipse, so that its rotation shows in its outline too
 
 
 def _background(rng: np.random.Generator, *, width: int, height: int) -> np.ndarray:
     """Smooth random colour blotches plus fine noise, fixed for the whole video."""
-    coarse = rng.integers(40, 200, size=(height // 12 + 2, width // 12 + 2, 3)).astype(np.float64)
+    coarse = rng.integers(70, 186, size=(height // 12 + 2, width // 12 + 2, 3)).astype(np.float64)
     ys = np.linspace(0, coarse.shape[0] - 1.001, height)
     xs = np.linspace(0, coarse.shape[1] - 1.001, width)
     y0, x0 = ys.astype(int), xs.astype(int)
     fy, fx = (ys - y0)[:, None, None], (xs - x0)[None, :, None]
     top = coarse[y0][:, x0] * (1 - fx) + coarse[y0][:, x0 + 1] * fx
     bottom = coarse[y0 + 1][:, x0] * (1 - fx) + coarse[y0 + 1][:, x0 + 1] * fx
-    return top * (1 - fy) + bottom * fy + rng.normal(0, 12, size=(height, width, 3))
+    return top * (1 - fy) + bottom * fy + rng.normal(0, 8, size=(height, width, 3))
 
 
 def write_video(path: Path, frames: np.ndarray, *, fps: int = 25) -> None:
@@ -162,8 +165,8 @@ def make_dataset(
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("dir_path", type=Path, help="output folder (videos/ and splits/ are created in it)")
-    parser.add_argument("--n_train_per_class", type=int, default=16)
-    parser.add_argument("--n_test_per_class", type=int, default=4)
+    parser.add_argument("--n_train_per_class", type=int, default=32)
+    parser.add_argument("--n_test_per_class", type=int, default=8)
     parser.add_argument("--size", default="96x72", help="WIDTHxHEIGHT of the videos")
     parser.add_argument("--n_frames", type=int, default=24, help="frames per video (25 fps)")
     parser.add_argument("--seed", type=int, default=0)
