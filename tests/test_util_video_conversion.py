@@ -221,3 +221,13 @@ def test_real_footage_frame_count_and_short_side(tmp_path):
     assert names == expected_names(250)
     for name in (names[0], names[-1]):
         assert image_size(dst / "ride" / "bikes" / name) == (113, 48)
+
+
+def test_outputs_get_normal_permissions(tmp_path):
+    write_video(tmp_path / "src" / "a" / "clip.mp4", n_frames=3)
+    generate_video_jpgs.main([str(tmp_path / "src"), str(tmp_path / "jpg"), "kinetics", "--n_jobs", "1"])
+    generate_video_hdf5.main([str(tmp_path / "src"), str(tmp_path / "h5"), "kinetics", "--n_jobs", "1"])
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (tmp_path / "jpg" / "a" / "clip").stat().st_mode & 0o777 == 0o777 & ~mask
+    assert (tmp_path / "h5" / "a" / "clip.hdf5").stat().st_mode & 0o777 == 0o666 & ~mask
