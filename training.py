@@ -38,6 +38,9 @@ def prepare_batch(clips: torch.Tensor, targets: torch.Tensor, device: torch.devi
     targets = targets.to(device, non_blocking=True)
     if normalizer is not None:
         clips = normalizer(clips)
+    if clips.device.type == "cpu":
+        # CPU models stay in the default layout (main.py); channels_last_3d input measured ~25% slower there.
+        clips = clips.contiguous()
     return clips, targets
 
 
