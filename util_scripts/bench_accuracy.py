@@ -1,6 +1,6 @@
 """Train the same small model twice on a learnable synthetic task: fast data path vs the reference path.
 
-Usage: ``python -m util_scripts.bench_accuracy [--work_dir DIR] [--n_epochs 8] [--seed 1]``
+Usage: ``python -m util_scripts.bench_accuracy [--work_dir DIR] [--n_epochs 20] [--learning_rate 0.01] [--seed 1]``
 
 Run 1 uses the defaults (uint8 clips, JPEG draft/simplejpeg decode, normalisation in the training
 step); run 2 uses ``--exact_decode --normalize_in_workers`` (full decode, float clips normalised in
@@ -50,7 +50,7 @@ def _train(ds, out: Path, extra: list[str], args) -> dict:
         "2",
         "--no_cuda",
         "--learning_rate",
-        "0.05",
+        str(args.learning_rate),
         "--n_epochs",
         str(args.n_epochs),
         "--checkpoint",
@@ -76,8 +76,9 @@ def _train(ds, out: Path, extra: list[str], args) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m util_scripts.bench_accuracy", description=__doc__.split("\n\n")[0])
     p.add_argument("--work_dir", type=Path, default=Path(tempfile.mkdtemp(prefix="bench_accuracy_")))
-    p.add_argument("--n_epochs", type=int, default=8)
+    p.add_argument("--n_epochs", type=int, default=20)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--learning_rate", type=float, default=0.01)
     args = p.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     from tests.datagen import make_frame_dataset
