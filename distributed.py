@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -162,8 +163,19 @@ def _store():
 
 
 def shutdown() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    """Leave the process group; on a clean exit wait for every rank first.
+
+    Destroying a gloo group while a peer still uses it can abort the process at exit, so ranks meet in a
+    barrier before tearing down. After a failure (a peer gone) the barrier is skipped.
+    """
+    if not dist.is_initialized():
+        return
+    if sys.exc_info()[0] is None and failed_peer() is None:
+        try:
+            dist.barrier()
+        except Exception:  # noqa: BLE001 - a peer vanished while we were finishing; nothing left to wait for
+            pass
+    dist.destroy_process_group()
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
