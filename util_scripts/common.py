@@ -14,6 +14,7 @@ Everything runs in-process: no ``ffmpeg``/``ffprobe`` executable is needed.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import logging
 import multiprocessing
@@ -336,3 +337,25 @@ def check_conversion_args(args) -> None:
         raise UserError(f"--quality must be in 1..95, got {args.quality}")
     if args.size == 0 or args.size < -1:
         raise UserError(f"--size must be a positive number of pixels or -1, got {args.size}")
+
+
+def run_conversion(argv: Sequence[str] | None, convert_video: Callable[..., ItemResult], *, description: str,
+                   desc: str, what: str) -> int:
+    """The whole CLI of a video converter: parse, find the videos, convert them in parallel, summarise.
+
+    ``convert_video(item, *, dst_root, size, fps, quality, threads)`` converts one video; ``what`` may
+    contain ``{dst}`` for the output folder.
+    """
+    args = build_conversion_parser(description).parse_args(argv)
+    check_conversion_args(args)
+    items = find_videos(args.dir_path, args.dataset)
+    worker = functools.partial(
+        convert_video,
+        dst_root=args.dst_path,
+        size=args.size,
+        fps=args.fps,
+        quality=args.quality,
+        threads=0 if args.n_jobs == 1 else 1,  # one process: let FFmpeg use every core
+    )
+    results = run_over_videos(worker, items, n_jobs=args.n_jobs, desc=desc)
+    return summarize(results, what=what.format(dst=args.dst_path))

@@ -12,7 +12,6 @@ then renamed, so an existing ``.hdf5`` is always complete and is skipped on a re
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,15 +19,11 @@ from util_scripts.common import (
     ItemResult,
     VideoItem,
     atomic_file,
-    build_conversion_parser,
-    check_conversion_args,
     encode_jpeg,
-    find_videos,
     iter_frames,
     remove_partials,
     run_cli,
-    run_over_videos,
-    summarize,
+    run_conversion,
 )
 
 
@@ -59,20 +54,8 @@ def convert_video(item: VideoItem, *, dst_root: Path, size: int, fps: float, qua
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_conversion_parser(__doc__.splitlines()[0]).parse_args(argv)
-    check_conversion_args(args)
-    items = find_videos(args.dir_path, args.dataset)
-    worker = functools.partial(
-        convert_video,
-        dst_root=args.dst_path,
-        size=args.size,
-        fps=args.fps,
-        quality=args.quality,
-        threads=0 if args.n_jobs == 1 else 1,
-    )
-    results = run_over_videos(worker, items, n_jobs=args.n_jobs, desc="hdf5")
-    return summarize(results, what=f"hdf5 files written to {args.dst_path}")
-
+    return run_conversion(argv, convert_video, description=__doc__.splitlines()[0], desc="hdf5",
+                          what="hdf5 files written to {dst}")
 
 if __name__ == "__main__":
     run_cli(main)

@@ -10,7 +10,6 @@ then 1 (0 when every video was converted or already complete, 2 for bad argument
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,16 +17,12 @@ from util_scripts.common import (
     ItemResult,
     VideoItem,
     atomic_dir,
-    build_conversion_parser,
-    check_conversion_args,
     encode_jpeg,
-    find_videos,
     frame_name,
     iter_frames,
     remove_partials,
     run_cli,
-    run_over_videos,
-    summarize,
+    run_conversion,
 )
 
 
@@ -52,20 +47,8 @@ def convert_video(item: VideoItem, *, dst_root: Path, size: int, fps: float, qua
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_conversion_parser(__doc__.splitlines()[0]).parse_args(argv)
-    check_conversion_args(args)
-    items = find_videos(args.dir_path, args.dataset)
-    worker = functools.partial(
-        convert_video,
-        dst_root=args.dst_path,
-        size=args.size,
-        fps=args.fps,
-        quality=args.quality,
-        threads=0 if args.n_jobs == 1 else 1,
-    )
-    results = run_over_videos(worker, items, n_jobs=args.n_jobs, desc="jpg")
-    return summarize(results, what=f"frames written to {args.dst_path}")
-
+    return run_conversion(argv, convert_video, description=__doc__.splitlines()[0], desc="jpg",
+                          what="frames written to {dst}")
 
 if __name__ == "__main__":
     run_cli(main)
