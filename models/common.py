@@ -122,3 +122,15 @@ class ClassifierHeadMixin:
 
 def _has_params(module: nn.Module) -> bool:
     return any(True for _ in module.parameters())
+
+
+def stem_conv(n_input_channels: int, width: int, *, conv1_t_size: int, conv1_t_stride: int) -> nn.Conv3d:
+    """The 3D stem convolution shared by the ResNet families and DenseNet: (t, 7, 7), spatial stride 2."""
+    return nn.Conv3d(
+        n_input_channels,
+        width,
+        kernel_size=(conv1_t_size, 7, 7),
+        stride=(conv1_t_stride, 2, 2),
+        padding=(conv1_t_size // 2, 3, 3),
+        bias=False,
+    )

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import ClassifierHeadMixin, init_weights, lookup_depth
+from .common import ClassifierHeadMixin, init_weights, lookup_depth, stem_conv
 
 # depth -> dense layers in each of the four blocks
 DENSENET_BLOCKS: dict[int, tuple[int, int, int, int]] = {
@@ -91,17 +91,8 @@ class DenseNet(ClassifierHeadMixin, nn.Module):
     ) -> None:
         super().__init__()
         stem = [
-            (
-                "conv1",
-                nn.Conv3d(
-                    n_input_channels,
-                    num_init_features,
-                    kernel_size=(conv1_t_size, 7, 7),
-                    stride=(conv1_t_stride, 2, 2),
-                    padding=(conv1_t_size // 2, 3, 3),
-                    bias=False,
-                ),
-            ),
+            ("conv1", stem_conv(n_input_channels, num_init_features, conv1_t_size=conv1_t_size,
+                                conv1_t_stride=conv1_t_stride)),
             ("norm1", nn.BatchNorm3d(num_init_features)),
             ("relu1", nn.ReLU(inplace=True)),
         ]

@@ -20,6 +20,7 @@ from .common import (
     lookup_depth,
     make_shortcut,
     scaled_widths,
+    stem_conv,
 )
 
 
@@ -161,14 +162,7 @@ class ResNet(ClassifierHeadMixin, nn.Module):
         init_weights(self)
 
     def _build_stem(self, n_input_channels: int, width: int, *, conv1_t_size: int, conv1_t_stride: int) -> None:
-        self.conv1 = nn.Conv3d(
-            n_input_channels,
-            width,
-            kernel_size=(conv1_t_size, 7, 7),
-            stride=(conv1_t_stride, 2, 2),
-            padding=(conv1_t_size // 2, 3, 3),
-            bias=False,
-        )
+        self.conv1 = stem_conv(n_input_channels, width, conv1_t_size=conv1_t_size, conv1_t_stride=conv1_t_stride)
         self.bn1 = nn.BatchNorm3d(width)
 
     def _forward_stem(self, x: torch.Tensor) -> torch.Tensor:
