@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from util_scripts.bench_data import photo_like_frames
-from util_scripts.bench_report import format_table, summarize_targets
+from benchmarks.data import photo_like_frames
+from benchmarks.report import format_table, summarize_targets
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--device", "cpu", "--model_depth", "10", "--batch_size", "2", "--sample_duration", "4", "--sample_size",

@@ -18,15 +18,15 @@ import pytest
 import torch
 
 import dataset
+from benchmarks.data import SyntheticSpec, make_synthetic_dataset
+from benchmarks.gpu_decode import EncodedClipDataset, crop_resize_clip, nvjpeg_available
+from benchmarks.reference_loader import build_reference_dataset, load_frame, reference_clip
 from datasets.annotations import VideoRecord
 from datasets.clip_loader import ClipLoader
 from datasets.problems import DataProblems
 from datasets.readers import JpegDirReader, decode_jpeg
 from opts import parse_opts
 from spatial_transforms import ClipNormalizer, ClipParams, get_mean_std
-from util_scripts.bench_data import SyntheticSpec, make_synthetic_dataset
-from util_scripts.bench_gpu_decode import EncodedClipDataset, crop_resize_clip, nvjpeg_available
-from util_scripts.reference_loader import build_reference_dataset, load_frame, reference_clip
 
 MEAN, STD = get_mean_std(1.0, "kinetics")
 LSB = 1 / 255 / min(STD)  # one uint8 step in normalised units (about 0.0145)
@@ -162,7 +162,7 @@ def test_encoded_items_draw_the_same_clip_as_the_cpu_loader(frames_dir, tmp_path
 
 def test_nvjpeg_path_is_never_taken_on_cpu():
     code = ("import sys, torch\n"
-            "from util_scripts.bench_gpu_decode import nvjpeg_available\n"
+            "from benchmarks.gpu_decode import nvjpeg_available\n"
             "import dataset, training, main, util_scripts.benchmark\n"
             "assert not nvjpeg_available(torch.device('cpu'))\n"
             "assert 'torchvision' not in sys.modules, 'torchvision imported on the CPU path'\n")

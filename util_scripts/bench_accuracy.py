@@ -5,7 +5,7 @@ Usage: ``python -m util_scripts.bench_accuracy [--work_dir DIR] [--n_epochs 20] 
 Run 1 uses the defaults (uint8 clips, JPEG draft/simplejpeg decode, normalisation in the training
 step); run 2 uses ``--exact_decode --normalize_in_workers`` (full decode, float clips normalised in
 the workers, as the original). Same seed, same data; prints both validation accuracies and losses,
-which should agree up to the noise of a few resampled pixels. Uses tests/datagen.py ('shapes').
+which should agree up to the noise of a few resampled pixels. Uses benchmarks/synthetic.py ('shapes').
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from benchmarks.synthetic import make_frame_dataset
 from util_scripts.common import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,9 +81,6 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--learning_rate", type=float, default=0.01)
     args = p.parse_args(argv)
-    sys.path.insert(0, str(ROOT))
-    from tests.datagen import make_frame_dataset
-
     ds = make_frame_dataset(
         args.work_dir / "data", n_classes=4, videos_per_class=6, n_frames=24, size=(128, 96), content="shapes"
     )

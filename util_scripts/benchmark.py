@@ -25,10 +25,10 @@ from pathlib import Path
 import torch
 
 import dataset
+from benchmarks import parts as bench_parts
+from benchmarks.data import SyntheticSpec, bench_opts, make_synthetic_dataset, mean_frame_bytes
+from benchmarks.report import format_table, summarize_targets
 from errors import UserError
-from util_scripts import bench_parts
-from util_scripts.bench_data import SyntheticSpec, bench_opts, make_synthetic_dataset, mean_frame_bytes
-from util_scripts.bench_report import format_table, summarize_targets
 from util_scripts.common import run_cli
 
 PARTS = ("model", "loader", "e2e", "inference")
@@ -149,7 +149,7 @@ class Runner:
     def _gpu_decode(self) -> bool:
         if self.args.gpu_decode == "off":
             return False
-        from util_scripts.bench_gpu_decode import nvjpeg_available
+        from benchmarks.gpu_decode import nvjpeg_available
 
         ok = nvjpeg_available(self.device)
         if not ok and self.args.gpu_decode == "on":

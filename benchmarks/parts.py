@@ -2,7 +2,7 @@
 
 Every part runs the project's own code (train_one_epoch, the loaders of dataset.py, run_inference)
 so the numbers are what a training run gets. 'original' = fp32 eager, contiguous model, the
-original-style per-frame PIL/float loader (util_scripts.reference_loader); 'fast' = the project's
+original-style per-frame PIL/float loader (benchmarks.reference_loader); 'fast' = the project's
 defaults for the device (uint8 loader with draft/simplejpeg decode, normalisation on the device,
 bf16 autocast + channels_last_3d + cudnn.benchmark on CUDA, torch.compile with --compile).
 """
@@ -19,11 +19,11 @@ from torch import nn
 
 import dataset
 import model as model_lib
+from benchmarks.data import BatchStream, close_loader, time_loader
+from benchmarks.reference_loader import build_reference_loader
 from distributed import DistInfo
 from inference import run_inference
 from training import train_one_epoch
-from util_scripts.bench_data import BatchStream, close_loader, time_loader
-from util_scripts.reference_loader import build_reference_loader
 
 
 @dataclass
@@ -124,7 +124,7 @@ def loader_only(opt, device: torch.device, *, fast: bool, warmup: int, steps: in
 
 def loader_gpu_decode(opt, device: torch.device, *, warmup: int, steps: int, repeats: int) -> PartResult:
     """Workers fetch bytes only; nvjpeg decodes, the GPU crops/resizes (CUDA + torchvision only)."""
-    from util_scripts.bench_gpu_decode import build_encoded_loader, decode_batch
+    from benchmarks.gpu_decode import build_encoded_loader, decode_batch
 
     base = dataset.build_train_loader(opt, DistInfo(device=device))[0]
     loader = build_encoded_loader(base, workers=opt.n_threads, seed=opt.manual_seed)
