@@ -8,8 +8,8 @@ import torch
 
 import dataset as D
 from spatial_transforms import ClipNormalizer
+from tests.conftest import frame_numbers, make_opt
 from tests.datagen import make_frame_dataset
-from tests.test_datasets import frame_numbers, make_opt
 
 CPU = SimpleNamespace(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"), is_main=True)
 

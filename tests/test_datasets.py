@@ -1,6 +1,5 @@
 """Annotation parsing, readers and bad-data handling on tiny datasets written by tests/datagen.py."""
 
-import argparse
 import json
 import logging
 
@@ -11,24 +10,10 @@ from dataset import build_dataset
 from datasets.annotations import read_records
 from datasets.problems import DataProblems
 from errors import UserError
+from tests.conftest import frame_numbers, make_opt
 from tests.datagen import decode_frame_number, make_frame_dataset
 
 KINDS = ["kinetics", "mit", "ucf101", "hmdb51", "activitynet"]
-
-
-def make_opt(ds, **overrides) -> argparse.Namespace:
-    opt = dict(video_path=ds.video_path, annotation_path=ds.annotation_path, dataset="kinetics", file_type="jpg",
-               input_type="rgb", sample_size=16, sample_duration=4, sample_t_stride=1, train_crop="center",
-               train_crop_min_scale=0.25, train_crop_min_ratio=0.75, no_hflip=True, colorjitter=False,
-               train_t_crop="center", n_val_samples=2, inference_subset="val", inference_stride=4,
-               inference_crop="center", batch_size=4, inference_batch_size=2, n_threads=0, mean_dataset="kinetics",
-               value_scale=1, no_mean_norm=False, no_std_norm=False, manual_seed=1, normalize_in_workers=False)
-    opt.update(overrides)
-    return argparse.Namespace(**opt)
-
-
-def frame_numbers(clip) -> list[int]:
-    return [decode_frame_number(f) for f in np.asarray(clip)]
 
 
 @pytest.mark.parametrize("file_type", ["jpg", "hdf5", "video"])

@@ -7,7 +7,6 @@ The failure is injected by tests/fail_rank_main.py (a wrapper around main.main),
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -15,8 +14,8 @@ import time
 import pytest
 
 from checkpoint import load_checkpoint
+from tests.conftest import ROOT, free_port, log_rows
 from tests.datagen import make_frame_dataset
-from tests.test_main_e2e import ROOT, _rows
 
 TINY = ["--model", "resnet", "--model_depth", "10", "--resnet_widen_factor", "0.125", "--sample_size", "16",
         "--sample_duration", "4", "--n_threads", "0", "--no_cuda", "--learning_rate", "0.01", "--batch_size", "4",
@@ -39,12 +38,6 @@ def _args(ds, out) -> list[str]:
 def _env(**extra) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_PORT")}
     return {**env, "OMP_NUM_THREADS": "1", **extra}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow
@@ -71,7 +64,7 @@ def test_torchrun_job_with_a_failing_rank_exits_in_bounded_time(ds, tmp_path, mo
 @pytest.mark.slow
 def test_survivor_names_the_failed_rank_without_torchrun(ds, tmp_path):
     """Processes started by another launcher (e.g. srun): no agent kills the survivor, it must stop by itself."""
-    port, procs = str(_free_port()), []
+    port, procs = str(free_port()), []
     start = time.monotonic()
     for rank in (0, 1):
         env = _env(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
@@ -109,7 +102,7 @@ def test_corrupt_frames_in_a_distributed_run(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     # Both ranks finished both epochs in step (weights compared across ranks at the end) ...
     assert "weights identical on all 2 ranks" in proc.stdout
-    assert [r[0] for r in _rows(out / "train.log")[1:]] == ["1", "2"]
+    assert [r[0] for r in log_rows(out / "train.log")[1:]] == ["1", "2"]
     # ... and the counts are summed over the ranks: 4 videos x 2 corrupt frames per epoch.
     for epoch in (1, 2):
         assert f"[rank 0] train epoch {epoch}: data problems corrupt_frames 8" in proc.stdout, proc.stdout

@@ -8,7 +8,7 @@ import torch
 
 import model as model_lib
 from checkpoint import load_checkpoint
-from tests.test_main_e2e import dataset_args, run_main, tiny_dataset  # noqa: F401 (fixture)
+from tests.conftest import dataset_args, run_main
 
 WIDEN = 0.25  # a resnet-18 small enough for the CPU; key names and layout are the original's
 
@@ -25,7 +25,7 @@ def _write_original_checkpoint(path):
     return state
 
 
-def test_finetune_only_fc_changes(tiny_dataset, tmp_path):  # noqa: F811
+def test_finetune_only_fc_changes(tiny_dataset, tmp_path):
     pretrained = _write_original_checkpoint(tmp_path / "r3d18_K_200ep.pth")
     out = tmp_path / "out"
     args = dataset_args(tiny_dataset, out, n_classes=101)
@@ -53,7 +53,7 @@ def test_finetune_only_fc_changes(tiny_dataset, tmp_path):  # noqa: F811
     assert all(momentum[i]["momentum_buffer"].abs().sum() > 0 for i in (0, 1))
 
 
-def test_pretrain_class_mismatch_is_a_clear_error(tiny_dataset, tmp_path):  # noqa: F811
+def test_pretrain_class_mismatch_is_a_clear_error(tiny_dataset, tmp_path):
     _write_original_checkpoint(tmp_path / "r3d18.pth")
     args = dataset_args(tiny_dataset, tmp_path / "out", n_classes=101)
     args[args.index("--model_depth") + 1] = "18"

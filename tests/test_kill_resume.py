@@ -20,8 +20,8 @@ import pytest
 import torch
 
 from checkpoint import load_checkpoint
+from tests.conftest import ROOT, run_main
 from tests.datagen import make_frame_dataset
-from tests.test_main_e2e import ROOT, run_main
 
 N_EPOCHS = 5
 N_KILLS = 12  # every other one while a checkpoint is being written

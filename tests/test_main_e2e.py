@@ -3,46 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from checkpoint import load_checkpoint
+from tests.conftest import ROOT, dataset_args, log_rows, run_main
 from tests.datagen import make_frame_dataset
-
-ROOT = Path(__file__).resolve().parents[1]
-# A model and clips small enough for a few seconds per epoch on one core.
-TINY = ["--model", "resnet", "--model_depth", "10", "--resnet_widen_factor", "0.25", "--sample_size", "32",
-        "--sample_duration", "8", "--n_threads", "0", "--no_cuda", "--learning_rate", "0.01", "--batch_size", "2",
-        "--n_val_samples", "2", "--inference_stride", "8"]
-
-
-def run_main(args: list[str], *, launcher: list[str] | None = None, timeout: int = 240,
-             env: dict | None = None) -> subprocess.CompletedProcess:
-    cmd = [*(launcher or [sys.executable]), "main.py", *map(str, args)]
-    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    full_env = {k: v for k, v in full_env.items() if v is not None}  # None removes a variable
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=full_env)
-
-
-def dataset_args(ds, result_path: Path, n_classes: int = 2) -> list[str]:
-    return ["--video_path", ds.video_path, "--annotation_path", ds.annotation_path, "--result_path", result_path,
-            "--n_classes", n_classes, *TINY]
-
-
-@pytest.fixture(scope="module")
-def tiny_dataset(tmp_path_factory):
-    return make_frame_dataset(tmp_path_factory.mktemp("data"), n_classes=2, videos_per_class=2, n_frames=12,
-                              size=(40, 32))
-
-
-def _rows(path: Path) -> list[list[str]]:
-    raw = path.read_bytes().decode()
-    assert raw.endswith("\r\n") and "\n" not in raw.replace("\r\n", "")  # CRLF like the original
-    return [line.split("\t") for line in raw.split("\r\n")[:-1]]
 
 
 @pytest.fixture(scope="module")
@@ -56,13 +24,13 @@ def trained(tiny_dataset, tmp_path_factory):
 
 def test_logs_have_the_original_columns(trained):
     out, proc = trained
-    train = _rows(out / "train.log")
+    train = log_rows(out / "train.log")
     assert train[0] == ["epoch", "loss", "acc", "lr"] and [r[0] for r in train[1:]] == ["1", "2"]
     assert [float(r[3]) for r in train[1:]] == pytest.approx([0.01, 0.001])
-    batches = _rows(out / "train_batch.log")
+    batches = log_rows(out / "train_batch.log")
     assert batches[0] == ["epoch", "batch", "iter", "loss", "acc", "lr"]
     assert [r[:3] for r in batches[1:]] == [["1", "1", "1"], ["1", "2", "2"], ["2", "1", "3"], ["2", "2", "4"]]
-    val = _rows(out / "val.log")
+    val = log_rows(out / "val.log")
     assert val[0] == ["epoch", "loss", "acc"] and len(val) == 3
     assert "GFLOPs" in proc.stdout and "parameters" in proc.stdout
 
@@ -152,7 +120,7 @@ def test_resume_auto_without_checkpoint_starts_fresh(tiny_dataset, tmp_path):
     proc = run_main([*dataset_args(tiny_dataset, tmp_path), "--n_epochs", 1, "--no_val", "--resume_path", "auto"])
     assert proc.returncode == 0, proc.stderr
     assert "starting fresh" in proc.stdout
-    assert len(_rows(tmp_path / "train.log")) == 2
+    assert len(log_rows(tmp_path / "train.log")) == 2
 
 
 def test_corrupt_frames_are_counted_and_reported(tmp_path):

@@ -22,8 +22,8 @@ from inference import VideoScoreAggregator, run_inference
 from opts import opts_to_plain, parse_opts
 from spatial_transforms import SpatialTransform, get_spatial_transform, resize_center_box, three_crop_boxes
 from temporal_transforms import get_temporal_transform, uniform_clips
+from tests.conftest import run_main
 from tests.datagen import make_frame_dataset
-from tests.test_main_e2e import run_main
 
 MODEL = ["--model", "resnet", "--model_depth", "10", "--resnet_widen_factor", "0.125", "--sample_size", "32",
          "--sample_duration", "8", "--no_cuda", "--n_threads", "0", "--batch_size", "2", "--n_classes", "2"]

@@ -14,8 +14,8 @@ import main
 import model as model_lib
 from checkpoint import save_checkpoint
 from opts import opts_to_plain, parse_opts
+from tests.conftest import run_main
 from tests.datagen import frame_image, write_video_file
-from tests.test_main_e2e import run_main
 
 CLASSES = ["walk", "run", "jump"]
 MODEL = ["--model", "resnet", "--model_depth", "10", "--resnet_widen_factor", "0.125"]

@@ -6,14 +6,14 @@ import pytest
 import torch
 
 from checkpoint import load_checkpoint
-from tests.test_main_e2e import _rows, dataset_args, run_main, tiny_dataset  # noqa: F401 (fixture)
+from tests.conftest import dataset_args, log_rows, run_main
 
 # A decay right after the resume point: the original applied it one epoch late after resuming.
 SCHEDULE = ["--multistep_milestones", 2, 3, "--checkpoint", 2, "--manual_seed", 7, "--deterministic"]
 
 
 @pytest.fixture(scope="module")
-def straight_and_resumed(tiny_dataset, tmp_path_factory):  # noqa: F811
+def straight_and_resumed(tiny_dataset, tmp_path_factory):
     straight, resumed = tmp_path_factory.mktemp("straight"), tmp_path_factory.mktemp("resumed")
     runs = [run_main([*dataset_args(tiny_dataset, straight), "--n_epochs", 4, *SCHEDULE]),
             run_main([*dataset_args(tiny_dataset, resumed), "--n_epochs", 2, *SCHEDULE]),
@@ -27,17 +27,17 @@ def straight_and_resumed(tiny_dataset, tmp_path_factory):  # noqa: F811
 def test_same_lr_every_epoch_and_logs_appended(straight_and_resumed):
     straight, resumed, proc = straight_and_resumed
     assert "resuming training at epoch 3" in proc.stdout
-    a, b = _rows(straight / "train.log"), _rows(resumed / "train.log")
+    a, b = log_rows(straight / "train.log"), log_rows(resumed / "train.log")
     assert [r[0] for r in b[1:]] == ["1", "2", "3", "4"]  # appended, not truncated
     assert [float(r[3]) for r in a[1:]] == pytest.approx([0.01, 0.01, 0.001, 0.0001])
     assert [r[3] for r in a] == [r[3] for r in b]
-    assert len(_rows(resumed / "val.log")) == 5 and len(_rows(resumed / "train_batch.log")) == 9
+    assert len(log_rows(resumed / "val.log")) == 5 and len(log_rows(resumed / "train_batch.log")) == 9
 
 
 def test_same_metrics_and_final_weights(straight_and_resumed):
     straight, resumed, _ = straight_and_resumed
     for name in ("train.log", "val.log"):
-        for x, y in zip(_rows(straight / name)[1:], _rows(resumed / name)[1:]):
+        for x, y in zip(log_rows(straight / name)[1:], log_rows(resumed / name)[1:]):
             assert [float(v) for v in x] == pytest.approx([float(v) for v in y], rel=1e-5, abs=1e-7)
     a = load_checkpoint(straight / "save_4.pth")
     b = load_checkpoint(resumed / "save_4.pth")
@@ -46,7 +46,7 @@ def test_same_metrics_and_final_weights(straight_and_resumed):
         torch.testing.assert_close(b["state_dict"][key], value, rtol=0, atol=1e-6, msg=key)
 
 
-def test_overwrite_milestones(tiny_dataset, straight_and_resumed, tmp_path):  # noqa: F811
+def test_overwrite_milestones(tiny_dataset, straight_and_resumed, tmp_path):
     _, resumed, _ = straight_and_resumed
     import shutil
 
@@ -54,7 +54,7 @@ def test_overwrite_milestones(tiny_dataset, straight_and_resumed, tmp_path):  # 
     proc = run_main([*dataset_args(tiny_dataset, tmp_path), "--n_epochs", 4, "--checkpoint", 2, "--no_val",
                      "--resume_path", "auto", "--multistep_milestones", 4, "--overwrite_milestones"])
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    lrs = [float(r[3]) for r in _rows(tmp_path / "train.log")[1:]]
+    lrs = [float(r[3]) for r in log_rows(tmp_path / "train.log")[1:]]
     # The checkpoint's LR (0.001 after the epoch-2 decay) stays; the old milestone 3 no longer applies.
     assert lrs == pytest.approx([0.001, 0.001])
     assert dict(load_checkpoint(tmp_path / "save_4.pth")["scheduler"]["milestones"]) == {4: 1}

@@ -13,8 +13,8 @@ import torch
 
 import main
 import model as model_lib
+from tests.conftest import ROOT
 from tests.datagen import make_frame_dataset
-from tests.test_main_e2e import ROOT
 
 TINY = ["--model", "resnet", "--model_depth", "10", "--resnet_widen_factor", "0.125", "--sample_size", "16",
         "--sample_duration", "4", "--n_threads", "0", "--no_cuda", "--batch_size", "2", "--n_epochs", "1",

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from checkpoint import load_checkpoint
+from tests.conftest import run_main
 from tests.datagen import frame_image, make_frame_dataset, write_video_file
-from tests.test_main_e2e import run_main
 
 TINY = ["--model", "resnet", "--model_depth", "10", "--resnet_widen_factor", "0.125", "--sample_size", "32",
         "--sample_duration", "8", "--no_cuda", "--learning_rate", "0.01", "--batch_size", "2", "--n_val_samples", "2",

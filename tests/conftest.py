@@ -1,0 +1,74 @@
+"""Helpers and fixtures shared by the test modules: running main.py on a tiny model, a tiny dataset, log rows,
+a free TCP port, and dataset options.
+
+Fixtures defined here reach every test module; the helpers are imported with ``from tests.conftest import ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.datagen import decode_frame_number, make_frame_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+# A model and clips small enough for a few seconds per epoch on one core.
+TINY = ["--model", "resnet", "--model_depth", "10", "--resnet_widen_factor", "0.25", "--sample_size", "32",
+        "--sample_duration", "8", "--n_threads", "0", "--no_cuda", "--learning_rate", "0.01", "--batch_size", "2",
+        "--n_val_samples", "2", "--inference_stride", "8"]
+
+
+def run_main(args: list[str], *, launcher: list[str] | None = None, timeout: int = 240,
+             env: dict | None = None) -> subprocess.CompletedProcess:
+    cmd = [*(launcher or [sys.executable]), "main.py", *map(str, args)]
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    full_env = {k: v for k, v in full_env.items() if v is not None}  # None removes a variable
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=full_env)
+
+
+def dataset_args(ds, result_path: Path, n_classes: int = 2) -> list[str]:
+    return ["--video_path", ds.video_path, "--annotation_path", ds.annotation_path, "--result_path", result_path,
+            "--n_classes", n_classes, *TINY]
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory):
+    return make_frame_dataset(tmp_path_factory.mktemp("data"), n_classes=2, videos_per_class=2, n_frames=12,
+                              size=(40, 32))
+
+
+def log_rows(path: Path) -> list[list[str]]:
+    """The tab-separated rows of a training log, checking its CRLF line ends."""
+    raw = path.read_bytes().decode()
+    assert raw.endswith("\r\n") and "\n" not in raw.replace("\r\n", "")  # CRLF like the original
+    return [line.split("\t") for line in raw.split("\r\n")[:-1]]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_opt(ds, **overrides) -> argparse.Namespace:
+    """The dataset options of dataset.build_dataset for a generated dataset (small clips, no workers)."""
+    opt = dict(video_path=ds.video_path, annotation_path=ds.annotation_path, dataset="kinetics", file_type="jpg",
+               input_type="rgb", sample_size=16, sample_duration=4, sample_t_stride=1, train_crop="center",
+               train_crop_min_scale=0.25, train_crop_min_ratio=0.75, no_hflip=True, colorjitter=False,
+               train_t_crop="center", n_val_samples=2, inference_subset="val", inference_stride=4,
+               inference_crop="center", batch_size=4, inference_batch_size=2, n_threads=0, mean_dataset="kinetics",
+               value_scale=1, no_mean_norm=False, no_std_norm=False, manual_seed=1, normalize_in_workers=False)
+    opt.update(overrides)
+    return argparse.Namespace(**opt)
+
+
+def frame_numbers(clip) -> list[int]:
+    """Frame numbers of an 'index'-content clip (T, H, W, C)."""
+    return [decode_frame_number(f) for f in np.asarray(clip)]
