@@ -150,3 +150,12 @@ def test_video_file_loaders_with_workers(tmp_path):
     clips, targets = next(iter(val))
     assert frame_numbers(clips[0]) == [1, 3, 5, 7] and targets.tolist() == [0, 0, 1, 1]  # 2 videos x 2 clips
     assert D.data_problems(val).counts() == {"missing_frames": 0, "corrupt_frames": 0, "unreadable_videos": 0}
+
+
+def test_seed_worker_limits_torch_to_one_thread():
+    before = torch.get_num_threads()
+    try:
+        D.seed_worker(0)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -2,8 +2,9 @@
 
 Same crop box -> uint8 clip from the project's ClipLoader -> ClipNormalizer equals the reference
 (PIL full decode, crop, resize, flip, ToTensor, normalise per frame) within resampling noise;
-with JPEG draft decoding within a small tolerance. Also: workers do no float work, one thread
-per worker, and the GPU-decode geometry (plain torch, checked on the CPU) matches too.
+with JPEG draft decoding within a small tolerance. Also: workers do no float work, and the GPU-decode
+geometry of benchmarks/gpu_decode.py (plain torch, checked on the CPU) matches too. The reference is
+benchmarks/reference_loader.py.
 """
 
 from __future__ import annotations
@@ -168,12 +169,3 @@ def test_nvjpeg_path_is_never_taken_on_cpu():
             "assert 'torchvision' not in sys.modules, 'torchvision imported on the CPU path'\n")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
     assert not nvjpeg_available(torch.device("cpu"))
-
-
-def test_seed_worker_limits_torch_to_one_thread():
-    before = torch.get_num_threads()
-    try:
-        dataset.seed_worker(0)
-        assert torch.get_num_threads() == 1
-    finally:
-        torch.set_num_threads(before)
