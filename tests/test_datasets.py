@@ -11,13 +11,16 @@ from dataset import build_dataset
 from datasets.annotations import read_records
 from datasets.problems import DataProblems
 from errors import UserError
+from opts import parse_opts
 from tests.datagen import decode_frame_number, make_frame_dataset
 
 KINDS = ["kinetics", "mit", "ucf101", "hmdb51", "activitynet"]
 
 
 def make_opt(ds, **overrides) -> argparse.Namespace:
-    opt = dict(video_path=ds.video_path, annotation_path=ds.annotation_path, dataset="kinetics", file_type="jpg",
+    """Full options from the real parser (every field present), with these test values on top."""
+    opt = vars(parse_opts(["--result_path", str(ds.video_path.parent / "results"), "--no_cuda"]))
+    opt.update(video_path=ds.video_path, annotation_path=ds.annotation_path, dataset="kinetics", file_type="jpg",
                input_type="rgb", sample_size=16, sample_duration=4, sample_t_stride=1, train_crop="center",
                train_crop_min_scale=0.25, train_crop_min_ratio=0.75, no_hflip=True, colorjitter=False,
                train_t_crop="center", n_val_samples=2, inference_subset="val", inference_stride=4,
