@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 
 from datasets.annotations import class_names, load_annotation, read_records
 from datasets.clip_loader import ClipLoader
+from datasets.layout import FILE_TYPES, SUBSET_NAMES
 from datasets.problems import DataProblems
 from datasets.readers import FlowHdf5Reader, Hdf5Reader, JpegDirReader, check_frames_fit
 from datasets.sampling import EpochShardSampler
@@ -25,7 +26,6 @@ from errors import UserError
 from spatial_transforms import ClipNormalizer, get_mean_std, get_spatial_transform
 from temporal_transforms import get_temporal_transform
 
-SUBSET_NAMES = {"train": "training", "val": "validation", "test": "testing"}
 PREFETCH_FACTOR = 4
 
 
@@ -55,8 +55,8 @@ def get_class_names(opt) -> list[str]:
 
 
 def _reader(opt):
-    if opt.file_type not in ("jpg", "hdf5", "video"):
-        raise UserError(f"--file_type must be jpg, hdf5 or video, got {opt.file_type!r}")
+    if opt.file_type not in FILE_TYPES:
+        raise UserError(f"--file_type must be one of {', '.join(FILE_TYPES)}, got {opt.file_type!r}")
     if opt.input_type == "flow":
         if opt.file_type != "hdf5":
             raise UserError("--input_type flow needs --file_type hdf5 (flow is read from video_u/video_v)")
@@ -75,16 +75,16 @@ def build_dataset(opt, split: str, *, problems: DataProblems | None = None) -> V
         split, sample_size=opt.sample_size, train_crop=opt.train_crop,
         train_crop_min_scale=opt.train_crop_min_scale, train_crop_min_ratio=opt.train_crop_min_ratio,
         hflip=not opt.no_hflip, colorjitter=opt.colorjitter, inference_crop=opt.inference_crop,
-        inference_n_crops=getattr(opt, "inference_n_crops", 1))
+        inference_n_crops=opt.inference_n_crops)
     temporal = get_temporal_transform(
         split, sample_duration=opt.sample_duration, sample_t_stride=opt.sample_t_stride,
         train_t_crop=opt.train_t_crop, n_val_samples=opt.n_val_samples, inference_stride=opt.inference_stride,
-        inference_n_clips=getattr(opt, "inference_n_clips", 0) or 0)
+        inference_n_clips=opt.inference_n_clips)
     problems = problems or DataProblems(max_workers=opt.n_threads)
     reader = _reader(opt)
     check_frames_fit(reader, records, opt.sample_size)
-    loader = ClipLoader(reader, spatial, problems, draft=not getattr(opt, "exact_decode", False))
-    normalizer = build_input_normalizer(opt) if getattr(opt, "normalize_in_workers", False) else None
+    loader = ClipLoader(reader, spatial, problems, draft=not opt.exact_decode)
+    normalizer = build_input_normalizer(opt) if opt.normalize_in_workers else None
     return VideoClipDataset(records, loader, temporal, target="video_segment" if split == "inference" else "label",
                             normalizer=normalizer, seed=opt.manual_seed)
 

@@ -21,6 +21,7 @@ import dataset
 import model as model_lib
 from checkpoint import load_checkpoint, save_checkpoint, strip_wrapper_prefixes, unwrap_model
 from datasets.annotations import read_records
+from datasets.layout import SUBSET_NAMES
 from distributed import (
     DistInfo,
     all_reduce_sum,
@@ -39,8 +40,6 @@ from utils import Logger, capture_rng_state, restore_rng_state, seed_everything
 from validation import evaluate
 
 log = logging.getLogger("main")
-
-INFERENCE_SUBSETS = {"train": "training", "val": "validation", "test": "testing"}
 
 
 @dataclass
@@ -442,7 +441,7 @@ def _inference_records(opt: argparse.Namespace, loader) -> list:
     records = getattr(loader.dataset, "records", None)
     if records is None:
         records, _ = read_records(opt.annotation_path, opt.video_path, dataset=opt.dataset,
-                                  subset=INFERENCE_SUBSETS[opt.inference_subset], file_type=opt.file_type,
+                                  subset=SUBSET_NAMES[opt.inference_subset], file_type=opt.file_type,
                                   untrimmed=True)
     return list(records)
 

@@ -14,16 +14,11 @@ from pathlib import Path
 
 import torch
 
+from datasets.layout import DATASETS, FILE_TYPES, SUBSET_NAMES
+from spatial_transforms import MEAN_STD, get_mean_std
+
 # Kept in sync with models.MODEL_FAMILIES by tests/test_opts.py; a static tuple keeps `-h` free of model imports.
 MODEL_CHOICES = ("densenet", "preresnet", "resnet", "resnet2p1d", "resnext", "wideresnet")
-DATASET_CHOICES = ("kinetics", "activitynet", "ucf101", "hmdb51", "mit")
-
-# Per-channel (R, G, B) statistics for inputs in [0, 1]; multiplied by --value_scale.
-MEAN_STD = {
-    "activitynet": ((0.4477, 0.4209, 0.3906), (0.2767, 0.2695, 0.2714)),
-    "kinetics": ((0.4345, 0.4051, 0.3775), (0.2768, 0.2713, 0.2737)),
-    "0.5": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
-}
 
 # Paths joined onto --root_path when it is given (the original's rule; an absolute path stays absolute).
 _ROOTED_PATHS = ("video_path", "annotation_path", "result_path", "resume_path", "pretrain_path")
@@ -38,9 +33,9 @@ def _add_data_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--annotation_path", default=None, type=Path, help="Annotation JSON file")
     g.add_argument("--result_path", default=None, type=Path,
                    help="Output directory for logs, checkpoints, opts.json (created if missing)")
-    g.add_argument("--dataset", default="kinetics", type=str, choices=DATASET_CHOICES, help="Dataset name")
+    g.add_argument("--dataset", default="kinetics", type=str, choices=DATASETS, help="Dataset name")
     g.add_argument("--n_classes", default=400, type=int, help="Number of classes of the task")
-    g.add_argument("--file_type", default="jpg", type=str, choices=("jpg", "hdf5", "video"),
+    g.add_argument("--file_type", default="jpg", type=str, choices=FILE_TYPES,
                    help="jpg: frame dirs; hdf5: one file of JPEG bytes per video; video: video files (mp4, avi, ...)")
     g.add_argument("--input_type", default="rgb", type=str, choices=("rgb", "flow"),
                    help="rgb or flow (flow needs --file_type hdf5)")
@@ -131,7 +126,7 @@ def _add_run_args(parser: argparse.ArgumentParser) -> None:
 def _add_inference_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("inference")
     g.add_argument("--inference", action="store_true", help="Run inference after the epoch loop")
-    g.add_argument("--inference_subset", default="val", type=str, choices=("train", "val", "test"),
+    g.add_argument("--inference_subset", default="val", type=str, choices=tuple(SUBSET_NAMES),
                    help="Subset to run inference on; results go to {subset}.json")
     g.add_argument("--inference_stride", default=16, type=int, help="Sliding-window stride in frames")
     g.add_argument("--inference_crop", default="center", type=str, choices=("center", "nocrop"),
@@ -255,9 +250,7 @@ def _resolve(opt: argparse.Namespace) -> None:
         opt.precision = "bf16" if _cuda_wanted(opt) else "fp32"
     opt.arch = f"{opt.model}-{opt.model_depth}"
     opt.begin_epoch = 1
-    mean, std = MEAN_STD[opt.mean_dataset]
-    opt.mean = [m * opt.value_scale for m in mean]
-    opt.std = [s * opt.value_scale for s in std]
+    opt.mean, opt.std = get_mean_std(opt.value_scale, opt.mean_dataset)
     opt.n_input_channels = 3
     if opt.input_type == "flow":
         opt.n_input_channels = 2

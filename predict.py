@@ -34,8 +34,9 @@ from checkpoint import load_checkpoint, strip_wrapper_prefixes
 from dataset import build_input_normalizer, seed_worker
 from datasets.annotations import VideoRecord
 from datasets.clip_loader import ClipLoader
+from datasets.layout import VIDEO_EXTENSIONS, has_video_extension
 from datasets.problems import DataProblems
-from datasets.video_files import VIDEO_EXTENSIONS, VideoFileReader, VideoMeta, probe_video
+from datasets.video_files import VideoFileReader, VideoMeta, probe_video
 from errors import UserError
 from opts import RESUME_AUTO, build_parser
 from spatial_transforms import get_spatial_transform
@@ -70,7 +71,7 @@ def find_videos(path: Path) -> list[Path]:
         return [path]
     if not path.is_dir():
         raise UserError(f"--predict {path}: no such file or directory")
-    found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS)
+    found = sorted(p for p in path.rglob("*") if p.is_file() and has_video_extension(p))
     if not found:
         raise UserError(f"--predict {path}: no video files ({', '.join(VIDEO_EXTENSIONS)}) under this directory")
     return found

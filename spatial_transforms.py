@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageEnhance
 
+# Per-channel (R, G, B) statistics of inputs in [0, 1] by --mean_dataset; multiplied by --value_scale.
 MEAN_STD: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
     "activitynet": ((0.4477, 0.4209, 0.3906), (0.2767, 0.2695, 0.2714)),
     "kinetics": ((0.4345, 0.4051, 0.3775), (0.2768, 0.2713, 0.2737)),

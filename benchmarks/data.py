@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from datasets.layout import FRAME_GLOB, frame_path
 from opts import parse_opts
 
 FRAME_SIZE = (320, 240)
@@ -79,7 +80,7 @@ def make_synthetic_dataset(cache_dir: Path, spec: SyntheticSpec = SyntheticSpec(
             folder = video_path / name / video_id
             folder.mkdir(parents=True, exist_ok=True)
             for i, data in enumerate(photo_like_frames(rng, spec.n_frames, spec.size), start=1):
-                (folder / f"image_{i:05d}.jpg").write_bytes(data)
+                frame_path(folder, i).write_bytes(data)
             subset = "training" if k < spec.train_per_class else "validation"
             database[video_id] = {"subset": subset, "annotations": {"label": name, "segment": [1, spec.n_frames + 1]}}
     tmp = annotation_path.with_suffix(".tmp")
@@ -90,7 +91,7 @@ def make_synthetic_dataset(cache_dir: Path, spec: SyntheticSpec = SyntheticSpec(
 
 def mean_frame_bytes(video_path: Path, limit: int = 64) -> float:
     """Average size of (up to `limit`) frames, to report what the loaders decoded."""
-    files = sorted(Path(video_path).rglob("image_*.jpg"))[:limit]
+    files = sorted(Path(video_path).rglob(FRAME_GLOB))[:limit]
     return statistics.fmean(f.stat().st_size for f in files) if files else 0.0
 
 

@@ -22,12 +22,11 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from datasets.annotations import VideoRecord, read_records
+from datasets.layout import SUBSET_NAMES, frame_path
 from datasets.sampling import EpochShardSampler
 from datasets.video_dataset import collate_clips, item_seed
 from spatial_transforms import ClipParams, SpatialTransform, get_spatial_transform, resized_size
 from temporal_transforms import TemporalTransform, clip_segment, get_temporal_transform
-
-SUBSETS = {"train": "training", "val": "validation", "test": "testing"}
 
 
 def load_frame(path: Path) -> Image.Image:
@@ -103,11 +102,11 @@ class ReferenceClipDataset(Dataset):
         record = self.records[index]
         rng = random.Random(item_seed(self.seed, epoch, index))
         clips_indices = self.temporal(record.frame_indices, rng)
-        first = load_frame(_frame_path(record, clips_indices[0][0]))
+        first = load_frame(frame_path(record.path, clips_indices[0][0]))
         params = self.spatial.sample(*first.size, rng)
         clips = []
         for indices in clips_indices:
-            frames = [load_frame(_frame_path(record, i)) for i in indices]
+            frames = [load_frame(frame_path(record.path, i)) for i in indices]
             clips.append(reference_clip(frames, params, crop=self.spatial.crop, mean=self.mean, std=self.std,
                                         value_scale=self.value_scale))
         if self.target == "label":
@@ -119,13 +118,9 @@ class ReferenceClipDataset(Dataset):
         return clips, targets
 
 
-def _frame_path(record: VideoRecord, index: int) -> Path:
-    return Path(record.path) / f"image_{index:05d}.jpg"
-
-
 def build_reference_dataset(opt, split: str) -> ReferenceClipDataset:
     """The original-style dataset of `split` ('train', 'val' or 'inference' on opt.inference_subset)."""
-    subset = SUBSETS[opt.inference_subset if split == "inference" else split]
+    subset = SUBSET_NAMES[opt.inference_subset if split == "inference" else split]
     records, _ = read_records(opt.annotation_path, opt.video_path, dataset=opt.dataset, subset=subset,
                               file_type="jpg", untrimmed=split == "inference")
     spatial = get_spatial_transform(

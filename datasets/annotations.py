@@ -10,8 +10,8 @@ Two schemas:
   order; videos live in <root>/v_<id>[.hdf5]; one record per annotated segment (trimmed) or one
   per video (untrimmed, for inference).
 With file_type 'video' the same layouts hold with a video file <...>/<id>.<ext> (mp4, avi, mkv,
-webm, ...); frames are the decoded stream's, 0-based, counted once and cached in
-<annotation file>.video_meta.json (the JSON's jpg-frame segments are not used).
+webm, ..., in any letter case: datasets.layout.VIDEO_EXTENSIONS); frames are the decoded stream's,
+0-based, counted once and cached in <annotation file>.video_meta.json (the JSON's jpg-frame segments are not used).
 
 Deviations from the original: testing entries without a label load (label -1); ActivityNet works
 (its class was broken); an ActivityNet segment may end at the last frame (the original's
@@ -27,13 +27,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from datasets.layout import (
+    ANNOTATION_SUBSETS,
+    DATASETS,
+    FILE_TYPES,
+    VideoFileFinder,
+    count_frames,
+    first_frame,
+    video_location,
+)
 from errors import UserError
 
 logger = logging.getLogger(__name__)
 
-DATASETS = ("kinetics", "mit", "ucf101", "hmdb51", "activitynet")
-SUBSETS = ("training", "validation", "testing")
-FILE_TYPES = ("jpg", "hdf5", "video")
 ACTIVITYNET_MIN_FRAMES = 8  # the original skipped shorter ActivityNet segments
 
 
@@ -99,14 +105,15 @@ def class_names(data: dict[str, Any], *, dataset: str, path: Path | str) -> list
 
 def _candidate_paths(root: Path, video_id: str, entry: dict, label: str | None, *, dataset: str,
                      file_type: str) -> list[Path]:
-    suffix = ".hdf5" if file_type == "hdf5" else ""  # video files: extensions are probed by the locator
     if "video_path" in entry:
         return [Path(entry["video_path"])]
     if dataset == "activitynet":
-        return [root / f"v_{video_id}{suffix}", root / f"{video_id}{suffix}"]
-    if label is not None:
-        return [root / label / f"{video_id}{suffix}"]
-    return [root / "test" / f"{video_id}{suffix}", root / f"{video_id}{suffix}"]
+        bases = [root / f"v_{video_id}", root / video_id]
+    elif label is not None:
+        bases = [root / label / video_id]
+    else:
+        bases = [root / "test" / video_id, root / video_id]
+    return [video_location(base, file_type) for base in bases]
 
 
 class _Locator:
@@ -116,25 +123,29 @@ class _Locator:
         if file_type not in FILE_TYPES:
             raise UserError(f"unknown file type {file_type!r}; choose from {', '.join(FILE_TYPES)}")
         self.file_type = file_type
-        self.base = 1 if file_type == "jpg" else 0  # first frame number: jpg files are 1-based
+        self.base = first_frame(file_type)
         self.cache = None
+        self.finder = None
         if file_type == "video":
             from datasets.video_files import VideoMetaCache
 
             self.cache = VideoMetaCache(annotation_path.with_name(annotation_path.name + ".video_meta.json"))
+            self.finder = VideoFileFinder()
 
     def find(self, candidates: list[Path]) -> Path | None:
-        if self.file_type == "video":
-            from datasets.video_files import find_video_file
-
-            return next((p for c in candidates if (p := find_video_file(c)) is not None), None)
+        if self.finder is not None:
+            return next((p for c in candidates if (p := self.finder.find(c)) is not None), None)
         return next((p for p in candidates if p.exists()), None)
 
     def n_frames(self, video: Path) -> int:
+        """Frames of `video`; 0 (the video is then skipped) when it cannot be read."""
         if self.cache is not None:
             meta = self.cache.get(video)
             return meta.n_frames if meta else 0
-        return count_frames(video, self.file_type)
+        try:
+            return count_frames(video, self.file_type)
+        except UserError:
+            return 0
 
     def fps(self, video: Path) -> float | None:
         meta = self.cache.get(video) if self.cache is not None else None
@@ -173,20 +184,6 @@ def _standard_records(data: dict, names: list[str], *, root: Path, subset: str, 
         label_id = class_to_idx[label] if label is not None else -1
         records.append(VideoRecord(video_id, video, label_id, (begin, end)))
     return records, missing
-
-
-def count_frames(video: Path, file_type: str) -> int:
-    """Frames of a video on disk: jpg files named '*image*' (not hidden), or len of the hdf5 'video' dataset."""
-    if file_type == "hdf5":
-        import h5py
-
-        try:
-            with h5py.File(video, "r") as f:
-                key = "video" if "video" in f else "video_u"
-                return len(f[key])
-        except (OSError, KeyError):
-            return 0
-    return sum(1 for p in video.iterdir() if "image" in p.name and not p.name.startswith("."))
 
 
 def _activitynet_records(data: dict, names: list[str], *, root: Path, subset: str, locator: _Locator,
@@ -242,8 +239,8 @@ def read_records(
     """
     if dataset not in DATASETS:
         raise UserError(f"unknown dataset {dataset!r}; choose from {', '.join(DATASETS)}")
-    if subset not in SUBSETS:
-        raise UserError(f"unknown subset {subset!r}; choose from {', '.join(SUBSETS)}")
+    if subset not in ANNOTATION_SUBSETS:
+        raise UserError(f"unknown subset {subset!r}; choose from {', '.join(ANNOTATION_SUBSETS)}")
     annotation_path, root = Path(annotation_path), Path(video_root)
     data = load_annotation(annotation_path)
     names = class_names(data, dataset=dataset, path=annotation_path)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from datasets.layout import HDF5_FLOW_KEYS, HDF5_FRAMES_KEY, frame_path
 from errors import UserError
 
 try:  # libjpeg-turbo with DCT-domain downscaling; optional
@@ -36,7 +37,7 @@ class ReadError(Exception):
 
 
 class JpegDirReader:
-    """Frames stored as <video_dir>/image_{i:05d}.jpg."""
+    """Frames stored as <video_dir>/image_00001.jpg ... (datasets.layout.frame_name)."""
 
     channels = 3
 
@@ -44,7 +45,7 @@ class JpegDirReader:
         out: list[Encoded | None] = []
         for i in indices:
             try:
-                out.append((path / f"image_{i:05d}.jpg").read_bytes())
+                out.append(frame_path(path, i).read_bytes())
             except OSError:
                 out.append(None)
         return out
@@ -54,7 +55,7 @@ class Hdf5Reader:
     """Frames stored as encoded bytes in HDF5 datasets (one per channel group)."""
 
     channels = 3
-    keys: tuple[str, ...] = ("video",)
+    keys: tuple[str, ...] = (HDF5_FRAMES_KEY,)
 
     def fetch(self, path: Path, indices: Sequence[int]) -> list[Encoded | None]:
         import h5py  # imported lazily so jpg-only runs do not need it at import time
@@ -81,7 +82,7 @@ class FlowHdf5Reader(Hdf5Reader):
     """Optical flow: grayscale JPEG frames in 'video_u' and 'video_v' -> 2 channels (u, v)."""
 
     channels = 2
-    keys = ("video_u", "video_v")
+    keys = HDF5_FLOW_KEYS
 
 
 def jpeg_size(data: bytes) -> tuple[int, int]:

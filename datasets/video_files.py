@@ -1,6 +1,5 @@
 """`--file_type video`: frames decoded straight from video files with PyAV, seeking to each clip.
 
-- `find_video_file(base)`: <base>.mp4 / .avi / .mkv / .webm / ... (the first that exists).
 - `VideoMetaCache`: frame count and fps of every video, probed once and kept in a JSON file
   beside the annotation file (invalidated when a video's size or mtime changes).
 - `VideoFileReader.fetch(path, indices)`: decoded frames (0-based frame numbers) as
@@ -20,15 +19,7 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv")
 SEEK_GAP_FRAMES = 48  # wanted frames further apart than this are reached by a new seek, not by decoding through
-
-
-def find_video_file(base: Path) -> Path | None:
-    """`base` itself if it is a file, else the first existing <base><ext> for the common video extensions."""
-    if base.is_file():
-        return base
-    return next((p for ext in VIDEO_EXTENSIONS if (p := base.parent / f"{base.name}{ext}").is_file()), None)
 
 
 @dataclass(frozen=True)

@@ -58,8 +58,11 @@ def free_port() -> int:
 
 
 def make_opt(ds, **overrides) -> argparse.Namespace:
-    """The dataset options of dataset.build_dataset for a generated dataset (small clips, no workers)."""
-    opt = dict(video_path=ds.video_path, annotation_path=ds.annotation_path, dataset="kinetics", file_type="jpg",
+    """Full options from the real parser (every field present), with small-clip, no-worker test values on top."""
+    from opts import parse_opts
+
+    opt = vars(parse_opts(["--result_path", str(ds.video_path.parent / "results"), "--no_cuda"]))
+    opt.update(video_path=ds.video_path, annotation_path=ds.annotation_path, dataset="kinetics", file_type="jpg",
                input_type="rgb", sample_size=16, sample_duration=4, sample_t_stride=1, train_crop="center",
                train_crop_min_scale=0.25, train_crop_min_ratio=0.75, no_hflip=True, colorjitter=False,
                train_t_crop="center", n_val_samples=2, inference_subset="val", inference_stride=4,

@@ -16,6 +16,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from datasets.layout import RAW_VIDEO_EXTENSION, has_video_extension
 from errors import UserError
 from util_scripts.common import atomic_file, run_cli
 
@@ -60,7 +61,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     data = load_activitynet(args.json_path)
     if not args.video_dir.is_dir():
         raise UserError(f"video folder not found: {args.video_dir}")
-    videos = sorted(p for p in args.video_dir.glob("*.mp4") if not p.name.startswith("."))
+    ext = RAW_VIDEO_EXTENSION["activitynet"]
+    videos = sorted(p for p in args.video_dir.iterdir()
+                    if p.is_file() and has_video_extension(p, (ext,)) and not p.name.startswith("."))
     failed, unknown, n_set = [], [], 0
     for path in tqdm(videos, desc="fps", unit="video", mininterval=0.5):
         video_id = path.stem[2:] if path.stem.startswith("v_") else path.stem

@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import sys
 from collections.abc import Iterable
 from pathlib import Path
 
+from datasets.layout import CONVERTED_FILE_TYPES, count_frames, first_frame, video_location
 from errors import UserError
 from util_scripts.common import atomic_file
 
-VIDEO_TYPES = ("jpg", "hdf5")
 TEST_DIR = "test"  # where the generators expect unlabelled test videos: <video_path>/test/<id>
 
 
@@ -47,29 +46,16 @@ def read_csv_rows(path: Path, *, what: str, required: Iterable[str]) -> list[dic
         return [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
 
 
-def count_jpg_frames(folder: Path) -> int:
-    """Frames in a jpg video folder, counted like the original: names containing 'image', not hidden."""
-    return sum(1 for name in os.listdir(folder) if "image" in name and not name.startswith("."))
-
-
-def count_hdf5_frames(path: Path) -> int:
-    """Length of the 'video' dataset of an hdf5 video file."""
-    import h5py
-
-    try:
-        with h5py.File(path, "r") as f:
-            return len(f["video"])
-    except (OSError, KeyError) as e:
-        raise UserError(f"cannot read hdf5 video {path}: {e}") from None
-
-
 def find_segment(video_path: Path, label_dir: str, video_id: str, video_type: str) -> list[int] | None:
-    """[begin, end) frame segment of a converted video, or None if it does not exist (yet)."""
-    if video_type == "hdf5":
-        file = Path(video_path, label_dir, f"{video_id}.hdf5")
-        return [0, count_hdf5_frames(file)] if file.is_file() else None
-    folder = Path(video_path, label_dir, video_id)
-    return [1, count_jpg_frames(folder) + 1] if folder.is_dir() else None
+    """[begin, end) frame segment of a converted video, or None if it does not exist (yet).
+
+    UserError when the video exists but cannot be read: a broken conversion should stop the script.
+    """
+    location = video_location(Path(video_path, label_dir, video_id), video_type)
+    if not (location.is_file() if video_type == "hdf5" else location.is_dir()):
+        return None
+    begin = first_frame(video_type)
+    return [begin, begin + count_frames(location, video_type)]
 
 
 def make_entry(subset: str, label: str | None, segment: list[int] | None) -> dict:
@@ -127,5 +113,6 @@ def write_annotation_json(dst: Path, labels: list[str], database: dict, *, n_mis
 
 def add_video_type_argument(parser) -> None:
     parser.add_argument(
-        "--video_type", choices=VIDEO_TYPES, default="jpg", help="format of the converted videos: jpg folders or hdf5"
+        "--video_type", choices=CONVERTED_FILE_TYPES, default="jpg",
+        help="format of the converted videos: jpg folders or hdf5",
     )

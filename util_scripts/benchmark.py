@@ -28,6 +28,7 @@ import dataset
 from benchmarks import parts as bench_parts
 from benchmarks.data import SyntheticSpec, bench_opts, make_synthetic_dataset, mean_frame_bytes
 from benchmarks.report import format_table, summarize_targets
+from datasets.layout import SUBSET_NAMES
 from errors import UserError
 from util_scripts.common import run_cli
 
@@ -61,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--video_path", type=Path, help="jpg frame dataset root (default: generate a synthetic one)")
     p.add_argument("--annotation_path", type=Path)
     p.add_argument("--dataset", default="kinetics")
-    p.add_argument("--inference_subset", default="val", choices=("train", "val", "test"))
+    p.add_argument("--inference_subset", default="val", choices=tuple(SUBSET_NAMES))
     p.add_argument("--data_dir", type=Path, default=Path(tempfile.gettempdir()) / "3dcnn_benchmark",
                    help="where the synthetic dataset is cached")
     p.add_argument("--videos_per_class", type=int, help="synthetic training videos per class (4 classes)")

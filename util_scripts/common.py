@@ -26,19 +26,11 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from datasets.layout import DATASETS, RAW_VIDEO_EXTENSION, has_video_extension
 from errors import UserError
 
 logger = logging.getLogger(__name__)
 
-# File extension of the raw videos per dataset (the original scripts' filter).
-VIDEO_EXTENSIONS = {
-    "kinetics": ".mp4",
-    "mit": ".mp4",
-    "activitynet": ".mp4",
-    "ucf101": ".avi",
-    "hmdb51": ".avi",
-}
-DATASETS = tuple(VIDEO_EXTENSIONS)
 # Hidden prefix of half-written outputs; never mistaken for a finished video.
 PARTIAL_MARK = ".partial-"
 
@@ -74,12 +66,12 @@ def find_videos(src_dir: Path, dataset: str) -> list[VideoItem]:
     datasets have one sub-folder per class, ``test`` included (output ``<class>/<stem>``).
     Hidden files and files with another extension are ignored.
     """
-    if dataset not in VIDEO_EXTENSIONS:
+    if dataset not in RAW_VIDEO_EXTENSION:
         raise UserError(f"unknown dataset '{dataset}'; choose one of {', '.join(DATASETS)}")
     src_dir = Path(src_dir)
     if not src_dir.is_dir():
         raise UserError(f"video folder not found: {src_dir}")
-    ext = VIDEO_EXTENSIONS[dataset]
+    ext = RAW_VIDEO_EXTENSION[dataset]
     if dataset == "activitynet":
         items = [VideoItem(p, Path(p.stem)) for p in _video_files(src_dir, ext)]
         layout = f"{src_dir}/<video>{ext}"
@@ -93,7 +85,8 @@ def find_videos(src_dir: Path, dataset: str) -> list[VideoItem]:
 
 
 def _video_files(folder: Path, ext: str) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() == ext and not p.name.startswith("."))
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and has_video_extension(p, (ext,)) and not p.name.startswith("."))
 
 
 def scaled_size(width: int, height: int, size: int) -> tuple[int, int]:
@@ -180,11 +173,6 @@ def encode_jpeg(image, quality: int) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=quality)
     return buffer.getvalue()
-
-
-def frame_name(index: int) -> str:
-    """File name of the 1-based frame ``index``: image_00001.jpg, ..."""
-    return f"image_{index:05d}.jpg"
 
 
 def remove_partials(final: Path) -> None:

@@ -18,15 +18,9 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from datasets.layout import subset_name
 from errors import UserError
 from util_scripts.common import run_cli
-
-SUBSET_ALIASES = {"val": "validation", "train": "training", "test": "testing"}
-
-
-def canonical_subset(subset: str) -> str:
-    """'val' -> 'validation', 'train' -> 'training', 'test' -> 'testing'; full names unchanged."""
-    return SUBSET_ALIASES.get(subset, subset)
 
 
 def _load_json(path: Path, what: str) -> dict:
@@ -91,7 +85,7 @@ def evaluate(gt_path: Path, result_path: Path, *, subset: str = "validation", k:
     """
     if k < 1:
         raise UserError(f"-k must be at least 1, got {k}")
-    labels, gt = load_ground_truth(gt_path, canonical_subset(subset))
+    labels, gt = load_ground_truth(gt_path, subset_name(subset))
     top = load_results(result_path, labels, k)
     present = [v for v in gt if v in top]
     evaluated = present if ignore else list(gt)

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from datasets.layout import HDF5_FRAMES_KEY, video_location
 from util_scripts.common import (
     ItemResult,
     VideoItem,
@@ -36,12 +37,12 @@ def write_jpeg_hdf5(path: Path, jpegs: Sequence[bytes]) -> None:
     for i, jpeg in enumerate(jpegs):
         data[i] = np.frombuffer(jpeg, dtype=np.uint8)
     with h5py.File(path, "w") as f:
-        f.create_dataset("video", data=data, dtype=h5py.vlen_dtype(np.dtype("uint8")))
+        f.create_dataset(HDF5_FRAMES_KEY, data=data, dtype=h5py.vlen_dtype(np.dtype("uint8")))
 
 
 def convert_video(item: VideoItem, *, dst_root: Path, size: int, fps: float, quality: int, threads: int) -> ItemResult:
     """Write the HDF5 file of one video; skip it if the file already exists."""
-    final = dst_root / item.rel.parent / f"{item.rel.name}.hdf5"
+    final = video_location(dst_root / item.rel, "hdf5")
     if final.is_file():
         return ItemResult(item, "skipped")
     jpegs = [encode_jpeg(image, quality) for image in iter_frames(item.src, size=size, fps=fps, threads=threads)]

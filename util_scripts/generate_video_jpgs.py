@@ -13,12 +13,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from datasets.layout import frame_name
 from util_scripts.common import (
     ItemResult,
     VideoItem,
     atomic_dir,
     encode_jpeg,
-    frame_name,
     iter_frames,
     remove_partials,
     run_cli,

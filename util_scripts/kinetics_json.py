@@ -15,11 +15,11 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
+from datasets.layout import CONVERTED_FILE_TYPES, SUBSET_NAMES
 from errors import UserError
-from util_scripts.annotations import VIDEO_TYPES, build_database, check_labels, read_csv_rows, write_annotation_json
+from util_scripts.annotations import build_database, check_labels, read_csv_rows, write_annotation_json
 from util_scripts.common import run_cli
 
-SUBSETS = (("train", "training"), ("val", "validation"), ("test", "testing"))
 ID_COLUMNS = ("youtube_id", "time_start", "time_end")
 
 
@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("dir_path", type=Path, help="folder of the kinetics-<N>_{train,val,test}.csv files")
     parser.add_argument("n_classes", type=int, choices=(400, 600, 700), help="Kinetics version")
     parser.add_argument("video_path", type=Path, help="root of the converted videos (<label>/<id>)")
-    parser.add_argument("video_type", choices=VIDEO_TYPES, help="jpg folders or hdf5 files")
+    parser.add_argument("video_type", choices=CONVERTED_FILE_TYPES, help="jpg folders or hdf5 files")
     parser.add_argument("dst_path", type=Path, help="output JSON file")
     return parser
 
@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     rows = []
-    for split, subset in SUBSETS:
+    for split, subset in SUBSET_NAMES.items():
         csv_path = args.dir_path / f"kinetics-{args.n_classes}_{split}.csv"
         if split == "test" and not csv_path.is_file():
             continue
