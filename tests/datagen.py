@@ -4,10 +4,4 @@
     ds = make_frame_dataset(tmp_path, n_classes=2, videos_per_class=2, n_frames=10, size=(32, 24))
 """
 
-from benchmarks.synthetic import (  # noqa: F401 (re-exported for the tests)
-    decode_frame_number,
-    encode_jpeg,
-    frame_image,
-    make_frame_dataset,
-    write_video_file,
-)
+from benchmarks.synthetic import *  # noqa: F403 (re-exported for the tests)

@@ -12,8 +12,8 @@ from dataset import build_dataset
 from datasets.annotations import read_records
 from errors import UserError
 from opts import build_parser
+from tests.conftest import make_opt
 from tests.datagen import decode_frame_number, make_frame_dataset, write_video
-from tests.test_datasets import make_opt
 
 
 def test_subset_names():
