@@ -121,7 +121,7 @@ class _Locator:
         if file_type == "video":
             from datasets.video_files import VideoMetaCache
 
-            self.cache = VideoMetaCache(annotation_path.with_name(annotation_path.name + ".video_meta.json"))
+            self.cache = VideoMetaCache(VideoMetaCache.path_for(annotation_path))
 
     def find(self, candidates: list[Path]) -> Path | None:
         if self.file_type == "video":
