@@ -25,6 +25,7 @@ API:
 
 from __future__ import annotations
 
+import heapq
 import json
 import logging
 import math
@@ -38,6 +39,8 @@ logger = logging.getLogger(__name__)
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv")
 SEEK_GAP_FRAMES = 48  # wanted frames further apart than this are reached by a new seek, not by decoding through
+SEEK_MARGIN_FRAMES = 2  # seek this many frames before the first wanted one
+REORDER_SLACK_FRAMES = 16  # frames decoded past a run's end before its missing frames are given up
 CFR_TOLERANCE = 0.25  # a stream is constant-rate when every pts is within this fraction of a frame of its grid
 MAX_DEMUX_ERRORS = 16  # consecutive demuxer errors after which the rest of a file is given up
 CACHE_VERSION = 2  # bump when VideoMeta changes meaning: older cache entries are probed again
@@ -46,8 +49,8 @@ CACHE_VERSION = 2  # bump when VideoMeta changes meaning: older cache entries ar
 class NoVideoStream(ValueError):
     """The file opens but holds no video stream (e.g. audio only)."""
 
-    def __init__(self, path: Path | str = ""):
-        super().__init__(f"{path}: no video stream" if path else "no video stream")
+    def __init__(self):
+        super().__init__("no video stream")
 
 
 def find_video_file(base: Path) -> Path | None:
@@ -83,7 +86,7 @@ def is_video_file(path: Path) -> bool:
 def video_stream(container, path: Path | str = ""):
     """The first video stream of an open container; NoVideoStream when it has none."""
     if not container.streams.video:
-        raise NoVideoStream(path)
+        raise NoVideoStream()
     return container.streams.video[0]
 
 
@@ -224,6 +227,22 @@ def decode_frames(container, stream, counts: DecodeCounts | None = None) -> Iter
             if (t := packet_time(packet)) is not None:
                 counts.pts.append(t)
         yield from decode_packet(packet, counts)
+
+
+def in_presentation_order(frames, depth: int = REORDER_SLACK_FRAMES) -> Iterator:
+    """`frames` sorted by pts within a window of `depth` frames.
+
+    A no-op for well-formed streams (decoders output presentation order); for files whose timestamps
+    disagree with the decoder's output order (e.g. AVI with packed B-frames) it makes a sequential
+    decode number frames exactly as `VideoFileReader` does, by pts.
+    """
+    heap: list = []
+    for k, frame in enumerate(frames):
+        heapq.heappush(heap, (frame.pts if frame.pts is not None else -1, k, frame))
+        if len(heap) > depth:
+            yield heapq.heappop(heap)[2]
+    while heap:
+        yield heapq.heappop(heap)[2]
 
 
 def probe_video(path: Path) -> VideoMeta:
@@ -387,20 +406,24 @@ class VideoFileReader:
         with container:
             stream = video_stream(container, path)
             stream.codec_context.thread_count = 1  # one decode thread per DataLoader worker
-            for run in _runs(i for i in indices if 0 <= i < meta.n_frames):
-                found.update(_decode_run(container, stream, meta, run))
+            for k, run in enumerate(_runs(i for i in indices if 0 <= i < meta.n_frames)):
+                found.update(_decode_run(container, stream, meta, run, seek=k > 0 or run[0] > SEEK_GAP_FRAMES))
         return [found.get(i) for i in indices]
 
 
-def _decode_run(container, stream, meta: VideoMeta, run: list[int]) -> dict[int, object]:
-    """Seek to the keyframe before run[0], then decode forward until run[-1]; frames identified by their pts."""
+def _decode_run(container, stream, meta: VideoMeta, run: list[int], *, seek: bool) -> dict[int, object]:
+    """Seek to the keyframe before run[0] (unless decoding from the start is as cheap), then decode forward
+    until run[-1]; frames are identified by their pts."""
     import av
 
-    try:
-        container.seek(meta.frame_pts(run[0]), stream=stream, backward=True, any_frame=False)
-    except av.error.FFmpegError as e:
-        logger.debug("seek failed (%s); decoding from the start", e)
-        container.seek(0, stream=stream, backward=True)
+    if seek:
+        # A few frames early: some demuxers (AVI) seek by decoding timestamp, which runs ahead of the pts.
+        target = meta.frame_pts(run[0] - SEEK_MARGIN_FRAMES)
+        try:
+            container.seek(target, stream=stream, backward=True, any_frame=False)
+        except av.error.FFmpegError as e:
+            logger.debug("seek failed (%s); decoding from the start", e)
+            container.seek(meta.start_pts, stream=stream, backward=True)
     wanted, out = set(run), {}
     for frame in decode_frames(container, stream):
         index = meta.frame_index(frame.pts)
@@ -408,7 +431,9 @@ def _decode_run(container, stream, meta: VideoMeta, run: list[int]) -> dict[int,
             continue
         if index in wanted:
             out[index] = frame
-        if index >= run[-1]:
+            if len(out) == len(wanted):
+                break
+        if index > run[-1] + REORDER_SLACK_FRAMES:  # the rest of the run was destroyed by damage
             break
     return out
 

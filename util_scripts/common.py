@@ -125,7 +125,13 @@ def iter_frames(path: Path, *, size: int, fps: float = -1, threads: int = 1) -> 
     """
     import av  # imported here so the JSON scripts do not need PyAV
 
-    from datasets.video_files import DecodeCounts, decode_frames, normalized_rotation, video_stream
+    from datasets.video_files import (
+        DecodeCounts,
+        decode_frames,
+        in_presentation_order,
+        normalized_rotation,
+        video_stream,
+    )
 
     with av.open(str(path)) as container:
         stream = video_stream(container)
@@ -134,7 +140,7 @@ def iter_frames(path: Path, *, size: int, fps: float = -1, threads: int = 1) -> 
             stream.codec_context.thread_count = max(0, threads)
         graph = rotation = None
         counts = DecodeCounts()
-        for frame in decode_frames(container, stream, counts):
+        for frame in in_presentation_order(decode_frames(container, stream, counts)):
             if graph is None:
                 rotation = normalized_rotation(frame.rotation)  # filtered frames may lose the side data
                 graph = _build_graph(stream, frame, size=size, fps=fps, rotation=rotation)
