@@ -65,6 +65,7 @@ class ItemResult:
     status: str
     n_frames: int = 0
     message: str = ""
+    details: dict | None = None  # tool-specific findings (e.g. check_videos' scan)
 
 
 def find_videos(src_dir: Path, dataset: str) -> list[VideoItem]:
