@@ -288,6 +288,7 @@ class VideoMetaCache:
     def __init__(self, cache_path: Path | None):
         self.cache_path = cache_path
         self._entries: dict[str, dict] = {}
+        self._parsed: dict[str, tuple[list, VideoMeta]] = {}
         self._dirty = False
         if cache_path is not None and cache_path.is_file():
             try:
@@ -304,12 +305,17 @@ class VideoMetaCache:
         """Metadata of `path`, probing it when unknown or changed; raises what `probe_video` raises."""
         st = path.stat()
         key, stamp = str(path.resolve()), [st.st_size, st.st_mtime_ns, CACHE_VERSION]
+        parsed = self._parsed.get(key)
+        if parsed is not None and parsed[0] == stamp:
+            return parsed[1]  # readers ask per clip: no JSON-to-object work (and pts index) each time
         entry = self._entries.get(key)
         if entry is not None and entry.get("stamp") == stamp:
-            return VideoMeta(**entry["meta"])
-        meta = probe_video(path)
-        self._entries[key] = {"stamp": stamp, "meta": meta.to_json()}
-        self._dirty = True
+            meta = VideoMeta(**entry["meta"])
+        else:
+            meta = probe_video(path)
+            self._entries[key] = {"stamp": stamp, "meta": meta.to_json()}
+            self._dirty = True
+        self._parsed[key] = (stamp, meta)
         return meta
 
     def get(self, path: Path) -> VideoMeta | None:
