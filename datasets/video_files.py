@@ -176,6 +176,12 @@ def packet_time(packet) -> int | None:
     return packet.pts if packet.pts is not None else packet.dts
 
 
+def holds_frame(packet) -> bool:
+    """A packet that carries a displayed frame (not the end-of-stream flush, an AVI 'drop' chunk, or a frame the
+    container's edit list hides)."""
+    return packet.size > 0 and not packet.is_discard
+
+
 def demux_packets(container, stream) -> Iterator:
     """The stream's packets; a demuxer error skips ahead (the demuxer resyncs) instead of ending the file."""
     import av
@@ -222,7 +228,7 @@ def decode_packet(packet, counts: DecodeCounts | None = None) -> list:
 def decode_frames(container, stream, counts: DecodeCounts | None = None) -> Iterator:
     """Every decodable frame of `stream` from the current position, packet by packet, in presentation order."""
     for packet in demux_packets(container, stream):
-        if counts is not None and packet.size > 0:
+        if counts is not None and holds_frame(packet):
             counts.packets += 1
             if (t := packet_time(packet)) is not None:
                 counts.pts.append(t)
@@ -257,7 +263,7 @@ def probe_video(path: Path) -> VideoMeta:
         stream.codec_context.thread_count = 1
         counts, first = DecodeCounts(), None
         for packet in demux_packets(container, stream):
-            if packet.size > 0:
+            if holds_frame(packet):
                 counts.packets += 1
                 if (t := packet_time(packet)) is not None:
                     counts.pts.append(t)
@@ -464,15 +470,20 @@ class VideoScan:
     vfr: bool = False
 
 
-def scan_video(path: Path) -> VideoScan:
-    """Open and decode every packet of `path`; never raises for a bad file (the reason is in `error`)."""
+def scan_video(path: Path, *, threads: int = 1) -> VideoScan:
+    """Open and decode every packet of `path`; never raises for a bad file (the reason is in `error`).
+
+    `threads`: decoder threads (0: as many as FFmpeg likes; 1 when one process per core runs).
+    """
     import av
 
     scan = VideoScan(str(path))
     try:
         with av.open(str(path)) as container:
             stream = video_stream(container, path)
-            stream.codec_context.thread_count = 0  # one file at a time per process: use the cores
+            if threads != 1:
+                stream.thread_type = "AUTO"
+            stream.codec_context.thread_count = max(0, threads)
             counts, first = DecodeCounts(), None
             for frame in decode_frames(container, stream, counts):
                 first = first or frame

@@ -99,14 +99,14 @@ def find_items(path: Path, video_path: Path | None) -> list[VideoItem]:
     return [VideoItem(path, Path(path.name))]
 
 
-def check_video(item: VideoItem, *, sample_duration: int) -> ItemResult:
+def check_video(item: VideoItem, *, sample_duration: int, threads: int = 1) -> ItemResult:
     """Decode one video and list what is wrong with it (never raises for a bad file)."""
     from datasets.video_files import scan_video
 
     if not item.src.is_file():
         return ItemResult(item, "done", details={"path": str(item.src), "kinds": ["missing"],
                                                  "problems": ["missing: no such video file"]})
-    scan = scan_video(item.src)
+    scan = scan_video(item.src, threads=threads)
     kinds, problems = assess(asdict(scan), sample_duration=sample_duration)
     return ItemResult(item, "done", n_frames=scan.n_decoded,
                       details={**asdict(scan), "kinds": kinds, "problems": problems})
@@ -173,7 +173,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.sample_duration < 1:
         raise UserError(f"--sample_duration must be at least 1, got {args.sample_duration}")
     items = find_items(args.path, args.video_path)
-    worker = functools.partial(check_video, sample_duration=args.sample_duration)
+    worker = functools.partial(check_video, sample_duration=args.sample_duration,
+                               threads=0 if args.n_jobs == 1 else 1)  # one process: let FFmpeg use every core
     results = run_over_videos(worker, items, n_jobs=args.n_jobs, desc="check")
     rows = [_row(r) for r in results]
     print_table(rows, len(items))
