@@ -20,6 +20,7 @@ API:
 - `upright_array(frame, size)` / `upright_image(frame, min_size)`: an av.VideoFrame as an upright RGB
   array / PIL image, scaled by swscale (in the stored orientation) before it is turned.
 - `VideoFileReader.fetch(path, indices)`: the av.VideoFrames of given frame numbers, seeking per clip.
+- `stream_frames(path, meta)`: (frame number, seconds, av.VideoFrame) of every frame in one sequential pass.
 - `scan_video(path) -> VideoScan`: decodes everything and reports damage (for check_videos).
 """
 
@@ -378,6 +379,28 @@ def upright_image(frame, min_size: tuple[int, int] | None = None, *, rotation: i
         scale = max(min_size[0] / width, min_size[1] / height)
         size = (max(1, math.ceil(width * scale)), max(1, math.ceil(height * scale)))
     return Image.fromarray(upright_array(frame, size, rotation=rotation))
+
+
+def stream_frames(path: Path, meta: VideoMeta | None = None, *,
+                  threads: int = 1) -> Iterator[tuple[int, float, object]]:
+    """Every decodable frame of a video in one sequential pass: (frame number, seconds, av.VideoFrame), in
+    presentation order. Numbers follow the module's rule, so they match `VideoFileReader.fetch`; frames lost
+    to damage are skipped (numbers then jump). `meta`: the video's probe result (probed when None)."""
+    import av
+
+    meta = meta or probe_video(path)
+    with av.open(str(path)) as container:
+        stream = video_stream(container)
+        if threads != 1:
+            stream.thread_type = "AUTO"
+        stream.codec_context.thread_count = max(0, threads)
+        expected = 0
+        for frame in in_presentation_order(decode_frames(container, stream)):
+            index = meta.frame_index(frame.pts) if frame.pts is not None else expected  # no timestamps: count
+            if index is None:
+                continue
+            expected = index + 1
+            yield index, meta.frame_time(index), frame
 
 
 def _runs(indices: Sequence[int]) -> list[list[int]]:

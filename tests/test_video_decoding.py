@@ -29,6 +29,7 @@ from datasets.video_files import (
     find_video_file,
     probe_video,
     scan_video,
+    stream_frames,
     upright_array,
 )
 from spatial_transforms import get_spatial_transform
@@ -212,6 +213,18 @@ def test_extraction_and_file_type_video_agree_frame_by_frame_on_a_vfr_video(corp
     extracted = jpgs(extract(tmp_path, {"vfr": corpus.vfr}) / "vfr")
     assert [frame_number(f) for f in extracted] == [frame_number(f) for f in reader] == list(range(N_FRAMES))
     assert max(mean_diff(a, b) for a, b in zip(extracted, reader)) < ENCODING_NOISE
+
+
+def test_one_sequential_pass_numbers_and_times_frames_like_the_reader(corpus):
+    meta = probe_video(corpus.vfr)
+    streamed = list(stream_frames(corpus.vfr, meta))
+    assert [i for i, _, _ in streamed] == list(range(N_FRAMES))
+    assert [round(t, 3) for _, t, _ in streamed] == [t / 1000 for t in vfr_pts_ms(N_FRAMES)]
+    reader = all_frames(corpus.vfr)
+    assert all(np.array_equal(upright_array(f), reader[i]) for i, _, f in streamed)
+    damaged = [i for i, _, _ in stream_frames(corpus.corrupt)]  # lost frames are skipped, the rest keep numbers
+    assert damaged == sorted(set(damaged)) and len(damaged) == scan_video(corpus.corrupt).n_decoded
+    assert damaged[-6:] == list(range(N_FRAMES - 6, N_FRAMES))
 
 
 def test_metadata_cache_keeps_the_frame_timing_of_a_vfr_video(corpus, tmp_path, monkeypatch):
