@@ -210,6 +210,12 @@ class DecodeCounts:
     errors: int = 0
     pts: list[int] = field(default_factory=list)  # of the packets, in file order
 
+    def add_packet(self, packet) -> None:
+        if holds_frame(packet):
+            self.packets += 1
+            if (t := packet_time(packet)) is not None:
+                self.pts.append(t)
+
 
 def decode_packet(packet, counts: DecodeCounts | None = None) -> list:
     """The frames of one packet ([] when it fails to decode: only that packet's frames are lost)."""
@@ -229,10 +235,8 @@ def decode_packet(packet, counts: DecodeCounts | None = None) -> list:
 def decode_frames(container, stream, counts: DecodeCounts | None = None) -> Iterator:
     """Every decodable frame of `stream` from the current position, packet by packet, in presentation order."""
     for packet in demux_packets(container, stream):
-        if counts is not None and holds_frame(packet):
-            counts.packets += 1
-            if (t := packet_time(packet)) is not None:
-                counts.pts.append(t)
+        if counts is not None:
+            counts.add_packet(packet)
         yield from decode_packet(packet, counts)
 
 
@@ -264,10 +268,7 @@ def probe_video(path: Path) -> VideoMeta:
         stream.codec_context.thread_count = 1
         counts, first = DecodeCounts(), None
         for packet in demux_packets(container, stream):
-            if holds_frame(packet):
-                counts.packets += 1
-                if (t := packet_time(packet)) is not None:
-                    counts.pts.append(t)
+            counts.add_packet(packet)
             if first is None:
                 first = next(iter(decode_packet(packet)), None)
         return _meta(stream, counts, first)
@@ -458,7 +459,10 @@ def _decode_run(container, stream, meta: VideoMeta, run: list[int], *, seek: boo
             container.seek(target, stream=stream, backward=True, any_frame=False)
         except av.error.FFmpegError as e:
             logger.debug("seek failed (%s); decoding from the start", e)
-            container.seek(meta.start_pts, stream=stream, backward=True)
+            try:
+                container.seek(meta.start_pts, stream=stream, backward=True)
+            except av.error.FFmpegError:
+                return {}  # the run's frames are missing (repaired and counted by the clip loader)
     wanted, out = set(run), {}
     for frame in decode_frames(container, stream):
         index = meta.frame_index(frame.pts)
