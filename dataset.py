@@ -9,6 +9,7 @@ validation flattens all clips of its videos. Inference -> (clips, [[video_id, [b
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -21,7 +22,7 @@ from datasets.problems import DataProblems
 from datasets.readers import FlowHdf5Reader, Hdf5Reader, JpegDirReader, check_frames_fit
 from datasets.sampling import EpochShardSampler
 from datasets.video_dataset import VideoClipDataset, collate_clips
-from datasets.video_files import VideoFileReader
+from datasets.video_files import VideoFileReader, VideoMetaCache
 from errors import UserError
 from spatial_transforms import ClipNormalizer, get_mean_std, get_spatial_transform
 from temporal_transforms import get_temporal_transform
@@ -61,8 +62,8 @@ def _reader(opt):
         if opt.file_type != "hdf5":
             raise UserError("--input_type flow needs --file_type hdf5 (flow is read from video_u/video_v)")
         return FlowHdf5Reader()
-    if opt.file_type == "video":
-        return VideoFileReader()
+    if opt.file_type == "video":  # frame timings probed when the annotation file was read
+        return VideoFileReader(VideoMetaCache(VideoMetaCache.path_for(Path(opt.annotation_path))))
     return JpegDirReader() if opt.file_type == "jpg" else Hdf5Reader()
 
 

@@ -103,7 +103,7 @@ def class_names(data: dict[str, Any], *, dataset: str, path: Path | str) -> list
     return labels
 
 
-def _candidate_paths(root: Path, video_id: str, entry: dict, label: str | None, *, dataset: str,
+def candidate_paths(root: Path, video_id: str, entry: dict, label: str | None, *, dataset: str,
                      file_type: str) -> list[Path]:
     if "video_path" in entry:
         return [Path(entry["video_path"])]
@@ -129,7 +129,7 @@ class _Locator:
         if file_type == "video":
             from datasets.video_files import VideoMetaCache
 
-            self.cache = VideoMetaCache(annotation_path.with_name(annotation_path.name + ".video_meta.json"))
+            self.cache = VideoMetaCache(VideoMetaCache.path_for(annotation_path))
             self.finder = VideoFileFinder()
 
     def find(self, candidates: list[Path]) -> Path | None:
@@ -167,7 +167,7 @@ def _standard_records(data: dict, names: list[str], *, root: Path, subset: str, 
         label = ann.get("label")
         if label is not None and label not in class_to_idx:
             raise UserError(f"video {video_id} in {path} has label {label!r}, which is not in 'labels'")
-        video = locator.find(_candidate_paths(root, video_id, entry, label, dataset=dataset,
+        video = locator.find(candidate_paths(root, video_id, entry, label, dataset=dataset,
                                               file_type=locator.file_type))
         if video is None:
             missing.append(video_id)
@@ -194,7 +194,7 @@ def _activitynet_records(data: dict, names: list[str], *, root: Path, subset: st
     for video_id, entry in data["database"].items():
         if not isinstance(entry, dict) or entry.get("subset") != subset:
             continue
-        video = locator.find(_candidate_paths(root, video_id, entry, None, dataset="activitynet",
+        video = locator.find(candidate_paths(root, video_id, entry, None, dataset="activitynet",
                                               file_type=locator.file_type))
         if video is None:
             missing.append(video_id)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import io
 import logging
-import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -116,22 +115,21 @@ def decode_jpeg(data: bytes, *, gray: bool = False, min_size: tuple[int, int] | 
 
 
 def frame_size(data) -> tuple[int, int]:
-    """(width, height) of an encoded JPEG or an already decoded video frame."""
+    """(width, height) of an encoded JPEG or an already decoded video frame (as displayed: rotation applied)."""
     if isinstance(data, bytes):
         return jpeg_size(data)
-    return data.width, data.height
+    from datasets.video_files import displayed_size
+
+    return displayed_size(data)
 
 
 def decode_frame(data, *, gray: bool = False, min_size: tuple[int, int] | None = None) -> Image.Image:
-    """JPEG bytes or a PyAV video frame -> PIL image of at least `min_size` (aspect kept)."""
+    """JPEG bytes or a PyAV video frame (turned upright) -> PIL image of at least `min_size` (aspect kept)."""
     if isinstance(data, bytes):
         return decode_jpeg(data, gray=gray, min_size=min_size)
-    if min_size is None:
-        return data.to_image()
-    scale = max(min_size[0] / data.width, min_size[1] / data.height)
-    # Let swscale do the downscale together with the YUV -> RGB conversion.
-    width, height = max(1, math.ceil(data.width * scale)), max(1, math.ceil(data.height * scale))
-    return data.to_image(width=width, height=height)
+    from datasets.video_files import upright_image
+
+    return upright_image(data, min_size)  # a video frame: upright, downscaled by swscale
 
 
 def check_frames_fit(reader, records: Sequence, sample_size: int, *, n_videos: int = 3) -> None:

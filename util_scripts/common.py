@@ -57,6 +57,7 @@ class ItemResult:
     status: str
     n_frames: int = 0
     message: str = ""
+    details: dict | None = None  # tool-specific findings (e.g. check_videos' scan)
 
 
 def find_videos(src_dir: Path, dataset: str) -> list[VideoItem]:
@@ -106,41 +107,47 @@ def _round_half_up(numerator: int, denominator: int) -> int:
 
 
 def iter_frames(path: Path, *, size: int, fps: float = -1, threads: int = 1) -> Iterator:
-    """Decode ``path`` and yield PIL RGB images, resized so the short side is ``size``.
+    """Decode ``path`` and yield PIL RGB images as displayed, resized so the short side is ``size``.
 
-    ``size <= 0`` keeps the original resolution. ``fps > 0`` resamples the frame rate with
-    libavfilter's ``fps`` filter (the same frame selection as ``ffmpeg -vf fps=N``); otherwise
-    every decoded frame is kept. Packets that fail to decode are skipped, as the ffmpeg
-    command line does; a file that cannot be opened or has no video stream raises
-    ``av.error.FFmpegError`` / ``ValueError``.
+    Frames come out upright (a rotation in the display matrix, as phones record, is applied, as the
+    ffmpeg command line does) and in presentation order, one image per frame: image i is the frame
+    that ``--file_type video`` calls frame i (see datasets.video_files). ``size <= 0`` keeps the
+    original resolution. ``fps > 0`` resamples the frame rate with libavfilter's ``fps`` filter (the
+    same frame selection as ``ffmpeg -vf fps=N``). Packets that fail to decode are skipped, as the
+    ffmpeg command line does; a file that cannot be opened raises ``av.error.FFmpegError``, one with no
+    video stream ``datasets.video_files.NoVideoStream`` (a ValueError).
     """
     import av  # imported here so the JSON scripts do not need PyAV
 
+    from datasets.video_files import (
+        DecodeCounts,
+        decode_frames,
+        in_presentation_order,
+        normalized_rotation,
+        video_stream,
+    )
+
     with av.open(str(path)) as container:
-        if not container.streams.video:
-            raise ValueError("no video stream")
-        stream = container.streams.video[0]
+        stream = video_stream(container)
         if threads != 1:  # with one process per core, extra decoder threads only add contention
             stream.thread_type = "AUTO"
             stream.codec_context.thread_count = max(0, threads)
-        graph = None
-        for packet in container.demux(stream):
-            try:
-                frames = packet.decode()
-            except av.error.InvalidDataError as e:
-                logger.warning("%s: skipping an undecodable packet (%s)", path, e)
-                continue
-            for frame in frames:
-                if graph is None:
-                    graph = _build_graph(stream, frame, size=size, fps=fps)
-                graph.push(frame)
-                yield from _drain(graph)
+        graph = rotation = None
+        counts = DecodeCounts()
+        for frame in in_presentation_order(decode_frames(container, stream, counts)):
+            if graph is None:
+                rotation = normalized_rotation(frame.rotation)  # filtered frames may lose the side data
+                graph = _build_graph(stream, frame, size=size, fps=fps, rotation=rotation)
+            graph.push(frame)
+            yield from _drain(graph, rotation)
         if graph is not None:
             graph.push(None)
-            yield from _drain(graph)
+            yield from _drain(graph, rotation)
+        if counts.errors:
+            logger.warning("%s: skipped %d undecodable packets", path, counts.errors)
 
 
-def _build_graph(stream, first_frame, *, size: int, fps: float):
+def _build_graph(stream, first_frame, *, size: int, fps: float, rotation: int):
     import av.filter
 
     graph = av.filter.Graph()
@@ -148,8 +155,10 @@ def _build_graph(stream, first_frame, *, size: int, fps: float):
     if fps > 0:
         chain.append(graph.add("fps", f"{fps}"))
     if size > 0:
-        width, height = scaled_size(first_frame.width, first_frame.height, size)
-        chain.append(graph.add("scale", f"{width}:{height}"))
+        turned = rotation in (90, 270)  # scale the stored picture to the turned output size
+        width, height = (first_frame.height, first_frame.width) if turned else (first_frame.width, first_frame.height)
+        width, height = scaled_size(width, height, size)
+        chain.append(graph.add("scale", f"{height}:{width}" if turned else f"{width}:{height}"))
     chain.append(graph.add("buffersink"))
     for a, b in zip(chain, chain[1:]):
         a.link_to(b)
@@ -157,15 +166,17 @@ def _build_graph(stream, first_frame, *, size: int, fps: float):
     return graph
 
 
-def _drain(graph) -> Iterator:
+def _drain(graph, rotation: int) -> Iterator:
     import av
+
+    from datasets.video_files import upright_image
 
     while True:
         try:
             frame = graph.pull()
         except (av.error.BlockingIOError, av.error.EOFError):
             return
-        yield frame.to_image()
+        yield upright_image(frame, rotation=rotation)
 
 
 def encode_jpeg(image, quality: int) -> bytes:

@@ -1,0 +1,89 @@
+"""util_scripts.check_videos: the pre-flight scan flags every kind of awkward file of the corpus."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from errors import UserError
+from tests.video_corpus import make_corpus
+from util_scripts import check_videos
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return make_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+def report(path: Path) -> dict[str, dict]:
+    return {row["video"]: row for row in json.loads(path.read_text())["videos"]}
+
+
+def test_the_corpus_is_flagged_kind_by_kind_and_fails(corpus, tmp_path, capsys):
+    out = tmp_path / "report.json"
+    assert check_videos.main([str(corpus.root), "--n_jobs", "2", "--output", str(out)]) == 1
+    rows = report(out)
+    kinds = {name: row["kinds"] for name, row in rows.items()}
+    assert kinds["clean.mp4"] == [] and kinds["upright.mp4"] == [] and kinds["upper.MP4"] == []
+    assert kinds["audio_only.mp4"] == ["no_video_stream"] and rows["audio_only.mp4"]["status"] == "UNUSABLE"
+    assert kinds["rotated.mp4"] == ["rotated"] and kinds["vfr.mp4"] == ["vfr"] and kinds["short.mp4"] == ["short"]
+    assert "damaged" in kinds["corrupt.mp4"] and rows["corrupt.mp4"]["status"] == "warning"
+    assert "truncated" in kinds["truncated.mp4"] and rows["truncated.mp4"]["status"] == "warning"
+    assert rows["rotated.mp4"]["width"] == 48 and rows["rotated.mp4"]["height"] == 64
+    table = capsys.readouterr().out
+    assert "audio_only.mp4  UNUSABLE" in table and "no video stream" in table and "clean.mp4" not in table
+    assert "9 videos checked: 3 ok, 5 with warnings, 1 unusable" in table
+
+
+def test_a_clean_folder_passes_even_with_warnings(corpus, tmp_path):
+    folder = tmp_path / "ok" / "nested"
+    folder.mkdir(parents=True)
+    for video in (corpus.clean, corpus.upper_case, corpus.rotated):
+        shutil.copy(video, folder / video.name)
+    (folder / "notes.txt").write_text("not a video")
+    out = tmp_path / "r.json"
+    assert check_videos.main([str(tmp_path / "ok"), "--n_jobs", "1", "--output", str(out)]) == 0
+    rows = report(out)
+    assert sorted(rows) == ["nested/clean.mp4", "nested/rotated.mp4", "nested/upper.MP4"]
+    assert rows["nested/rotated.mp4"]["status"] == "warning"
+
+
+def test_short_is_relative_to_sample_duration(corpus, tmp_path):
+    out = tmp_path / "r.json"
+    assert check_videos.main([str(corpus.short), "--sample_duration", "4", "--output", str(out)]) == 0
+    assert report(out)["short.mp4"]["kinds"] == []
+
+
+def test_annotation_file_videos_are_resolved_like_the_dataset_and_missing_ones_fail(corpus, tmp_path):
+    root = tmp_path / "videos"
+    (root / "walk").mkdir(parents=True)
+    shutil.copy(corpus.upper_case, root / "walk" / "v1.MP4")
+    annotation = tmp_path / "ann.json"
+    annotation.write_text(json.dumps({"labels": ["walk"], "database": {
+        "v1": {"subset": "training", "annotations": {"label": "walk"}},
+        "v2": {"subset": "validation", "annotations": {"label": "walk"}}}}))
+    out = tmp_path / "r.json"
+    assert check_videos.main([str(annotation), "--video_path", str(root), "--output", str(out)]) == 1
+    rows = report(out)
+    assert rows["v1"]["kinds"] == [] and rows["v1"]["path"].endswith("v1.MP4")
+    assert rows["v2"]["kinds"] == ["missing"] and rows["v2"]["status"] == "UNUSABLE"
+    with pytest.raises(UserError, match="--video_path"):
+        check_videos.main([str(annotation)])
+
+
+def test_command_line_exit_codes(corpus, tmp_path):
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "util_scripts.check_videos", *map(str, args)], cwd=REPO,
+                              capture_output=True, text=True)
+
+    bad = run(tmp_path / "nowhere")
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("error: ")
+    unusable = run(corpus.audio_only, "--output", tmp_path / "r.json")
+    assert unusable.returncode == 1 and "no video stream" in unusable.stdout
