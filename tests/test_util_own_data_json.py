@@ -33,6 +33,12 @@ def make_frame_folder(folder: Path, n: int) -> None:
         (folder / f"image_{i:05d}.jpg").write_bytes(b"")
 
 
+@pytest.mark.parametrize("name", ["folder_json", "list_json", "ssv2_json", "charades_json"])
+def test_help(name):
+    proc = run_module(name, "-h")
+    assert proc.returncode == 0 and "usage:" in proc.stdout and "dst_path" in proc.stdout
+
+
 # ---------------------------------------------------------------- the reader: an entry's own path
 
 
