@@ -3,8 +3,9 @@
 Two schemas:
 - kinetics, mit, ucf101, hmdb51: {"labels": [...], "database": {id: {"subset", "annotations":
   {"label"?, "segment"?}, "video_path"?}}}; the segment is in frames ([1, n+1] for jpg, [0, n]
-  for hdf5). Video location: entry["video_path"] if given, else <root>/<label>/<id>[.hdf5]; an
-  entry without a label (test videos) is looked up in <root>/test/<id> and then <root>/<id>.
+  for hdf5). Video location: <root>/<entry["video_path"]>[.hdf5] if given (relative to the video
+  root; an absolute path as is), else <root>/<label>/<id>[.hdf5]; an entry without a label (test
+  videos) is looked up in <root>/test/<id> and then <root>/<id>.
 - activitynet: the official ActivityNet 1.3 JSON (taxonomy; annotations = list of {segment in
   seconds, label}) plus the per-video "fps" field; classes are the taxonomy leaves in taxonomy
   order; videos live in <root>/v_<id>[.hdf5]; one record per annotated segment (trimmed) or one
@@ -31,6 +32,7 @@ from datasets.layout import (
     ANNOTATION_SUBSETS,
     DATASETS,
     FILE_TYPES,
+    HDF5_SUFFIX,
     VideoFileFinder,
     count_frames,
     first_frame,
@@ -105,8 +107,9 @@ def class_names(data: dict[str, Any], *, dataset: str, path: Path | str) -> list
 
 def candidate_paths(root: Path, video_id: str, entry: dict, label: str | None, *, dataset: str,
                      file_type: str) -> list[Path]:
-    if "video_path" in entry:
-        return [Path(entry["video_path"])]
+    if "video_path" in entry:  # relative to --video_path (an absolute path stays as it is)
+        own = root / entry["video_path"]
+        return [own] if own.suffix == HDF5_SUFFIX else [own, video_location(own, file_type)]
     if dataset == "activitynet":
         bases = [root / f"v_{video_id}", root / video_id]
     elif label is not None:

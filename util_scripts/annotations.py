@@ -6,6 +6,10 @@ The JSON they write (spec 4.1): ``{"labels": [...], "database": {video_id: entry
 the converted video exists: ``[1, n_frames + 1]`` for a jpg folder, ``[0, n_frames]`` for an
 hdf5 file. A video without a segment is skipped by the dataset, so missing videos are counted
 and reported instead of stopping the script.
+
+The generators for data in any layout (folder_json, list_json, ssv2_json, charades_json) add
+``entry["video_path"]``: the video's path relative to the video root (``--video_path``), POSIX
+separators; see each script for the extra fields it writes.
 """
 
 from __future__ import annotations
@@ -21,8 +25,6 @@ from errors import UserError
 from util_scripts.common import atomic_file
 
 TEST_DIR = "test"  # where the generators expect unlabelled test videos: <video_path>/test/<id>
-
-
 def read_lines(path: Path, *, what: str) -> list[str]:
     """Non-empty, stripped lines of a text file (any line ending); UserError if it is missing."""
     path = Path(path)
@@ -58,12 +60,58 @@ def find_segment(video_path: Path, label_dir: str, video_id: str, video_type: st
     return [begin, begin + count_frames(location, video_type)]
 
 
-def make_entry(subset: str, label: str | None, segment: list[int] | None) -> dict:
-    """One database entry; testing videos (label None) get annotations without 'label'."""
+def make_entry(subset: str, label: str | None, segment: list[int] | None, *, video_path: str | None = None) -> dict:
+    """One database entry; testing videos (label None) get annotations without 'label'.
+
+    `video_path`: the entry's own location relative to the video root (written only when given).
+    """
     annotations = {} if label is None else {"label": label}
     if segment is not None:
         annotations["segment"] = segment
-    return {"subset": subset, "annotations": annotations}
+    entry = {"subset": subset}
+    if video_path is not None:
+        entry["video_path"] = video_path
+    entry["annotations"] = annotations
+    return entry
+
+
+def video_file_problem(path: Path) -> str | None:
+    """Why PyAV cannot use a video file (cannot open, no video stream, no decodable frame), or None."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                return "no video stream"
+            for _ in container.decode(video=0):
+                return None
+            return "no decodable frame"
+    except Exception as e:  # noqa: BLE001 - PyAV raises many error types for broken files
+        return f"cannot decode: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+
+
+def video_exists(root: Path, rel: str) -> bool:
+    """Whether <root>/<rel> is there as a file, a frame folder, or <rel>.<ext> for a common video extension."""
+    from datasets.layout import find_video_file
+
+    path = Path(root) / rel
+    return path.exists() or find_video_file(path) is not None
+
+
+def count_missing(root: Path, database: dict, *, desc: str) -> int:
+    """How many entries' `video_path` does not exist under `root` (a progress bar for large databases)."""
+    from tqdm import tqdm
+
+    entries = list(database.values())
+    bar = tqdm(entries, desc=desc, unit="video", mininterval=0.5, disable=len(entries) < 2000)
+    return sum(not video_exists(root, e["video_path"]) for e in bar)
+
+
+def warn_missing(n_missing: int, n_total: int, root: Path) -> None:
+    """One stderr line when some listed videos are not under the video root (the dataset will skip them)."""
+    if n_missing:
+        print(f"warning: {n_missing} of {n_total} videos are not found under {root} (the dataset will skip them)",
+              file=sys.stderr)
 
 
 def build_database(
