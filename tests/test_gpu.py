@@ -76,12 +76,6 @@ def test_train_validate_infer_with_cuda_defaults(cuda_run):
     assert (cuda_run / "save_1.pth").is_file()
 
 
-def test_train_validate_infer_compiled(tiny_dataset, tmp_path):  # noqa: F811
-    proc = run_main(cuda_args(tiny_dataset, tmp_path, "--n_epochs", 1, "--checkpoint", 1, "--inference",
-                              "--compile"), timeout=600)
-    _check_run(tmp_path, tiny_dataset, proc)
-
-
 def test_model_is_channels_last_on_cuda(tiny_dataset, tmp_path):  # noqa: F811
     import main
 
@@ -240,3 +234,10 @@ def test_sync_batchnorm_in_a_one_process_nccl_group(tmp_path, no_tf32):
             torch.testing.assert_close(ddp.module.eval()(x), plain.eval()(x), atol=1e-4, rtol=1e-3)
     finally:
         tdist.destroy_process_group()
+
+
+def test_train_validate_infer_compiled(tiny_dataset, tmp_path):  # noqa: F811
+    # Last in the file: inductor compilation is the slowest test here.
+    proc = run_main(cuda_args(tiny_dataset, tmp_path, "--n_epochs", 1, "--checkpoint", 1, "--inference",
+                              "--compile"), timeout=600)
+    _check_run(tmp_path, tiny_dataset, proc)
