@@ -103,7 +103,7 @@ EOF
 run_pytest() {
   # -v: every test's verdict is in the log as it happens, even if the step times out
   run_step pytest_gpu "${GPU_CHECK_PYTEST_S:-160}" "$PY" -m pytest -m gpu -v -ra -p no:cacheprovider \
-    --timeout "${GPU_CHECK_TEST_TIMEOUT_S:-150}" --junitxml "$OUT_DIR/pytest_gpu.xml"
+    --continue-on-collection-errors --timeout "${GPU_CHECK_TEST_TIMEOUT_S:-150}" --junitxml "$OUT_DIR/pytest_gpu.xml"
 }
 
 # 4. The benchmark, one part per process; the model part is retried without --compile if compiling fails.
@@ -113,7 +113,8 @@ bench_module() {
 
 MODULE=$(bench_module)
 DEVICE=${BENCH_DEVICE:-cuda} COMPILE=${BENCH_COMPILE:-1} GPU_DECODE=${BENCH_GPU_DECODE:-auto}
-SIZE=${BENCH_SIZE:---model resnet --model_depth 50 --batch_size 64 --sample_duration 16 --sample_size 112 --workers 4 16}
+SIZE=${BENCH_SIZE:---model resnet --model_depth 50 --batch_size 64 --sample_duration 16 --sample_size 112 \
+--workers 4 16}
 TIMING=${BENCH_TIMING:---warmup 3 --steps 10 --loader_steps 8 --repeats 3}
 DATA=${BENCH_DATA:---videos_per_class 128 --n_frames 20}
 DATA_DIR=${BENCH_DATA_DIR:-${TMPDIR:-/tmp}/3dcnn_benchmark}
@@ -138,8 +139,11 @@ start_data_prep() {
 
 wait_data_prep() {
   [[ -n $PREP_PID ]] || return 0
+  local rc timing
   wait "$PREP_PID"
-  log "data_prep: exit $? ($(grep -o '"prepare_s": [0-9.]*' "$OUT_DIR/data_prep.json.tmp" 2>/dev/null || echo 'no timing'))"
+  rc=$?
+  timing=$(grep -o '"prepare_s": [0-9.]*' "$OUT_DIR/data_prep.json.tmp" 2>/dev/null || echo "no timing")
+  log "data_prep: exit $rc ($timing)"
   rm -f "$OUT_DIR/data_prep.json.tmp"
 }
 
