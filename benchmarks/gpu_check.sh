@@ -107,11 +107,7 @@ run_pytest() {
 }
 
 # 4. The benchmark, one part per process; the model part is retried without --compile if compiling fails.
-bench_module() {
-  if [[ -f benchmarks/benchmark.py ]]; then echo benchmarks.benchmark; else echo util_scripts.benchmark; fi
-}
-
-MODULE=$(bench_module)
+MODULE=util_scripts.benchmark
 DEVICE=${BENCH_DEVICE:-cuda} COMPILE=${BENCH_COMPILE:-1} GPU_DECODE=${BENCH_GPU_DECODE:-auto}
 SIZE=${BENCH_SIZE:---model resnet --model_depth 50 --batch_size 64 --sample_duration 16 --sample_size 112 \
 --workers 4 16}
@@ -176,10 +172,7 @@ summarize() {
   timeout 60 "$PY" - "$OUT_DIR" << 'EOF' 2>&1 | tee "$OUT_DIR/targets.txt" | tee -a "$LOG"
 import glob, importlib, json, os, sys
 out = sys.argv[1]
-try:
-    report_lib = importlib.import_module("benchmarks.bench_report")
-except ImportError:
-    report_lib = importlib.import_module("util_scripts.bench_report")
+report_lib = importlib.import_module("benchmarks.report")
 reports = [json.load(open(p)) for p in sorted(glob.glob(os.path.join(out, "bench_*.json")))
            if not p.endswith("bench_gpu.json")]
 if not reports:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from tests.datagen import decode_frame_number, make_frame_dataset
 
@@ -75,3 +76,20 @@ def make_opt(ds, **overrides) -> argparse.Namespace:
 def frame_numbers(clip) -> list[int]:
     """Frame numbers of an 'index'-content clip (T, H, W, C)."""
     return [decode_frame_number(f) for f in np.asarray(clip)]
+
+
+def family_clip(family: str, batch: int = 2) -> torch.Tensor:
+    """A random clip that every family accepts (fixed seed)."""
+    # DenseNet halves time three times after its stem pool, so it needs 16 frames; batch 2 for train-mode BN.
+    frames = 16 if family == "densenet" else 8
+    return torch.randn(batch, 3, frames, 32, 32, generator=torch.Generator().manual_seed(1))
+
+
+def smallest_family_model(family: str) -> torch.nn.Module:
+    """The smallest model of a family, 5 classes, seeded."""
+    from models import MODEL_DEPTHS, build_model
+
+    torch.manual_seed(0)
+    # k=1 keeps the wide bottleneck code path at a quarter of the eager cost.
+    kwargs = {"k": 1} if family == "wideresnet" else {}
+    return build_model(family, MODEL_DEPTHS[family][0], n_classes=5, **kwargs)

@@ -22,9 +22,10 @@ from checkpoint import load_checkpoint
 from distributed import DistInfo
 from models import MODEL_DEPTHS, build_model
 from opts import parse_opts
+from tests.conftest import dataset_args, log_rows, run_main
+from tests.conftest import family_clip as _clip
+from tests.conftest import smallest_family_model as _model
 from tests.datagen import frame_image, write_video_file
-from tests.test_compile_families import _clip, _model
-from tests.test_main_e2e import _rows, dataset_args, run_main, tiny_dataset  # noqa: F401 (fixture)
 from training import prepare_batch
 
 pytestmark = [pytest.mark.gpu,
@@ -54,7 +55,7 @@ def no_tf32():
 def _check_run(out: Path, ds, proc) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert json.loads((out / "opts.json").read_text())["precision"] == DEFAULT_PRECISION
-    train, val = _rows(out / "train.log"), _rows(out / "val.log")
+    train, val = log_rows(out / "train.log"), log_rows(out / "val.log")
     assert [r[0] for r in train[1:]] == ["1"] and [r[0] for r in val[1:]] == ["1"]
     assert all(torch.isfinite(torch.tensor(float(r[1]))) for r in train[1:] + val[1:])  # losses are numbers
     results = json.loads((out / "val.json").read_text())["results"]
@@ -103,7 +104,7 @@ def test_cuda_logits_match_cpu_fp32(family, no_tf32):
 
 @pytest.fixture(scope="module")
 def photo_frames(tmp_path_factory) -> tuple[Path, Path]:
-    from util_scripts.bench_data import SyntheticSpec, make_synthetic_dataset
+    from benchmarks.data import SyntheticSpec, make_synthetic_dataset
 
     spec = SyntheticSpec(n_classes=2, train_per_class=2, val_per_class=1, n_frames=8)  # 320x240 JPEGs
     return make_synthetic_dataset(tmp_path_factory.mktemp("photo"), spec)
@@ -117,7 +118,7 @@ def _photo_opts(photo_frames, tmp_path: Path, *extra: str):
 
 
 def test_gpu_decode_matches_cpu_decode(photo_frames, tmp_path):
-    from util_scripts.bench_gpu_decode import EncodedClipDataset, decode_batch, nvjpeg_available
+    from benchmarks.gpu_decode import EncodedClipDataset, decode_batch, nvjpeg_available
 
     if not nvjpeg_available(DEVICE):
         pytest.skip("torchvision.io (nvjpeg) is not available")
@@ -159,7 +160,7 @@ def test_resume_on_cuda_equals_uninterrupted(tiny_dataset, tmp_path):  # noqa: F
         assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "resuming training at epoch 2" in runs[2].stdout
     for name in ("train.log", "val.log"):
-        a, b = _rows(straight / name), _rows(resumed / name)
+        a, b = log_rows(straight / name), log_rows(resumed / name)
         assert [r[0] for r in a] == [r[0] for r in b] and len(a) == 3
         for x, y in zip(a[1:], b[1:]):
             assert [float(v) for v in x] == pytest.approx([float(v) for v in y], rel=1e-3, abs=1e-4)
@@ -208,7 +209,7 @@ def test_batchnorm_sync_under_torchrun_one_process(tiny_dataset, tmp_path):  # n
     state = load_checkpoint(tmp_path / "save_1.pth")["state_dict"]
     plain = build_model("resnet", 10, n_classes=2, widen_factor=0.25).state_dict()
     assert set(state) == set(plain)  # SyncBatchNorm saves BatchNorm3d's keys: loadable without the flag
-    assert len(_rows(tmp_path / "train.log")) == 2
+    assert len(log_rows(tmp_path / "train.log")) == 2
 
 
 def test_sync_batchnorm_in_a_one_process_nccl_group(tmp_path, no_tf32):

@@ -12,22 +12,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models import MODEL_DEPTHS, build_model
+from models import MODEL_DEPTHS
+from tests.conftest import family_clip as _clip
+from tests.conftest import smallest_family_model as _model
 
 FAMILIES = sorted(MODEL_DEPTHS)
-
-
-def _clip(family: str, batch: int = 2) -> torch.Tensor:
-    # DenseNet halves time three times after its stem pool, so it needs 16 frames; batch 2 for train-mode BN.
-    frames = 16 if family == "densenet" else 8
-    return torch.randn(batch, 3, frames, 32, 32, generator=torch.Generator().manual_seed(1))
-
-
-def _model(family: str) -> torch.nn.Module:
-    torch.manual_seed(0)
-    # k=1 keeps the wide bottleneck code path at a quarter of the eager cost.
-    kwargs = {"k": 1} if family == "wideresnet" else {}
-    return build_model(family, MODEL_DEPTHS[family][0], n_classes=5, **kwargs)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
