@@ -138,7 +138,7 @@ def test_bad_family_or_depth_lists_valid_values():
         build_model("resnet", 42)
     with pytest.raises(ValueError, match="121, 169, 201, 264"):
         build_model("densenet", 50)
-    with pytest.raises(ValueError, match="densenet, preresnet, resnet"):
+    with pytest.raises(ValueError, match="densenet, mc3, preresnet, resnet"):
         build_model("vgg", 16)
 
 
