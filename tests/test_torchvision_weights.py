@@ -90,6 +90,11 @@ def test_r2plus1d_options_shape_the_stem_and_blocks_like_torchvision():
     assert net.layer2[0].conv1_s.weight.shape[0] == net.layer2[0].conv2_s.weight.shape[0] == 230
     default = build_model("resnet2p1d", 18)
     assert default.layer2[0].conv2_s.weight.shape[0] == 288  # the original's per-conv rule is unchanged
+    with torch.device("meta"):  # bottleneck: torchvision sizes the middle from the block input (256 -> 64)
+        assert build_model("resnet2p1d", 50, block_mid_planes="per_block").layer1[1].conv2_s.weight.shape[0] == 177
+        assert build_model("resnet2p1d", 50).layer1[1].conv2_s.weight.shape[0] == 144
+    with pytest.raises(ValueError, match="per_conv, per_block"):
+        build_model("resnet2p1d", 18, block_mid_planes="tv")
 
 
 def test_mc3_keeps_time_after_layer1():
