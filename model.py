@@ -19,6 +19,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from checkpoint import load_checkpoint, strip_wrapper_prefixes, unwrap_model
 from errors import UserError
 from models import MODEL_DEPTHS, MODEL_FAMILIES, build_model
+from models.torchvision_weights import TorchvisionArch, convert_torchvision_state_dict, detect_torchvision_arch
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +34,13 @@ _COMMON_OPTS = {
 # Family-specific options, same mapping.
 _FAMILY_OPTS: dict[str, dict[str, str]] = {
     "resnet": {"shortcut_type": "resnet_shortcut", "widen_factor": "resnet_widen_factor"},
-    "resnet2p1d": {"shortcut_type": "resnet_shortcut", "widen_factor": "resnet_widen_factor"},
+    "resnet2p1d": {
+        "shortcut_type": "resnet_shortcut",
+        "widen_factor": "resnet_widen_factor",
+        "conv1_mid_planes": "conv1_mid_planes",
+        "block_mid_planes": "block_mid_planes",
+    },
+    "mc3": {"shortcut_type": "resnet_shortcut", "widen_factor": "resnet_widen_factor"},
     "preresnet": {"shortcut_type": "resnet_shortcut", "widen_factor": "resnet_widen_factor"},
     "wideresnet": {"shortcut_type": "resnet_shortcut", "k": "wide_resnet_k"},
     "resnext": {"shortcut_type": "resnet_shortcut", "cardinality": "resnext_cardinality"},
@@ -48,6 +55,8 @@ _DEFAULTS = {
     "resnet_widen_factor": 1.0,
     "wide_resnet_k": 2,
     "resnext_cardinality": 32,
+    "conv1_mid_planes": 0,
+    "block_mid_planes": "per_conv",
 }
 _PLAIN_TYPES = {
     "n_classes": int,
@@ -59,6 +68,8 @@ _PLAIN_TYPES = {
     "k": int,
     "cardinality": int,
     "shortcut_type": str,
+    "conv1_mid_planes": int,
+    "block_mid_planes": str,
 }
 
 
@@ -207,15 +218,35 @@ def load_pretrained_model(model: nn.Module, pretrain_path: str | os.PathLike, n_
     a fresh classifier head with ``n_finetune_classes`` outputs, as the original does."""
     logger.info("loading pretrained model %s", pretrain_path)
     checkpoint = load_checkpoint(pretrain_path)
-    load_state_dict_compat(
-        model,
-        checkpoint["state_dict"],
-        source=f"pretrained file {pretrain_path}",
-        class_flag="--n_pretrain_classes",
-        source_arch=checkpoint.get("arch") if isinstance(checkpoint.get("arch"), str) else None,
-    )
+    source = f"pretrained file {pretrain_path}"
+    torchvision_arch = detect_torchvision_arch(checkpoint["state_dict"])
+    if torchvision_arch is not None:
+        _load_torchvision_weights(model, checkpoint["state_dict"], torchvision_arch, source=source)
+    else:
+        load_state_dict_compat(
+            model,
+            checkpoint["state_dict"],
+            source=source,
+            class_flag="--n_pretrain_classes",
+            source_arch=checkpoint.get("arch") if isinstance(checkpoint.get("arch"), str) else None,
+        )
     unwrap_model(model).reset_classifier(n_finetune_classes)
     return model
+
+
+def _load_torchvision_weights(
+    model: nn.Module, state_dict: Mapping[str, torch.Tensor], arch: TorchvisionArch, *, source: str
+) -> None:
+    """Load a torchvision video ResNet state_dict; on any mismatch, name the flags that fit the file."""
+    logger.info("%s holds torchvision's %s weights; converting them to %s-%d", source, arch.name, arch.family,
+                arch.depth)
+    try:
+        load_state_dict_compat(model, convert_torchvision_state_dict(state_dict, arch), source=source)
+    except UserError:
+        raise UserError(
+            f"{source} holds torchvision's {arch.name} weights, which need the model flags {arch.flags} "
+            "(other model options at their defaults)"
+        ) from None
 
 
 def get_fine_tuning_parameters(model: nn.Module, ft_begin_module: str) -> list[nn.Parameter]:

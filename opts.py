@@ -18,7 +18,7 @@ from datasets.layout import DATASETS, FILE_TYPES, SUBSET_NAMES
 from spatial_transforms import MEAN_STD, get_mean_std
 
 # Kept in sync with models.MODEL_FAMILIES by tests/test_opts.py; a static tuple keeps `-h` free of model imports.
-MODEL_CHOICES = ("densenet", "preresnet", "resnet", "resnet2p1d", "resnext", "wideresnet")
+MODEL_CHOICES = ("densenet", "mc3", "preresnet", "resnet", "resnet2p1d", "resnext", "wideresnet")
 
 # Paths joined onto --root_path when it is given (the original's rule; an absolute path stays absolute).
 _ROOTED_PATHS = ("video_path", "annotation_path", "result_path", "resume_path", "pretrain_path")
@@ -76,7 +76,14 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--no_max_pool", action="store_true", help="Remove the max-pool after the stem")
     g.add_argument("--resnet_shortcut", default="B", type=str, choices=("A", "B"),
                    help="A: zero-padding identity, B: 1x1x1 conv projection")
-    g.add_argument("--resnet_widen_factor", default=1.0, type=float, help="Width multiplier of resnet/resnet2p1d")
+    g.add_argument("--resnet_widen_factor", default=1.0, type=float,
+                   help="Width multiplier of resnet/resnet2p1d/mc3")
+    g.add_argument("--conv1_mid_planes", default=0, type=int,
+                   help="resnet2p1d: channels between the stem's spatial and temporal convs (0: derived as in "
+                        "the original; torchvision's r2plus1d_18 uses 45)")
+    g.add_argument("--block_mid_planes", default="per_conv", type=str, choices=("per_conv", "per_block"),
+                   help="resnet2p1d: middle width of each factorised block conv from its own in/out widths "
+                        "(per_conv, the original) or from the block's (per_block, torchvision)")
     g.add_argument("--wide_resnet_k", default=2, type=int, help="Width factor of wideresnet")
     g.add_argument("--resnext_cardinality", default=32, type=int, help="Groups of resnext")
     g.add_argument("--n_pretrain_classes", default=0, type=int, help="Classes of the --pretrain_path model")
@@ -207,6 +214,8 @@ def _check(parser: argparse.ArgumentParser, opt: argparse.Namespace) -> None:
         problems.append("--lr_scheduler plateau needs validation losses; remove --no_val")
     if opt.pretrain_path is not None and opt.n_pretrain_classes <= 0:
         problems.append("--pretrain_path needs --n_pretrain_classes (the class count of the pretrained model)")
+    if opt.conv1_mid_planes < 0:
+        problems.append(f"--conv1_mid_planes must be >= 0 (got {opt.conv1_mid_planes})")
     if opt.ft_begin_module and opt.pretrain_path is None:
         problems.append("--ft_begin_module only applies when fine-tuning; add --pretrain_path")
     if opt.input_type == "flow" and opt.file_type != "hdf5":

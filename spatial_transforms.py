@@ -30,6 +30,8 @@ MEAN_STD: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]
     "activitynet": ((0.4477, 0.4209, 0.3906), (0.2767, 0.2695, 0.2714)),
     "kinetics": ((0.4345, 0.4051, 0.3775), (0.2768, 0.2713, 0.2737)),
     "0.5": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    # torchvision's video models (r3d_18, mc3_18, r2plus1d_18) were trained with these.
+    "torchvision": ((0.43216, 0.394666, 0.37645), (0.22803, 0.22145, 0.216989)),
 }
 CORNER_SCALES = (1.0, 2 ** -0.25, 2 ** -0.5, 2 ** -0.75, 0.5)
 CORNER_POSITIONS = ("c", "tl", "tr", "bl", "br")

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-from . import densenet, preresnet, resnet, resnet2p1d
+from . import densenet, mc3, preresnet, resnet, resnet2p1d
 from .common import BOTTLENECK_DEPTHS, RESNET_STAGES
 
 MODEL_FAMILIES: dict[str, Callable[..., nn.Module]] = {}
@@ -31,6 +31,7 @@ register_family("preresnet", preresnet.generate_model, tuple(RESNET_STAGES))
 register_family("wideresnet", resnet.generate_wide_model, BOTTLENECK_DEPTHS)
 register_family("resnext", resnet.generate_resnext_model, BOTTLENECK_DEPTHS)
 register_family("densenet", densenet.generate_model, tuple(densenet.DENSENET_BLOCKS))
+register_family("mc3", mc3.generate_model, tuple(mc3.MC3_STAGES))
 
 
 def build_model(family: str, depth: int, **kwargs) -> nn.Module:

@@ -42,6 +42,11 @@ def conv3x3x3(in_planes: int, out_planes: int, stride: int = 1, groups: int = 1)
     return nn.Conv3d(in_planes, out_planes, kernel_size=3, stride=stride, padding=1, groups=groups, bias=False)
 
 
+def conv1x3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv3d:
+    """Spatial-only 3x3 conv: stride ``stride`` in height and width, none in time."""
+    return nn.Conv3d(in_planes, out_planes, (1, 3, 3), stride=(1, stride, stride), padding=(0, 1, 1), bias=False)
+
+
 def mid_planes_2p1d(in_planes: int, out_planes: int, kernel: tuple[int, int, int]) -> int:
     """Width between the spatial and temporal convs of a (2+1)D factorisation.
 
@@ -59,21 +64,31 @@ class ZeroPadShortcut(nn.Module):
     through the identity part; the module holds no parameters or buffers, so no state_dict keys.
     """
 
-    def __init__(self, out_planes: int, stride: int) -> None:
+    def __init__(self, out_planes: int, stride: int | tuple[int, int, int]) -> None:
         super().__init__()
         self.out_planes = out_planes
-        self.stride = stride
+        self.stride = _triple(stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.stride != 1:
-            x = x[:, :, :: self.stride, :: self.stride, :: self.stride]
+        if self.stride != (1, 1, 1):
+            st, sh, sw = self.stride
+            x = x[:, :, ::st, ::sh, ::sw]
         # F.pad pads the last dims first: (W, W, H, H, T, T, C_before, C_after).
         return F.pad(x, (0, 0, 0, 0, 0, 0, 0, self.out_planes - x.shape[1]))
 
 
-def make_shortcut(shortcut_type: str, in_planes: int, out_planes: int, stride: int) -> nn.Module | None:
-    """The projection for the first block of a stage, or None when the identity fits."""
-    if stride == 1 and in_planes == out_planes:
+def _triple(stride: int | tuple[int, int, int]) -> tuple[int, int, int]:
+    return (stride, stride, stride) if isinstance(stride, int) else tuple(stride)
+
+
+def make_shortcut(
+    shortcut_type: str, in_planes: int, out_planes: int, stride: int | tuple[int, int, int]
+) -> nn.Module | None:
+    """The projection for the first block of a stage, or None when the identity fits.
+
+    ``stride`` is one int for all three dims or a (t, h, w) tuple (mixed-convolution stages keep time).
+    """
+    if _triple(stride) == (1, 1, 1) and in_planes == out_planes:
         return None
     if shortcut_type == "A":
         return ZeroPadShortcut(out_planes, stride)

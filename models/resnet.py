@@ -6,6 +6,8 @@ checkpoints load with ``strict=True``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -25,16 +27,24 @@ from .common import (
 
 
 class BasicBlock(nn.Module):
-    """Two 3x3x3 convs with an identity or projection shortcut."""
+    """Two 3x3x3 convs (or ``conv``-built ones) with an identity or projection shortcut."""
 
     expansion = 1
 
-    def __init__(self, in_planes: int, planes: int, *, stride: int = 1, downsample: nn.Module | None = None) -> None:
+    def __init__(
+        self,
+        in_planes: int,
+        planes: int,
+        *,
+        stride: int = 1,
+        downsample: nn.Module | None = None,
+        conv: Callable[..., nn.Conv3d] = conv3x3x3,
+    ) -> None:
         super().__init__()
-        self.conv1 = conv3x3x3(in_planes, planes, stride)
+        self.conv1 = conv(in_planes, planes, stride)
         self.bn1 = nn.BatchNorm3d(planes)
         self.relu = nn.ReLU(inplace=True)
-        self.conv2 = conv3x3x3(planes, planes)
+        self.conv2 = conv(planes, planes)
         self.bn2 = nn.BatchNorm3d(planes)
         self.downsample = downsample
 
@@ -124,6 +134,7 @@ class ResNet(ClassifierHeadMixin, nn.Module):
         no_max_pool: skip the stem max-pool.
         shortcut_type: 'A' (parameter-free zero padding) or 'B' (1x1x1 conv + BN) projections.
         block_kwargs: extra keyword arguments for every block (e.g. ``cardinality``).
+        stem_kwargs: extra keyword arguments for the stem builder of a subclass.
     """
 
     def __init__(
@@ -139,19 +150,26 @@ class ResNet(ClassifierHeadMixin, nn.Module):
         no_max_pool: bool = False,
         shortcut_type: str = "B",
         block_kwargs: dict | None = None,
+        stem_kwargs: dict | None = None,
     ) -> None:
         super().__init__()
-        self._build_stem(n_input_channels, widths[0], conv1_t_size=conv1_t_size, conv1_t_stride=conv1_t_stride)
+        self._build_stem(
+            n_input_channels,
+            widths[0],
+            conv1_t_size=conv1_t_size,
+            conv1_t_stride=conv1_t_stride,
+            **(stem_kwargs or {}),
+        )
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.Identity() if no_max_pool else nn.MaxPool3d(kernel_size=3, stride=2, padding=1)
         in_planes = widths[0]
         for index, (planes, n_blocks) in enumerate(zip(widths, layers, strict=True)):
             stage = self._make_stage(
+                index,
                 block,
                 in_planes,
                 planes,
                 n_blocks,
-                stride=1 if index == 0 else 2,
                 shortcut_type=shortcut_type,
                 block_kwargs=block_kwargs or {},
             )
@@ -168,17 +186,19 @@ class ResNet(ClassifierHeadMixin, nn.Module):
     def _forward_stem(self, x: torch.Tensor) -> torch.Tensor:
         return self.relu(self.bn1(self.conv1(x)))
 
-    @staticmethod
     def _make_stage(
+        self,
+        index: int,
         block: type[nn.Module],
         in_planes: int,
         planes: int,
         n_blocks: int,
         *,
-        stride: int,
         shortcut_type: str,
         block_kwargs: dict,
     ) -> nn.Sequential:
+        """Stage ``index`` (0-based): the first stage keeps the resolution, the others halve T, H and W."""
+        stride = 1 if index == 0 else 2
         out_planes = planes * block.expansion
         downsample = make_shortcut(shortcut_type, in_planes, out_planes, stride)
         blocks = [block(in_planes, planes, stride=stride, downsample=downsample, **block_kwargs)]

@@ -39,13 +39,14 @@ def small_kwargs(family: str, depth: int) -> dict:
 
 
 def test_registry_lists_every_family_and_depth():
-    assert sorted(MODEL_FAMILIES) == ["densenet", "preresnet", "resnet", "resnet2p1d", "resnext", "wideresnet"]
+    assert sorted(MODEL_FAMILIES) == ["densenet", "mc3", "preresnet", "resnet", "resnet2p1d", "resnext", "wideresnet"]
     assert MODEL_DEPTHS["resnet"] == (10, 18, 34, 50, 101, 152, 200)
     assert MODEL_DEPTHS["resnet2p1d"] == (10, 18, 34, 50, 101, 152, 200)
     assert set(MODEL_DEPTHS["preresnet"]) >= {18, 34, 50, 101, 152, 200}
     assert MODEL_DEPTHS["wideresnet"][0] == 50
     assert MODEL_DEPTHS["resnext"] == (50, 101, 152, 200)
     assert MODEL_DEPTHS["densenet"] == (121, 169, 201, 264)
+    assert MODEL_DEPTHS["mc3"] == (10, 18, 34)
 
 
 @pytest.mark.parametrize(("family", "depth"), ALL_MODELS, ids=[f"{f}-{d}" for f, d in ALL_MODELS])
@@ -137,7 +138,7 @@ def test_bad_family_or_depth_lists_valid_values():
         build_model("resnet", 42)
     with pytest.raises(ValueError, match="121, 169, 201, 264"):
         build_model("densenet", 50)
-    with pytest.raises(ValueError, match="densenet, preresnet, resnet"):
+    with pytest.raises(ValueError, match="densenet, mc3, preresnet, resnet"):
         build_model("vgg", 16)
 
 
