@@ -2,7 +2,13 @@
 
 ``parse_opts(argv)`` parses and then resolves once: paths are joined onto ``--root_path``, derived
 fields (``arch``, ``mean``, ``std``, ``n_input_channels``, ``n_finetune_classes``, ...) are added and
-impossible combinations are rejected with ``parser.error``. Nothing is changed after that.
+impossible combinations are rejected with ``parser.error``. It also records ``explicit_flags``: the
+names of the options given on the command line (so a tool can tell a default from a choice).
+
+``batch_size`` and ``n_threads`` are totals over all processes; once a process knows the world size,
+``share_per_process`` adds its share as ``process_batch_size`` and ``process_n_threads`` (what the data
+loaders use). Nothing else is changed after parsing. ``explicit_flags`` and the per-process fields
+are not options: opts.json and checkpoints leave them out.
 """
 
 from __future__ import annotations
@@ -14,20 +20,17 @@ from pathlib import Path
 
 import torch
 
+from spatial_transforms import MEAN_STD, get_mean_std
+
 # Kept in sync with models.MODEL_FAMILIES by tests/test_opts.py; a static tuple keeps `-h` free of model imports.
 MODEL_CHOICES = ("densenet", "preresnet", "resnet", "resnet2p1d", "resnext", "wideresnet")
 DATASET_CHOICES = ("kinetics", "activitynet", "ucf101", "hmdb51", "mit")
 
-# Per-channel (R, G, B) statistics for inputs in [0, 1]; multiplied by --value_scale.
-MEAN_STD = {
-    "activitynet": ((0.4477, 0.4209, 0.3906), (0.2767, 0.2695, 0.2714)),
-    "kinetics": ((0.4345, 0.4051, 0.3775), (0.2768, 0.2713, 0.2737)),
-    "0.5": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
-}
-
 # Paths joined onto --root_path when it is given (the original's rule; an absolute path stays absolute).
 _ROOTED_PATHS = ("video_path", "annotation_path", "result_path", "resume_path", "pretrain_path")
 RESUME_AUTO = "auto"
+# Fields that describe this run's processes rather than options (not written to opts.json or checkpoints).
+RUNTIME_FIELDS = ("explicit_flags", "process_batch_size", "process_n_threads")
 
 
 def _add_data_args(parser: argparse.ArgumentParser) -> None:
@@ -188,10 +191,31 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_opts(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse ``argv`` (default: sys.argv) and resolve derived options; exits with a message on bad input."""
     parser = build_parser()
-    opt = parser.parse_args(argv)
+    opt = _parse_recording_explicit(parser, argv)
     _check(parser, opt)
     _resolve(opt)
     return opt
+
+
+def _parse_recording_explicit(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse ``argv``, setting ``opt.explicit_flags`` to the names of the options it gives."""
+    defaults = vars(parser.parse_args([]))
+    unset = object()
+    # argparse fills in defaults only for names the namespace lacks, so preset names stay unset unless given.
+    opt = parser.parse_args(argv, namespace=argparse.Namespace(**dict.fromkeys(defaults, unset)))
+    explicit = frozenset(name for name, value in vars(opt).items() if value is not unset)
+    for name, default in defaults.items():
+        if name not in explicit:
+            setattr(opt, name, default)
+    opt.explicit_flags = explicit
+    return opt
+
+
+def share_per_process(opt: argparse.Namespace, *, world_size: int, local_world_size: int) -> None:
+    """Set ``opt.process_batch_size`` and ``opt.process_n_threads``: this process's share of the totals
+    --batch_size (over all processes) and --n_threads (over the processes of this node)."""
+    opt.process_batch_size = opt.batch_size // world_size
+    opt.process_n_threads = -(-opt.n_threads // max(local_world_size, 1))
 
 
 def _cuda_wanted(opt: argparse.Namespace) -> bool:
@@ -247,17 +271,21 @@ def _resolve(opt: argparse.Namespace) -> None:
         # The model is built with the pretrained class count first, then its head is replaced.
         opt.n_finetune_classes = opt.n_classes
         opt.n_classes = opt.n_pretrain_classes
-    if opt.output_topk <= 0:
+    if opt.output_topk <= 0 and opt.predict is None:  # --predict: all classes of the checkpoint's model
         opt.output_topk = opt.n_classes
     if opt.inference_batch_size == 0:
         opt.inference_batch_size = opt.batch_size
     if opt.precision is None:
         opt.precision = "bf16" if _cuda_wanted(opt) else "fp32"
     opt.arch = f"{opt.model}-{opt.model_depth}"
-    opt.begin_epoch = 1
-    mean, std = MEAN_STD[opt.mean_dataset]
-    opt.mean = [m * opt.value_scale for m in mean]
-    opt.std = [s * opt.value_scale for s in std]
+    opt.begin_epoch = 1  # not read here; kept because the original's opts.json has it
+    resolve_input(opt)
+
+
+def resolve_input(opt: argparse.Namespace) -> None:
+    """Set ``n_input_channels`` and the per-channel ``mean``/``std`` from --input_type, --mean_dataset and
+    --value_scale (again after a tool changes those, as --predict does with a checkpoint's settings)."""
+    opt.mean, opt.std = get_mean_std(opt.value_scale, opt.mean_dataset)
     opt.n_input_channels = 3
     if opt.input_type == "flow":
         opt.n_input_channels = 2
@@ -266,7 +294,7 @@ def _resolve(opt: argparse.Namespace) -> None:
 
 def opts_to_plain(opt: argparse.Namespace) -> dict:
     """vars(opt) with Paths as strings: JSON-serialisable and safe inside weights_only checkpoints."""
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(opt).items()}
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(opt).items() if k not in RUNTIME_FIELDS}
 
 
 def save_opts(opt: argparse.Namespace, result_path: Path) -> Path:
