@@ -77,8 +77,20 @@ def _add_transform_args(parser: argparse.ArgumentParser) -> None:
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("model")
-    g.add_argument("--model", default="resnet", type=str, choices=MODEL_CHOICES, help="Model family")
-    g.add_argument("--model_depth", default=18, type=int, help="Depth of the model (valid values per family)")
+    add_architecture_args(g)
+    g.add_argument("--n_pretrain_classes", default=0, type=int, help="Classes of the --pretrain_path model")
+    g.add_argument("--pretrain_path", default=None, type=Path, help="Pretrained checkpoint to fine-tune from")
+    g.add_argument("--ft_begin_module", default="", type=str,
+                   help="Train only from this top-level module on (e.g. layer4, fc); '' trains everything")
+
+
+def add_architecture_args(g: argparse._ArgumentGroup, *, from_file: bool = False) -> None:
+    """The flags that describe an architecture (but the class count and input channels), for main.py and for
+    tools that load a trained file (``from_file``: --model/--model_depth then default to the file's arch)."""
+    g.add_argument("--model", default=None if from_file else "resnet", type=str, choices=MODEL_CHOICES,
+                   help="Model family" + (" (default: the file's arch)" if from_file else ""))
+    g.add_argument("--model_depth", default=None if from_file else 18, type=int,
+                   help="Depth of the model (valid values per family)")
     g.add_argument("--conv1_t_size", default=7, type=int, help="Temporal kernel size of the stem conv")
     g.add_argument("--conv1_t_stride", default=1, type=int, help="Temporal stride of the stem conv")
     g.add_argument("--no_max_pool", action="store_true", help="Remove the max-pool after the stem")
@@ -87,10 +99,6 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--resnet_widen_factor", default=1.0, type=float, help="Width multiplier of resnet/resnet2p1d")
     g.add_argument("--wide_resnet_k", default=2, type=int, help="Width factor of wideresnet")
     g.add_argument("--resnext_cardinality", default=32, type=int, help="Groups of resnext")
-    g.add_argument("--n_pretrain_classes", default=0, type=int, help="Classes of the --pretrain_path model")
-    g.add_argument("--pretrain_path", default=None, type=Path, help="Pretrained checkpoint to fine-tune from")
-    g.add_argument("--ft_begin_module", default="", type=str,
-                   help="Train only from this top-level module on (e.g. layer4, fc); '' trains everything")
 
 
 def _add_optim_args(parser: argparse.ArgumentParser) -> None:

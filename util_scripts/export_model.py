@@ -23,7 +23,7 @@ from torch import nn
 from checkpoint import load_checkpoint
 from errors import UserError
 from model import MODEL_FLAGS, model_from_checkpoint
-from models import MODEL_FAMILIES
+from opts import add_architecture_args
 from util_scripts.common import run_cli
 
 logger = logging.getLogger(__name__)
@@ -40,17 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset version")
     parser.add_argument("--atol", type=float, default=1e-4, help="largest accepted |exported - eager| difference")
     g = parser.add_argument_group("model (only for files without arch/model_kwargs, e.g. the original's)")
-    g.add_argument("--model", default=None, choices=sorted(MODEL_FAMILIES), help="model family")
-    g.add_argument("--model_depth", type=int, default=None, help="depth")
+    add_architecture_args(g, from_file=True)
     g.add_argument("--n_classes", type=int, default=None, help="classes (default: read from the file)")
     g.add_argument("--n_input_channels", type=int, default=3, help="3 for rgb, 2 for flow")
-    g.add_argument("--conv1_t_size", type=int, default=7)
-    g.add_argument("--conv1_t_stride", type=int, default=1)
-    g.add_argument("--no_max_pool", action="store_true")
-    g.add_argument("--resnet_shortcut", default="B", choices=("A", "B"))
-    g.add_argument("--resnet_widen_factor", type=float, default=1.0)
-    g.add_argument("--wide_resnet_k", type=int, default=2)
-    g.add_argument("--resnext_cardinality", type=int, default=32)
     return parser
 
 
