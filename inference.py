@@ -121,7 +121,7 @@ def run_inference(model: nn.Module, loader: Iterable, device: torch.device, *, c
     n_batches, start = len(loader), time.perf_counter()
     with torch.inference_mode():
         for i, (clips, targets) in enumerate(loader, start=1):
-            clips, _ = prepare_batch(clips, None, device, normalizer)
+            clips, _ = prepare_batch(clips, None, device, normalizer, keep_layout=True)
             with autocast(device, precision):
                 outputs = model(clips)
             scores = torch.softmax(outputs.float(), dim=1)

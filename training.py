@@ -38,19 +38,21 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     return torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None)
 
 
-def prepare_batch(clips: torch.Tensor, targets: torch.Tensor | None, device: torch.device,
-                  normalizer: Callable | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+def prepare_batch(clips: torch.Tensor, targets: torch.Tensor | None, device: torch.device, normalizer: Callable | None,
+                  *, keep_layout: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Move a batch to ``device`` and turn uint8 (N, T, H, W, C) clips into normalised float (N, C, T, H, W).
 
     ``targets`` (labels) move along; None (inference batches, whose targets are not tensors) stays None.
+    On the CPU the clips get the default layout unless ``keep_layout`` (inference keeps the normaliser's
+    channels_last_3d, so its scores stay bit-identical to what it always wrote).
     """
     clips = clips.to(device, non_blocking=True)
     if targets is not None:
         targets = targets.to(device, non_blocking=True)
     if normalizer is not None:
         clips = normalizer(clips)
-    if clips.device.type == "cpu":
-        # CPU models stay in the default layout (main.py); channels_last_3d input measured ~25% slower there.
+    if clips.device.type == "cpu" and not keep_layout:
+        # CPU models stay in the default layout (model.py); channels_last_3d input measured ~25% slower there.
         clips = clips.contiguous()
     return clips, targets
 
