@@ -105,11 +105,7 @@ def read_class_names(path: Path) -> list[str]:
 
 
 def take_clip_settings(opt: argparse.Namespace, payload: dict) -> None:
-    """Give `opt` the clip settings of the checkpoint's options that the command line did not set; the input is RGB.
-
-    --output_topk keeps its own default of 5 here (the training CLI turns <= 0 into --n_classes, which
-    need not be the checkpoint's class count); <= 0 means all classes.
-    """
+    """Give `opt` the clip settings of the checkpoint's options that the command line did not set; the input is RGB."""
     stored = payload.get("options") or {}
     taken = {k: stored[k] for k in CLIP_OPTIONS if k in stored and k not in opt.explicit_flags}
     if taken:
@@ -204,6 +200,7 @@ def predict_videos(net: nn.Module, videos: Sequence[VideoToPredict], opt: argpar
 
 
 def _results(videos: Sequence[VideoToPredict], scores: VideoScoreAggregator, opt: argparse.Namespace) -> dict:
+    # --output_topk <= 0 means all classes of the checkpoint's model (opts leaves it unresolved for --predict).
     k = opt.output_topk if opt.output_topk > 0 else len(scores.class_names)
 
     def top(values: torch.Tensor) -> list[dict]:
