@@ -7,16 +7,22 @@ instead of being allowed to run code.
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from errors import UserError
+from opts import RESUME_AUTO
+from utils import capture_rng_state
+
+log = logging.getLogger(__name__)
 
 # Wrappers that prefix state_dict keys: DataParallel/DDP ("module.") and torch.compile ("_orig_mod.").
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
@@ -128,3 +134,57 @@ def unwrap_model(model: nn.Module) -> nn.Module:
             model = model._orig_mod
         else:
             return model
+
+
+@dataclass
+class Resume:
+    """A checkpoint to continue from (or only to take weights from, with --no_train)."""
+
+    path: Path
+    payload: dict = field(repr=False)
+
+    @property
+    def epoch(self) -> int:
+        return int(self.payload.get("epoch", 0))
+
+
+def find_resume(resume_path: str | os.PathLike | None, result_path: str | os.PathLike) -> Resume | None:
+    """The checkpoint --resume_path names; for 'auto', the newest readable save_*.pth in ``result_path``."""
+    if resume_path is None:
+        return None
+    if str(resume_path) != RESUME_AUTO:
+        return Resume(Path(resume_path), load_checkpoint(resume_path))
+    for stale in Path(result_path).glob(".save_*.pth.*.tmp"):  # left by a process killed mid-write
+        stale.unlink(missing_ok=True)
+    candidates = sorted(Path(result_path).glob("save_*.pth"), key=_epoch_of, reverse=True)
+    for path in candidates:
+        try:
+            payload = load_checkpoint(path)
+        except UserError as e:  # a damaged file from an earlier crash: fall back to the previous one
+            log.warning("skipping %s: %s", path, e)
+            continue
+        log.info("resuming from %s", path)
+        return Resume(path, payload)
+    log.info("--resume_path auto: no checkpoint in %s, starting fresh", result_path)
+    return None
+
+
+def _epoch_of(path: Path) -> int:
+    try:
+        return int(path.stem.split("_", 1)[1])
+    except (IndexError, ValueError):
+        return -1
+
+
+def training_payload(epoch: int, *, model: nn.Module, arch: str, model_kwargs: Mapping, optimizer, scheduler,
+                     scaler, class_names: Sequence[str], options: Mapping) -> dict:
+    """What save_{epoch}.pth holds: weights, optimiser/scheduler/scaler/RNG state to resume exactly, and the
+    model description (``arch``, ``model_kwargs`` with the actual head size), class names and options."""
+    bare = unwrap_model(model)
+    kwargs = {**model_kwargs, "n_classes": bare.get_classifier().out_features}
+    payload = {"epoch": epoch, "arch": arch, "state_dict": strip_wrapper_prefixes(bare.state_dict()),
+               "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": capture_rng_state(),
+               "model_kwargs": kwargs, "class_names": list(class_names), "options": dict(options)}
+    if scaler is not None:
+        payload["scaler"] = scaler.state_dict()
+    return payload

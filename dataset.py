@@ -3,7 +3,8 @@
 Batches: training and validation -> (clips, targets) with clips uint8 (N, T, H, W, C) (float32
 (N, C, T, H, W) already normalised when opt.normalize_in_workers) and targets LongTensor (N,);
 validation flattens all clips of its videos. Inference -> (clips, [[video_id, [begin, end]], ...]).
-`opt.batch_size` / `opt.inference_batch_size` are per process. No torchvision anywhere.
+Sizes are per process: `opt.process_batch_size` / `opt.process_n_threads` (opts.share_per_process), else
+`opt.batch_size` / `opt.n_threads`; `opt.inference_batch_size` as given. No torchvision anywhere.
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ def build_dataset(opt, split: str, *, problems: DataProblems | None = None) -> V
         split, sample_duration=opt.sample_duration, sample_t_stride=opt.sample_t_stride,
         train_t_crop=opt.train_t_crop, n_val_samples=opt.n_val_samples, inference_stride=opt.inference_stride,
         inference_n_clips=opt.inference_n_clips)
-    problems = problems or DataProblems(max_workers=opt.n_threads)
+    problems = problems or DataProblems(max_workers=_per_process(opt, "n_threads"))
     reader = _reader(opt)
     check_frames_fit(reader, records, opt.sample_size)
     loader = ClipLoader(reader, spatial, problems, draft=not opt.exact_decode)
@@ -92,13 +93,18 @@ def build_dataset(opt, split: str, *, problems: DataProblems | None = None) -> V
 
 def _loader(dataset: VideoClipDataset, sampler: EpochShardSampler, *, batch_size: int, opt, dist,
             collate_fn=None) -> DataLoader:
-    workers = opt.n_threads
+    workers = _per_process(opt, "n_threads")
     device = getattr(dist, "device", None)
     return DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate_fn,
         pin_memory=device is not None and torch.device(device).type == "cuda",
         persistent_workers=workers > 0, prefetch_factor=PREFETCH_FACTOR if workers > 0 else None,
         worker_init_fn=seed_worker, generator=torch.Generator().manual_seed(opt.manual_seed))
+
+
+def _per_process(opt, name: str) -> int:
+    """This process's share of a total option (set by opts.share_per_process), else the option itself."""
+    return getattr(opt, f"process_{name}", getattr(opt, name))
 
 
 def _world(dist) -> tuple[int, int]:
@@ -110,7 +116,7 @@ def build_train_loader(opt, dist) -> tuple[DataLoader, EpochShardSampler]:
     dataset = build_dataset(opt, "train")
     rank, world_size = _world(dist)
     sampler = EpochShardSampler(len(dataset), shuffle=True, seed=opt.manual_seed, rank=rank, world_size=world_size)
-    return _loader(dataset, sampler, batch_size=opt.batch_size, opt=opt, dist=dist), sampler
+    return _loader(dataset, sampler, batch_size=_per_process(opt, "batch_size"), opt=opt, dist=dist), sampler
 
 
 def build_val_loader(opt, dist) -> DataLoader:
@@ -118,7 +124,7 @@ def build_val_loader(opt, dist) -> DataLoader:
     dataset = build_dataset(opt, "val")
     rank, world_size = _world(dist)
     sampler = EpochShardSampler(len(dataset), shuffle=False, seed=opt.manual_seed, rank=rank, world_size=world_size)
-    videos = max(1, opt.batch_size // opt.n_val_samples)
+    videos = max(1, _per_process(opt, "batch_size") // opt.n_val_samples)
     return _loader(dataset, sampler, batch_size=videos, opt=opt, dist=dist, collate_fn=collate_clips)
 
 
@@ -127,7 +133,7 @@ def build_inference_loader(opt, dist) -> DataLoader:
     dataset = build_dataset(opt, "inference")
     rank, world_size = _world(dist)
     sampler = EpochShardSampler(len(dataset), shuffle=False, seed=opt.manual_seed, rank=rank, world_size=world_size)
-    videos = opt.inference_batch_size or opt.batch_size
+    videos = opt.inference_batch_size or _per_process(opt, "batch_size")
     return _loader(dataset, sampler, batch_size=videos, opt=opt, dist=dist, collate_fn=collate_clips)
 
 

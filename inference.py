@@ -7,6 +7,7 @@ Output schema (``{subset}.json``):
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import time
@@ -16,9 +17,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from training import autocast
+import dataset
+from datasets.annotations import read_records
+from datasets.layout import SUBSET_NAMES
+from distributed import DistInfo, barrier, gather_objects
+from training import autocast, prepare_batch
 
 log = logging.getLogger(__name__)
+
 
 
 class VideoScoreAggregator:
@@ -61,16 +67,17 @@ class VideoScoreAggregator:
             groups.setdefault(tuple(segment), []).append(scores)
         return [(list(seg), torch.stack(s).mean(dim=0)) for seg, s in groups.items()]
 
-    def _top(self, scores: torch.Tensor, k: int) -> list[dict]:
+    def top(self, scores: torch.Tensor, k: int) -> list[dict]:
+        """The ``k`` best classes of a score vector, best first: [{"label": name, "score": float}, ...]."""
         values, indices = scores.topk(min(k, scores.numel()))
         return [{"label": self.class_names[i], "score": v} for v, i in zip(values.tolist(), indices.tolist())]
 
     def finalize(self, topk: int, *, average: bool = True) -> dict:
         """The results dict of the original's JSON schema (averaged per video, or one entry per clip)."""
         if average:
-            results = {vid: self._top(s, topk) for vid, s in self.video_scores().items()}
+            results = {vid: self.top(s, topk) for vid, s in self.video_scores().items()}
         else:
-            results = {vid: [{"segment": seg, "result": self._top(s, topk)} for seg, s in self.segment_scores(vid)]
+            results = {vid: [{"segment": seg, "result": self.top(s, topk)} for seg, s in self.segment_scores(vid)]
                        for vid in self.clips}
         return {"results": results}
 
@@ -114,9 +121,7 @@ def run_inference(model: nn.Module, loader: Iterable, device: torch.device, *, c
     n_batches, start = len(loader), time.perf_counter()
     with torch.inference_mode():
         for i, (clips, targets) in enumerate(loader, start=1):
-            clips = clips.to(device, non_blocking=True)
-            if normalizer is not None:
-                clips = normalizer(clips)
+            clips, _ = prepare_batch(clips, None, device, normalizer, keep_layout=True)
             with autocast(device, precision):
                 outputs = model(clips)
             scores = torch.softmax(outputs.float(), dim=1)
@@ -132,3 +137,56 @@ def write_results(path: str | Path, results: dict) -> Path:
     with open(path, "w") as f:
         json.dump(results, f)
     return path
+
+
+def eval_view(net: nn.Module) -> nn.Module:
+    """The module to evaluate: the one inside DDP, whose own forward would sync buffers (a collective all ranks
+    must join)."""
+    return net.module if isinstance(net, nn.parallel.DistributedDataParallel) else net
+
+
+def infer_subset(opt: argparse.Namespace, net: nn.Module, dist: DistInfo, normalizer) -> None:
+    """--inference: score --inference_subset on every rank; the main process merges the ranks' clips and writes
+    {subset}.json (in dataset order) and prints the accuracies when the videos have labels."""
+    log.info("inference on the %s subset", opt.inference_subset)
+    loader = dataset.build_inference_loader(opt, dist)
+    class_names = dataset.get_class_names(opt)
+    aggregator = run_inference(eval_view(net), loader, dist.device, class_names=class_names,
+                               normalizer=normalizer, precision=opt.precision, show_progress=dist.is_main,
+                               log_interval=opt.log_interval)
+    parts = gather_objects(aggregator.clips)
+    if dist.is_main:
+        merged = VideoScoreAggregator(class_names)
+        for clips in parts:
+            part = VideoScoreAggregator(class_names)
+            part.clips = clips
+            merged.merge(part)
+        records = _inference_records(opt, loader)
+        merged.reorder([r.video_id for r in records])
+        path = write_results(Path(opt.result_path) / f"{opt.inference_subset}.json",
+                             merged.finalize(opt.output_topk, average=not opt.inference_no_average))
+        log.info("wrote %s (%d videos)", path, len(merged.clips))
+        report_video_accuracy(opt, merged, {r.video_id: r.label for r in records})
+    barrier()
+
+
+def _inference_records(opt: argparse.Namespace, loader) -> list:
+    """The video records of the inference subset, in dataset order (for output order and labels)."""
+    records = getattr(loader.dataset, "records", None)
+    if records is None:
+        records, _ = read_records(opt.annotation_path, opt.video_path, dataset=opt.dataset,
+                                  subset=SUBSET_NAMES[opt.inference_subset], file_type=opt.file_type,
+                                  untrimmed=True)
+    return list(records)
+
+
+def report_video_accuracy(opt: argparse.Namespace, aggregator: VideoScoreAggregator, labels: dict) -> dict | None:
+    """Print clip-level and video-level top-1 accuracy (when the videos have labels); returns the report."""
+    report = aggregator.accuracy_report(labels)
+    if report is not None:
+        views = f"{opt.inference_n_clips or 'sliding'} clips x {opt.inference_n_crops} crops"
+        print(f"clip-level top-1 accuracy on {opt.inference_subset}: {report['clip_acc']:.4f} ({report['clips']} "
+              f"clips, {views})")
+        print(f"video-level top-1 accuracy on {opt.inference_subset}: {report['video_acc']:.4f} "
+              f"({report['videos']} videos)")
+    return report

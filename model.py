@@ -11,12 +11,13 @@ import logging
 import os
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from checkpoint import load_checkpoint, strip_wrapper_prefixes, unwrap_model
+from checkpoint import Resume, load_checkpoint, strip_wrapper_prefixes, unwrap_model
 from errors import UserError
 from models import MODEL_DEPTHS, MODEL_FAMILIES, build_model
 from models.torchvision_weights import TorchvisionArch, convert_torchvision_state_dict, detect_torchvision_arch
@@ -107,6 +108,60 @@ def build_model_from_checkpoint_info(arch: str, model_kwargs: Mapping) -> nn.Mod
     if match is None:
         raise UserError(f"cannot parse arch {arch!r}: expected '<model>-<depth>' such as 'resnet-50'")
     return _build(match.group(1), int(match.group(2)), dict(model_kwargs))
+
+
+# The option names that describe an architecture (what a file without `model_kwargs` needs from the flags).
+MODEL_FLAGS = ("model", "model_depth", *_COMMON_OPTS.values(),
+               *sorted({flag for flags in _FAMILY_OPTS.values() for flag in flags.values()}))
+# Classifier weights of the families (ResNets: fc, DenseNet: classifier); their first dimension is the class count.
+_CLASSIFIER_KEYS = ("fc.weight", "classifier.weight")
+
+
+@dataclass
+class LoadedModel:
+    """A trained model rebuilt from a checkpoint (eval mode, CPU) and what callers need next to it."""
+
+    model: nn.Module
+    arch: str
+    model_kwargs: dict
+    class_names: list[str] | None  # None when the file stores none
+
+
+def model_from_checkpoint(payload: Mapping, overrides: Mapping | None = None, *,
+                          source: str = "checkpoint") -> LoadedModel:
+    """Rebuild the model a checkpoint (as `load_checkpoint` returns it) holds and load its weights strictly.
+
+    Checkpoints of this toolkit describe themselves (``arch`` + ``model_kwargs``). For other files (the
+    original's releases, bare state_dicts) the architecture comes from ``overrides``: model flags by option
+    name (``model``, ``model_depth``, ``resnet_shortcut``, ...; see MODEL_FLAGS), the ones a user gave.
+    ``model``/``model_depth`` default to the file's ``arch``, ``n_classes`` to its classifier's size and
+    the rest to the flags' defaults. ``source`` names the file in error messages.
+    """
+    state_dict = strip_wrapper_prefixes(payload["state_dict"])
+    stored_arch = payload.get("arch") if isinstance(payload.get("arch"), str) else None
+    if stored_arch and isinstance(payload.get("model_kwargs"), Mapping):
+        arch, kwargs = stored_arch, dict(payload["model_kwargs"])
+    else:
+        arch, kwargs = _description_from_flags(dict(overrides or {}), stored_arch, state_dict, source)
+    net = build_model_from_checkpoint_info(arch, kwargs)
+    load_state_dict_compat(net, state_dict, source=source, source_arch=stored_arch)
+    names = payload.get("class_names")
+    return LoadedModel(net.eval(), arch, kwargs, list(names) if names else None)
+
+
+def _description_from_flags(flags: dict, stored_arch: str | None, state_dict: Mapping,
+                            source: str) -> tuple[str, dict]:
+    if flags.get("model") is None or flags.get("model_depth") is None:
+        if stored_arch is None:
+            raise UserError(f"{source} does not say which model it holds: give --model and --model_depth")
+        flags["model"], flags["model_depth"] = stored_arch.rsplit("-", 1)
+    if flags.get("n_classes") is None:
+        heads = [state_dict[k] for k in _CLASSIFIER_KEYS if k in state_dict]
+        if not heads:
+            raise UserError(f"cannot read the class count from {source}: give --n_classes")
+        flags["n_classes"] = heads[0].shape[0]
+    opt = argparse.Namespace(**{k: v for k, v in flags.items() if v is not None})
+    return f"{opt.model}-{int(opt.model_depth)}", model_kwargs_from_opts(opt)
 
 
 def load_state_dict_compat(
@@ -276,6 +331,40 @@ def get_fine_tuning_parameters(model: nn.Module, ft_begin_module: str) -> list[n
     return selected
 
 
+def model_for_run(opt: argparse.Namespace, dist, resume: Resume | None) -> nn.Module:
+    """main.py's bare model on ``dist.device``: built from the flags, pretrained head swapped, resumed weights
+    loaded, size logged on the main process, BatchNorm synchronised if asked."""
+    net = generate_model(opt)
+    if opt.pretrain_path is not None:
+        if resume is None:
+            logger.info("loading pretrained model %s", opt.pretrain_path)
+            net = load_pretrained_model(net, opt.pretrain_path, opt.n_finetune_classes)
+        else:  # the resumed weights replace the pretrained ones anyway; only the head shape matters
+            net.reset_classifier(opt.n_finetune_classes)
+    if resume is not None:
+        arch = resume.payload.get("arch")
+        if arch is not None and arch != opt.arch:
+            raise UserError(f"{resume.path} holds a {arch} model but the flags ask for {opt.arch} "
+                            "(check --model and --model_depth)")
+        load_state_dict_compat(net, resume.payload["state_dict"], source=f"checkpoint {resume.path}",
+                               source_arch=arch)
+        logger.info("loaded weights of epoch %d from %s", resume.epoch, resume.path)
+    sample = (1, opt.n_input_channels, opt.sample_duration, opt.sample_size, opt.sample_size)
+    if dist.is_main:
+        info = describe_model(net.eval(), sample)  # eval: a 1-clip batch can't feed train-mode BN
+        net.train()
+        logger.info("model %s: %.2f M parameters, %.2f GFLOPs per clip %s", opt.arch, info["n_params"] / 1e6,
+                    info["gflops"], "x".join(map(str, sample[1:])))
+    if opt.batchnorm_sync:
+        if dist.device.type != "cuda" and dist.distributed:
+            raise UserError("--batchnorm_sync needs CUDA devices (SyncBatchNorm does not run on the CPU)")
+        net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
+    net = net.to(dist.device)
+    if dist.device.type == "cuda":
+        net = net.to(memory_format=torch.channels_last_3d)
+    return net
+
+
 def describe_model(model: nn.Module, sample_shape: tuple[int, ...]) -> dict:
     """Parameter count and GFLOPs per clip for clips of ``sample_shape`` ((C, T, H, W) or (N, C, T, H, W)).
 
@@ -300,11 +389,15 @@ def describe_model(model: nn.Module, sample_shape: tuple[int, ...]) -> dict:
 __all__ = [
     "MODEL_DEPTHS",
     "MODEL_FAMILIES",
+    "LoadedModel",
+    "MODEL_FLAGS",
     "build_model_from_checkpoint_info",
     "describe_model",
     "generate_model",
     "get_fine_tuning_parameters",
     "load_pretrained_model",
     "load_state_dict_compat",
+    "model_for_run",
+    "model_from_checkpoint",
     "model_kwargs_from_opts",
 ]

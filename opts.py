@@ -2,7 +2,13 @@
 
 ``parse_opts(argv)`` parses and then resolves once: paths are joined onto ``--root_path``, derived
 fields (``arch``, ``mean``, ``std``, ``n_input_channels``, ``n_finetune_classes``, ...) are added and
-impossible combinations are rejected with ``parser.error``. Nothing is changed after that.
+impossible combinations are rejected with ``parser.error``. It also records ``explicit_flags``: the
+names of the options given on the command line (so a tool can tell a default from a choice).
+
+``batch_size`` and ``n_threads`` are totals over all processes; once a process knows the world size,
+``share_per_process`` adds its share as ``process_batch_size`` and ``process_n_threads`` (what the data
+loaders use). Nothing else is changed after parsing. ``explicit_flags`` and the per-process fields
+are not options: opts.json and checkpoints leave them out.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ MODEL_CHOICES = ("densenet", "mc3", "preresnet", "resnet", "resnet2p1d", "resnex
 # Paths joined onto --root_path when it is given (the original's rule; an absolute path stays absolute).
 _ROOTED_PATHS = ("video_path", "annotation_path", "result_path", "resume_path", "pretrain_path")
 RESUME_AUTO = "auto"
+# Fields that describe this run's processes rather than options (not written to opts.json or checkpoints).
+RUNTIME_FIELDS = ("explicit_flags", "process_batch_size", "process_n_threads")
 
 
 def _add_data_args(parser: argparse.ArgumentParser) -> None:
@@ -69,8 +77,20 @@ def _add_transform_args(parser: argparse.ArgumentParser) -> None:
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("model")
-    g.add_argument("--model", default="resnet", type=str, choices=MODEL_CHOICES, help="Model family")
-    g.add_argument("--model_depth", default=18, type=int, help="Depth of the model (valid values per family)")
+    add_architecture_args(g)
+    g.add_argument("--n_pretrain_classes", default=0, type=int, help="Classes of the --pretrain_path model")
+    g.add_argument("--pretrain_path", default=None, type=Path, help="Pretrained checkpoint to fine-tune from")
+    g.add_argument("--ft_begin_module", default="", type=str,
+                   help="Train only from this top-level module on (e.g. layer4, fc); '' trains everything")
+
+
+def add_architecture_args(g: argparse._ArgumentGroup, *, from_file: bool = False) -> None:
+    """The flags that describe an architecture (but the class count and input channels), for main.py and for
+    tools that load a trained file (``from_file``: --model/--model_depth then default to the file's arch)."""
+    g.add_argument("--model", default=None if from_file else "resnet", type=str, choices=MODEL_CHOICES,
+                   help="Model family" + (" (default: the file's arch)" if from_file else ""))
+    g.add_argument("--model_depth", default=None if from_file else 18, type=int,
+                   help="Depth of the model (valid values per family)")
     g.add_argument("--conv1_t_size", default=7, type=int, help="Temporal kernel size of the stem conv")
     g.add_argument("--conv1_t_stride", default=1, type=int, help="Temporal stride of the stem conv")
     g.add_argument("--no_max_pool", action="store_true", help="Remove the max-pool after the stem")
@@ -86,10 +106,6 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
                         "(per_conv, the original) or from the block's (per_block, torchvision)")
     g.add_argument("--wide_resnet_k", default=2, type=int, help="Width factor of wideresnet")
     g.add_argument("--resnext_cardinality", default=32, type=int, help="Groups of resnext")
-    g.add_argument("--n_pretrain_classes", default=0, type=int, help="Classes of the --pretrain_path model")
-    g.add_argument("--pretrain_path", default=None, type=Path, help="Pretrained checkpoint to fine-tune from")
-    g.add_argument("--ft_begin_module", default="", type=str,
-                   help="Train only from this top-level module on (e.g. layer4, fc); '' trains everything")
 
 
 def _add_optim_args(parser: argparse.ArgumentParser) -> None:
@@ -190,10 +206,31 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_opts(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse ``argv`` (default: sys.argv) and resolve derived options; exits with a message on bad input."""
     parser = build_parser()
-    opt = parser.parse_args(argv)
+    opt = _parse_recording_explicit(parser, argv)
     _check(parser, opt)
     _resolve(opt)
     return opt
+
+
+def _parse_recording_explicit(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse ``argv``, setting ``opt.explicit_flags`` to the names of the options it gives."""
+    defaults = vars(parser.parse_args([]))
+    unset = object()
+    # argparse fills in defaults only for names the namespace lacks, so preset names stay unset unless given.
+    opt = parser.parse_args(argv, namespace=argparse.Namespace(**dict.fromkeys(defaults, unset)))
+    explicit = frozenset(name for name, value in vars(opt).items() if value is not unset)
+    for name, default in defaults.items():
+        if name not in explicit:
+            setattr(opt, name, default)
+    opt.explicit_flags = explicit
+    return opt
+
+
+def share_per_process(opt: argparse.Namespace, *, world_size: int, local_world_size: int) -> None:
+    """Set ``opt.process_batch_size`` and ``opt.process_n_threads``: this process's share of the totals
+    --batch_size (over all processes) and --n_threads (over the processes of this node)."""
+    opt.process_batch_size = opt.batch_size // world_size
+    opt.process_n_threads = -(-opt.n_threads // max(local_world_size, 1))
 
 
 def _cuda_wanted(opt: argparse.Namespace) -> bool:
@@ -251,14 +288,20 @@ def _resolve(opt: argparse.Namespace) -> None:
         # The model is built with the pretrained class count first, then its head is replaced.
         opt.n_finetune_classes = opt.n_classes
         opt.n_classes = opt.n_pretrain_classes
-    if opt.output_topk <= 0:
+    if opt.output_topk <= 0 and opt.predict is None:  # --predict: all classes of the checkpoint's model
         opt.output_topk = opt.n_classes
     if opt.inference_batch_size == 0:
         opt.inference_batch_size = opt.batch_size
     if opt.precision is None:
         opt.precision = "bf16" if _cuda_wanted(opt) else "fp32"
     opt.arch = f"{opt.model}-{opt.model_depth}"
-    opt.begin_epoch = 1
+    opt.begin_epoch = 1  # not read here; kept because the original's opts.json has it
+    resolve_input(opt)
+
+
+def resolve_input(opt: argparse.Namespace) -> None:
+    """Set ``n_input_channels`` and the per-channel ``mean``/``std`` from --input_type, --mean_dataset and
+    --value_scale (again after a tool changes those, as --predict does with a checkpoint's settings)."""
     opt.mean, opt.std = get_mean_std(opt.value_scale, opt.mean_dataset)
     opt.n_input_channels = 3
     if opt.input_type == "flow":
@@ -268,7 +311,7 @@ def _resolve(opt: argparse.Namespace) -> None:
 
 def opts_to_plain(opt: argparse.Namespace) -> dict:
     """vars(opt) with Paths as strings: JSON-serialisable and safe inside weights_only checkpoints."""
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(opt).items()}
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(opt).items() if k not in RUNTIME_FIELDS}
 
 
 def save_opts(opt: argparse.Namespace, result_path: Path) -> Path:

@@ -20,7 +20,6 @@ import argparse
 import csv
 import json
 import logging
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 import model as model_lib
-from checkpoint import load_checkpoint, strip_wrapper_prefixes
+from checkpoint import load_checkpoint
 from dataset import build_input_normalizer, seed_worker
 from datasets.annotations import VideoRecord
 from datasets.clip_loader import ClipLoader
@@ -38,17 +37,16 @@ from datasets.layout import VIDEO_EXTENSIONS, has_video_extension
 from datasets.problems import DataProblems
 from datasets.video_files import VideoFileReader, VideoMeta, probe_video
 from errors import UserError
-from opts import RESUME_AUTO, build_parser
+from inference import VideoScoreAggregator, run_inference
+from opts import RESUME_AUTO, resolve_input
 from spatial_transforms import get_spatial_transform
 from temporal_transforms import TemporalTransform, get_temporal_transform
-from training import autocast
 
 log = logging.getLogger(__name__)
 
 # Clip settings a checkpoint's stored options supply unless they are given on the command line.
 CLIP_OPTIONS = ("sample_size", "sample_duration", "sample_t_stride", "inference_stride", "mean_dataset", "value_scale",
                 "no_mean_norm", "no_std_norm")
-CLASSIFIER_KEYS = ("fc.weight", "classifier.weight")
 CSV_HEADER = ["video", "scope", "start_s", "end_s", "rank", "label", "score"]
 
 
@@ -107,58 +105,33 @@ def read_class_names(path: Path) -> list[str]:
     return names
 
 
-def explicit_options(argv: Sequence[str] | None) -> dict:
-    """The options given on the command line, as parsed (before any resolution), by name."""
-    unset = object()
-    parser = build_parser()
-    # argparse only fills in defaults for names the namespace lacks, so preset names stay unset unless given.
-    preset = argparse.Namespace(**{name: unset for name in vars(parser.parse_args([]))})
-    given = parser.parse_args(list(sys.argv[1:] if argv is None else argv), namespace=preset)
-    return {k: v for k, v in vars(given).items() if v is not unset}
-
-
-def clip_settings(opt: argparse.Namespace, payload: dict, given: dict) -> argparse.Namespace:
-    """`opt` with the clip settings of the checkpoint's options where the command line (`given`) did not set them.
-
-    --output_topk keeps its own default of 5 here (the training CLI turns <= 0 into --n_classes, which
-    need not be the checkpoint's class count); <= 0 means all classes.
-    """
+def take_clip_settings(opt: argparse.Namespace, payload: dict) -> None:
+    """Give `opt` the clip settings of the checkpoint's options that the command line did not set; the input is RGB."""
     stored = payload.get("options") or {}
-    taken = {k: stored[k] for k in CLIP_OPTIONS if k in stored and k not in given}
+    taken = {k: stored[k] for k in CLIP_OPTIONS if k in stored and k not in opt.explicit_flags}
     if taken:
         log.info("from the checkpoint's options: %s", ", ".join(f"{k}={v}" for k, v in taken.items()))
-    topk = given.get("output_topk", 5)
-    return argparse.Namespace(**{**vars(opt), **taken, "input_type": "rgb", "output_topk": topk if topk > 0 else 0})
-
-
-def _n_classes_in(state_dict: dict, default: int) -> int:
-    weights = [state_dict[k] for k in CLASSIFIER_KEYS if k in state_dict]
-    return int(weights[0].shape[0]) if weights else default
+    for name, value in taken.items():
+        setattr(opt, name, value)
+    opt.input_type = "rgb"
+    resolve_input(opt)
 
 
 def load_predictor(opt: argparse.Namespace, payload: dict, source: Path) -> tuple[nn.Module, list[str]]:
     """The model with the checkpoint's weights (eval mode, CPU) and its class names."""
-    state_dict = strip_wrapper_prefixes(payload["state_dict"])
-    arch = payload.get("arch") or opt.arch
-    if payload.get("model_kwargs"):
-        net = model_lib.build_model_from_checkpoint_info(arch, payload["model_kwargs"])
-    else:  # a released checkpoint: the other builder options come from the flags
-        family = str(arch).rpartition("-")[0]
-        n_classes = _n_classes_in(state_dict, opt.n_classes)
-        flags = argparse.Namespace(**{**vars(opt), "model": family or opt.model, "n_classes": n_classes,
-                                      "n_input_channels": 3})
-        net = model_lib.build_model_from_checkpoint_info(arch, model_lib.model_kwargs_from_opts(flags))
-    model_lib.load_state_dict_compat(net, state_dict, source=f"checkpoint {source}", source_arch=payload.get("arch"))
-    n_classes = net.get_classifier().out_features
-    names = _class_names(opt, payload, n_classes)
-    return net.eval(), names
+    flags = {name: getattr(opt, name) for name in model_lib.MODEL_FLAGS if name in opt.explicit_flags}
+    if not payload.get("arch"):  # nothing in the file names the model: the flags' (default) one
+        flags.update(model=opt.model, model_depth=opt.model_depth)
+    loaded = model_lib.model_from_checkpoint(payload, flags, source=f"checkpoint {source}")
+    names = _class_names(opt, loaded.class_names, loaded.model.get_classifier().out_features)
+    return loaded.model, names
 
 
-def _class_names(opt: argparse.Namespace, payload: dict, n_classes: int) -> list[str]:
+def _class_names(opt: argparse.Namespace, stored: list[str] | None, n_classes: int) -> list[str]:
     if opt.class_names is not None:
         names = read_class_names(opt.class_names)
-    elif payload.get("class_names"):
-        names = list(payload["class_names"])
+    elif stored:
+        names = stored
     else:
         log.warning("the checkpoint has no class names and no --class_names file was given: labels are indices")
         return [str(i) for i in range(n_classes)]
@@ -171,7 +144,8 @@ def _class_names(opt: argparse.Namespace, payload: dict, n_classes: int) -> list
 class WindowDataset(Dataset):
     """Groups of at most `group` clips of one video per item (bounded memory for long videos).
 
-    Items: (uint8 clips (n_clips * n_crops, T, H, W, C), video index, [[first, last] frame per clip]).
+    Items: (uint8 clips (n_clips * n_crops, T, H, W, C), [[video id, [first, last] frame]] per clip and crop), the
+    inference loader's batches.
     """
 
     def __init__(self, videos: Sequence[VideoToPredict], loader: ClipLoader, temporal: TemporalTransform, *,
@@ -192,8 +166,8 @@ class WindowDataset(Dataset):
         record = VideoRecord(video.video_id, video.path, -1, (0, video.meta.n_frames), video.meta.fps)
         views = self.loader.load_views(record, clips, None)
         stacked = torch.stack([torch.from_numpy(view[k]) for k in range(len(clips)) for view in views])
-        spans = [[min(c), max(c)] for c in clips for _ in views]
-        return stacked, v, spans
+        targets = [[video.video_id, [min(c), max(c)]] for c in clips for _ in views]
+        return stacked, targets
 
 
 def _single(batch: list):
@@ -220,35 +194,28 @@ def predict_videos(net: nn.Module, videos: Sequence[VideoToPredict], opt: argpar
     data = WindowDataset(videos, loader, temporal, group=group)
     batches = DataLoader(data, batch_size=1, collate_fn=_single, num_workers=opt.n_threads,
                          worker_init_fn=seed_worker)
-    normalizer = build_input_normalizer(opt)
-    sums: list[dict[tuple[int, int], list]] = [{} for _ in videos]  # per video: span -> [score sum, count]
-    net = net.to(device).eval()
-    with torch.inference_mode():
-        for clips, v, spans in batches:
-            with autocast(device, opt.precision):
-                outputs = net(normalizer(clips.to(device)))
-            for span, scores in zip(spans, torch.softmax(outputs.float(), dim=1).cpu()):
-                entry = sums[v].setdefault(tuple(span), [0, 0])
-                entry[0], entry[1] = entry[0] + scores, entry[1] + 1
-    return _results(videos, sums, opt, class_names)
+    scores = run_inference(net.to(device), batches, device, class_names=class_names,
+                           normalizer=build_input_normalizer(opt), precision=opt.precision, show_progress=False)
+    scores.reorder([video.video_id for video in videos])
+    return _results(videos, scores, opt)
 
 
-def _top(scores: torch.Tensor, class_names: Sequence[str], k: int) -> list[dict]:
-    values, indices = scores.topk(min(k, scores.numel()) if k > 0 else scores.numel())
-    return [{"label": class_names[i], "score": round(s, 6)} for s, i in zip(values.tolist(), indices.tolist())]
+def _results(videos: Sequence[VideoToPredict], scores: VideoScoreAggregator, opt: argparse.Namespace) -> dict:
+    # --output_topk <= 0 means all classes of the checkpoint's model (opts leaves it unresolved for --predict).
+    k = opt.output_topk if opt.output_topk > 0 else len(scores.class_names)
 
+    def top(values: torch.Tensor) -> list[dict]:
+        return [{**t, "score": round(t["score"], 6)} for t in scores.top(values, k)]
 
-def _results(videos: Sequence[VideoToPredict], sums: list[dict], opt: argparse.Namespace,
-             class_names: Sequence[str]) -> dict:
+    per_video = scores.video_scores()
     results = {}
-    for video, spans in zip(videos, sums):
-        all_views = sum(s for s, _ in spans.values()) / sum(n for _, n in spans.values())
+    for video in videos:
         segments = [{"segment": segment_seconds(span, t_stride=opt.sample_t_stride, n_frames=video.meta.n_frames,
                                                 fps=video.meta.fps),
-                     "result": _top(s / n, class_names, opt.output_topk)} for span, (s, n) in sorted(spans.items())]
+                     "result": top(s)} for span, s in scores.segment_scores(video.video_id)]
         results[video.video_id] = {"duration": round(video.duration, 3), "fps": video.meta.fps,
-                                   "n_frames": video.meta.n_frames,
-                                   "result": _top(all_views, class_names, opt.output_topk), "segments": segments}
+                                   "n_frames": video.meta.n_frames, "result": top(per_video[video.video_id]),
+                                   "segments": segments}
     return {"results": results}
 
 
@@ -278,12 +245,12 @@ def print_predictions(predictions: dict) -> None:
             print(f"  {seg['segment'][0]:8.2f} - {seg['segment'][1]:8.2f} s: {labels}")
 
 
-def run(opt: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
+def run(opt: argparse.Namespace) -> int:
     """`main.py --predict`: predict, print, write predictions.json/.csv; returns the exit code."""
     if str(opt.resume_path) == RESUME_AUTO:
         raise UserError("--predict needs an explicit --resume_path checkpoint file (not 'auto')")
     payload = load_checkpoint(opt.resume_path)
-    opt = clip_settings(opt, payload, explicit_options(argv))
+    take_clip_settings(opt, payload)
     net, class_names = load_predictor(opt, payload, Path(opt.resume_path))
     videos = probe_videos(find_videos(Path(opt.predict)))
     device = torch.device("cuda" if torch.cuda.is_available() and not opt.no_cuda else "cpu")

@@ -6,19 +6,26 @@ and at the end of the epoch, so a GPU never waits for a per-step ``.item()``.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import logging
 import math
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 import torch
 from torch import nn
 
-from distributed import all_reduce_sum
+import dataset
+import model as model_lib
+from checkpoint import Resume, save_checkpoint, training_payload
+from distributed import DistInfo, all_reduce_sum
 from errors import UserError
-from utils import count_correct
+from opts import opts_to_plain
+from utils import Logger, count_correct
 
 log = logging.getLogger(__name__)
 
@@ -31,15 +38,21 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     return torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None)
 
 
-def prepare_batch(clips: torch.Tensor, targets: torch.Tensor, device: torch.device,
-                  normalizer: Callable | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Move a batch to ``device`` and turn uint8 (N, T, H, W, C) clips into normalised float (N, C, T, H, W)."""
+def prepare_batch(clips: torch.Tensor, targets: torch.Tensor | None, device: torch.device, normalizer: Callable | None,
+                  *, keep_layout: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Move a batch to ``device`` and turn uint8 (N, T, H, W, C) clips into normalised float (N, C, T, H, W).
+
+    ``targets`` (labels) move along; None (inference batches, whose targets are not tensors) stays None.
+    On the CPU the clips get the default layout unless ``keep_layout`` (inference keeps the normaliser's
+    channels_last_3d, so its scores stay bit-identical to what it always wrote).
+    """
     clips = clips.to(device, non_blocking=True)
-    targets = targets.to(device, non_blocking=True)
+    if targets is not None:
+        targets = targets.to(device, non_blocking=True)
     if normalizer is not None:
         clips = normalizer(clips)
-    if clips.device.type == "cpu":
-        # CPU models stay in the default layout (main.py); channels_last_3d input measured ~25% slower there.
+    if clips.device.type == "cpu" and not keep_layout:
+        # CPU models stay in the default layout (model.py); channels_last_3d input measured ~25% slower there.
         clips = clips.contiguous()
     return clips, targets
 
@@ -178,3 +191,116 @@ def step_scheduler(scheduler, val_loss: float | None) -> None:
         scheduler.step(val_loss)
     else:
         scheduler.step()
+
+
+def build_optimizer(net: nn.Module, opt: argparse.Namespace) -> torch.optim.Optimizer:
+    """SGD over every parameter, or over those from --ft_begin_module on when fine-tuning."""
+    params = (model_lib.get_fine_tuning_parameters(net, opt.ft_begin_module) if opt.pretrain_path is not None
+              else list(net.parameters()))
+    return torch.optim.SGD(params, lr=opt.learning_rate, momentum=opt.momentum,
+                           dampening=0.0 if opt.nesterov else opt.dampening, weight_decay=opt.weight_decay,
+                           nesterov=opt.nesterov)
+
+
+def run_logger(opt: argparse.Namespace, dist: DistInfo, name: str, header: list[str],
+               resume: Resume | None) -> Logger | None:
+    """A TSV log in --result_path on the main process (None elsewhere); a resumed run drops later rows."""
+    if not dist.is_main:
+        return None
+    return Logger(Path(opt.result_path) / name, header, resume_after_epoch=resume.epoch if resume else None)
+
+
+def report_data_problems(loader, before: dict[str, int], *, phase: str, epoch: int, device: torch.device) -> dict:
+    """Log the bad frames/videos met during one pass (summed over ranks); returns the new cumulative counts."""
+    problems = dataset.data_problems(loader)
+    now = problems.counts()
+    delta = problems.delta(now, before)
+    summed = all_reduce_sum(torch.tensor(list(delta.values()), dtype=torch.float64, device=device)).tolist()
+    found = {kind: int(n) for kind, n in zip(delta, summed) if n}
+    if found:
+        log.warning("%s epoch %d: data problems %s (skipped or padded)", phase, epoch,
+                    ", ".join(f"{kind} {n}" for kind, n in found.items()))
+    return now
+
+
+class Trainer:
+    """Optimiser, scheduler, loader and logs of a training run, and what a checkpoint needs from them."""
+
+    def __init__(self, opt: argparse.Namespace, net: nn.Module, dist: DistInfo, *, resume: Resume | None):
+        self.opt, self.dist = opt, dist
+        self.optimizer = build_optimizer(net, opt)  # before wrapping: fine-tuning freezes the bare model's stages
+        self.model = self._wrap(net)
+        self.scheduler = build_scheduler(self.optimizer, opt)
+        self.scaler = torch.amp.GradScaler(dist.device.type) if opt.precision == "fp16" else None
+        self.loader, self.sampler = dataset.build_train_loader(opt, dist)
+        self.begin_epoch = 1
+        if resume is not None:
+            self._restore(resume)
+        self.train_logger = run_logger(opt, dist, "train.log", ["epoch", "loss", "acc", "lr"], resume)
+        self.batch_logger = run_logger(opt, dist, "train_batch.log", ["epoch", "batch", "iter", "loss", "acc", "lr"],
+                                       resume)
+        self.class_names = dataset.get_class_names(opt)
+
+    def _wrap(self, net: nn.Module) -> nn.Module:
+        if self.opt.compile:
+            net = torch.compile(net)
+        if self.dist.distributed:
+            device_ids = [self.dist.device] if self.dist.device.type == "cuda" else None
+            net = nn.parallel.DistributedDataParallel(net, device_ids=device_ids)
+        return net
+
+    def _restore(self, resume: Resume) -> None:
+        payload, opt = resume.payload, self.opt
+        self.begin_epoch = resume.epoch + 1
+        if "optimizer" in payload:
+            try:
+                self.optimizer.load_state_dict(payload["optimizer"])
+            except (ValueError, KeyError) as e:
+                log.warning("optimizer state of %s does not fit (%s); starting with a fresh optimizer", resume.path, e)
+        saved_sched = payload.get("options", {}).get("lr_scheduler", opt.lr_scheduler)
+        if "scheduler" in payload and saved_sched == opt.lr_scheduler:
+            self.scheduler.load_state_dict(payload["scheduler"])
+        elif "scheduler" in payload:
+            log.warning("checkpoint used --lr_scheduler %s; starting a fresh %s schedule", saved_sched,
+                        opt.lr_scheduler)
+        if opt.overwrite_milestones:
+            self.scheduler.milestones = Counter(opt.multistep_milestones)
+        if self.scaler is not None and "scaler" in payload:
+            self.scaler.load_state_dict(payload["scaler"])
+        log.info("resuming training at epoch %d", self.begin_epoch)
+
+    def train_epoch(self, epoch: int, criterion: nn.Module, normalizer) -> dict:
+        if self.sampler is not None and hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+        n_batches = len(self.loader)
+        lr = max(g["lr"] for g in self.optimizer.param_groups)
+
+        def log_batches(rows: list[dict]) -> None:
+            for row in rows:
+                self.batch_logger.log({"epoch": epoch, "iter": (epoch - 1) * n_batches + row["batch"], "lr": lr,
+                                       **row})
+
+        before = dataset.data_problems(self.loader).counts()
+        result = train_one_epoch(self.model, self.loader, criterion, self.optimizer, self.dist.device, epoch=epoch,
+                                 normalizer=normalizer, precision=self.opt.precision, scaler=self.scaler,
+                                 log_interval=self.opt.log_interval, show_progress=self.dist.is_main,
+                                 on_batches=log_batches if self.batch_logger is not None else None)
+        log.info("train epoch %d: loss %.4f acc %.4f lr %g (%.1f clips/s, data wait %.0f%%)", epoch, result["loss"],
+                 result["acc"], result["lr"], result["clips_per_s"], 100 * result["data_share"])
+        report_data_problems(self.loader, before, phase="train", epoch=epoch, device=self.dist.device)
+        if self.train_logger is not None:
+            self.train_logger.log({"epoch": epoch, **result})
+        return dict(result)
+
+    def end_epoch(self, epoch: int, val_loss: float | None) -> None:
+        """Step the scheduler, then checkpoint: a resumed run continues with exactly the next epoch's LR."""
+        step_scheduler(self.scheduler, val_loss)
+        if epoch % self.opt.checkpoint == 0 and self.dist.is_main:
+            path = save_checkpoint(Path(self.opt.result_path) / f"save_{epoch}.pth", self.payload(epoch))
+            log.info("saved %s", path)
+
+    def payload(self, epoch: int) -> dict:
+        return training_payload(epoch, model=self.model, arch=self.opt.arch,
+                                model_kwargs=model_lib.model_kwargs_from_opts(self.opt), optimizer=self.optimizer,
+                                scheduler=self.scheduler, scaler=self.scaler, class_names=self.class_names,
+                                options=opts_to_plain(self.opt))

@@ -216,3 +216,21 @@ def test_describe_model_counts_params_and_flops_without_touching_weights():
     assert torch.equal(model.conv1.weight, before)
     dense = describe_model(generate_model(make_opt(model="densenet", model_depth=121)), (3, 16, 112, 112))
     assert dense["n_params"] == 11_696_528 and dense["gflops"] > 1
+
+
+def test_model_from_checkpoint_self_described_and_from_flags(tmp_path):
+    from model import model_from_checkpoint
+
+    torch.manual_seed(0)
+    dense = generate_model(make_opt(model="densenet", model_depth=121, n_classes=4))
+    ours = {"arch": "densenet-121", "model_kwargs": model_kwargs_from_opts(make_opt(model="densenet", model_depth=121,
+                                                                                    n_classes=4)),
+            "state_dict": dense.state_dict(), "class_names": ["a", "b", "c", "d"]}
+    loaded = model_from_checkpoint(ours, {"model": "resnet", "model_depth": 10})  # flags ignored: the file says
+    assert loaded.arch == "densenet-121" and loaded.class_names == ["a", "b", "c", "d"] and not loaded.model.training
+    released = {"arch": "densenet-121", "state_dict": {f"module.{k}": v for k, v in dense.state_dict().items()}}
+    loaded = model_from_checkpoint(released)  # class count read from classifier.weight
+    assert loaded.model_kwargs["n_classes"] == 4 and loaded.class_names is None
+    assert all(torch.equal(v, dense.state_dict()[k]) for k, v in loaded.model.state_dict().items())
+    with pytest.raises(UserError, match="give --model and --model_depth"):
+        model_from_checkpoint({"state_dict": dense.state_dict()})

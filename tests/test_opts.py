@@ -132,3 +132,19 @@ def test_opts_json_written_with_plain_types(tmp_path):
     assert saved["video_path"] == "v" and saved["arch"] == "resnet-18" and saved["mean"] == opt.mean
     keys = list(saved)
     assert keys.index("root_path") < keys.index("arch")  # CLI options first, derived ones after
+
+
+def test_explicit_flags_name_only_what_the_command_line_gave():
+    opt = parse_opts(["--result_path", "r", "--sample_size", "112", "--no_hflip"])
+    assert opt.explicit_flags == {"result_path", "sample_size", "no_hflip"}  # 112 is the default, but given
+    assert opt.sample_duration == 16 and opt.no_hflip and not opt.no_val  # defaults still filled in
+
+
+def test_per_process_share_stays_out_of_opts_json(tmp_path):
+    from opts import share_per_process
+
+    opt = parse_opts(["--result_path", str(tmp_path), "--batch_size", "10", "--n_threads", "5"])
+    share_per_process(opt, world_size=4, local_world_size=2)
+    assert (opt.batch_size, opt.process_batch_size, opt.n_threads, opt.process_n_threads) == (10, 2, 5, 3)
+    saved = json.loads(save_opts(opt, tmp_path).read_text())
+    assert saved["batch_size"] == 10 and not {"process_batch_size", "process_n_threads", "explicit_flags"} & set(saved)

@@ -20,10 +20,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from checkpoint import load_checkpoint, strip_wrapper_prefixes
+from checkpoint import load_checkpoint
 from errors import UserError
-from model import build_model_from_checkpoint_info, load_state_dict_compat, model_kwargs_from_opts
-from models import MODEL_FAMILIES
+from model import MODEL_FLAGS, model_from_checkpoint
+from opts import add_architecture_args
 from util_scripts.common import run_cli
 
 logger = logging.getLogger(__name__)
@@ -40,49 +40,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset version")
     parser.add_argument("--atol", type=float, default=1e-4, help="largest accepted |exported - eager| difference")
     g = parser.add_argument_group("model (only for files without arch/model_kwargs, e.g. the original's)")
-    g.add_argument("--model", default=None, choices=sorted(MODEL_FAMILIES), help="model family")
-    g.add_argument("--model_depth", type=int, default=None, help="depth")
+    add_architecture_args(g, from_file=True)
     g.add_argument("--n_classes", type=int, default=None, help="classes (default: read from the file)")
     g.add_argument("--n_input_channels", type=int, default=3, help="3 for rgb, 2 for flow")
-    g.add_argument("--conv1_t_size", type=int, default=7)
-    g.add_argument("--conv1_t_stride", type=int, default=1)
-    g.add_argument("--no_max_pool", action="store_true")
-    g.add_argument("--resnet_shortcut", default="B", choices=("A", "B"))
-    g.add_argument("--resnet_widen_factor", type=float, default=1.0)
-    g.add_argument("--wide_resnet_k", type=int, default=2)
-    g.add_argument("--resnext_cardinality", type=int, default=32)
     return parser
 
 
 def load_model(args: argparse.Namespace) -> tuple[nn.Module, str, dict]:
     """Rebuild the checkpoint's model (from its own description, else from the flags) and load its weights."""
-    checkpoint = load_checkpoint(args.checkpoint)
-    state_dict = strip_wrapper_prefixes(checkpoint["state_dict"])
-    stored_arch = checkpoint.get("arch") if isinstance(checkpoint.get("arch"), str) else None
-    if stored_arch and isinstance(checkpoint.get("model_kwargs"), dict):
-        arch, kwargs = stored_arch, dict(checkpoint["model_kwargs"])
-    else:
-        arch, kwargs = _arch_from_flags(args, stored_arch, state_dict)
-    model = build_model_from_checkpoint_info(arch, kwargs)
-    load_state_dict_compat(model, state_dict, source=f"checkpoint {args.checkpoint}", source_arch=stored_arch)
-    return model.eval(), arch, kwargs
-
-
-def _arch_from_flags(args: argparse.Namespace, stored_arch: str | None, state_dict: dict) -> tuple[str, dict]:
-    if args.model is None or args.model_depth is None:
-        if stored_arch is None:
-            raise UserError(f"{args.checkpoint} does not say which model it holds: give --model and --model_depth")
-        family, depth = stored_arch.rsplit("-", 1)
-    else:
-        family, depth = args.model, args.model_depth
-    opt = argparse.Namespace(**vars(args))
-    opt.model, opt.model_depth = family, int(depth)
-    if opt.n_classes is None:
-        head = state_dict.get("classifier.weight" if family == "densenet" else "fc.weight")
-        if head is None:
-            raise UserError(f"cannot read the class count from {args.checkpoint}: give --n_classes")
-        opt.n_classes = head.shape[0]
-    return f"{family}-{int(depth)}", model_kwargs_from_opts(opt)
+    flags = {name: getattr(args, name) for name in MODEL_FLAGS if getattr(args, name, None) is not None}
+    loaded = model_from_checkpoint(load_checkpoint(args.checkpoint), flags, source=f"checkpoint {args.checkpoint}")
+    return loaded.model, loaded.arch, loaded.model_kwargs
 
 
 def export_torchscript(model: nn.Module, example: torch.Tensor, path: Path) -> Path:
