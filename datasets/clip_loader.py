@@ -48,18 +48,19 @@ class ClipLoader:
             raise ValueError(f"the spatial transform has {len(views)} views; use load_views")
         return views[0]
 
-    def load_views(self, record: VideoRecord, clips: Sequence[Sequence[int]],
-                   rng: random.Random | None) -> list[list[np.ndarray]]:
+    def load_views(self, record: VideoRecord, clips: Sequence[Sequence[int]], rng: random.Random | None, *,
+                   flip: bool | None = None) -> list[list[np.ndarray]]:
         """For each spatial view of the transform, the uint8 (T, H, W, C) arrays of all `clips`.
 
-        Frames are fetched and decoded once; each view is a different crop of the same frames.
+        Frames are fetched and decoded once; each view is a different crop of the same frames. `flip`
+        True/False overrides the transform's random horizontal flip.
         """
         wanted = sorted({i for clip in clips for i in clip})
         n_views = self.spatial.n_crops
         encoded = self._fetch(record, wanted)
         if encoded is None:  # the file could not be opened at all (already counted)
             return [[self._black(len(c)) for c in clips] for _ in range(n_views)]
-        views, min_size = self._params(encoded.values(), rng)
+        views, min_size = self._params(encoded.values(), rng, flip)
         if views is None:
             self.problems.record("unreadable_videos", record.video_id, detail=str(record.path))
             return [[self._black(len(c)) for c in clips] for _ in range(n_views)]
@@ -85,7 +86,8 @@ class ClipLoader:
             self.problems.record("missing_frames", record.video_id, n_missing, detail=str(record.path))
         return encoded
 
-    def _params(self, encoded, rng: random.Random | None) -> tuple[list[ClipParams] | None, tuple[int, int] | None]:
+    def _params(self, encoded, rng: random.Random | None,
+                flip: bool | None = None) -> tuple[list[ClipParams] | None, tuple[int, int] | None]:
         """Parameters of every view from the first frame with a readable header, and the reduced decode size."""
         for data in encoded:
             if data is None:
@@ -94,7 +96,7 @@ class ClipLoader:
                 width, height = frame_size(data[0] if isinstance(data, tuple) else data)
             except DECODE_ERRORS:
                 continue  # a corrupt frame; it is counted when decoding
-            views = self.spatial.sample_views(width, height, rng)
+            views = self.spatial.sample_views(width, height, rng, flip=flip)
             needs = [params.decode_size(width, height) for params in views]
             need = (max(n[0] for n in needs), max(n[1] for n in needs))
             small = self.draft and need[0] * DRAFT_MIN_FACTOR <= width and need[1] * DRAFT_MIN_FACTOR <= height
