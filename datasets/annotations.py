@@ -173,7 +173,7 @@ def _standard_records(data: dict, names: list[str], *, root: Path, subset: str, 
                       dataset: str, path: Path) -> tuple[list[VideoRecord], list[str]]:
     """Records of the kinetics-style schema, plus the ids whose video is missing."""
     class_to_idx = {name: i for i, name in enumerate(names)}
-    records, missing = [], []
+    records, missing, no_fps = [], [], []
     for video_id, entry in data["database"].items():
         if not isinstance(entry, dict) or entry.get("subset") != subset:
             continue
@@ -186,19 +186,24 @@ def _standard_records(data: dict, names: list[str], *, root: Path, subset: str, 
         if video is None:
             missing.append(video_id)
             continue
-        begin, end = _frame_segment(video_id, entry, ann, video, locator=locator, path=path)
+        begin, end = _frame_segment(video_id, entry, ann, video, locator=locator, path=path, no_fps=no_fps)
         if end <= begin:
-            continue  # a video with no frames (the original skipped segment [1, 1])
+            continue  # a video with no frames (the original skipped segment [1, 1]), or a segment past its end
         label_id = class_to_idx[label] if label is not None else -1
         actions = _actions(video_id, entry, ann, video, class_to_idx, locator=locator, path=path)
         records.append(VideoRecord(video_id, video, label_id, (begin, end), actions=actions))
+    if no_fps:
+        logger.warning("%d '%s' entries of %s have segment_seconds but no frame rate (e.g. %s): they cover their "
+                       "whole video; add an 'fps' field to them or read the video files (--file_type video)",
+                       len(no_fps), subset, path, no_fps[0])
     return records, missing
 
 
-def _frame_segment(video_id: str, entry: dict, ann: dict, video: Path, *, locator: _Locator,
-                   path: Path) -> tuple[int, int]:
+def _frame_segment(video_id: str, entry: dict, ann: dict, video: Path, *, locator: _Locator, path: Path,
+                   no_fps: list[str] | None = None) -> tuple[int, int]:
     """The frames a record covers: the entry's frame `segment` (jpg/hdf5; a video file: all its decoded
-    frames), narrowed to `annotations.segment_seconds` when given (list_json's trimmed segments)."""
+    frames), narrowed to `annotations.segment_seconds` when given (list_json's trimmed segments). Without a
+    known frame rate (a frame folder and no 'fps' field) the whole video, and the id is added to `no_fps`."""
     segment = ann.get("segment", entry.get("segment"))
     if segment is None or locator.file_type == "video":  # a video file: its own decoded frames, 0-based
         segment = locator.whole_video(video)
@@ -209,20 +214,21 @@ def _frame_segment(video_id: str, entry: dict, ann: dict, video: Path, *, locato
     seconds = ann.get("segment_seconds")
     if seconds is None or end <= begin:
         return begin, end
-    fps = _entry_fps(video_id, entry, video, n_frames=end - begin, locator=locator, path=path)
+    fps = _entry_fps(entry, video, n_frames=end - begin, locator=locator)
+    if fps is None:
+        if no_fps is not None:
+            no_fps.append(video_id)
+        return begin, end
     return _seconds_to_frames(seconds, fps, begin, end, what=f"segment_seconds of video {video_id} in {path}")
 
 
-def _entry_fps(video_id: str, entry: dict, video: Path, *, n_frames: int, locator: _Locator, path: Path) -> float:
+def _entry_fps(entry: dict, video: Path, *, n_frames: int, locator: _Locator) -> float | None:
     """Frames per second of an entry's frames: its 'fps' field, else the video file's probed rate, else
-    frames / its 'duration' in seconds (Charades); UserError when none is known."""
+    frames / its 'duration' in seconds (Charades); None when none is known."""
     fps = entry.get("fps") or locator.fps(video)
     if not fps and entry.get("duration"):
         fps = n_frames / float(entry["duration"])
-    if not isinstance(fps, (int, float)) or fps <= 0:
-        raise UserError(f"video {video_id} in {path} has times in seconds but no frame rate: add an 'fps' (or "
-                        "'duration') field to the entry, or read the video files (--file_type video)")
-    return float(fps)
+    return float(fps) if isinstance(fps, (int, float)) and fps > 0 else None
 
 
 def _seconds_to_frames(seconds, fps: float, begin: int, end: int, *, what: str) -> tuple[int, int]:
@@ -247,7 +253,10 @@ def _actions(video_id: str, entry: dict, ann: dict, video: Path, class_to_idx: d
     begin, end = _frame_segment(video_id, entry, whole, video, locator=locator, path=path)
     if end <= begin:
         return ()
-    fps = _entry_fps(video_id, entry, video, n_frames=end - begin, locator=locator, path=path)
+    fps = _entry_fps(entry, video, n_frames=end - begin, locator=locator)
+    if fps is None:
+        raise UserError(f"video {video_id} in {path} has actions in seconds but no frame rate: add an 'fps' (or "
+                        "'duration') field to the entry, or read the video files (--file_type video)")
     out = []
     for action in actions:
         if action.get("label") not in class_to_idx:
