@@ -96,7 +96,9 @@ class ClipLoader:
                 width, height = frame_size(data[0] if isinstance(data, tuple) else data)
             except DECODE_ERRORS:
                 continue  # a corrupt frame; it is counted when decoding
-            views = self.spatial.sample_views(width, height, rng, flip=flip)
+            # flip only when forced, so transforms without that argument keep working
+            views = (self.spatial.sample_views(width, height, rng) if flip is None
+                     else self.spatial.sample_views(width, height, rng, flip=flip))
             needs = [params.decode_size(width, height) for params in views]
             need = (max(n[0] for n in needs), max(n[1] for n in needs))
             small = self.draft and need[0] * DRAFT_MIN_FACTOR <= width and need[1] * DRAFT_MIN_FACTOR <= height

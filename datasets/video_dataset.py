@@ -81,7 +81,8 @@ class VideoClipDataset(Dataset):
         if self.direction_flip is not None and label >= 0:
             flip = self.direction_flip.draw(label, rng)
             label = self.direction_flip.label(label, flip)
-        views = self.loader.load_views(record, clips_indices, rng, flip=flip)
+        views = (self.loader.load_views(record, clips_indices, rng) if flip is None
+                 else self.loader.load_views(record, clips_indices, rng, flip=flip))
         if len(views) > 1:  # multi-crop: every crop of clip 0, then of clip 1, ... (targets repeat per crop)
             clips_indices = [c for c in clips_indices for _ in views]
         clips = [self._to_tensor(view[k]) for k in range(len(views[0])) for view in views]
