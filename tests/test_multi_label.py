@@ -183,3 +183,14 @@ def test_charades_actions_become_frame_spans(tmp_path):
     records, _ = read_records(ann, tmp_path / "v", dataset="charades", subset="validation")
     assert records[0].actions == ((1, 1, 6), (2, 11, 21))
     assert records[1].actions == () and records[1].label == -1
+
+
+def test_options_multi_label_implied_by_charades_and_segment_stride_refused(capsys):
+    from opts import parse_opts
+
+    assert parse_opts(["--result_path", "r", "--dataset", "charades"]).multi_label is True
+    assert parse_opts(["--result_path", "r", "--dataset", "ssv2"]).multi_label is False
+    assert parse_opts(["--result_path", "r"]).temporal_sampling == "dense"
+    with pytest.raises(SystemExit):
+        parse_opts(["--result_path", "r", "--temporal_sampling", "segment", "--sample_t_stride", "2"])
+    assert "--sample_t_stride does not apply to --temporal_sampling segment" in capsys.readouterr().err
