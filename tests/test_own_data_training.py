@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, TINY, log_rows, run_main
+from tests.conftest import TINY, log_rows, run_main
 from tests.datagen import write_video_file
+from tests.support import run_tool
 
 SMALL = [*TINY, "--sample_duration", "4", "--n_epochs", "1", "--checkpoint", "1"]
 
@@ -21,8 +22,17 @@ def frames(n: int, value: int) -> list[np.ndarray]:
 
 
 def run_module(name: str, *args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", f"util_scripts.{name}", *map(str, args)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+    return run_tool(name, *args, timeout=120)
+
+
+def annotate_and_train(tool: str, tool_args: list, annotation: Path, videos: Path, out: Path, *main_args):
+    """Write `annotation` with util_scripts.<tool>, then train one tiny epoch of main.py on the videos."""
+    proc = run_module(tool, *tool_args, annotation)
+    assert proc.returncode == 0, proc.stderr
+    proc = run_main(["--video_path", videos, "--annotation_path", annotation, "--result_path", out,
+                     "--file_type", "video", *SMALL, *main_args])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
 
 
 def test_ssv2_trains_with_segment_sampling_and_direction_flips(tmp_path):
@@ -41,13 +51,10 @@ def test_ssv2_trains_with_segment_sampling_and_direction_flips(tmp_path):
     videos = tmp_path / "videos"
     for k, video_id in enumerate(["0", "1", "2", "3", "10", "11"]):
         write_video_file(videos / f"{video_id}.webm", frames(6 + 3 * k, 40 * k), fps=8, codec="libvpx")
-    proc = run_module("ssv2_json", ann, videos, tmp_path / "ssv2.json")
-    assert proc.returncode == 0, proc.stderr
     out = tmp_path / "out"
-    proc = run_main(["--dataset", "ssv2", "--video_path", videos, "--annotation_path", tmp_path / "ssv2.json",
-                     "--result_path", out, "--n_classes", 3, "--file_type", "video", "--temporal_sampling", "segment",
-                     *SMALL, "--inference", "--inference_n_clips", 2])
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc = annotate_and_train("ssv2_json", [ann, videos], tmp_path / "ssv2.json", videos, out, "--dataset", "ssv2",
+                              "--n_classes", 3, "--temporal_sampling", "segment", "--inference",
+                              "--inference_n_clips", 2)
     assert "2 direction classes swap with their mirrored class" in proc.stdout
     assert [r[0] for r in log_rows(out / "train.log")] == ["epoch", "1"]
     assert log_rows(out / "val.log")[0] == ["epoch", "loss", "acc"]
@@ -76,13 +83,10 @@ def charades_run(tmp_path_factory):
     videos = tmp / "videos"
     for k, video_id in enumerate(["AAA", "BBB", "CCC", "GGG", "DDD", "EEE", "FFF"]):
         write_video_file(videos / f"{video_id}.mp4", frames(16, 30 * k), fps=8)
-    proc = run_module("charades_json", cdir, videos, tmp / "charades.json")
-    assert proc.returncode == 0, proc.stderr
     out = tmp / "out"
-    proc = run_main(["--dataset", "charades", "--video_path", videos, "--annotation_path", tmp / "charades.json",
-                     "--result_path", out, "--n_classes", 4, "--file_type", "video", "--temporal_sampling", "segment",
-                     *SMALL, "--inference", "--output_topk", 0])
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc = annotate_and_train("charades_json", [cdir, videos], tmp / "charades.json", videos, out,
+                              "--dataset", "charades", "--n_classes", 4, "--temporal_sampling", "segment",
+                              "--inference", "--output_topk", 0)
     return tmp / "charades.json", out, proc
 
 

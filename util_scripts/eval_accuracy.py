@@ -45,12 +45,18 @@ def _load_json(path: Path, what: str) -> dict:
     return data
 
 
-def load_ground_truth(path: Path, subset: str) -> tuple[list[str], dict[str, int]]:
-    """(class names, {video_id: class index}) of the labelled videos of ``subset``."""
+def _load_annotation(path: Path) -> tuple[list[str], dict]:
+    """(labels, database) of an annotation JSON."""
     data = _load_json(path, "ground-truth JSON")
     labels, database = data.get("labels"), data.get("database")
     if not isinstance(labels, list) or not isinstance(database, dict):
         raise UserError(f"{path}: expected 'labels' and 'database' (an annotation JSON made by util_scripts)")
+    return labels, database
+
+
+def load_ground_truth(path: Path, subset: str) -> tuple[list[str], dict[str, int]]:
+    """(class names, {video_id: class index}) of the labelled videos of ``subset``."""
+    labels, database = _load_annotation(path)
     index = {name: i for i, name in enumerate(labels)}
     gt = {}
     for video_id, entry in database.items():
@@ -66,16 +72,22 @@ def load_ground_truth(path: Path, subset: str) -> tuple[list[str], dict[str, int
     return labels, gt
 
 
-def load_results(path: Path, labels: list[str], k: int) -> dict[str, list[int]]:
-    """{video_id: top-k class indices, best first} from an averaged inference JSON."""
+def _averaged_results(path: Path) -> dict[str, list]:
+    """The 'results' object of an inference JSON whose scores are averaged per video (one list per video)."""
     results = _load_json(path, "result JSON").get("results")
     if not isinstance(results, dict):
         raise UserError(f"{path}: expected a 'results' object (the JSON written by inference)")
-    index = {name: i for i, name in enumerate(labels)}
-    top = {}
-    for video_id, entries in results.items():
+    for entries in results.values():
         if entries and isinstance(entries, list) and "result" in entries[0]:
             raise UserError(f"{path}: results are per clip (--inference_no_average); evaluate averaged results")
+    return results
+
+
+def load_results(path: Path, labels: list[str], k: int) -> dict[str, list[int]]:
+    """{video_id: top-k class indices, best first} from an averaged inference JSON."""
+    index = {name: i for i, name in enumerate(labels)}
+    top = {}
+    for video_id, entries in _averaged_results(path).items():
         try:
             ranked = sorted(entries, key=lambda e: e["score"], reverse=True)[:k]
             top[video_id] = [index[e["label"]] for e in ranked]
@@ -123,10 +135,7 @@ def evaluate(gt_path: Path, result_path: Path, *, subset: str = "validation", k:
 
 def load_multi_label_ground_truth(path: Path, subset: str) -> tuple[list[str], dict[str, set[int]]]:
     """(class names, {video_id: its classes}) of every video of ``subset``: its actions' classes, else its label."""
-    data = _load_json(path, "ground-truth JSON")
-    labels, database = data.get("labels"), data.get("database")
-    if not isinstance(labels, list) or not isinstance(database, dict):
-        raise UserError(f"{path}: expected 'labels' and 'database' (an annotation JSON made by util_scripts)")
+    labels, database = _load_annotation(path)
     index = {name: i for i, name in enumerate(labels)}
     gt = {}
     for video_id, entry in database.items():
@@ -146,14 +155,9 @@ def load_multi_label_ground_truth(path: Path, subset: str) -> tuple[list[str], d
 
 def load_scores(path: Path, labels: list[str]) -> dict[str, list[float]]:
     """{video_id: score per class} from an averaged inference JSON; classes a video does not list score 0."""
-    results = _load_json(path, "result JSON").get("results")
-    if not isinstance(results, dict):
-        raise UserError(f"{path}: expected a 'results' object (the JSON written by inference)")
     index = {name: i for i, name in enumerate(labels)}
     out = {}
-    for video_id, entries in results.items():
-        if entries and isinstance(entries, list) and "result" in entries[0]:
-            raise UserError(f"{path}: results are per clip (--inference_no_average); evaluate averaged results")
+    for video_id, entries in _averaged_results(path).items():
         row = [0.0] * len(labels)
         try:
             for e in entries:
