@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import av
 import numpy as np
 import torch
 from torch import nn
@@ -193,9 +194,13 @@ class VideoPredictor:
         try:
             for listener in listeners:
                 listener.start_video(video)
-            self._run(video, result, listeners, tap)
+            try:
+                self._run(video, result, listeners, tap)
+            except (av.error.FFmpegError, OSError) as e:  # the file cannot be read (any more): not a crash
+                result.error = f"cannot decode it ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+                result.scores = VideoScoreAggregator(self.class_names)  # nothing of a half-read video is kept
             result.scores.reorder([video.video_id])
-            if result.n_decoded == 0:
+            if result.n_decoded == 0 and not result.error:
                 result.error = f"no decodable frame ({video.meta.n_frames} in the container)"
             for listener in listeners:
                 listener.finish_video(result)
