@@ -190,7 +190,7 @@ class VideoPredictor:
     def predict(self, video: VideoInfo, listeners: Sequence[PredictionListener] = ()) -> VideoResult:
         """Decode and score one video, telling `listeners` as it goes."""
         result = VideoResult(video, VideoScoreAggregator(self.class_names))
-        tap = _FeatureTap(self.net) if any(x.wants_features for x in listeners) else None
+        tap = _FeatureTap(self.net) if any(getattr(x, "wants_features", False) for x in listeners) else None
         try:
             for listener in listeners:
                 listener.start_video(video)
