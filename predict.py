@@ -285,8 +285,8 @@ class ProgressBar(PredictionListener):
 
         self.n_videos, self.count = len(videos), 0
         # a hair over the sum: the per-video updates add up to it in another order (no clamping warning)
-        self.bar = tqdm(total=sum(v.meta.duration for v in videos) * (1 + 1e-9), desc="predict", mininterval=0.5,
-                        bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} s of video "
+        self.bar = tqdm(total=sum(v.meta.duration for v in videos) * (1 + 1e-9), desc="predict: ", mininterval=0.5,
+                        bar_format="{desc}{percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} s of video "
                                    "[{elapsed}<{remaining}, {rate_fmt}]", unit="s")
         self.shown = 0.0
 
