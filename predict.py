@@ -396,9 +396,10 @@ def _predict_all(predictor: VideoPredictor, videos: Sequence[VideoInfo], store: 
         store.write(complete=True)
     except KeyboardInterrupt:
         progress.close()
-        print(f"interrupted: {n_done} finished video(s) are in {store.json_path}; run the same command again to "
-              "predict the rest (videos already there with the same path, size and modification time are skipped)",
-              file=sys.stderr)
+        store.write(complete=False)  # in case the interruption came while the last finished video was written
+        print(f"interrupted: {len(store.results)} finished video(s) are in {store.json_path}; run the same command "
+              "again to predict the rest (videos already there with the same path, size and modification time are "
+              "skipped)", file=sys.stderr)
         return None
     finally:
         progress.close()
