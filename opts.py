@@ -28,7 +28,7 @@ from temporal_transforms import TEMPORAL_SAMPLINGS
 MODEL_CHOICES = ("densenet", "mc3", "preresnet", "resnet", "resnet2p1d", "resnext", "wideresnet")
 
 # Paths joined onto --root_path when it is given (the original's rule; an absolute path stays absolute).
-_ROOTED_PATHS = ("video_path", "annotation_path", "result_path", "resume_path", "pretrain_path")
+_ROOTED_PATHS = ("video_path", "annotation_path", "result_path", "resume_path", "pretrain_path", "predict")
 RESUME_AUTO = "auto"
 # Fields that describe this run's processes rather than options (not written to opts.json or checkpoints).
 RUNTIME_FIELDS = ("explicit_flags", "process_batch_size", "process_n_threads")
@@ -37,7 +37,7 @@ RUNTIME_FIELDS = ("explicit_flags", "process_batch_size", "process_n_threads")
 def _add_data_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("paths and data")
     g.add_argument("--root_path", default=None, type=Path,
-                   help="If given, video/annotation/result/resume/pretrain paths are relative to it")
+                   help="If given, video/annotation/result/resume/pretrain/predict paths are relative to it")
     g.add_argument("--video_path", default=None, type=Path, help="Directory of frame dirs or .hdf5 files")
     g.add_argument("--annotation_path", default=None, type=Path, help="Annotation JSON file")
     g.add_argument("--result_path", default=None, type=Path,
@@ -51,7 +51,8 @@ def _add_data_args(parser: argparse.ArgumentParser) -> None:
                    help="jpg: frame dirs; hdf5: one file of JPEG bytes per video; video: video files (mp4, avi, ...)")
     g.add_argument("--input_type", default="rgb", type=str, choices=("rgb", "flow"),
                    help="rgb or flow (flow needs --file_type hdf5)")
-    g.add_argument("--n_threads", default=4, type=int, help="DataLoader workers (total; divided per process)")
+    g.add_argument("--n_threads", default=4, type=int,
+                   help="DataLoader workers (total; divided per process); for --predict: video decoder threads")
     g.add_argument("--normalize_in_workers", action="store_true",
                    help="Normalise clips to float in the loader workers instead of on the device")
     g.add_argument("--exact_decode", action="store_true",

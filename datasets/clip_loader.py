@@ -96,13 +96,7 @@ class ClipLoader:
                 width, height = frame_size(data[0] if isinstance(data, tuple) else data)
             except DECODE_ERRORS:
                 continue  # a corrupt frame; it is counted when decoding
-            # flip only when forced, so transforms without that argument keep working
-            views = (self.spatial.sample_views(width, height, rng) if flip is None
-                     else self.spatial.sample_views(width, height, rng, flip=flip))
-            needs = [params.decode_size(width, height) for params in views]
-            need = (max(n[0] for n in needs), max(n[1] for n in needs))
-            small = self.draft and need[0] * DRAFT_MIN_FACTOR <= width and need[1] * DRAFT_MIN_FACTOR <= height
-            return views, need if small else None
+            return view_params(self.spatial, width, height, rng, draft=self.draft, flip=flip)
         return None, None
 
     def _decode_all(self, record: VideoRecord, encoded: dict, views: list[ClipParams],
@@ -110,7 +104,7 @@ class ClipLoader:
         frames: dict[int, list[np.ndarray] | None] = {}
         n_corrupt = 0
         for i, data in encoded.items():
-            frames[i] = None if data is None else _decode(data, views, min_size)
+            frames[i] = None if data is None else decode_views(data, views, min_size)
             n_corrupt += data is not None and frames[i] is None
         if n_corrupt:
             self.problems.record("corrupt_frames", record.video_id, n_corrupt, detail=str(record.path))
@@ -130,7 +124,20 @@ def _fill_from_neighbours(frames: dict[int, np.ndarray | None], order: list[int]
             frames[i] = frames[order[nearest]]
 
 
-def _decode(data, views: list[ClipParams], min_size: tuple[int, int] | None) -> list[np.ndarray] | None:
+def view_params(spatial: SpatialTransform, width: int, height: int, rng: random.Random | None, *,
+                draft: bool = True, flip: bool | None = None) -> tuple[list[ClipParams], tuple[int, int] | None]:
+    """Parameters of every view of a clip of `width` x `height` frames, and the reduced size to decode them at
+    (None: full size, when a 2x reduction is not possible or `draft` is off). `flip` forces the flip decision
+    (direction-aware labels); it is passed only when given, so transforms without that argument keep working."""
+    views = (spatial.sample_views(width, height, rng) if flip is None
+             else spatial.sample_views(width, height, rng, flip=flip))
+    needs = [params.decode_size(width, height) for params in views]
+    need = (max(n[0] for n in needs), max(n[1] for n in needs))
+    small = draft and need[0] * DRAFT_MIN_FACTOR <= width and need[1] * DRAFT_MIN_FACTOR <= height
+    return views, need if small else None
+
+
+def decode_views(data, views: list[ClipParams], min_size: tuple[int, int] | None) -> list[np.ndarray] | None:
     """The frame decoded once and transformed per view: (H, W, C) uint8 each, or None when the bytes are corrupt."""
     try:
         if isinstance(data, tuple):  # flow: (u, v) grayscale planes -> 2 channels
