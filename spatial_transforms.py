@@ -6,7 +6,7 @@ PIL frame (one crop+resize, then jitter) and `flip_clip` mirrors the stacked uin
 part (value scale, mean/std) is `ClipNormalizer`, which runs on the device in the training step or
 in the workers (`normalize_in_workers`), with identical numbers either way.
 
-Deliberate deviations from the original (spec 5.1, 5.3):
+Deliberate deviations from the original:
 - Resize + CenterCrop is done as ONE resample of the source region that the two-step version
   would keep (same geometry, one interpolation instead of two; slightly sharper).
 - `--colorjitter` really jitters (brightness/contrast/saturation 0.4, hue 0.1, random order,
@@ -41,7 +41,7 @@ INFERENCE_CROPS = ("center", "nocrop")
 
 
 def get_mean_std(value_scale: float, dataset: str = "kinetics") -> tuple[list[float], list[float]]:
-    """Per-channel mean and std of `dataset` (spec 5.4), multiplied by `value_scale`."""
+    """Per-channel mean and std of `dataset`, multiplied by `value_scale`."""
     if dataset not in MEAN_STD:
         raise ValueError(f"mean_dataset must be one of {sorted(MEAN_STD)}, got {dataset!r}")
     mean, std = MEAN_STD[dataset]
@@ -227,7 +227,7 @@ def get_spatial_transform(
     inference_crop: str = "center",
     inference_n_crops: int = 1,
 ) -> SpatialTransform:
-    """Spatial transform for `split` in {'train', 'val', 'inference'} (spec 5.3); inference may have 3 crops."""
+    """Spatial transform for `split` in {'train', 'val', 'inference'}; inference may have 3 crops."""
     if split == "train":
         if train_crop not in TRAIN_CROPS:
             raise ValueError(f"train_crop must be one of {TRAIN_CROPS}, got {train_crop!r}")

@@ -3,7 +3,7 @@
 Every function returns new lists and never mutates its input. Randomness comes only from the
 `rng` argument (a `random.Random`), so a caller that seeds it gets reproducible clips.
 
-Deliberate deviations from the original (kenshohara/3D-ResNets-PyTorch, spec 5.2):
+Deliberate deviations from the original (kenshohara/3D-ResNets-PyTorch):
 - `random_crop` can pick every full window, including the last one (the original never did).
 - `even_crop` with `n_samples=1` returns the first window (the original divided by zero; this is
   what its `work` branch does).
@@ -202,7 +202,7 @@ def get_temporal_transform(
     inference_n_clips: int = 0,
     sampling: str = "dense",
 ) -> TemporalTransform:
-    """Temporal sampling for `split` in {'train', 'val', 'inference'} (spec 5.3, with the fixes above).
+    """Temporal sampling for `split` in {'train', 'val', 'inference'} (with the fixes above).
 
     sampling 'dense' (consecutive frames): inference uses sliding windows every `inference_stride`
     frames, or with `inference_n_clips` > 0 that many evenly spaced clips per video.

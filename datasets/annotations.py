@@ -1,4 +1,4 @@
-"""Annotation JSON -> video records, parsed once per run (spec 4.1, 4.2, 4.6).
+"""Annotation JSON -> video records, parsed once per run.
 
 Two schemas:
 - kinetics, mit, ucf101, hmdb51: {"labels": [...], "database": {id: {"subset", "annotations":

@@ -2,7 +2,7 @@
 
 Readers return one entry per requested index: the encoded bytes, or None when the frame is
 missing (they never raise for a missing or unreadable file; the clip loader repairs and counts).
-- `JpegDirReader`: <dir>/image_00001.jpg ... (1-based indices, spec 4.7).
+- `JpegDirReader`: <dir>/image_00001.jpg ... (1-based indices).
 - `Hdf5Reader`: dataset 'video' of vlen uint8 JPEG bytes (0-based).
 - `FlowHdf5Reader`: datasets 'video_u' and 'video_v' -> (u_bytes, v_bytes) per frame.
 - `datasets.video_files.VideoFileReader` (--file_type video): decoded PyAV frames instead of bytes.

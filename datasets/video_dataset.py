@@ -103,7 +103,7 @@ class VideoClipDataset(Dataset):
 
 
 def collate_clips(batch: list[tuple[list[torch.Tensor], list]]) -> tuple[torch.Tensor, torch.Tensor | list]:
-    """Flatten the clips of all videos in a batch (spec 4.5): labels -> LongTensor, multi-hot -> float (N, C),
+    """Flatten the clips of all videos in a batch: labels -> LongTensor, multi-hot -> float (N, C),
     segments -> plain list."""
     clips = [c for item_clips, _ in batch for c in item_clips]
     targets = [t for _, item_targets in batch for t in item_targets]

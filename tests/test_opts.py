@@ -14,7 +14,7 @@ import opts
 from opts import build_parser, parse_opts, save_opts
 
 ROOT = Path(__file__).resolve().parents[1]
-SPEC = Path("/work/shared/reference/original-spec.md")
+SPEC = Path(__file__).resolve().parents[2] / "shared" / "reference" / "original-spec.md"  # beside the clone
 
 
 def _spec_flags() -> list[tuple[str, str, str]]:

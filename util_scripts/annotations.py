@@ -1,6 +1,6 @@
 """Shared pieces of the annotation JSON generators (kinetics_json, ucf101_json, ...).
 
-The JSON they write (spec 4.1): ``{"labels": [...], "database": {video_id: entry}}`` with
+The JSON they write: ``{"labels": [...], "database": {video_id: entry}}`` with
 ``entry = {"subset": "training"|"validation"|"testing", "annotations": {"label": name,
 "segment": [begin, end]}}``. Testing entries have no label. The segment is only written when
 the converted video exists: ``[1, n_frames + 1]`` for a jpg folder, ``[0, n_frames]`` for an
