@@ -1,0 +1,290 @@
+"""Annotated copies of videos (`--predict PATH --output_video`): every frame upright, with the top-k labels of
+the segment covering it and a timeline strip of the top-1 label of every segment scored so far.
+
+    writer = AnnotatedVideoWriter(out_dir / "annotated" / "clip.mp4", duration_s=meta.duration)
+    for number, seconds, frame in stream_frames(path, meta):
+        writer.add_frame(number, seconds, frame)          # av.VideoFrame (or an upright RGB array)
+        ...   writer.add_segment(start_s, end_s, top)     # whenever a segment's scores are known
+    writer.close()                                         # flushes, then moves the file into place
+
+Frames wait in a bounded buffer until a segment covering their time is known (at most `max_buffered`
+frames; older ones are drawn with what is known then). The output keeps the input's frame timing (pts
+and time base), so its frame count and duration are the input's; it is stored upright (no display matrix).
+Encoding: H.264 (libx264) where PyAV has it, else MPEG-4 part 2.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_BUFFERED = 256  # frames waiting for their segment (full-resolution decoded frames: keep it bounded)
+UNKNOWN_COLOR = (60, 60, 60)  # timeline where no segment is known yet
+_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def class_color(label: str) -> tuple[int, int, int]:
+    """A stable, fairly saturated colour for a class label (the same in videos and in the HTML report)."""
+    import colorsys
+
+    digest = hashlib.sha1(str(label).encode("utf-8")).digest()
+    hue = digest[0] / 256 + digest[1] / 65536
+    r, g, b = colorsys.hls_to_rgb(hue, 0.5 + (digest[2] % 16) / 100, 0.65 + (digest[3] % 32) / 100)
+    return round(r * 255), round(g * 255), round(b * 255)
+
+
+def hex_color(label: str) -> str:
+    return "#{:02x}{:02x}{:02x}".format(*class_color(label))
+
+
+def safe_file_name(video_id: str, taken: set[str], suffix: str = ".mp4") -> str:
+    """A file name made from the video's name: only [A-Za-z0-9._-], no leading dot, at most 100 characters,
+    unique among `taken` (which it joins)."""
+    stem = _SAFE.sub("_", Path(str(video_id)).stem).strip("._")[:100] or "video"
+    name, k = stem + suffix, 2
+    while name.lower() in taken:
+        name, k = f"{stem}_{k}{suffix}", k + 1
+    taken.add(name.lower())
+    return name
+
+
+@dataclass(frozen=True)
+class Segment:
+    start_s: float
+    end_s: float
+    top: tuple  # ({"label": str, "score": float}, ...), best first
+
+    @property
+    def label(self) -> str:
+        return self.top[0]["label"] if self.top else ""
+
+    def covers(self, t: float, *, last: bool = False) -> bool:
+        return self.start_s <= t < self.end_s or (last and t == self.end_s)
+
+
+def font_for(height: int) -> ImageFont.ImageFont:
+    """Pillow's built-in font at a size that reads at this frame height."""
+    size = max(9, round(height / 22))
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError):  # Pillow < 10.1 or no FreeType: the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def strip_height(height: int) -> int:
+    return max(4, round(height / 24))
+
+
+def draw_overlay(image: Image.Image, t: float, duration: float, current: Segment | None,
+                 timeline: Sequence[Segment], *, topk: int = 3) -> list[tuple[int, int, int, int]]:
+    """Draw the top-k box (top left) and the timeline strip (bottom) onto `image` in place.
+
+    Returns the boxes (x0, y0, x1, y1), exclusive ends, outside which no pixel was changed.
+    """
+    width, height = image.size
+    draw = ImageDraw.Draw(image)
+    boxes = [_draw_timeline(draw, width, height, t, duration, timeline)]
+    lines = [(item["label"], f"{item['score']:.2f}") for item in (current.top[:topk] if current else ())]
+    if not lines:
+        lines = [("…", "")]
+    font = font_for(height)
+    pad = max(2, round(height / 120))
+    line_h = font.getbbox("Ag")[3] + pad
+    swatch = max(4, line_h - 2 * pad)
+    text_w = max(draw.textlength(f"{label} {score}", font=font) for label, score in lines)
+    box = (0, 0, min(width, int(3 * pad + swatch + text_w + pad) + 1), min(height, len(lines) * line_h + 2 * pad))
+    draw.rectangle((box[0], box[1], box[2] - 1, box[3] - 1), fill=(0, 0, 0))
+    for k, (label, score) in enumerate(lines):
+        y = pad + k * line_h
+        if score:
+            draw.rectangle((pad, y + pad // 2, pad + swatch - 1, y + pad // 2 + swatch - 1), fill=class_color(label))
+        draw.text((2 * pad + swatch, y), f"{label} {score}", fill=(255, 255, 255), font=font)
+    boxes.append(box)
+    return boxes
+
+
+def _draw_timeline(draw: ImageDraw.ImageDraw, width: int, height: int, t: float, duration: float,
+                   timeline: Sequence[Segment]) -> tuple[int, int, int, int]:
+    h = strip_height(height)
+    y0 = height - h
+    draw.rectangle((0, y0, width - 1, height - 1), fill=UNKNOWN_COLOR)
+    scale = width / duration if duration > 0 else 0.0
+    for seg in timeline:
+        x0, x1 = int(seg.start_s * scale), max(int(seg.start_s * scale) + 1, int(round(seg.end_s * scale)))
+        draw.rectangle((x0, y0, min(x1, width) - 1, height - 1), fill=class_color(seg.label))
+    cursor = min(width - 1, int(t * scale))
+    draw.rectangle((max(0, cursor - 1), y0, min(width - 1, cursor + 1), height - 1), fill=(255, 255, 255))
+    return 0, y0, width, height
+
+
+def pick_codec() -> str:
+    import av
+
+    return "libx264" if "libx264" in av.codecs_available else "mpeg4"
+
+
+class AnnotatedVideoWriter:
+    """Writes an annotated, upright copy of one video (see the module docstring).
+
+    Args:
+        path: the output file (.mp4); written beside it under a temporary name and moved into place on close().
+        duration_s: the input's duration (the timeline's full width).
+        fps: the input's average frame rate (a hint for players; the frame times are the input's).
+        topk: labels shown per frame.
+        max_buffered: frames kept waiting for their segment.
+        crf: H.264 quality (lower is better; 18 is visually lossless).
+    """
+
+    def __init__(self, path: Path, *, duration_s: float, fps: float = 25.0, topk: int = 3,
+                 max_buffered: int = DEFAULT_MAX_BUFFERED, crf: int = 18, codec: str | None = None):
+        self.path = Path(path)
+        self.fps = fps
+        self.duration_s = float(duration_s)
+        self.topk = topk
+        self.max_buffered = max(1, max_buffered)
+        self.crf = crf
+        self.codec = codec or pick_codec()
+        self.segments: list[Segment] = []
+        self.frames_written = 0
+        self._buffer: deque = deque()  # (number, seconds, frame)
+        self._container = None
+        self._stream = None
+        self._first_pts: int | None = None
+        self._time_base: Fraction | None = None
+        self._durations: dict[int, int] = {}  # pts -> duration of the frames in the encoder
+        self._tmp = self.path.with_name(f".{self.path.stem}.tmp{self.path.suffix or '.mp4'}")
+
+    # -- inputs -------------------------------------------------------------------------------------------
+
+    def add_frame(self, number: int, seconds: float, frame) -> None:
+        """A decoded frame (av.VideoFrame, or an upright RGB uint8 array) at `seconds` after frame 0."""
+        self._buffer.append((number, float(seconds), frame))
+        self._flush(final=False)
+
+    def add_segment(self, start_s: float, end_s: float, top: Sequence[dict]) -> None:
+        """The top-k labels of a scored segment [start_s, end_s) (best first)."""
+        self.segments.append(Segment(float(start_s), float(end_s), tuple(top)))
+        self.segments.sort(key=lambda s: (s.start_s, s.end_s))
+        self._flush(final=False)
+
+    def close(self) -> Path:
+        """Draw and encode every buffered frame, finish the file and move it into place."""
+        self._flush(final=True)
+        if self._container is None:
+            raise ValueError(f"no frames were given for {self.path}")
+        self._mux(self._stream.encode())
+        self._container.close()
+        self._container = None
+        os.replace(self._tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        """Drop the partial output (e.g. after an error or an interruption)."""
+        if self._container is not None:
+            try:
+                self._container.close()
+            except Exception:  # noqa: BLE001 - nothing more to save
+                pass
+            self._container = None
+        self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> AnnotatedVideoWriter:
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    # -- drawing and encoding -------------------------------------------------------------------------------
+
+    def segment_at(self, t: float) -> Segment | None:
+        """The latest-starting known segment that covers time t (the last one also covers its end)."""
+        found = None
+        for k, seg in enumerate(self.segments):
+            if seg.start_s > t:
+                break
+            if seg.covers(t, last=k == len(self.segments) - 1):
+                found = seg
+        return found
+
+    def _flush(self, *, final: bool) -> None:
+        while self._buffer:
+            number, seconds, frame = self._buffer[0]
+            if not (final or len(self._buffer) > self.max_buffered or self.segment_at(seconds) is not None):
+                return
+            self._buffer.popleft()
+            self._write(seconds, frame)
+
+    def render(self, seconds: float, frame) -> tuple[np.ndarray, list]:
+        """The annotated upright RGB array of one frame and the boxes drawn on it."""
+        from datasets.video_files import upright_array
+
+        array = frame if isinstance(frame, np.ndarray) else upright_array(frame)
+        image = Image.fromarray(array)
+        boxes = draw_overlay(image, seconds, self.duration_s, self.segment_at(seconds), self.segments,
+                             topk=self.topk)
+        return np.asarray(image), boxes
+
+    def _write(self, seconds: float, frame) -> None:
+        import av
+
+        array, _ = self.render(seconds, frame)
+        if self._container is None:
+            self._open(array.shape[1], array.shape[0], frame)
+        out = av.VideoFrame.from_ndarray(array, format="rgb24")
+        out.pts = self._pts(seconds, frame)
+        out.time_base = self._time_base
+        duration = getattr(frame, "duration", None)
+        if duration and getattr(frame, "time_base", None) == self._time_base:
+            self._durations[out.pts] = duration
+        self._mux(self._stream.encode(out))
+        self.frames_written += 1
+
+    def _mux(self, packets) -> None:
+        for packet in packets:
+            # The encoder drops frame durations: without them the last frame would last 0 s.
+            duration = self._durations.pop(packet.pts, None)
+            if duration:
+                packet.duration = duration
+            self._container.mux(packet)
+
+    def _pts(self, seconds: float, frame) -> int:
+        pts = getattr(frame, "pts", None)
+        if pts is not None and getattr(frame, "time_base", None) == self._time_base:
+            if self._first_pts is None:
+                self._first_pts = pts - round(seconds / self._time_base)
+            return pts - self._first_pts
+        return round(seconds / self._time_base)
+
+    def _open(self, width: int, height: int, frame) -> None:
+        import av
+
+        self._time_base = getattr(frame, "time_base", None) or Fraction(1, 90000)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._container = av.open(str(self._tmp), "w", format="mp4")
+        stream = self._container.add_stream(self.codec, rate=Fraction(self.fps or 25).limit_denominator(1001))
+        stream.width, stream.height = width, height
+        odd = width % 2 or height % 2
+        if self.codec == "libx264":
+            stream.pix_fmt = "yuv444p" if odd else "yuv420p"  # 4:2:0 needs even sizes
+            stream.options = {"crf": str(self.crf), "preset": "veryfast"}
+        else:
+            stream.pix_fmt = "yuv420p"
+            stream.bit_rate = max(400_000, width * height * 8)
+        stream.codec_context.time_base = self._time_base
+        stream.time_base = self._time_base
+        self._stream = stream
