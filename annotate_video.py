@@ -70,8 +70,9 @@ class Segment:
     def label(self) -> str:
         return self.top[0]["label"] if self.top else ""
 
-    def covers(self, t: float, *, last: bool = False) -> bool:
-        return self.start_s <= t < self.end_s or (last and t == self.end_s)
+    def covers(self, t: float, *, final: bool = False) -> bool:
+        """start <= t < end; the video's final segment (`final`) also covers the time from its end on."""
+        return self.start_s <= t and (t < self.end_s or final)
 
 
 def font_for(height: int) -> ImageFont.ImageFont:
@@ -212,12 +213,12 @@ class AnnotatedVideoWriter:
     # -- drawing and encoding -------------------------------------------------------------------------------
 
     def segment_at(self, t: float) -> Segment | None:
-        """The latest-starting known segment that covers time t (the last one also covers its end)."""
+        """The latest-starting known segment that covers time t."""
         found = None
-        for k, seg in enumerate(self.segments):
+        for seg in self.segments:
             if seg.start_s > t:
                 break
-            if seg.covers(t, last=k == len(self.segments) - 1):
+            if seg.covers(t, final=seg.end_s >= self.duration_s - 1e-3):
                 found = seg
         return found
 
