@@ -35,18 +35,35 @@ UNKNOWN_COLOR = (60, 60, 60)  # timeline where no segment is known yet
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
+class ClassColors:
+    """Colours of class labels, the same in annotated videos and in the HTML report.
+
+    Classes of `class_names` get hues spaced by the golden ratio in class order (neighbours differ clearly, for
+    any number of classes); other labels a hue from a hash of the label (stable across runs).
+    """
+
+    def __init__(self, class_names: Sequence[str] = ()):
+        self.index = {str(name): k for k, name in enumerate(class_names)}
+
+    def rgb(self, label: str) -> tuple[int, int, int]:
+        import colorsys
+
+        k = self.index.get(str(label))
+        if k is None:
+            digest = hashlib.sha1(str(label).encode("utf-8")).digest()
+            k = int.from_bytes(digest[:4], "big")
+        hue = (k * 0.6180339887) % 1.0
+        lightness = (0.45, 0.62, 0.35)[k % 3]
+        r, g, b = colorsys.hls_to_rgb(hue, lightness, 0.8)
+        return round(r * 255), round(g * 255), round(b * 255)
+
+    def hex(self, label: str) -> str:
+        return "#{:02x}{:02x}{:02x}".format(*self.rgb(label))
+
+
 def class_color(label: str) -> tuple[int, int, int]:
-    """A stable, fairly saturated colour for a class label (the same in videos and in the HTML report)."""
-    import colorsys
-
-    digest = hashlib.sha1(str(label).encode("utf-8")).digest()
-    hue = digest[0] / 256 + digest[1] / 65536
-    r, g, b = colorsys.hls_to_rgb(hue, 0.5 + (digest[2] % 16) / 100, 0.65 + (digest[3] % 32) / 100)
-    return round(r * 255), round(g * 255), round(b * 255)
-
-
-def hex_color(label: str) -> str:
-    return "#{:02x}{:02x}{:02x}".format(*class_color(label))
+    """The colour of a label when no class list is known."""
+    return ClassColors().rgb(label)
 
 
 def safe_file_name(video_id: str, taken: set[str], suffix: str = ".mp4") -> str:
@@ -89,14 +106,16 @@ def strip_height(height: int) -> int:
 
 
 def draw_overlay(image: Image.Image, t: float, duration: float, current: Segment | None,
-                 timeline: Sequence[Segment], *, topk: int = 3) -> list[tuple[int, int, int, int]]:
+                 timeline: Sequence[Segment], *, topk: int = 3,
+                 colors: ClassColors | None = None) -> list[tuple[int, int, int, int]]:
     """Draw the top-k box (top left) and the timeline strip (bottom) onto `image` in place.
 
     Returns the boxes (x0, y0, x1, y1), exclusive ends, outside which no pixel was changed.
     """
     width, height = image.size
+    colors = colors or ClassColors()
     draw = ImageDraw.Draw(image)
-    boxes = [_draw_timeline(draw, width, height, t, duration, timeline)]
+    boxes = [_draw_timeline(draw, width, height, t, duration, timeline, colors)]
     lines = [(item["label"], f"{item['score']:.2f}") for item in (current.top[:topk] if current else ())]
     if not lines:
         lines = [("…", "")]
@@ -110,21 +129,21 @@ def draw_overlay(image: Image.Image, t: float, duration: float, current: Segment
     for k, (label, score) in enumerate(lines):
         y = pad + k * line_h
         if score:
-            draw.rectangle((pad, y + pad // 2, pad + swatch - 1, y + pad // 2 + swatch - 1), fill=class_color(label))
+            draw.rectangle((pad, y + pad // 2, pad + swatch - 1, y + pad // 2 + swatch - 1), fill=colors.rgb(label))
         draw.text((2 * pad + swatch, y), f"{label} {score}", fill=(255, 255, 255), font=font)
     boxes.append(box)
     return boxes
 
 
 def _draw_timeline(draw: ImageDraw.ImageDraw, width: int, height: int, t: float, duration: float,
-                   timeline: Sequence[Segment]) -> tuple[int, int, int, int]:
+                   timeline: Sequence[Segment], colors: ClassColors) -> tuple[int, int, int, int]:
     h = strip_height(height)
     y0 = height - h
     draw.rectangle((0, y0, width - 1, height - 1), fill=UNKNOWN_COLOR)
     scale = width / duration if duration > 0 else 0.0
     for seg in timeline:
         x0, x1 = int(seg.start_s * scale), max(int(seg.start_s * scale) + 1, int(round(seg.end_s * scale)))
-        draw.rectangle((x0, y0, min(x1, width) - 1, height - 1), fill=class_color(seg.label))
+        draw.rectangle((x0, y0, min(x1, width) - 1, height - 1), fill=colors.rgb(seg.label))
     cursor = min(width - 1, int(t * scale))
     draw.rectangle((max(0, cursor - 1), y0, min(width - 1, cursor + 1), height - 1), fill=(255, 255, 255))
     return 0, y0, width, height
@@ -146,11 +165,14 @@ class AnnotatedVideoWriter:
         topk: labels shown per frame.
         max_buffered: frames kept waiting for their segment.
         crf: H.264 quality (lower is better; 18 is visually lossless).
+        class_names: the model's classes, in order (their colours; see ClassColors).
     """
 
     def __init__(self, path: Path, *, duration_s: float, fps: float = 25.0, topk: int = 3,
-                 max_buffered: int = DEFAULT_MAX_BUFFERED, crf: int = 18, codec: str | None = None):
+                 max_buffered: int = DEFAULT_MAX_BUFFERED, crf: int = 18, codec: str | None = None,
+                 class_names: Sequence[str] = ()):
         self.path = Path(path)
+        self.colors = ClassColors(class_names)
         self.fps = fps
         self.duration_s = float(duration_s)
         self.topk = topk
@@ -237,7 +259,7 @@ class AnnotatedVideoWriter:
         array = frame if isinstance(frame, np.ndarray) else upright_array(frame)
         image = Image.fromarray(array)
         boxes = draw_overlay(image, seconds, self.duration_s, self.segment_at(seconds), self.segments,
-                             topk=self.topk)
+                             topk=self.topk, colors=self.colors)
         return np.asarray(image), boxes
 
     def _write(self, seconds: float, frame) -> None:

@@ -10,7 +10,7 @@ import av
 import numpy as np
 import pytest
 
-from annotate_video import AnnotatedVideoWriter, class_color, safe_file_name
+from annotate_video import AnnotatedVideoWriter, ClassColors, class_color, safe_file_name
 from datasets.video_files import probe_video, stream_frames, upright_array
 from tests.video_corpus import N_FRAMES, corpus_frame, vfr_pts_ms, write_video
 
@@ -141,3 +141,6 @@ def test_safe_unique_names_and_stable_colours():
         assert "/" not in name and not name.startswith(".") and set(name) <= set(
             "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
     assert class_color("walk") == class_color("walk") != class_color("run")
+    colors = ClassColors(["walk", "run", "jump"])
+    assert len({colors.rgb(c) for c in ["walk", "run", "jump", "other"]}) == 4
+    assert colors.hex("walk") == "#{:02x}{:02x}{:02x}".format(*colors.rgb("walk"))
