@@ -155,6 +155,96 @@ def pick_codec() -> str:
     return "libx264" if "libx264" in av.codecs_available else "mpeg4"
 
 
+class FrameEncoder:
+    """Encodes upright RGB frames to an .mp4 with the input's frame timing, written under a temporary name and
+    moved into place by close() (abort() drops it).
+
+    Each frame comes with the decoded input frame it replaces (or None): its pts, time base and duration are
+    kept, so the output has the input's frame times and duration. Without one, `seconds` gives the time.
+    """
+
+    def __init__(self, path: Path, *, fps: float = 25.0, crf: int = 18, codec: str | None = None):
+        self.path = Path(path)
+        self.fps = fps
+        self.crf = crf
+        self.codec = codec or pick_codec()
+        self.frames_written = 0
+        self._container = None
+        self._stream = None
+        self._first_pts: int | None = None
+        self._time_base: Fraction | None = None
+        self._durations: dict[int, int] = {}  # pts -> duration of the frames in the encoder
+        self._tmp = self.path.with_name(f".{self.path.stem}.tmp{self.path.suffix or '.mp4'}")
+
+    def write(self, array: np.ndarray, seconds: float, source=None) -> None:
+        """Encode one upright RGB uint8 frame shown at `seconds` (timing from `source`, the input frame, if any)."""
+        import av
+
+        if self._container is None:
+            self._open(array.shape[1], array.shape[0], source)
+        out = av.VideoFrame.from_ndarray(np.ascontiguousarray(array), format="rgb24")
+        out.pts = self._pts(seconds, source)
+        out.time_base = self._time_base
+        duration = getattr(source, "duration", None)
+        if duration and getattr(source, "time_base", None) == self._time_base:
+            self._durations[out.pts] = duration
+        self._mux(self._stream.encode(out))
+        self.frames_written += 1
+
+    def close(self) -> Path:
+        if self._container is None:
+            raise ValueError(f"no frames were given for {self.path}")
+        self._mux(self._stream.encode())
+        self._container.close()
+        self._container = None
+        os.replace(self._tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        if self._container is not None:
+            try:
+                self._container.close()
+            except Exception:  # noqa: BLE001 - nothing more to save
+                pass
+            self._container = None
+        self._tmp.unlink(missing_ok=True)
+
+    def _mux(self, packets) -> None:
+        for packet in packets:
+            # The encoder drops frame durations: without them the last frame would last 0 s.
+            duration = self._durations.pop(packet.pts, None)
+            if duration:
+                packet.duration = duration
+            self._container.mux(packet)
+
+    def _pts(self, seconds: float, source) -> int:
+        pts = getattr(source, "pts", None)
+        if pts is not None and getattr(source, "time_base", None) == self._time_base:
+            if self._first_pts is None:
+                self._first_pts = pts - round(seconds / self._time_base)
+            return pts - self._first_pts
+        return round(seconds / self._time_base)
+
+    def _open(self, width: int, height: int, source) -> None:
+        import av
+
+        self._time_base = getattr(source, "time_base", None) or Fraction(1, 90000)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._container = av.open(str(self._tmp), "w", format="mp4")
+        stream = self._container.add_stream(self.codec, rate=Fraction(self.fps or 25).limit_denominator(1001))
+        stream.width, stream.height = width, height
+        odd = width % 2 or height % 2
+        if self.codec == "libx264":
+            stream.pix_fmt = "yuv444p" if odd else "yuv420p"  # 4:2:0 needs even sizes
+            stream.options = {"crf": str(self.crf), "preset": "veryfast"}
+        else:
+            stream.pix_fmt = "yuv420p"
+            stream.bit_rate = max(400_000, width * height * 8)
+        stream.codec_context.time_base = self._time_base
+        stream.time_base = self._time_base
+        self._stream = stream
+
+
 class AnnotatedVideoWriter:
     """Writes an annotated, upright copy of one video (see the module docstring).
 
@@ -177,17 +267,9 @@ class AnnotatedVideoWriter:
         self.duration_s = float(duration_s)
         self.topk = topk
         self.max_buffered = max(1, max_buffered)
-        self.crf = crf
-        self.codec = codec or pick_codec()
         self.segments: list[Segment] = []
-        self.frames_written = 0
         self._buffer: deque = deque()  # (number, seconds, frame)
-        self._container = None
-        self._stream = None
-        self._first_pts: int | None = None
-        self._time_base: Fraction | None = None
-        self._durations: dict[int, int] = {}  # pts -> duration of the frames in the encoder
-        self._tmp = self.path.with_name(f".{self.path.stem}.tmp{self.path.suffix or '.mp4'}")
+        self.encoder = FrameEncoder(self.path, fps=fps, crf=crf, codec=codec)
 
     # -- inputs -------------------------------------------------------------------------------------------
 
@@ -205,23 +287,16 @@ class AnnotatedVideoWriter:
     def close(self) -> Path:
         """Draw and encode every buffered frame, finish the file and move it into place."""
         self._flush(final=True)
-        if self._container is None:
-            raise ValueError(f"no frames were given for {self.path}")
-        self._mux(self._stream.encode())
-        self._container.close()
-        self._container = None
-        os.replace(self._tmp, self.path)
-        return self.path
+        return self.encoder.close()
 
     def abort(self) -> None:
         """Drop the partial output (e.g. after an error or an interruption)."""
-        if self._container is not None:
-            try:
-                self._container.close()
-            except Exception:  # noqa: BLE001 - nothing more to save
-                pass
-            self._container = None
-        self._tmp.unlink(missing_ok=True)
+        self._buffer.clear()
+        self.encoder.abort()
+
+    @property
+    def frames_written(self) -> int:
+        return self.encoder.frames_written
 
     def __enter__(self) -> AnnotatedVideoWriter:
         return self
@@ -263,51 +338,5 @@ class AnnotatedVideoWriter:
         return np.asarray(image), boxes
 
     def _write(self, seconds: float, frame) -> None:
-        import av
-
         array, _ = self.render(seconds, frame)
-        if self._container is None:
-            self._open(array.shape[1], array.shape[0], frame)
-        out = av.VideoFrame.from_ndarray(array, format="rgb24")
-        out.pts = self._pts(seconds, frame)
-        out.time_base = self._time_base
-        duration = getattr(frame, "duration", None)
-        if duration and getattr(frame, "time_base", None) == self._time_base:
-            self._durations[out.pts] = duration
-        self._mux(self._stream.encode(out))
-        self.frames_written += 1
-
-    def _mux(self, packets) -> None:
-        for packet in packets:
-            # The encoder drops frame durations: without them the last frame would last 0 s.
-            duration = self._durations.pop(packet.pts, None)
-            if duration:
-                packet.duration = duration
-            self._container.mux(packet)
-
-    def _pts(self, seconds: float, frame) -> int:
-        pts = getattr(frame, "pts", None)
-        if pts is not None and getattr(frame, "time_base", None) == self._time_base:
-            if self._first_pts is None:
-                self._first_pts = pts - round(seconds / self._time_base)
-            return pts - self._first_pts
-        return round(seconds / self._time_base)
-
-    def _open(self, width: int, height: int, frame) -> None:
-        import av
-
-        self._time_base = getattr(frame, "time_base", None) or Fraction(1, 90000)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._container = av.open(str(self._tmp), "w", format="mp4")
-        stream = self._container.add_stream(self.codec, rate=Fraction(self.fps or 25).limit_denominator(1001))
-        stream.width, stream.height = width, height
-        odd = width % 2 or height % 2
-        if self.codec == "libx264":
-            stream.pix_fmt = "yuv444p" if odd else "yuv420p"  # 4:2:0 needs even sizes
-            stream.options = {"crf": str(self.crf), "preset": "veryfast"}
-        else:
-            stream.pix_fmt = "yuv420p"
-            stream.bit_rate = max(400_000, width * height * 8)
-        stream.codec_context.time_base = self._time_base
-        stream.time_base = self._time_base
-        self._stream = stream
+        self.encoder.write(array, seconds, None if isinstance(frame, np.ndarray) else frame)
