@@ -78,47 +78,74 @@ def feature_collector() -> VideoScoreAggregator:
 
 def write_features(path: Path, collected: VideoScoreAggregator, *, video_order: Sequence[str] | None = None,
                    unit: str = "seconds", segment_times=None, source: str = "") -> Path:
-    """Write the collected embeddings in the layout of the module docstring, atomically.
+    """Write embeddings collected per clip (`feature_collector`) in the layout of the module docstring.
 
     `unit`: "seconds" writes start_s/end_s, "frames" writes start_frame/end_frame (the collected segments).
     `segment_times(video_id, segment) -> (start_s, end_s)`: turns a collected segment into seconds (unit seconds;
     default: the segment as it is).
     """
-    import h5py
-
     if video_order is not None:
         collected.reorder(video_order)
-    videos = list(collected.clips)
-    rows, index, starts, ends, means = [], [], [], [], []
-    for v, video_id in enumerate(videos):
+    table = FeatureTable()
+    for video_id in collected.clips:
         for segment, vector in collected.segment_scores(video_id):
             start, end = segment_times(video_id, segment) if segment_times else segment
-            rows.append(vector.numpy())
-            index.append(v)
-            starts.append(start)
-            ends.append(end)
-        means.append(_mean(collected, video_id))
-    dim = rows[0].shape[0] if rows else 0
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.attrs.update(layout_version=LAYOUT_VERSION, dim=dim, segment_unit=unit, source=source)
-            f.create_dataset("features", data=np.asarray(rows, np.float32).reshape(len(rows), dim))
-            f.create_dataset("video_index", data=np.asarray(index, np.int32))
-            names = ("start_s", "end_s") if unit == "seconds" else ("start_frame", "end_frame")
-            dtype = np.float64 if unit == "seconds" else np.int64
-            f.create_dataset(names[0], data=np.asarray(starts, dtype))
-            f.create_dataset(names[1], data=np.asarray(ends, dtype))
-            f.create_dataset("videos", data=videos, dtype=h5py.string_dtype("utf-8"))
-            f.create_dataset("video_mean", data=np.asarray(means, np.float32).reshape(len(videos), dim))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+            table.add(video_id, start, end, vector)
+        table.means[video_id] = _mean(collected, video_id)
+    return table.write(path, unit=unit, source=source)
+
+
+class FeatureTable:
+    """Segment embeddings in arrival order, grouped by video, and the file writer.
+
+    The mean per video is the mean of its segments unless `means` holds one (e.g. over every clip and crop).
+    """
+
+    def __init__(self):
+        self.videos: list[str] = []
+        self.rows: list[tuple[int, float, float, np.ndarray]] = []  # (video index, start, end, vector)
+        self.means: dict[str, np.ndarray] = {}
+        self._index: dict[str, int] = {}
+
+    def add(self, video_id: str, start: float, end: float, vector) -> None:
+        if video_id not in self._index:
+            self._index[video_id] = len(self.videos)
+            self.videos.append(video_id)
+        vector = vector.detach().float().cpu().numpy() if isinstance(vector, torch.Tensor) else np.asarray(vector)
+        self.rows.append((self._index[video_id], start, end, vector.astype(np.float32).reshape(-1)))
+
+    def write(self, path: Path, *, unit: str = "seconds", source: str = "") -> Path:
+        """The HDF5 file of the module docstring, written atomically."""
+        import h5py
+
+        dim = self.rows[0][3].shape[0] if self.rows else 0
+        features = np.zeros((len(self.rows), dim), np.float32)
+        for k, row in enumerate(self.rows):
+            features[k] = row[3]
+        index = np.asarray([r[0] for r in self.rows], np.int32)
+        means = np.zeros((len(self.videos), dim), np.float32)
+        for v, video_id in enumerate(self.videos):
+            means[v] = self.means[video_id] if video_id in self.means else features[index == v].mean(axis=0)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            with h5py.File(tmp, "w") as f:
+                f.attrs.update(layout_version=LAYOUT_VERSION, dim=dim, segment_unit=unit, source=source)
+                f.create_dataset("features", data=features)
+                f.create_dataset("video_index", data=index)
+                names = ("start_s", "end_s") if unit == "seconds" else ("start_frame", "end_frame")
+                dtype = np.float64 if unit == "seconds" else np.int64
+                f.create_dataset(names[0], data=np.asarray([r[1] for r in self.rows], dtype))
+                f.create_dataset(names[1], data=np.asarray([r[2] for r in self.rows], dtype))
+                f.create_dataset("videos", data=self.videos, dtype=h5py.string_dtype("utf-8"))
+                f.create_dataset("video_mean", data=means)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return path
 
 
 def _mean(collected: VideoScoreAggregator, video_id: str) -> np.ndarray:

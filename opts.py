@@ -155,6 +155,9 @@ def _add_inference_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--inference_crop", default="center", type=str, choices=("center", "nocrop"),
                    help="center crop, or resize only (nocrop)")
     g.add_argument("--inference_no_average", action="store_true", help="Write per-clip instead of per-video scores")
+    g.add_argument("--output_video", action="store_true",
+                   help="For --predict: also write an annotated copy of every video (top-k labels of the current "
+                        "segment and a timeline of top-1 labels) to annotated/<name>.mp4 in --result_path")
     g.add_argument("--save_features", action="store_true",
                    help="Also write the classifier's input (pooled embedding) of every clip/segment and its mean per "
                         "video to an HDF5 file: {subset}_features.h5 with --inference, features.h5 with --predict")

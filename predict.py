@@ -194,10 +194,38 @@ def predict_videos(net: nn.Module, videos: Sequence[VideoToPredict], opt: argpar
     data = WindowDataset(videos, loader, temporal, group=group)
     batches = DataLoader(data, batch_size=1, collate_fn=_single, num_workers=opt.n_threads,
                          worker_init_fn=seed_worker)
+    features = VideoScoreAggregator([]) if opt.save_features else None
     scores = run_inference(net.to(device), batches, device, class_names=class_names,
-                           normalizer=build_input_normalizer(opt), precision=opt.precision, show_progress=False)
+                           normalizer=build_input_normalizer(opt), precision=opt.precision, show_progress=False,
+                           features=features)
     scores.reorder([video.video_id for video in videos])
-    return _results(videos, scores, opt)
+    if features is not None:
+        features.reorder([video.video_id for video in videos])
+    return _results(videos, scores, opt), features
+
+
+def write_visual_outputs(opt: argparse.Namespace, videos: Sequence[VideoToPredict], predictions: dict,
+                         features: VideoScoreAggregator | None, class_names: Sequence[str]) -> list[Path]:
+    """predictions.html, and with --output_video / --save_features the annotated videos / features.h5, from one
+    more decoding pass per video (the predictor's results replayed to predict_outputs' listener)."""
+    from datasets.video_files import stream_frames
+    from predict_outputs import PredictOutputs
+
+    outputs = PredictOutputs(Path(opt.result_path or "."), class_names=class_names, output_video=opt.output_video,
+                             save_features=opt.save_features, checkpoint=str(opt.resume_path))
+    for video in videos:
+        entry = predictions["results"][video.video_id]
+        outputs.start_video(video)
+        vectors = [v for _, v in features.segment_scores(video.video_id)] if features is not None else []
+        for k, seg in enumerate(entry["segments"]):
+            outputs.segment(*seg["segment"], seg["result"], None, vectors[k] if k < len(vectors) else None)
+        try:
+            for number, seconds, frame in stream_frames(video.path, video.meta):
+                outputs.frame(number, seconds, frame)
+        except Exception as e:  # noqa: BLE001 - PyAV raises many error types for broken files
+            log.warning("decoding %s stopped early: %s", video.path, e)
+        outputs.finish_video(entry)
+    return outputs.close()
 
 
 def _results(videos: Sequence[VideoToPredict], scores: VideoScoreAggregator, opt: argparse.Namespace) -> dict:
@@ -255,8 +283,10 @@ def run(opt: argparse.Namespace) -> int:
     videos = probe_videos(find_videos(Path(opt.predict)))
     device = torch.device("cuda" if torch.cuda.is_available() and not opt.no_cuda else "cpu")
     log.info("predicting %d video(s) with %s on %s", len(videos), opt.resume_path, device)
-    predictions = predict_videos(net, videos, opt, class_names=class_names, device=device)
+    predictions, features = predict_videos(net, videos, opt, class_names=class_names, device=device)
     print_predictions(predictions)
     json_path, csv_path = write_predictions(Path(opt.result_path or "."), predictions)
     log.info("wrote %s and %s", json_path, csv_path)
+    for path in write_visual_outputs(opt, videos, predictions, features, class_names):
+        log.info("wrote %s", path)
     return 0
