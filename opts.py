@@ -249,6 +249,10 @@ def _check(parser: argparse.ArgumentParser, opt: argparse.Namespace) -> None:
         problems.append("--result_path is required")
     if opt.predict is not None and opt.resume_path is None:
         problems.append("--predict needs --resume_path (the checkpoint to predict with)")
+    if opt.output_video and opt.predict is None:
+        problems.append("--output_video needs --predict (the videos to annotate)")
+    if opt.save_features and opt.predict is None and not opt.inference:
+        problems.append("--save_features needs --predict or --inference (the clips to embed)")
     if opt.inference_n_clips < 0:
         problems.append(f"--inference_n_clips must be >= 0 (got {opt.inference_n_clips})")
     if opt.inference_n_crops == 3 and opt.inference_crop != "center":

@@ -116,3 +116,12 @@ def test_listener_in_streaming_order(tmp_path):
     assert f["start_s"].tolist() == [0.0, 0.8, 1.6] and f["end_s"].tolist() == [0.8, 1.6, 2.0]
     html = (tmp_path / "out" / "predictions.html").read_text(encoding="utf-8")
     assert "decode_errors: 2 packets" in html and 'href="annotated/v.mp4"' in html
+
+
+def test_flags_need_their_mode(tmp_path):
+    from tests.conftest import run_main
+
+    for flag, message in [("--output_video", "--output_video needs --predict"),
+                          ("--save_features", "--save_features needs --predict or --inference")]:
+        proc = run_main(["--result_path", tmp_path, flag])
+        assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
