@@ -19,8 +19,6 @@ the identity in eval mode): 512 wide for ResNet-18/34, 2048 for ResNet-50 and de
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -126,25 +124,19 @@ class FeatureTable:
         means = np.zeros((len(self.videos), dim), np.float32)
         for v, video_id in enumerate(self.videos):
             means[v] = self.means[video_id] if video_id in self.means else features[index == v].mean(axis=0)
+        from util_scripts.common import atomic_file
+
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            with h5py.File(tmp, "w") as f:
-                f.attrs.update(layout_version=LAYOUT_VERSION, dim=dim, segment_unit=unit, source=source)
-                f.create_dataset("features", data=features)
-                f.create_dataset("video_index", data=index)
-                names = ("start_s", "end_s") if unit == "seconds" else ("start_frame", "end_frame")
-                dtype = np.float64 if unit == "seconds" else np.int64
-                f.create_dataset(names[0], data=np.asarray([r[1] for r in self.rows], dtype))
-                f.create_dataset(names[1], data=np.asarray([r[2] for r in self.rows], dtype))
-                f.create_dataset("videos", data=self.videos, dtype=h5py.string_dtype("utf-8"))
-                f.create_dataset("video_mean", data=means)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with atomic_file(path) as tmp, h5py.File(tmp, "w") as f:
+            f.attrs.update(layout_version=LAYOUT_VERSION, dim=dim, segment_unit=unit, source=source)
+            f.create_dataset("features", data=features)
+            f.create_dataset("video_index", data=index)
+            names = ("start_s", "end_s") if unit == "seconds" else ("start_frame", "end_frame")
+            dtype = np.float64 if unit == "seconds" else np.int64
+            f.create_dataset(names[0], data=np.asarray([r[1] for r in self.rows], dtype))
+            f.create_dataset(names[1], data=np.asarray([r[2] for r in self.rows], dtype))
+            f.create_dataset("videos", data=self.videos, dtype=h5py.string_dtype("utf-8"))
+            f.create_dataset("video_mean", data=means)
         return path
 
 

@@ -21,8 +21,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -244,17 +242,11 @@ def _script_markup():
 
 def write_report(path: Path, entries: Sequence[VideoEntry], **kwargs) -> Path:
     """Render the page and write it atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(render_report(entries, **kwargs))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    from util_scripts.common import atomic_file
+
+    with atomic_file(Path(path)) as tmp:
+        tmp.write_text(render_report(entries, **kwargs), encoding="utf-8")
+    return Path(path)
 
 
 def entries_from_predictions(predictions: dict, *, thumbnails: dict | None = None, problems: dict | None = None,

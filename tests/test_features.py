@@ -55,7 +55,7 @@ def test_file_layout_one_row_per_segment(tmp_path):
     np.testing.assert_allclose(f["features"][2], a[1:].mean(0).numpy(), rtol=1e-6)
     np.testing.assert_allclose(f["video_mean"][1], a.mean(0).numpy(), rtol=1e-6)  # every clip and crop
     assert f["video_mean"].shape == (2, 8)
-    assert not list(tmp_path.glob(".*tmp"))  # written atomically, nothing left behind
+    assert [p.name for p in tmp_path.iterdir()] == ["f.h5"]  # written atomically, nothing left behind
 
 
 def test_inference_save_features(tiny_dataset, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -79,6 +80,10 @@ def test_page_is_self_contained_and_escaped(tmp_path):
     path = write_report(tmp_path / "predictions.html", _entries(tmp_path), title="Predictions <of> run",
                         checkpoint="save_<1>.pth")
     html = path.read_text(encoding="utf-8")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # readable like any other output, not private
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
     page = Page(html)
     text = " ".join(page.text)
     for name in ["a/clip.mp4", XSS_NAME, "broken.avi"]:  # every video named, as text

@@ -27,7 +27,7 @@ from PIL import Image, ImageDraw
 from torch import nn
 
 from errors import UserError
-from util_scripts.common import run_cli
+from util_scripts.common import atomic_file, run_cli
 
 log = logging.getLogger(__name__)
 
@@ -217,9 +217,8 @@ def run_video(cam: VideoGradCam, video: Path, out_dir: Path) -> tuple[Path, Path
         encoder.abort()
         raise
     png = out_dir / f"{stem}_gradcam.png"
-    tmp = png.with_name(f".{png.name}.tmp.png")
-    strip_image(strip).save(tmp)
-    tmp.replace(png)
+    with atomic_file(png) as tmp:
+        strip_image(strip).save(tmp, format="PNG")
     return video_path, png
 
 
