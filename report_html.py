@@ -85,7 +85,9 @@ table { border-collapse: collapse; width: 100%; table-layout: fixed; }
 th, td { border-bottom: 1px solid #ddd; padding: 4px 6px; vertical-align: top; text-align: left; }
 th { background: #eee; }
 td.name { word-break: break-all; }
-.thumbs img { height: {{ thumb_height }}px; margin-right: 2px; }
+.thumbs { white-space: nowrap; overflow: hidden; }
+.thumbs img { height: {{ thumb_height }}px; max-width: {{ thumb_height * 16 // 9 }}px; object-fit: cover; }
+.thumbs img + img { margin-left: 2px; }
 .tl { position: relative; height: 16px; background: #3c3c3c; margin-top: 3px; }
 .tl span { position: absolute; top: 0; bottom: 0; }
 .bar { display: flex; align-items: center; gap: 4px; }
@@ -211,7 +213,7 @@ def _row(entry: VideoEntry, topk: int, colors: ClassColors) -> dict:
             "problems": entry.problems, "annotated": entry.annotated, "timeline": timeline,
             "top1_label": top[0]["label"] if top else "", "top1_score": top[0]["score"] if top else 0.0,
             "top": [{"label": t["label"], "score": t["score"], "color": colors.hex(t["label"]),
-                     "percent": f"{60 * t['score'] / best:.1f}"} for t in top],
+                     "percent": f"{45 * t['score'] / best:.1f}"} for t in top],
             "search": f"{entry.name} {labels}".lower()}
 
 
@@ -230,7 +232,7 @@ def render_report(entries: Sequence[VideoEntry], *, title: str = "Predictions", 
     return env.from_string(TEMPLATE).render(
         title=title, checkpoint=checkpoint, videos=rows, topk=topk, partial=partial,
         n_problems=sum(1 for e in entries if e.problems), legend=[(label, colors.hex(label)) for label in legend],
-        thumb_height=THUMB_HEIGHT, thumb_col=THUMBNAILS * (THUMB_HEIGHT * 4 // 3 + 4) + 12,
+        thumb_height=THUMB_HEIGHT, thumb_col=THUMBNAILS * (THUMB_HEIGHT * 16 // 9 + 4) + 16,
         script=_script_markup(), script_hash=f"sha256-{digest}")
 
 
