@@ -112,6 +112,29 @@ class FeatureTable:
         vector = vector.detach().float().cpu().numpy() if isinstance(vector, torch.Tensor) else np.asarray(vector)
         self.rows.append((self._index[video_id], start, end, vector.astype(np.float32).reshape(-1)))
 
+    def keep_earlier(self, path: Path, videos: Sequence[str]) -> int:
+        """Take the rows of `videos` from an earlier file at `path` (a rerun that skipped them) unless this table
+        has them; returns how many videos were taken. An unreadable or different-width file is ignored."""
+        try:
+            earlier = read_features(path)
+        except (OSError, KeyError):
+            return 0
+        dim = self.rows[0][3].shape[0] if self.rows else earlier["features"].shape[1]
+        if earlier["features"].shape[1] != dim:
+            return 0
+        wanted = set(videos) - set(self.videos)
+        unit = earlier["attrs"].get("segment_unit", "seconds")
+        starts, ends = ("start_s", "end_s") if unit == "seconds" else ("start_frame", "end_frame")
+        taken = 0
+        for v, video_id in enumerate(earlier["videos"]):
+            if video_id not in wanted:
+                continue
+            for k in np.flatnonzero(earlier["video_index"] == v):
+                self.add(video_id, earlier[starts][k].item(), earlier[ends][k].item(), earlier["features"][k])
+            self.means[video_id] = earlier["video_mean"][v]
+            taken += 1
+        return taken
+
     def write(self, path: Path, *, unit: str = "seconds", source: str = "") -> Path:
         """The HDF5 file of the module docstring, written atomically."""
         import h5py

@@ -224,8 +224,8 @@ def write_visual_outputs(opt: argparse.Namespace, videos: Sequence[VideoToPredic
                 outputs.frame(number, seconds, frame)
         except Exception as e:  # noqa: BLE001 - PyAV raises many error types for broken files
             log.warning("decoding %s stopped early: %s", video.path, e)
-        outputs.finish_video(entry)
-    return outputs.close()
+        outputs.finish_video(None)
+    return outputs.close(predictions)
 
 
 def _results(videos: Sequence[VideoToPredict], scores: VideoScoreAggregator, opt: argparse.Namespace) -> dict:

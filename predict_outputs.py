@@ -6,10 +6,11 @@
     start_video(video)                                   # video.video_id, video.path, video.meta (VideoMeta)
     frame(number, seconds, av_frame)                     # every decoded frame, full resolution, in order
     segment(start_s, end_s, topk, scores, features)      # as segments are scored (features: None unless wanted)
-    finish_video(result)                                 # the video's predictions entry (+ "problems")
+    finish_video(result)                                 # the predictor's VideoResult (its `error`)
 
-and close() writes the page (and the features file). `wants_features` tells the predictor to hand over the
-classifier input of every segment. Output names: annotated/<safe name>.mp4, predictions.html, features.h5.
+and close(predictions) writes the page from predictions.json's entries (and the features file).
+`wants_features` tells the predictor to hand over the classifier input of every segment.
+Output names: annotated/<safe name>.mp4, predictions.html, features.h5.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from annotate_video import AnnotatedVideoWriter, safe_file_name
 from features import FeatureTable
-from report_html import ThumbnailSampler, VideoEntry, write_report
+from report_html import ThumbnailSampler, VideoEntry, entries_from_predictions, write_report
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,8 @@ class PredictOutputs:
         self.class_names = list(class_names)
         self.output_video, self.save_features = output_video, save_features
         self.topk, self.title, self.checkpoint = topk, title, checkpoint
-        self.entries: list[VideoEntry] = []
+        self.thumbnails: dict[str, list] = {}  # video id -> thumbnails, of the videos this run decoded
+        self.annotated: dict[str, str] = {}  # video id -> link to its annotated copy (relative to the page)
         self.features = FeatureTable() if save_features else None
         self._taken: set[str] = set()
         self._video = None
@@ -92,20 +94,24 @@ class PredictOutputs:
         if self.features is not None and features is not None:
             self.features.add(self._video.video_id, float(start_s), float(end_s), features)
 
-    def finish_video(self, result: dict) -> None:
-        """Close the video's outputs; `result`: its predictions entry (duration, result, segments, problems)."""
+    def finish_video(self, result=None) -> None:
+        """Close the video's outputs. `result`: the predictor's VideoResult (or None); an unusable one (its
+        `error` set) leaves no annotated video."""
         video, annotated = self._video, None
+        error = getattr(result, "error", "")
         if self._writer is not None:
-            try:
-                self._writer.close()
-                annotated = self._annotated
-            except ValueError as e:  # no frame could be decoded: nothing to show
-                log.warning("no annotated video for %s: %s", video.video_id, e)
+            if error:
                 self._writer.abort()
-        self.entries.append(VideoEntry(video.video_id, float(result.get("duration", video.meta.duration)),
-                                       list(result.get("result", [])), list(result.get("segments", [])),
-                                       list(self._thumbs.images), problem_lines(result.get("problems")),
-                                       annotated))
+            else:
+                try:
+                    self._writer.close()
+                    annotated = self._annotated
+                except ValueError as e:  # no frame could be decoded: nothing to show
+                    log.warning("no annotated video for %s: %s", video.video_id, e)
+                    self._writer.abort()
+        self.thumbnails[video.video_id] = list(self._thumbs.images)
+        if annotated:
+            self.annotated[video.video_id] = annotated
         self._video, self._writer, self._thumbs = None, None, None
 
     def abort_video(self) -> None:
@@ -114,12 +120,25 @@ class PredictOutputs:
             self._writer.abort()
         self._video, self._writer, self._thumbs = None, None, None
 
-    def close(self, *, partial: str = "") -> list[Path]:
-        """Write predictions.html (and features.h5); `partial`: why the results are incomplete, if they are."""
+    def close(self, predictions: dict, *, unusable: dict | None = None, partial: str = "") -> list[Path]:
+        """Write predictions.html (and features.h5).
+
+        `predictions`: {"results": {video_id: entry}} as in predictions.json (videos predicted by an earlier
+        run are on the page too, without thumbnails); `unusable`: {video_id: reason} of inputs that could not
+        be used; `partial`: why the results are incomplete, if they are.
+        """
         if self._video is not None:
             self.abort_video()
-        written = [write_report(self.out_dir / REPORT_NAME, self.entries, title=self.title,
+        entries = entries_from_predictions(
+            predictions, thumbnails=self.thumbnails, annotated=self.annotated,
+            problems={vid: problem_lines(e.get("problems")) for vid, e in predictions["results"].items()})
+        entries += [VideoEntry(vid, 0.0, [], problems=[f"not used: {reason}"]) for vid, reason in
+                    (unusable or {}).items()]
+        written = [write_report(self.out_dir / REPORT_NAME, entries, title=self.title,
                                 checkpoint=self.checkpoint, class_names=self.class_names, partial=partial)]
         if self.features is not None:
-            written.append(self.features.write(self.out_dir / FEATURES_NAME, unit="seconds", source=self.checkpoint))
+            path = self.out_dir / FEATURES_NAME
+            self.features.keep_earlier(path, list(predictions["results"]))  # videos a rerun skipped
+            if self.features.rows:
+                written.append(self.features.write(path, unit="seconds", source=self.checkpoint))
         return written

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import model as model_lib
-from features import ClassifierInputCapture, feature_collector, read_features, write_features
+from features import ClassifierInputCapture, FeatureTable, feature_collector, read_features, write_features
 from opts import parse_opts
 from tests.conftest import dataset_args, run_main
 
@@ -71,3 +71,19 @@ def test_inference_save_features(tiny_dataset, tmp_path):
     # the classifier input width of the model that ran: resnet-10 at --resnet_widen_factor 0.25 -> 512 / 4
     assert f["features"].shape[1] == 128 == f["video_mean"].shape[1]
     assert f["start_frame"][:2].tolist() == [1, 9] and f["end_frame"][:2].tolist() == [9, 13]
+
+
+def test_a_rerun_keeps_the_rows_of_videos_it_skipped(tmp_path):
+    first = FeatureTable()
+    first.add("a", 0.0, 1.0, np.ones(4))
+    first.add("b", 0.0, 1.0, np.full(4, 2.0))
+    first.add("b", 1.0, 2.0, np.full(4, 4.0))
+    first.write(tmp_path / "f.h5")
+    rerun = FeatureTable()
+    rerun.add("a", 0.0, 1.0, np.zeros(4))  # predicted again
+    assert rerun.keep_earlier(tmp_path / "f.h5", ["a", "b"]) == 1
+    assert rerun.keep_earlier(tmp_path / "missing.h5", ["a", "b"]) == 0
+    rerun.write(tmp_path / "f.h5")
+    f = read_features(tmp_path / "f.h5")
+    assert f["videos"] == ["a", "b"] and f["features"][:, 0].tolist() == [0.0, 2.0, 4.0]
+    assert f["end_s"].tolist() == [1.0, 1.0, 2.0] and f["video_mean"][:, 0].tolist() == [0.0, 3.0]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -106,16 +107,26 @@ def test_listener_in_streaming_order(tmp_path):
             segments.append({"segment": [start, start + 0.8], "result": top})
     outputs.segment(1.6, 2.0, [{"label": "walk", "score": 0.5}], None, torch.full((4,), 2.0))
     segments.append({"segment": [1.6, 2.0], "result": [{"label": "walk", "score": 0.5}]})
-    outputs.finish_video({"duration": 2.0, "result": [{"label": "walk", "score": 0.6}], "segments": segments,
-                          "problems": [{"kind": "decode_errors", "detail": "2 packets"}]})
-    written = outputs.close()
+    outputs.finish_video(SimpleNamespace(error=""))
+    # a second video that turns out unusable while decoding: no annotated copy, its thumbnails are still kept
+    broken = SimpleNamespace(video_id="broken.mp4", path=src, meta=video.meta)
+    outputs.start_video(broken)
+    outputs.frame(0, 0.0, np.zeros((64, 96, 3), np.uint8))
+    outputs.finish_video(SimpleNamespace(error="no decodable frame"))
+    predictions = {"results": {str(src): {"duration": 2.0, "result": [{"label": "walk", "score": 0.6}],
+                                          "segments": segments, "problems": ["damaged: 2 frames could not be decoded"]},
+                               "earlier.mp4": {"duration": 1.0, "result": [{"label": "run", "score": 0.9}],
+                                               "segments": []}}}  # predicted by an earlier run
+    written = outputs.close(predictions, unusable={"broken.mp4": "no decodable frame"})
     assert [p.name for p in written] == ["predictions.html", "features.h5"]
     assert probe_video(tmp_path / "out" / "annotated" / "v.mp4").n_frames == 20
     f = read_features(tmp_path / "out" / "features.h5")
     assert f["features"][:, 0].tolist() == [0.0, 1.0, 2.0] and f["video_mean"][0, 0] == pytest.approx(1.0)
     assert f["start_s"].tolist() == [0.0, 0.8, 1.6] and f["end_s"].tolist() == [0.8, 1.6, 2.0]
     html = (tmp_path / "out" / "predictions.html").read_text(encoding="utf-8")
-    assert "decode_errors: 2 packets" in html and 'href="annotated/v.mp4"' in html
+    assert "damaged: 2 frames could not be decoded" in html and 'href="annotated/v.mp4"' in html
+    assert "earlier.mp4" in html and "not used: no decodable frame" in html
+    assert sorted(p.name for p in (tmp_path / "out" / "annotated").iterdir()) == ["v.mp4"]
 
 
 def test_flags_need_their_mode(tmp_path):
