@@ -51,14 +51,21 @@ class ClassifierInputCapture:
     def _hook(self, module: nn.Module, inputs: tuple) -> None:
         self._captured = inputs[0].detach().float().flatten(1).cpu()
 
-    def __enter__(self) -> ClassifierInputCapture:
-        self._handle = self.classifier.register_forward_pre_hook(self._hook)
+    def attach(self) -> ClassifierInputCapture:
+        if self._handle is None:
+            self._handle = self.classifier.register_forward_pre_hook(self._hook)
         return self
 
-    def __exit__(self, *exc) -> None:
+    def close(self) -> None:
         if self._handle is not None:
             self._handle.remove()
             self._handle = None
+
+    def __enter__(self) -> ClassifierInputCapture:
+        return self.attach()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def take(self) -> torch.Tensor:
         """The embeddings of the last forward pass (N, D); raises when the classifier did not run."""
