@@ -1,7 +1,8 @@
 """Datasets and DataLoaders from the options (the only data module that reads `opt`).
 
 Batches: training and validation -> (clips, targets) with clips uint8 (N, T, H, W, C) (float32
-(N, C, T, H, W) already normalised when opt.normalize_in_workers) and targets LongTensor (N,);
+(N, C, T, H, W) already normalised when opt.normalize_in_workers) and targets LongTensor (N,) (with
+--multi_label float32 multi-hot (N, n_classes));
 validation flattens all clips of its videos. Inference -> (clips, [[video_id, [begin, end]], ...]).
 Sizes are per process: `opt.process_batch_size` / `opt.process_n_threads` (opts.share_per_process), else
 `opt.batch_size` / `opt.n_threads`; `opt.inference_batch_size` as given. No torchvision anywhere.
@@ -9,6 +10,7 @@ Sizes are per process: `opt.process_batch_size` / `opt.process_n_threads` (opts.
 
 from __future__ import annotations
 
+import logging
 import random
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from datasets.layout import FILE_TYPES, SUBSET_NAMES
 from datasets.problems import DataProblems
 from datasets.readers import FlowHdf5Reader, Hdf5Reader, JpegDirReader, check_frames_fit
 from datasets.sampling import EpochShardSampler
+from datasets.targets import direction_flip
 from datasets.video_dataset import VideoClipDataset, collate_clips
 from datasets.video_files import VideoFileReader, VideoMetaCache
 from errors import UserError
@@ -29,6 +32,7 @@ from spatial_transforms import ClipNormalizer, get_mean_std, get_spatial_transfo
 from temporal_transforms import get_temporal_transform
 
 PREFETCH_FACTOR = 4
+logger = logging.getLogger(__name__)
 
 
 def seed_worker(worker_id: int) -> None:
@@ -81,14 +85,32 @@ def build_dataset(opt, split: str, *, problems: DataProblems | None = None) -> V
     temporal = get_temporal_transform(
         split, sample_duration=opt.sample_duration, sample_t_stride=opt.sample_t_stride,
         train_t_crop=opt.train_t_crop, n_val_samples=opt.n_val_samples, inference_stride=opt.inference_stride,
-        inference_n_clips=opt.inference_n_clips)
+        inference_n_clips=opt.inference_n_clips, sampling=getattr(opt, "temporal_sampling", "dense"))
     problems = problems or DataProblems(max_workers=_per_process(opt, "n_threads"))
     reader = _reader(opt)
     check_frames_fit(reader, records, opt.sample_size)
     loader = ClipLoader(reader, spatial, problems, draft=not opt.exact_decode)
     normalizer = build_input_normalizer(opt) if opt.normalize_in_workers else None
-    return VideoClipDataset(records, loader, temporal, target="video_segment" if split == "inference" else "label",
-                            normalizer=normalizer, seed=opt.manual_seed)
+    multi_label = getattr(opt, "multi_label", False)
+    target = "video_segment" if split == "inference" else "multi_hot" if multi_label else "label"
+    flips = _direction_flip(opt) if split == "train" and not opt.no_hflip and not multi_label else None
+    return VideoClipDataset(records, loader, temporal, target=target, normalizer=normalizer, seed=opt.manual_seed,
+                            n_classes=n_outputs(opt), direction_flip=flips)
+
+
+def n_outputs(opt) -> int:
+    """Classes the model predicts (the fine-tuning head's when fine-tuning): the length of multi-hot targets."""
+    return opt.n_finetune_classes if getattr(opt, "pretrain_path", None) is not None else opt.n_classes
+
+
+def _direction_flip(opt):
+    """Label-aware flips when class names say left/right (SSv2): a mirrored clip takes the mirrored class."""
+    flips = direction_flip(get_class_names(opt))
+    if not (flips.swap or flips.keep):
+        return None  # no direction classes: the transform's own random flip, as always
+    logger.info("horizontal flip: %d direction classes swap with their mirrored class, %d without one are never "
+                "flipped", len(flips.swap), len(flips.keep))
+    return flips
 
 
 def _loader(dataset: VideoClipDataset, sampler: EpochShardSampler, *, batch_size: int, opt, dist,

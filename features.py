@@ -142,6 +142,14 @@ class FeatureTable:
             taken += 1
         return taken
 
+    def reorder(self, video_order: Sequence[str]) -> None:
+        """Put the videos in `video_order` (unknown ones last, as they were); segments keep their order."""
+        rank = {vid: k for k, vid in enumerate(video_order)}
+        videos = sorted(self.videos, key=lambda vid: rank.get(vid, len(rank)))
+        new_index = {self._index[vid]: k for k, vid in enumerate(videos)}
+        self.rows = sorted(((new_index[v], *rest) for v, *rest in self.rows), key=lambda row: row[0])
+        self.videos, self._index = videos, {vid: k for k, vid in enumerate(videos)}
+
     def write(self, path: Path, *, unit: str = "seconds", source: str = "") -> Path:
         """The HDF5 file of the module docstring, written atomically."""
         import h5py

@@ -3,6 +3,8 @@
 Output schema (``{subset}.json``):
     averaged: {"results": {video_id: [{"label": name, "score": float}, ...]}}
     --inference_no_average: {"results": {video_id: [{"segment": [begin, end], "result": [...]}, ...]}}
+With --multi_label the scores are per-class sigmoids (they do not sum to 1; --output_topk 0 lists every
+class, as mAP evaluation needs) and the printed video-level metric is mAP.
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ from torch import nn
 import dataset
 from datasets.annotations import read_records
 from datasets.layout import SUBSET_NAMES
+from datasets.targets import video_target
 from distributed import DistInfo, barrier, gather_objects
 from training import autocast, prepare_batch
+from utils import mean_average_precision
 
 log = logging.getLogger(__name__)
 
@@ -116,9 +120,10 @@ class VideoScoreAggregator:
 def run_inference(model: nn.Module, loader: Iterable, device: torch.device, *, class_names: Sequence[str],
                   normalizer: Callable | None = None, precision: str = "fp32",
                   show_progress: bool = True, log_interval: int = 10,
+                  multi_label: bool = False,
                   features: VideoScoreAggregator | None = None) -> VideoScoreAggregator:
-    """Softmax scores of every clip of ``loader``, collected per video; with ``features`` (features.py's
-    collector) also every clip's classifier input."""
+    """Softmax scores (``multi_label``: sigmoid scores) of every clip of ``loader``, collected per video; with
+    ``features`` (features.py's collector) also every clip's classifier input."""
     from features import ClassifierInputCapture
 
     model.eval()
@@ -130,7 +135,7 @@ def run_inference(model: nn.Module, loader: Iterable, device: torch.device, *, c
             clips, _ = prepare_batch(clips, None, device, normalizer, keep_layout=True)
             with autocast(device, precision):
                 outputs = model(clips)
-            scores = torch.softmax(outputs.float(), dim=1)
+            scores = torch.sigmoid(outputs.float()) if multi_label else torch.softmax(outputs.float(), dim=1)
             aggregator.update(scores, [t[0] for t in targets], [t[1] for t in targets])
             if features is not None:
                 features.update(capture.take(), [t[0] for t in targets], [t[1] for t in targets])
@@ -162,7 +167,7 @@ def infer_subset(opt: argparse.Namespace, net: nn.Module, dist: DistInfo, normal
     features = VideoScoreAggregator([]) if getattr(opt, "save_features", False) else None
     aggregator = run_inference(eval_view(net), loader, dist.device, class_names=class_names,
                                normalizer=normalizer, precision=opt.precision, show_progress=dist.is_main,
-                               log_interval=opt.log_interval, features=features)
+                               log_interval=opt.log_interval, multi_label=opt.multi_label, features=features)
     parts = gather_objects(aggregator.clips)
     feature_parts = gather_objects(features.clips) if features is not None else []
     if dist.is_main:
@@ -172,7 +177,10 @@ def infer_subset(opt: argparse.Namespace, net: nn.Module, dist: DistInfo, normal
         path = write_results(Path(opt.result_path) / f"{opt.inference_subset}.json",
                              merged.finalize(opt.output_topk, average=not opt.inference_no_average))
         log.info("wrote %s (%d videos)", path, len(merged.clips))
-        report_video_accuracy(opt, merged, {r.video_id: r.label for r in records})
+        if opt.multi_label:
+            report_video_map(opt, merged, records)
+        else:
+            report_video_accuracy(opt, merged, {r.video_id: r.label for r in records})
         if features is not None:
             _write_subset_features(opt, feature_parts, [r.video_id for r in records])
     barrier()
@@ -220,3 +228,22 @@ def report_video_accuracy(opt: argparse.Namespace, aggregator: VideoScoreAggrega
         print(f"video-level top-1 accuracy on {opt.inference_subset}: {report['video_acc']:.4f} "
               f"({report['videos']} videos)")
     return report
+
+
+def report_video_map(opt: argparse.Namespace, aggregator: VideoScoreAggregator, records: Sequence) -> float | None:
+    """Print the video-level mAP of multi-label scores (targets: every action of each video) over the classes
+    with a positive video; returns it (None when no scored video has an action)."""
+    scores = aggregator.video_scores()
+    scored = [r for r in records if r.video_id in scores]
+    if not scored:
+        return None
+    n_classes = len(next(iter(scores.values())))
+    targets = torch.stack([video_target(r, n_classes) for r in scored])
+    if not targets.any():
+        return None
+    value, per_class = mean_average_precision(torch.stack([scores[r.video_id] for r in scored]).numpy(),
+                                              targets.numpy())
+    n_known = sum(ap is not None for ap in per_class)
+    print(f"video-level mAP on {opt.inference_subset}: {value:.4f} ({len(scored)} videos, {n_known} classes with "
+          "positives)")
+    return value

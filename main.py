@@ -22,7 +22,7 @@ from distributed import DistInfo, failed_peer, launch, mark_failed, parameters_i
 from errors import UserError
 from inference import eval_view, infer_subset
 from opts import parse_opts, save_opts, share_per_process
-from training import Trainer, report_data_problems, run_logger
+from training import Trainer, build_criterion, report_data_problems, run_logger
 from utils import Logger, restore_rng_state, seed_everything
 from validation import evaluate
 
@@ -124,7 +124,7 @@ def _run(opt: argparse.Namespace, dist: DistInfo) -> None:
     resume = find_resume(opt.resume_path, opt.result_path)
     net = model_lib.model_for_run(opt, dist, resume)
     _check_class_count(opt, net)
-    criterion = nn.CrossEntropyLoss().to(dist.device)
+    criterion = build_criterion(opt).to(dist.device)
     normalizer = dataset.build_input_normalizer(opt)
     trainer = None if opt.no_train else Trainer(opt, net, dist, resume=resume)
     val_loader = None if opt.no_val else dataset.build_val_loader(opt, dist)
@@ -133,7 +133,8 @@ def _run(opt: argparse.Namespace, dist: DistInfo) -> None:
         restore_rng_state(resume.payload.get("rng", {}))  # last, so setup draws do not shift the sequence
     begin = trainer.begin_epoch if trainer is not None else 1
     last = opt.n_epochs if trainer is not None else begin  # without training, validate once
-    val_logger = run_logger(opt, dist, "val.log", ["epoch", "loss", "acc"], resume if trainer else None)
+    val_columns = ["epoch", "loss", "acc", "map"] if opt.multi_label else ["epoch", "loss", "acc"]
+    val_logger = run_logger(opt, dist, "val.log", val_columns, resume if trainer else None)
     for epoch in range(begin, last + 1):
         metrics = trainer.train_epoch(epoch, criterion, normalizer) if trainer is not None else {}
         if val_loader is not None:
@@ -155,10 +156,12 @@ def _validate(net: nn.Module, loader, criterion: nn.Module, normalizer, *, opt: 
               epoch: int, logger: Logger | None) -> dict:
     before = dataset.data_problems(loader).counts()
     val = evaluate(eval_view(net), loader, criterion, dist.device, normalizer=normalizer, precision=opt.precision)
-    log.info("validation epoch %d: loss %.4f acc %.4f (%d clips)", epoch, val["loss"], val["acc"], val["clips"])
+    extra = f" mAP {val['map']:.4f}" if "map" in val else ""
+    log.info("validation epoch %d: loss %.4f acc %.4f%s (%d clips)", epoch, val["loss"], val["acc"], extra,
+             val["clips"])
     report_data_problems(loader, before, phase="validation", epoch=epoch, device=dist.device)
     if logger is not None:
-        logger.log({"epoch": epoch, **val})
+        logger.log({"epoch": epoch, "map": float("nan"), **val})  # map: multi-label runs (nan if no clip)
     return val
 
 
@@ -195,7 +198,8 @@ def _tensorboard(opt: argparse.Namespace, dist: DistInfo, trainer: Trainer | Non
 def _write_scalars(writer, epoch: int, metrics: dict) -> None:
     if writer is None:
         return
-    names = {"loss": "train/loss", "acc": "train/acc", "lr": "train/lr", "val_loss": "val/loss", "val_acc": "val/acc"}
+    names = {"loss": "train/loss", "acc": "train/acc", "lr": "train/lr", "val_loss": "val/loss", "val_acc": "val/acc",
+             "val_map": "val/map"}
     for key, tag in names.items():
         if key in metrics:
             writer.add_scalar(tag, metrics[key], epoch)

@@ -20,14 +20,15 @@ from pathlib import Path
 
 import torch
 
-from datasets.layout import DATASETS, FILE_TYPES, SUBSET_NAMES
+from datasets.layout import DATASETS, FILE_TYPES, MULTI_LABEL_DATASETS, SUBSET_NAMES
 from spatial_transforms import MEAN_STD, get_mean_std
+from temporal_transforms import TEMPORAL_SAMPLINGS
 
 # Kept in sync with models.MODEL_FAMILIES by tests/test_opts.py; a static tuple keeps `-h` free of model imports.
 MODEL_CHOICES = ("densenet", "mc3", "preresnet", "resnet", "resnet2p1d", "resnext", "wideresnet")
 
 # Paths joined onto --root_path when it is given (the original's rule; an absolute path stays absolute).
-_ROOTED_PATHS = ("video_path", "annotation_path", "result_path", "resume_path", "pretrain_path")
+_ROOTED_PATHS = ("video_path", "annotation_path", "result_path", "resume_path", "pretrain_path", "predict")
 RESUME_AUTO = "auto"
 # Fields that describe this run's processes rather than options (not written to opts.json or checkpoints).
 RUNTIME_FIELDS = ("explicit_flags", "process_batch_size", "process_n_threads")
@@ -36,18 +37,22 @@ RUNTIME_FIELDS = ("explicit_flags", "process_batch_size", "process_n_threads")
 def _add_data_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("paths and data")
     g.add_argument("--root_path", default=None, type=Path,
-                   help="If given, video/annotation/result/resume/pretrain paths are relative to it")
+                   help="If given, video/annotation/result/resume/pretrain/predict paths are relative to it")
     g.add_argument("--video_path", default=None, type=Path, help="Directory of frame dirs or .hdf5 files")
     g.add_argument("--annotation_path", default=None, type=Path, help="Annotation JSON file")
     g.add_argument("--result_path", default=None, type=Path,
                    help="Output directory for logs, checkpoints, opts.json (created if missing)")
     g.add_argument("--dataset", default="kinetics", type=str, choices=DATASETS, help="Dataset name")
     g.add_argument("--n_classes", default=400, type=int, help="Number of classes of the task")
+    g.add_argument("--multi_label", action="store_true",
+                   help="Several labels per clip (the actions it overlaps): multi-hot targets, BCE loss, sigmoid "
+                        "scores, mAP in validation (implied by --dataset charades)")
     g.add_argument("--file_type", default="jpg", type=str, choices=FILE_TYPES,
                    help="jpg: frame dirs; hdf5: one file of JPEG bytes per video; video: video files (mp4, avi, ...)")
     g.add_argument("--input_type", default="rgb", type=str, choices=("rgb", "flow"),
                    help="rgb or flow (flow needs --file_type hdf5)")
-    g.add_argument("--n_threads", default=4, type=int, help="DataLoader workers (total; divided per process)")
+    g.add_argument("--n_threads", default=4, type=int,
+                   help="DataLoader workers (total; divided per process); for --predict: video decoder threads")
     g.add_argument("--normalize_in_workers", action="store_true",
                    help="Normalise clips to float in the loader workers instead of on the device")
     g.add_argument("--exact_decode", action="store_true",
@@ -68,6 +73,10 @@ def _add_transform_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--colorjitter", action="store_true", help="Add colour jitter in training")
     g.add_argument("--train_t_crop", default="random", type=str, choices=("random", "center"),
                    help="Temporal crop in training")
+    g.add_argument("--temporal_sampling", default="dense", type=str, choices=TEMPORAL_SAMPLINGS,
+                   help="dense: --sample_duration consecutive frames; segment: the video split into "
+                        "--sample_duration equal segments, one frame each (random in training, the centres in "
+                        "validation/inference; --inference_n_clips K: K evenly offset variants)")
     g.add_argument("--mean_dataset", default="kinetics", type=str, choices=tuple(MEAN_STD),
                    help="Dataset whose mean/std normalise the inputs")
     g.add_argument("--no_mean_norm", action="store_true", help="Do not subtract the mean")
@@ -275,6 +284,8 @@ def _check(parser: argparse.ArgumentParser, opt: argparse.Namespace) -> None:
         problems.append("--precision fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
     if opt.batchnorm_sync and not (opt.distributed or "WORLD_SIZE" in os.environ):
         problems.append("--batchnorm_sync needs a distributed run (--distributed or torchrun)")
+    if opt.temporal_sampling == "segment" and opt.sample_t_stride != 1:
+        problems.append("--sample_t_stride does not apply to --temporal_sampling segment (the segments set the gaps)")
     if opt.overwrite_milestones and opt.lr_scheduler != "multistep":
         problems.append("--overwrite_milestones only applies to --lr_scheduler multistep")
     positive = ("n_classes", "sample_size", "sample_duration", "sample_t_stride", "batch_size", "n_epochs",
@@ -304,6 +315,8 @@ def _resolve(opt: argparse.Namespace) -> None:
         opt.inference_batch_size = opt.batch_size
     if opt.precision is None:
         opt.precision = "bf16" if _cuda_wanted(opt) else "fp32"
+    if opt.dataset in MULTI_LABEL_DATASETS:
+        opt.multi_label = True  # Charades: several actions per video
     opt.arch = f"{opt.model}-{opt.model_depth}"
     opt.begin_epoch = 1  # not read here; kept because the original's opts.json has it
     resolve_input(opt)

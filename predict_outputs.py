@@ -139,6 +139,7 @@ class PredictOutputs:
         if self.features is not None:
             path = self.out_dir / FEATURES_NAME
             self.features.keep_earlier(path, list(predictions["results"]))  # videos a rerun skipped
+            self.features.reorder(list(predictions["results"]))
             if self.features.rows:
                 written.append(self.features.write(path, unit="seconds", source=self.checkpoint))
         return written

@@ -185,15 +185,18 @@ class SpatialTransform:
         if self.n_crops == 3 and self.crop != "center":
             raise ValueError(f"3 crops need crop 'center' (resize + crops), got {self.crop!r}")
 
-    def sample_views(self, width: int, height: int, rng: random.Random | None = None) -> list[ClipParams]:
+    def sample_views(self, width: int, height: int, rng: random.Random | None = None, *,
+                     flip: bool | None = None) -> list[ClipParams]:
         """The parameters of every spatial view of one clip: [sample(...)], or the three crops."""
         if self.n_crops == 1:
-            return [self.sample(width, height, rng)]
+            return [self.sample(width, height, rng, flip=flip)]
         out = (self.size, self.size)
         return [ClipParams(box=box, out_size=out) for box in three_crop_boxes(width, height, self.size)]
 
-    def sample(self, width: int, height: int, rng: random.Random | None = None) -> ClipParams:
-        """Draw the parameters of one clip whose frames are `width` x `height`."""
+    def sample(self, width: int, height: int, rng: random.Random | None = None, *,
+               flip: bool | None = None) -> ClipParams:
+        """Draw the parameters of one clip whose frames are `width` x `height`; `flip` True/False overrides the
+        random flip (the caller decided it, e.g. from the label: datasets.targets.DirectionFlip)."""
         rng = rng or random
         size = self.size
         out = (size, size)
@@ -206,7 +209,8 @@ class SpatialTransform:
             box = resize_center_box(width, height, size)
         else:  # nocrop: keep the aspect ratio
             box, out = (0.0, 0.0, 1.0, 1.0), resized_size(width, height, size)
-        flip = self.hflip and rng.random() < 0.5
+        if flip is None:
+            flip = self.hflip and rng.random() < 0.5
         jitter = sample_jitter(self.jitter, rng) if self.jitter else None
         return ClipParams(box=box, out_size=out, flip=flip, jitter=jitter)
 

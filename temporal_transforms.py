@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 Clip = list[int]
+TEMPORAL_SAMPLINGS = ("dense", "segment")
 
 
 def loop_padding(indices: Sequence[int], size: int) -> Clip:
@@ -107,6 +108,35 @@ def uniform_clips(indices: Sequence[int], size: int, n_clips: int) -> list[Clip]
     return [loop_padding(indices[b : b + size], size) for b in starts]
 
 
+def segment_bounds(n: int, n_segments: int) -> list[tuple[int, int]]:
+    """[lo, hi) of each of `n_segments` equal parts of `n` frames; with fewer frames than segments a
+    part is a single frame and consecutive parts repeat it (10, 4 -> [0,2) [2,5) [5,7) [7,10); 2, 4 ->
+    [0,1) [0,1) [1,2) [1,2))."""
+    if n < 1 or n_segments < 1:
+        raise ValueError(f"need at least one frame and one segment, got {n} frames, {n_segments} segments")
+    bounds = []
+    for k in range(n_segments):
+        lo = k * n // n_segments
+        bounds.append((lo, max(lo + 1, (k + 1) * n // n_segments)))
+    return bounds
+
+
+def segment_sample(indices: Sequence[int], n_segments: int, rng: random.Random | None = None) -> Clip:
+    """TSN/TSM-style sampling for training: the video split into `n_segments` equal parts, one frame drawn
+    uniformly from each, in order. A video shorter than `n_segments` repeats its frames evenly."""
+    rng = rng or random
+    return [indices[rng.randrange(lo, hi)] for lo, hi in segment_bounds(len(indices), n_segments)]
+
+
+def segment_offsets(indices: Sequence[int], n_segments: int, n_views: int = 1) -> list[Clip]:
+    """Deterministic segment sampling (validation, inference): `n_views` clips, clip j taking the frame at
+    (j + 0.5) / n_views of each segment; one view is the segment centres (1..100, 4 -> 13, 38, 63, 88)."""
+    if n_views < 1:
+        raise ValueError(f"n_views must be >= 1, got {n_views}")
+    bounds = segment_bounds(len(indices), n_segments)
+    return [[indices[lo + int((hi - lo) * (j + 0.5) / n_views)] for lo, hi in bounds] for j in range(n_views)]
+
+
 def subsample(indices: Sequence[int], stride: int) -> Clip:
     """Every `stride`-th index, starting with the first."""
     if stride < 1:
@@ -125,7 +155,9 @@ class TemporalTransform:
 
     Calling it with a video's frame indices returns a list of clips (index lists): exactly one for
     'random' and 'center' (training), several for 'even' (validation), 'sliding' (inference) and
-    'uniform' (multi-view inference: exactly `n_samples` evenly spaced clips).
+    'uniform' (multi-view inference: exactly `n_samples` evenly spaced clips). Segment sampling
+    (`size` segments over the whole video, one frame each; `t_stride` unused): 'segment_random' and
+    'segment_center' (training, one clip), 'segment_views' (`n_samples` offset variants; 1 = centres).
     """
 
     kind: str
@@ -136,11 +168,17 @@ class TemporalTransform:
 
     @property
     def multi_clip(self) -> bool:
-        return self.kind in ("even", "sliding", "uniform")
+        return self.kind in ("even", "sliding", "uniform", "segment_views")
 
     def __call__(self, indices: Sequence[int], rng: random.Random | None = None) -> list[Clip]:
         if not indices:
             raise ValueError("a video needs at least one frame")
+        if self.kind == "segment_random":
+            return [segment_sample(indices, self.size, rng)]
+        if self.kind == "segment_center":
+            return segment_offsets(indices, self.size)
+        if self.kind == "segment_views":
+            return segment_offsets(indices, self.size, self.n_samples)
         ix = subsample(indices, self.t_stride)
         if self.kind == "random":
             return [random_crop(ix, self.size, rng)]
@@ -162,14 +200,23 @@ def get_temporal_transform(
     n_val_samples: int = 3,
     inference_stride: int = 16,
     inference_n_clips: int = 0,
+    sampling: str = "dense",
 ) -> TemporalTransform:
     """Temporal sampling for `split` in {'train', 'val', 'inference'} (spec 5.3, with the fixes above).
 
-    Inference uses sliding windows every `inference_stride` frames, or with `inference_n_clips` > 0
-    that many evenly spaced clips per video.
+    sampling 'dense' (consecutive frames): inference uses sliding windows every `inference_stride`
+    frames, or with `inference_n_clips` > 0 that many evenly spaced clips per video.
+    sampling 'segment': `sample_duration` segments over the whole video, one frame each; training draws
+    it at random within each segment ('center' with train_t_crop='center'), validation takes the centres
+    (one clip), inference the centres or `inference_n_clips` evenly offset variants.
     """
     if sample_duration < 1 or sample_t_stride < 1:
         raise ValueError("sample_duration and sample_t_stride must be >= 1")
+    if sampling not in TEMPORAL_SAMPLINGS:
+        raise ValueError(f"sampling must be one of {TEMPORAL_SAMPLINGS}, got {sampling!r}")
+    if sampling == "segment":
+        return _segment_transform(split, sample_duration, train_t_crop=train_t_crop,
+                                  inference_n_clips=inference_n_clips)
     if split == "train":
         if train_t_crop not in ("random", "center"):
             raise ValueError(f"train_t_crop must be 'random' or 'center', got {train_t_crop!r}")
@@ -184,4 +231,18 @@ def get_temporal_transform(
         if inference_n_clips:
             return TemporalTransform("uniform", sample_duration, sample_t_stride, n_samples=inference_n_clips)
         return TemporalTransform("sliding", sample_duration, sample_t_stride, window_stride=inference_stride)
+    raise ValueError(f"split must be 'train', 'val' or 'inference', got {split!r}")
+
+
+def _segment_transform(split: str, n_segments: int, *, train_t_crop: str, inference_n_clips: int) -> TemporalTransform:
+    if split == "train":
+        if train_t_crop not in ("random", "center"):
+            raise ValueError(f"train_t_crop must be 'random' or 'center', got {train_t_crop!r}")
+        return TemporalTransform(f"segment_{train_t_crop}", n_segments)
+    if split == "val":
+        return TemporalTransform("segment_views", n_segments)
+    if split == "inference":
+        if inference_n_clips < 0:
+            raise ValueError(f"inference_n_clips must be >= 0, got {inference_n_clips}")
+        return TemporalTransform("segment_views", n_segments, n_samples=max(1, inference_n_clips))
     raise ValueError(f"split must be 'train', 'val' or 'inference', got {split!r}")

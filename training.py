@@ -85,6 +85,12 @@ class _Progress:
             self.bar.close()
 
 
+def build_criterion(opt: argparse.Namespace) -> nn.Module:
+    """The training/validation loss: cross-entropy over class indices, or with --multi_label binary
+    cross-entropy on the logits against multi-hot targets (each class an independent yes/no)."""
+    return nn.BCEWithLogitsLoss() if getattr(opt, "multi_label", False) else nn.CrossEntropyLoss()
+
+
 def _check_finite(losses: list[float], *, epoch: int, first_batch: int) -> None:
     for i, value in enumerate(losses):
         if not math.isfinite(value):

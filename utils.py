@@ -39,11 +39,44 @@ class AverageMeter:
 def count_correct(outputs: torch.Tensor, targets: torch.Tensor, k: int = 1) -> torch.Tensor:
     """Number of rows whose target is among the top-k outputs, as a 0-d tensor on the outputs' device.
 
+    Multi-hot targets (N, C): rows where any of the top-k classes is a true label (0 for a row without any).
     Stays on the device so callers can accumulate without a host sync per step.
     """
     k = min(k, outputs.shape[1])
     top = outputs.topk(k, dim=1).indices
+    if targets.dim() == 2:
+        return (targets.gather(1, top) > 0).any(dim=1).sum()
     return (top == targets.view(-1, 1)).any(dim=1).sum()
+
+
+def average_precision(scores, targets) -> float | None:
+    """Average precision of one class: the sum over the distinct score thresholds, highest first, of (recall
+    gained) x (precision there); tied scores are one threshold. This is the usual (scikit-learn's
+    `average_precision_score`) non-interpolated definition. None when the class has no positive.
+
+    [0.9, 0.8, 0.7, 0.6] with targets [1, 0, 1, 0] -> (1 + 2/3) / 2; [0.5, 0.5, 0.2], [1, 0, 1] -> 0.5 * 0.5 +
+    0.5 * 2/3.
+    """
+    scores, targets = np.asarray(scores, dtype=np.float64), np.asarray(targets) > 0
+    n_pos = int(targets.sum())
+    if n_pos == 0:
+        return None
+    order = np.argsort(-scores, kind="stable")
+    scores, targets = scores[order], targets[order]
+    last_of_tie = np.r_[np.flatnonzero(np.diff(scores)), len(scores) - 1]
+    tp = np.cumsum(targets)[last_of_tie]
+    precision = tp / (last_of_tie + 1)
+    recall_gain = np.diff(np.r_[0, tp]) / n_pos
+    return float(np.sum(recall_gain * precision))
+
+
+def mean_average_precision(scores, targets) -> tuple[float, list[float | None]]:
+    """mAP of (N, C) scores against (N, C) multi-hot targets over the classes with at least one positive
+    (classes without positives are left out), and the per-class APs (None for those classes); 0.0 if none."""
+    scores, targets = np.asarray(scores, dtype=np.float64), np.asarray(targets)
+    per_class = [average_precision(scores[:, c], targets[:, c]) for c in range(scores.shape[1])]
+    known = [ap for ap in per_class if ap is not None]
+    return (float(np.mean(known)) if known else 0.0), per_class
 
 
 def accuracy(outputs: torch.Tensor, targets: torch.Tensor, topk: Sequence[int] = (1,)) -> list[float]:

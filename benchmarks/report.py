@@ -49,6 +49,9 @@ def table_rows(report: dict) -> list[list[str]]:
                 if part == "e2e":
                     note = (f"data wait {100 * o['data_wait_share']:.0f}% -> {100 * f['data_wait_share']:.0f}%")
                 rows.append(_row(label, f"{v}, {f.get('workers')} workers", o, f, note))
+    for size, entry in parts.get("predict", {}).items():
+        rows.append(_row("predict", f"{size}, {entry['video_seconds']:g} s video", None, None,
+                         f"{entry['video_s_per_s']:.2f} s of video/s, peak RSS {entry['peak_rss_gb']:.2f} GB"))
     return rows
 
 

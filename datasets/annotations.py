@@ -13,6 +13,11 @@ Two schemas:
 With file_type 'video' the same layouts hold with a video file <...>/<id>.<ext> (mp4, avi, mkv,
 webm, ..., in any letter case: datasets.layout.VIDEO_EXTENSIONS); frames are the decoded stream's,
 0-based, counted once and cached in <annotation file>.video_meta.json (the JSON's jpg-frame segments are not used).
+- ssv2, charades: the same schema with videos directly under the root (<root>/<id>, or each entry's
+  video_path). Times in seconds (list_json's annotations.segment_seconds, which narrows a record to
+  that part of the video; Charades' annotations.actions [{"label", "segment_seconds"}], kept as
+  VideoRecord.actions) become frames with the entry's 'fps', else the video file's probed frame rate,
+  else frames / the entry's 'duration'.
 
 Deviations from the original: testing entries without a label load (label -1); ActivityNet works
 (its class was broken); an ActivityNet segment may end at the last frame (the original's
@@ -32,6 +37,7 @@ from datasets.layout import (
     ANNOTATION_SUBSETS,
     DATASETS,
     FILE_TYPES,
+    FLAT_DATASETS,
     HDF5_SUFFIX,
     VideoFileFinder,
     count_frames,
@@ -55,6 +61,8 @@ class VideoRecord:
         label: class index, -1 when unlabelled (test videos).
         segment: (first_frame, end_exclusive) in the file's own numbering (1-based jpg, 0-based hdf5).
         fps: frames per second when known (ActivityNet), else None.
+        actions: every action of the video (Charades' annotations.actions) as (class index, first_frame,
+            end_exclusive) in the same numbering; empty for single-label entries and videos without actions.
     """
 
     video_id: str
@@ -62,6 +70,7 @@ class VideoRecord:
     label: int
     segment: tuple[int, int]
     fps: float | None = None
+    actions: tuple[tuple[int, int, int], ...] = ()
 
     @property
     def frame_indices(self) -> list[int]:
@@ -112,6 +121,8 @@ def candidate_paths(root: Path, video_id: str, entry: dict, label: str | None, *
         return [own] if own.suffix == HDF5_SUFFIX else [own, video_location(own, file_type)]
     if dataset == "activitynet":
         bases = [root / f"v_{video_id}", root / video_id]
+    elif dataset in FLAT_DATASETS:
+        bases = [root / video_id]
     elif label is not None:
         bases = [root / label / video_id]
     else:
@@ -162,7 +173,7 @@ def _standard_records(data: dict, names: list[str], *, root: Path, subset: str, 
                       dataset: str, path: Path) -> tuple[list[VideoRecord], list[str]]:
     """Records of the kinetics-style schema, plus the ids whose video is missing."""
     class_to_idx = {name: i for i, name in enumerate(names)}
-    records, missing = [], []
+    records, missing, no_fps = [], [], []
     for video_id, entry in data["database"].items():
         if not isinstance(entry, dict) or entry.get("subset") != subset:
             continue
@@ -175,18 +186,86 @@ def _standard_records(data: dict, names: list[str], *, root: Path, subset: str, 
         if video is None:
             missing.append(video_id)
             continue
-        segment = ann.get("segment", entry.get("segment"))
-        if segment is None or locator.file_type == "video":  # a video file: its own decoded frames, 0-based
-            segment = locator.whole_video(video)
-        try:
-            begin, end = int(segment[0]), int(segment[1])
-        except (TypeError, ValueError, IndexError):
-            raise UserError(f"video {video_id} in {path} has a malformed segment {segment!r}") from None
+        begin, end = _frame_segment(video_id, entry, ann, video, locator=locator, path=path, no_fps=no_fps)
         if end <= begin:
-            continue  # a video with no frames (the original skipped segment [1, 1])
+            continue  # a video with no frames (the original skipped segment [1, 1]), or a segment past its end
         label_id = class_to_idx[label] if label is not None else -1
-        records.append(VideoRecord(video_id, video, label_id, (begin, end)))
+        actions = _actions(video_id, entry, ann, video, class_to_idx, locator=locator, path=path)
+        records.append(VideoRecord(video_id, video, label_id, (begin, end), actions=actions))
+    if no_fps:
+        logger.warning("%d '%s' entries of %s have segment_seconds but no frame rate (e.g. %s): they cover their "
+                       "whole video; add an 'fps' field to them or read the video files (--file_type video)",
+                       len(no_fps), subset, path, no_fps[0])
     return records, missing
+
+
+def _frame_segment(video_id: str, entry: dict, ann: dict, video: Path, *, locator: _Locator, path: Path,
+                   no_fps: list[str] | None = None) -> tuple[int, int]:
+    """The frames a record covers: the entry's frame `segment` (jpg/hdf5; a video file: all its decoded
+    frames), narrowed to `annotations.segment_seconds` when given (list_json's trimmed segments). Without a
+    known frame rate (a frame folder and no 'fps' field) the whole video, and the id is added to `no_fps`."""
+    segment = ann.get("segment", entry.get("segment"))
+    if segment is None or locator.file_type == "video":  # a video file: its own decoded frames, 0-based
+        segment = locator.whole_video(video)
+    try:
+        begin, end = int(segment[0]), int(segment[1])
+    except (TypeError, ValueError, IndexError):
+        raise UserError(f"video {video_id} in {path} has a malformed segment {segment!r}") from None
+    seconds = ann.get("segment_seconds")
+    if seconds is None or end <= begin:
+        return begin, end
+    fps = _entry_fps(entry, video, n_frames=end - begin, locator=locator)
+    if fps is None:
+        if no_fps is not None:
+            no_fps.append(video_id)
+        return begin, end
+    return _seconds_to_frames(seconds, fps, begin, end, what=f"segment_seconds of video {video_id} in {path}")
+
+
+def _entry_fps(entry: dict, video: Path, *, n_frames: int, locator: _Locator) -> float | None:
+    """Frames per second of an entry's frames: its 'fps' field, else the video file's probed rate, else
+    frames / its 'duration' in seconds (Charades); None when none is known."""
+    fps = entry.get("fps") or locator.fps(video)
+    if not fps and entry.get("duration"):
+        fps = n_frames / float(entry["duration"])
+    return float(fps) if isinstance(fps, (int, float)) and fps > 0 else None
+
+
+def _seconds_to_frames(seconds, fps: float, begin: int, end: int, *, what: str) -> tuple[int, int]:
+    """[start, end] seconds -> [first, end_exclusive) frames within the video's frames [begin, end): every frame
+    whose span overlaps the interval (an empty result, e.g. a segment after the video's end, has end <= begin)."""
+    try:
+        t0, t1 = float(seconds[0]), float(seconds[1])
+    except (TypeError, ValueError, IndexError):
+        raise UserError(f"malformed {what}: {seconds!r}") from None
+    first = begin + max(0, math.floor(t0 * fps))
+    last = min(end, begin + max(math.ceil(t1 * fps), math.floor(t0 * fps) + 1))
+    return first, last
+
+
+def _actions(video_id: str, entry: dict, ann: dict, video: Path, class_to_idx: dict[str, int], *,
+             locator: _Locator, path: Path) -> tuple[tuple[int, int, int], ...]:
+    """annotations.actions ([{"label", "segment_seconds"}], Charades) -> (class, first, end_exclusive) frames."""
+    actions = ann.get("actions") or []
+    if not actions:
+        return ()
+    whole = {"segment": ann["segment"]} if "segment" in ann else {}  # not narrowed by segment_seconds
+    begin, end = _frame_segment(video_id, entry, whole, video, locator=locator, path=path)
+    if end <= begin:
+        return ()
+    fps = _entry_fps(entry, video, n_frames=end - begin, locator=locator)
+    if fps is None:
+        raise UserError(f"video {video_id} in {path} has actions in seconds but no frame rate: add an 'fps' (or "
+                        "'duration') field to the entry, or read the video files (--file_type video)")
+    out = []
+    for action in actions:
+        if action.get("label") not in class_to_idx:
+            raise UserError(f"video {video_id} in {path} has an action {action.get('label')!r}, which is not in "
+                            "'labels'")
+        first, last = _seconds_to_frames(action.get("segment_seconds"), fps, begin, end,
+                                         what=f"action of video {video_id} in {path}")
+        out.append((class_to_idx[action["label"]], first, max(last, first + 1)))
+    return tuple(out)
 
 
 def _activitynet_records(data: dict, names: list[str], *, root: Path, subset: str, locator: _Locator,

@@ -48,18 +48,19 @@ class ClipLoader:
             raise ValueError(f"the spatial transform has {len(views)} views; use load_views")
         return views[0]
 
-    def load_views(self, record: VideoRecord, clips: Sequence[Sequence[int]],
-                   rng: random.Random | None) -> list[list[np.ndarray]]:
+    def load_views(self, record: VideoRecord, clips: Sequence[Sequence[int]], rng: random.Random | None, *,
+                   flip: bool | None = None) -> list[list[np.ndarray]]:
         """For each spatial view of the transform, the uint8 (T, H, W, C) arrays of all `clips`.
 
-        Frames are fetched and decoded once; each view is a different crop of the same frames.
+        Frames are fetched and decoded once; each view is a different crop of the same frames. `flip`
+        True/False overrides the transform's random horizontal flip.
         """
         wanted = sorted({i for clip in clips for i in clip})
         n_views = self.spatial.n_crops
         encoded = self._fetch(record, wanted)
         if encoded is None:  # the file could not be opened at all (already counted)
             return [[self._black(len(c)) for c in clips] for _ in range(n_views)]
-        views, min_size = self._params(encoded.values(), rng)
+        views, min_size = self._params(encoded.values(), rng, flip)
         if views is None:
             self.problems.record("unreadable_videos", record.video_id, detail=str(record.path))
             return [[self._black(len(c)) for c in clips] for _ in range(n_views)]
@@ -85,7 +86,8 @@ class ClipLoader:
             self.problems.record("missing_frames", record.video_id, n_missing, detail=str(record.path))
         return encoded
 
-    def _params(self, encoded, rng: random.Random | None) -> tuple[list[ClipParams] | None, tuple[int, int] | None]:
+    def _params(self, encoded, rng: random.Random | None,
+                flip: bool | None = None) -> tuple[list[ClipParams] | None, tuple[int, int] | None]:
         """Parameters of every view from the first frame with a readable header, and the reduced decode size."""
         for data in encoded:
             if data is None:
@@ -94,11 +96,7 @@ class ClipLoader:
                 width, height = frame_size(data[0] if isinstance(data, tuple) else data)
             except DECODE_ERRORS:
                 continue  # a corrupt frame; it is counted when decoding
-            views = self.spatial.sample_views(width, height, rng)
-            needs = [params.decode_size(width, height) for params in views]
-            need = (max(n[0] for n in needs), max(n[1] for n in needs))
-            small = self.draft and need[0] * DRAFT_MIN_FACTOR <= width and need[1] * DRAFT_MIN_FACTOR <= height
-            return views, need if small else None
+            return view_params(self.spatial, width, height, rng, draft=self.draft, flip=flip)
         return None, None
 
     def _decode_all(self, record: VideoRecord, encoded: dict, views: list[ClipParams],
@@ -106,7 +104,7 @@ class ClipLoader:
         frames: dict[int, list[np.ndarray] | None] = {}
         n_corrupt = 0
         for i, data in encoded.items():
-            frames[i] = None if data is None else _decode(data, views, min_size)
+            frames[i] = None if data is None else decode_views(data, views, min_size)
             n_corrupt += data is not None and frames[i] is None
         if n_corrupt:
             self.problems.record("corrupt_frames", record.video_id, n_corrupt, detail=str(record.path))
@@ -126,7 +124,20 @@ def _fill_from_neighbours(frames: dict[int, np.ndarray | None], order: list[int]
             frames[i] = frames[order[nearest]]
 
 
-def _decode(data, views: list[ClipParams], min_size: tuple[int, int] | None) -> list[np.ndarray] | None:
+def view_params(spatial: SpatialTransform, width: int, height: int, rng: random.Random | None, *,
+                draft: bool = True, flip: bool | None = None) -> tuple[list[ClipParams], tuple[int, int] | None]:
+    """Parameters of every view of a clip of `width` x `height` frames, and the reduced size to decode them at
+    (None: full size, when a 2x reduction is not possible or `draft` is off). `flip` forces the flip decision
+    (direction-aware labels); it is passed only when given, so transforms without that argument keep working."""
+    views = (spatial.sample_views(width, height, rng) if flip is None
+             else spatial.sample_views(width, height, rng, flip=flip))
+    needs = [params.decode_size(width, height) for params in views]
+    need = (max(n[0] for n in needs), max(n[1] for n in needs))
+    small = draft and need[0] * DRAFT_MIN_FACTOR <= width and need[1] * DRAFT_MIN_FACTOR <= height
+    return views, need if small else None
+
+
+def decode_views(data, views: list[ClipParams], min_size: tuple[int, int] | None) -> list[np.ndarray] | None:
     """The frame decoded once and transformed per view: (H, W, C) uint8 each, or None when the bytes are corrupt."""
     try:
         if isinstance(data, tuple):  # flow: (u, v) grayscale planes -> 2 channels

@@ -3,7 +3,8 @@
 Everything that reads or writes data (the datasets, predict, the util_scripts converters and
 annotation generators, the benchmarks) asks this module instead of spelling the layout itself.
 
-- Datasets and subsets: `DATASETS`; `SUBSET_NAMES` maps the short flag values (train/val/test)
+- Datasets and subsets: `DATASETS` (`FLAT_DATASETS` keep videos directly under the root,
+  `MULTI_LABEL_DATASETS` list several actions per video); `SUBSET_NAMES` maps the short flag values (train/val/test)
   to the names of the annotation files (training/validation/testing), `subset_name` accepts both.
 - Converted videos (`FILE_TYPES`): 'jpg' is a folder ``<base>/image_00001.jpg ...`` (1-based
   frame numbers), 'hdf5' a file ``<base>.hdf5`` whose dataset 'video' holds one encoded JPEG per
@@ -21,7 +22,11 @@ from pathlib import Path
 
 from errors import UserError
 
-DATASETS = ("kinetics", "activitynet", "ucf101", "hmdb51", "mit")
+DATASETS = ("kinetics", "activitynet", "ucf101", "hmdb51", "mit", "ssv2", "charades")
+# videos directly under the root (<root>/<id>), not in class folders; the others: <root>/<label>/<id>
+FLAT_DATASETS = ("activitynet", "ssv2", "charades")
+# several actions per video (annotations.actions): trained multi-label (--multi_label)
+MULTI_LABEL_DATASETS = ("charades",)
 SUBSET_NAMES = {"train": "training", "val": "validation", "test": "testing"}
 ANNOTATION_SUBSETS = tuple(SUBSET_NAMES.values())
 
@@ -35,7 +40,8 @@ HDF5_FLOW_KEYS = ("video_u", "video_v")
 
 # Probed in this order when several files share a name; all lower case, matched case-insensitively.
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv")
-RAW_VIDEO_EXTENSION = {"kinetics": ".mp4", "activitynet": ".mp4", "ucf101": ".avi", "hmdb51": ".avi", "mit": ".mp4"}
+RAW_VIDEO_EXTENSION = {"kinetics": ".mp4", "activitynet": ".mp4", "ucf101": ".avi", "hmdb51": ".avi", "mit": ".mp4",
+                       "ssv2": ".webm", "charades": ".mp4"}
 
 
 def subset_name(subset: str) -> str:

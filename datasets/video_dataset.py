@@ -10,10 +10,11 @@ from torch.utils.data import Dataset
 
 from datasets.annotations import VideoRecord
 from datasets.clip_loader import ClipLoader
+from datasets.targets import DirectionFlip, multi_hot, record_actions
 from spatial_transforms import ClipNormalizer
 from temporal_transforms import TemporalTransform, clip_segment
 
-TARGETS = ("label", "video_segment")
+TARGETS = ("label", "multi_hot", "video_segment")
 
 
 def item_seed(seed: int, epoch: int, index: int) -> int:
@@ -27,8 +28,9 @@ class VideoClipDataset(Dataset):
     Items: training (`temporal.multi_clip` False) -> (clip, label); validation/inference -> (list of
     clips, list of targets), flattened by `collate_clips`; with a 3-crop spatial transform every clip
     comes as its 3 crops in a row, each with the clip's target. A clip is uint8 (T, H, W, C), or float32
-    (C, T, H, W) already normalised when `normalizer` is given. Targets are the label (int) or,
-    with target='video_segment', [video_id, [first_frame, end_exclusive]] of each clip.
+    (C, T, H, W) already normalised when `normalizer` is given. Targets are the label (int), with
+    target='multi_hot' a float32 (n_classes,) vector of the record's actions overlapping the clip, or
+    with target='video_segment' [video_id, [first_frame, end_exclusive]] of each clip.
 
     An index may be an int or an (index, epoch) pair (as `EpochShardSampler` yields): all random
     draws of an item come from a generator seeded by (seed, epoch, index), so a run is reproducible
@@ -41,12 +43,20 @@ class VideoClipDataset(Dataset):
         target: 'label' or 'video_segment'.
         normalizer: when given, clips are normalised here (in the worker) and returned as float.
         seed: base seed of the per-item generators.
+        n_classes: length of the multi-hot targets.
+        direction_flip: when given (training with flips), the dataset decides each flip from the label and
+            a flipped clip takes the mirrored class (datasets.targets.DirectionFlip).
     """
 
     def __init__(self, records: Sequence[VideoRecord], loader: ClipLoader, temporal: TemporalTransform, *,
-                 target: str = "label", normalizer: ClipNormalizer | None = None, seed: int = 0):
+                 target: str = "label", normalizer: ClipNormalizer | None = None, seed: int = 0,
+                 n_classes: int = 0, direction_flip: DirectionFlip | None = None):
         if target not in TARGETS:
             raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
+        if target == "multi_hot" and n_classes < 1:
+            raise ValueError("multi-hot targets need n_classes >= 1")
+        self.n_classes = n_classes
+        self.direction_flip = direction_flip
         self.records = list(records)
         self.loader = loader
         self.temporal = temporal
@@ -67,12 +77,20 @@ class VideoClipDataset(Dataset):
         record = self.records[index]
         rng = random.Random(item_seed(self.seed, epoch, index))
         clips_indices = self.temporal(record.frame_indices, rng)
-        views = self.loader.load_views(record, clips_indices, rng)
+        label, flip = record.label, None
+        if self.direction_flip is not None and label >= 0:
+            flip = self.direction_flip.draw(label, rng)
+            label = self.direction_flip.label(label, flip)
+        views = (self.loader.load_views(record, clips_indices, rng) if flip is None
+                 else self.loader.load_views(record, clips_indices, rng, flip=flip))
         if len(views) > 1:  # multi-crop: every crop of clip 0, then of clip 1, ... (targets repeat per crop)
             clips_indices = [c for c in clips_indices for _ in views]
         clips = [self._to_tensor(view[k]) for k in range(len(views[0])) for view in views]
         if self.target == "label":
-            targets = [record.label] * len(clips)
+            targets = [label] * len(clips)
+        elif self.target == "multi_hot":
+            actions = record_actions(record)
+            targets = [multi_hot(actions, c, self.n_classes) for c in clips_indices]
         else:
             targets = [[record.video_id, clip_segment(c)] for c in clips_indices]
         if not self.temporal.multi_clip:
@@ -85,10 +103,13 @@ class VideoClipDataset(Dataset):
 
 
 def collate_clips(batch: list[tuple[list[torch.Tensor], list]]) -> tuple[torch.Tensor, torch.Tensor | list]:
-    """Flatten the clips of all videos in a batch (spec 4.5): labels -> LongTensor, segments -> plain list."""
+    """Flatten the clips of all videos in a batch (spec 4.5): labels -> LongTensor, multi-hot -> float (N, C),
+    segments -> plain list."""
     clips = [c for item_clips, _ in batch for c in item_clips]
     targets = [t for _, item_targets in batch for t in item_targets]
     stacked = torch.stack(clips)
     if targets and isinstance(targets[0], int):
         return stacked, torch.tensor(targets, dtype=torch.long)
+    if targets and isinstance(targets[0], torch.Tensor):
+        return stacked, torch.stack(targets)
     return stacked, targets

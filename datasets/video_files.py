@@ -21,6 +21,8 @@ API:
 - `VideoFileReader.fetch(path, indices)`: the av.VideoFrames of given frame numbers, seeking per clip.
 - `stream_frames(path, meta)`: (frame number, seconds, av.VideoFrame) of every frame in one sequential pass.
 - `scan_video(path) -> VideoScan`: decodes everything and reports damage (for check_videos).
+- `announced_seconds(path)` / `is_truncated(announced, found, fps)`: the container's own duration, and
+  whether the frames found fall short of it.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ REORDER_SLACK_FRAMES = 16  # frames decoded past a run's end before its missing 
 CFR_TOLERANCE = 0.25  # a stream is constant-rate when every pts is within this fraction of a frame of its grid
 MAX_DEMUX_ERRORS = 16  # consecutive demuxer errors after which the rest of a file is given up
 CACHE_VERSION = 2  # bump when VideoMeta changes meaning: older cache entries are probed again
+TRUNCATION_SLACK = 0.05  # a video is truncated when more than 5 % (and 2 frames) of the announced length is gone
 
 
 class NoVideoStream(ValueError):
@@ -445,6 +448,30 @@ def _decode_run(container, stream, meta: VideoMeta, run: list[int], *, seek: boo
     return out
 
 
+def announced_duration(container, stream) -> float:
+    """Seconds the container announces for `stream` (its own duration, else the file's); 0.0 when unknown."""
+    tb = float(stream.time_base or 0)
+    if stream.duration and tb:
+        return stream.duration * tb
+    return container.duration / 1_000_000 if container.duration else 0.0
+
+
+def announced_seconds(path: Path) -> float:
+    """`announced_duration` of a file's video stream (0.0 when unknown or the file cannot be opened)."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            return announced_duration(container, video_stream(container))
+    except Exception:  # noqa: BLE001 - PyAV raises many error types for broken files
+        return 0.0
+
+
+def is_truncated(announced: float, found: float, fps: float) -> bool:
+    """More than a little of the announced seconds is missing from the `found` seconds of frames."""
+    return announced > 0 and announced - found > max(2 / (fps or 25.0), TRUNCATION_SLACK * announced)
+
+
 @dataclass
 class VideoScan:
     """The result of decoding a whole video file (`scan_video`)."""
@@ -483,11 +510,7 @@ def scan_video(path: Path, *, threads: int = 1) -> VideoScan:
             for frame in decode_frames(container, stream, counts):
                 first = first or frame
             meta = _meta(stream, counts, first)
-            tb = float(stream.time_base or 0)
-            if stream.duration and tb:
-                scan.claimed_duration = stream.duration * tb
-            elif container.duration:
-                scan.claimed_duration = container.duration / 1_000_000
+            scan.claimed_duration = announced_duration(container, stream)
             scan.claimed_frames = int(stream.frames or 0)
     except NoVideoStream:
         scan.error, scan.no_video_stream = "no video stream", True

@@ -57,6 +57,41 @@ def mid_planes_2p1d(in_planes: int, out_planes: int, kernel: tuple[int, int, int
     return (in_planes * out_planes * kt * kh * kw) // (in_planes * kh * kw + kt * out_planes)
 
 
+class ResidualBlock(nn.Module):
+    """What every residual block shares: the constructor signature, the ReLU and the shortcut sum.
+
+    Subclasses build their own convs and norms in :meth:`build` (which receives the block's extra
+    keyword options) and end ``forward`` with :meth:`add_shortcut`. ``relu`` and ``downsample`` are
+    registered after the convs, so the state_dict keeps the original's key order.
+    """
+
+    expansion = 1
+    # Post-activation blocks apply the ReLU after the sum; pre-activation blocks do not.
+    relu_after_sum = True
+
+    def __init__(
+        self,
+        in_planes: int,
+        planes: int,
+        *,
+        stride: int = 1,
+        downsample: nn.Module | None = None,
+        **options,
+    ) -> None:
+        super().__init__()
+        self.build(in_planes, planes, stride, **options)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+
+    def build(self, in_planes: int, planes: int, stride: int) -> None:
+        raise NotImplementedError
+
+    def add_shortcut(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``out`` plus the block input (projected by ``downsample`` when the shapes differ)."""
+        out = out + (x if self.downsample is None else self.downsample(x))
+        return self.relu(out) if self.relu_after_sum else out
+
+
 class ZeroPadShortcut(nn.Module):
     """Parameter-free projection shortcut (type 'A'): subsample by ``stride``, zero-pad new channels.
 

@@ -7,9 +7,7 @@ those of the 3D ResNet (conv1, bn1, layer1..4, fc, downsample.0/.1).
 
 from __future__ import annotations
 
-from torch import nn
-
-from .common import RESNET_STAGES, STAGE_WIDTHS, conv1x3x3, lookup_depth, make_shortcut, scaled_widths
+from .common import RESNET_STAGES, STAGE_WIDTHS, conv1x3x3, lookup_depth, scaled_widths
 from .resnet import BasicBlock, ResNet
 
 # Basic-block depths only: torchvision defines MC3 on the basic block.
@@ -21,27 +19,11 @@ class MixedConvResNet(ResNet):
 
     first_2d_stage = 1
 
-    def _make_stage(
-        self,
-        index: int,
-        block: type[nn.Module],
-        in_planes: int,
-        planes: int,
-        n_blocks: int,
-        *,
-        shortcut_type: str,
-        block_kwargs: dict,
-    ) -> nn.Sequential:
+    def _stage_options(self, index: int) -> tuple[int, tuple[int, int, int], dict]:
         if index < self.first_2d_stage:
-            return super()._make_stage(
-                index, block, in_planes, planes, n_blocks, shortcut_type=shortcut_type, block_kwargs=block_kwargs
-            )
-        out_planes = planes * block.expansion
-        downsample = make_shortcut(shortcut_type, in_planes, out_planes, (1, 2, 2))
-        kwargs = {**block_kwargs, "conv": conv1x3x3}
-        blocks = [block(in_planes, planes, stride=2, downsample=downsample, **kwargs)]
-        blocks += [block(out_planes, planes, **kwargs) for _ in range(1, n_blocks)]
-        return nn.Sequential(*blocks)
+            return super()._stage_options(index)
+        # conv1x3x3 strides only in height and width, so the shortcut must too.
+        return 2, (1, 2, 2), {"conv": conv1x3x3}
 
 
 def generate_model(model_depth: int, *, widen_factor: float = 1.0, **kwargs) -> MixedConvResNet:

@@ -16,6 +16,7 @@ from .common import (
     RESNET_STAGES,
     STAGE_WIDTHS,
     ClassifierHeadMixin,
+    ResidualBlock,
     conv1x1x1,
     conv3x3x3,
     init_weights,
@@ -26,51 +27,31 @@ from .common import (
 )
 
 
-class BasicBlock(nn.Module):
+class BasicBlock(ResidualBlock):
     """Two 3x3x3 convs (or ``conv``-built ones) with an identity or projection shortcut."""
 
     expansion = 1
 
-    def __init__(
-        self,
-        in_planes: int,
-        planes: int,
-        *,
-        stride: int = 1,
-        downsample: nn.Module | None = None,
-        conv: Callable[..., nn.Conv3d] = conv3x3x3,
-    ) -> None:
-        super().__init__()
+    def build(self, in_planes: int, planes: int, stride: int, *, conv: Callable[..., nn.Conv3d] = conv3x3x3) -> None:
         self.conv1 = conv(in_planes, planes, stride)
         self.bn1 = nn.BatchNorm3d(planes)
-        self.relu = nn.ReLU(inplace=True)
         self.conv2 = conv(planes, planes)
         self.bn2 = nn.BatchNorm3d(planes)
-        self.downsample = downsample
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        shortcut = x if self.downsample is None else self.downsample(x)
-        return self.relu(out + shortcut)
+        return self.add_shortcut(out, x)
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(ResidualBlock):
     """1x1x1 reduce, 3x3x3 (strided, optionally grouped), 1x1x1 expand to ``planes * expansion``."""
 
     expansion = 4
 
-    def __init__(
-        self,
-        in_planes: int,
-        planes: int,
-        *,
-        stride: int = 1,
-        downsample: nn.Module | None = None,
-        mid_planes: int | None = None,
-        groups: int = 1,
+    def build(
+        self, in_planes: int, planes: int, stride: int, *, mid_planes: int | None = None, groups: int = 1
     ) -> None:
-        super().__init__()
         mid = planes if mid_planes is None else mid_planes
         self.conv1 = conv1x1x1(in_planes, mid)
         self.bn1 = nn.BatchNorm3d(mid)
@@ -78,15 +59,12 @@ class Bottleneck(nn.Module):
         self.bn2 = nn.BatchNorm3d(mid)
         self.conv3 = conv1x1x1(mid, planes * self.expansion)
         self.bn3 = nn.BatchNorm3d(planes * self.expansion)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = downsample
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
-        shortcut = x if self.downsample is None else self.downsample(x)
-        return self.relu(out + shortcut)
+        return self.add_shortcut(out, x)
 
 
 class WideBottleneck(Bottleneck):
@@ -100,24 +78,9 @@ class ResNeXtBottleneck(Bottleneck):
 
     expansion = 2
 
-    def __init__(
-        self,
-        in_planes: int,
-        planes: int,
-        *,
-        stride: int = 1,
-        downsample: nn.Module | None = None,
-        cardinality: int = 32,
-    ) -> None:
+    def build(self, in_planes: int, planes: int, stride: int, *, cardinality: int = 32) -> None:
         # Group width follows the original: cardinality * planes // 32 channels in the grouped conv.
-        super().__init__(
-            in_planes,
-            planes,
-            stride=stride,
-            downsample=downsample,
-            mid_planes=cardinality * planes // 32,
-            groups=cardinality,
-        )
+        super().build(in_planes, planes, stride, mid_planes=cardinality * planes // 32, groups=cardinality)
 
 
 class ResNet(ClassifierHeadMixin, nn.Module):
@@ -197,13 +160,22 @@ class ResNet(ClassifierHeadMixin, nn.Module):
         shortcut_type: str,
         block_kwargs: dict,
     ) -> nn.Sequential:
-        """Stage ``index`` (0-based): the first stage keeps the resolution, the others halve T, H and W."""
-        stride = 1 if index == 0 else 2
+        """Stage ``index`` (0-based) of ``n_blocks`` blocks; the first one strides and projects the shortcut."""
+        stride, shortcut_stride, stage_kwargs = self._stage_options(index)
+        kwargs = {**block_kwargs, **stage_kwargs}
         out_planes = planes * block.expansion
-        downsample = make_shortcut(shortcut_type, in_planes, out_planes, stride)
-        blocks = [block(in_planes, planes, stride=stride, downsample=downsample, **block_kwargs)]
-        blocks += [block(out_planes, planes, **block_kwargs) for _ in range(1, n_blocks)]
+        downsample = make_shortcut(shortcut_type, in_planes, out_planes, shortcut_stride)
+        blocks = [block(in_planes, planes, stride=stride, downsample=downsample, **kwargs)]
+        blocks += [block(out_planes, planes, **kwargs) for _ in range(1, n_blocks)]
         return nn.Sequential(*blocks)
+
+    def _stage_options(self, index: int) -> tuple[int, tuple[int, int, int], dict]:
+        """Block stride, the (t, h, w) stride it amounts to (for the shortcut) and extra block kwargs.
+
+        The first stage keeps the resolution, the others halve T, H and W.
+        """
+        stride = 1 if index == 0 else 2
+        return stride, (stride, stride, stride), {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self._forward_stem(x))

@@ -11,6 +11,7 @@ from torch import nn
 from .common import (
     RESNET_STAGES,
     STAGE_WIDTHS,
+    ResidualBlock,
     conv1x1x1,
     conv1x3x3,
     lookup_depth,
@@ -27,21 +28,12 @@ def conv3x1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv3d:
     return nn.Conv3d(in_planes, out_planes, (3, 1, 1), stride=(stride, 1, 1), padding=(1, 0, 0), bias=False)
 
 
-class BasicBlock2p1d(nn.Module):
+class BasicBlock2p1d(ResidualBlock):
     """Basic block whose two 3x3x3 convs are each a (1,3,3) spatial + (3,1,1) temporal pair."""
 
     expansion = 1
 
-    def __init__(
-        self,
-        in_planes: int,
-        planes: int,
-        *,
-        stride: int = 1,
-        downsample: nn.Module | None = None,
-        block_mid_planes: str = "per_conv",
-    ) -> None:
-        super().__init__()
+    def build(self, in_planes: int, planes: int, stride: int, *, block_mid_planes: str = "per_conv") -> None:
         mid1 = mid_planes_2p1d(in_planes, planes, (3, 3, 3))
         self.conv1_s = conv1x3x3(in_planes, mid1, stride)
         self.bn1_s = nn.BatchNorm3d(mid1)
@@ -52,33 +44,21 @@ class BasicBlock2p1d(nn.Module):
         self.bn2_s = nn.BatchNorm3d(mid2)
         self.conv2_t = conv3x1x1(mid2, planes)
         self.bn2_t = nn.BatchNorm3d(planes)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = downsample
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1_s(self.conv1_s(x)))
         out = self.relu(self.bn1_t(self.conv1_t(out)))
         out = self.relu(self.bn2_s(self.conv2_s(out)))
         out = self.bn2_t(self.conv2_t(out))
-        shortcut = x if self.downsample is None else self.downsample(x)
-        return self.relu(out + shortcut)
+        return self.add_shortcut(out, x)
 
 
-class Bottleneck2p1d(nn.Module):
+class Bottleneck2p1d(ResidualBlock):
     """Bottleneck whose 3x3x3 conv is factorised; the 1x1x1 convs stay as they are."""
 
     expansion = 4
 
-    def __init__(
-        self,
-        in_planes: int,
-        planes: int,
-        *,
-        stride: int = 1,
-        downsample: nn.Module | None = None,
-        block_mid_planes: str = "per_conv",
-    ) -> None:
-        super().__init__()
+    def build(self, in_planes: int, planes: int, stride: int, *, block_mid_planes: str = "per_conv") -> None:
         self.conv1 = conv1x1x1(in_planes, planes)
         self.bn1 = nn.BatchNorm3d(planes)
         mid = mid_planes_2p1d(in_planes if _per_block(block_mid_planes) else planes, planes, (3, 3, 3))
@@ -88,16 +68,13 @@ class Bottleneck2p1d(nn.Module):
         self.bn2_t = nn.BatchNorm3d(planes)
         self.conv3 = conv1x1x1(planes, planes * self.expansion)
         self.bn3 = nn.BatchNorm3d(planes * self.expansion)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = downsample
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2_s(self.conv2_s(out)))
         out = self.relu(self.bn2_t(self.conv2_t(out)))
         out = self.bn3(self.conv3(out))
-        shortcut = x if self.downsample is None else self.downsample(x)
-        return self.relu(out + shortcut)
+        return self.add_shortcut(out, x)
 
 
 class ResNet2p1d(ResNet):

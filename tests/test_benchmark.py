@@ -81,3 +81,16 @@ def test_targets_and_table_from_a_report():
     report["targets"] = targets
     text = format_table(report)
     assert "model only" in text and "fast_compile" in text and "1.88" in text and "NOT met" not in text
+
+
+def test_benchmark_predict_part(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = _run(["--device", "cpu", "--parts", "predict", "--predict_sizes", "1080p", "--predict_seconds", "0.4",
+                 "--model_depth", "10", "--batch_size", "2", "--sample_duration", "4", "--sample_size", "32",
+                 "--workers", "1", "--videos_per_class", "1", "--n_frames", "4", "--data_dir", str(tmp_path / "data"),
+                 "--output", str(out)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    entry = json.loads(out.read_text())["parts"]["predict"]["1080p"]
+    assert entry["frame_size"] == [1920, 1080] and entry["video_seconds"] == 0.4
+    assert entry["video_s_per_s"] > 0 and 0.05 < entry["peak_rss_gb"] < 16
+    assert "predict" in proc.stdout and "s of video/s, peak RSS" in proc.stdout

@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from errors import UserError
+from tests.support import run_tool
 from tests.video_corpus import make_corpus
 from util_scripts import check_videos
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -80,8 +77,7 @@ def test_annotation_file_videos_are_resolved_like_the_dataset_and_missing_ones_f
 
 def test_command_line_exit_codes(corpus, tmp_path):
     def run(*args):
-        return subprocess.run([sys.executable, "-m", "util_scripts.check_videos", *map(str, args)], cwd=REPO,
-                              capture_output=True, text=True)
+        return run_tool("check_videos", *args)
 
     bad = run(tmp_path / "nowhere")
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("error: ")

@@ -18,26 +18,12 @@ from model import (
     load_state_dict_compat,
     model_kwargs_from_opts,
 )
+from opts import build_parser
 
 
 def make_opt(**overrides) -> argparse.Namespace:
-    # The original's flag names and defaults (opts.py builds the real namespace).
-    values = dict(
-        model="resnet",
-        model_depth=18,
-        n_classes=400,
-        n_input_channels=3,
-        conv1_t_size=7,
-        conv1_t_stride=1,
-        no_max_pool=False,
-        resnet_shortcut="B",
-        resnet_widen_factor=1.0,
-        wide_resnet_k=2,
-        resnext_cardinality=32,
-        n_pretrain_classes=0,
-        pretrain_path=None,
-        ft_begin_module="",
-    )
+    # opts.py's own defaults (the original's); n_input_channels is derived from the input there, so set it here.
+    values = {**vars(build_parser().parse_args([])), "n_input_channels": 3}
     values.update(overrides)
     return argparse.Namespace(**values)
 

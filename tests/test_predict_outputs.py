@@ -136,3 +136,37 @@ def test_flags_need_their_mode(tmp_path):
                           ("--save_features", "--save_features needs --predict or --inference")]:
         proc = run_main(["--result_path", tmp_path, flag])
         assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_interrupted_run_writes_a_partial_page_and_a_rerun_completes_it(checkpoint, videos, tmp_path):
+    import predict
+    from video_predictor import PredictionListener
+
+    class StopInSecondVideo(PredictionListener):
+        def __init__(self):
+            self.videos = 0
+
+        def start_video(self, video):
+            self.videos += 1
+
+        def frame(self, number, seconds, frame):
+            if self.videos == 2 and number == 5:
+                raise KeyboardInterrupt
+
+    args = ["--predict", str(videos / "a"), "--resume_path", str(checkpoint), "--result_path", str(tmp_path),
+            "--n_threads", "0", "--no_cuda", "--output_video", "--save_features"]
+    (videos / "a" / "more.mp4").write_bytes((videos / "a" / "clip.mp4").read_bytes())
+    try:
+        assert predict.run(parse_opts(args), listeners=[StopInSecondVideo()]) == 130
+        html = (tmp_path / "predictions.html").read_text(encoding="utf-8")
+        assert "partial: interrupted; 1 of 2 videos predicted" in html
+        assert [p.name for p in (tmp_path / "annotated").iterdir()] == ["clip.mp4"]  # the second one dropped
+        assert read_features(tmp_path / "features.h5")["videos"] == [str(videos / "a" / "clip.mp4")]
+        assert not [p for p in tmp_path.rglob(".*")]  # no temporary files left behind
+        assert main.main(args) == 0  # the rerun predicts only the second video; the page and features hold both
+        html = (tmp_path / "predictions.html").read_text(encoding="utf-8")
+        assert "partial:" not in html and str(videos / "a" / "clip.mp4") in html and "more.mp4" in html
+        f = read_features(tmp_path / "features.h5")
+        assert f["videos"] == [str(videos / "a" / "clip.mp4"), str(videos / "a" / "more.mp4")]
+    finally:
+        (videos / "a" / "more.mp4").unlink()

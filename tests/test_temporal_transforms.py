@@ -126,3 +126,59 @@ def test_builder_rejects_bad_arguments():
         T.get_temporal_transform("val", sample_duration=4, n_val_samples=0)
     with pytest.raises(ValueError):
         T.get_temporal_transform("train", sample_duration=4)([])
+
+
+# ---------------------------------------------------------------- segment (TSN/TSM-style) sampling
+
+
+def test_segment_bounds_cover_the_video_evenly():
+    assert T.segment_bounds(10, 4) == [(0, 2), (2, 5), (5, 7), (7, 10)]
+    assert T.segment_bounds(8, 8) == [(k, k + 1) for k in range(8)]
+    for n, k in ((100, 8), (33, 5), (7, 7)):
+        bounds = T.segment_bounds(n, k)
+        assert bounds[0][0] == 0 and bounds[-1][1] == n  # the whole video, no gaps, no overlap
+        assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
+        assert max(hi - lo for lo, hi in bounds) - min(hi - lo for lo, hi in bounds) <= 1
+
+
+def test_segment_centres_are_deterministic_and_evenly_spread():
+    val = T.get_temporal_transform("val", sample_duration=4, sampling="segment", n_val_samples=3)
+    assert val.multi_clip
+    assert val(frames(100)) == [[13, 38, 63, 88]]  # one clip of segment centres (n_val_samples unused)
+    assert val(frames(100)) == val(frames(100))
+    assert val(frames(8, start=0)) == [[1, 3, 5, 7]]  # 0-based (hdf5, video files) indices too
+    clip = T.get_temporal_transform("val", sample_duration=8, sampling="segment")(frames(800))[0]
+    gaps = {b - a for a, b in zip(clip, clip[1:])}
+    assert gaps == {100}  # evenly spread over the whole video
+
+
+def test_segment_training_draws_one_frame_in_each_segment_reproducibly():
+    t = T.get_temporal_transform("train", sample_duration=4, sampling="segment")
+    assert not t.multi_clip
+    bounds = [range(1 + lo, 1 + hi) for lo, hi in T.segment_bounds(100, 4)]
+    seen = set()
+    for seed in range(30):
+        (clip,) = t(frames(100), random.Random(seed))
+        assert len(clip) == 4 and all(i in seg for i, seg in zip(clip, bounds))
+        assert t(frames(100), random.Random(seed)) == [clip]  # seeded: reproducible
+        seen.add(tuple(clip))
+    assert len(seen) > 20  # random within the segments
+    center = T.get_temporal_transform("train", sample_duration=4, sampling="segment", train_t_crop="center")
+    assert center(frames(100), random.Random(0)) == [[13, 38, 63, 88]]
+
+
+def test_segment_sampling_repeats_frames_of_short_videos():
+    val = T.get_temporal_transform("val", sample_duration=8, sampling="segment")
+    assert val(frames(3)) == [[1, 1, 1, 2, 2, 2, 3, 3]]
+    train = T.get_temporal_transform("train", sample_duration=8, sampling="segment")
+    assert train(frames(3), random.Random(0)) == [[1, 1, 1, 2, 2, 2, 3, 3]]
+    assert train(frames(1), random.Random(0)) == [[1] * 8]
+
+
+def test_segment_inference_views_are_evenly_offset():
+    one = T.get_temporal_transform("inference", sample_duration=4, sampling="segment")
+    assert one(frames(100)) == [[13, 38, 63, 88]]
+    two = T.get_temporal_transform("inference", sample_duration=4, sampling="segment", inference_n_clips=2)
+    assert two(frames(100)) == [[7, 32, 57, 82], [19, 44, 69, 94]]
+    with pytest.raises(ValueError):
+        T.get_temporal_transform("val", sample_duration=4, sampling="sparse")

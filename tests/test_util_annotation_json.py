@@ -1,8 +1,6 @@
 """kinetics_json, ucf101_json, hmdb51_json, mit_json and add_fps_into_activitynet_json on official-format inputs."""
 
 import json
-import subprocess
-import sys
 from fractions import Fraction
 from pathlib import Path
 
@@ -12,9 +10,8 @@ import numpy as np
 import pytest
 
 from errors import UserError
+from tests.support import run_tool
 from util_scripts import add_fps_into_activitynet_json, hmdb51_json, kinetics_json, mit_json, ucf101_json
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def make_jpg_video(root: Path, label: str, video_id: str, n_frames: int) -> None:
@@ -23,6 +20,13 @@ def make_jpg_video(root: Path, label: str, video_id: str, n_frames: int) -> None
     for i in range(1, n_frames + 1):
         (folder / f"image_{i:05d}.jpg").write_bytes(b"")
     (folder / ".DS_Store").write_bytes(b"")  # hidden files are not frames
+
+
+def make_jpg_videos(root: Path, n_frames: dict[str, int]) -> Path:
+    """A frame folder ``root/<label>/<id>`` for each ``{"<label>/<id>": number of frames}``; returns ``root``."""
+    for name, n in n_frames.items():
+        make_jpg_video(root, *name.split("/"), n)
+    return root
 
 
 def make_hdf5_video(root: Path, label: str, video_id: str, n_frames: int) -> None:
@@ -36,12 +40,6 @@ def make_hdf5_video(root: Path, label: str, video_id: str, n_frames: int) -> Non
 
 def load(path: Path) -> dict:
     return json.loads(path.read_text())
-
-
-def run_module(name: str, *args) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", f"util_scripts.{name}", *map(str, args)], cwd=REPO, capture_output=True, text=True
-    )
 
 
 # ---------------------------------------------------------------- Kinetics
@@ -65,10 +63,9 @@ def kinetics_csvs(tmp_path):
 
 
 def test_kinetics_json_jpg(kinetics_csvs, tmp_path, capsys):
-    videos = tmp_path / "jpg"
-    make_jpg_video(videos, "zumba", "zz1_000005_000015", 7)
-    make_jpg_video(videos, "abseiling", "ab9_000003_000013", 3)
-    make_jpg_video(videos, "test", "tt1_000100_000110", 4)
+    videos = make_jpg_videos(
+        tmp_path / "jpg", {"zumba/zz1_000005_000015": 7, "abseiling/ab9_000003_000013": 3, "test/tt1_000100_000110": 4}
+    )
     dst = tmp_path / "k400.json"
     assert kinetics_json.main([str(kinetics_csvs), "400", str(videos), "jpg", str(dst)]) == 0
     data = load(dst)
@@ -113,7 +110,7 @@ def test_kinetics_json_errors(kinetics_csvs, tmp_path):
     with pytest.raises(UserError, match="time_start/time_end must be numbers"):
         kinetics_json.main(args)
     (kinetics_csvs / "kinetics-400_train.csv").unlink()
-    result = run_module("kinetics_json", *args)
+    result = run_tool("kinetics_json", *args)
     assert result.returncode == 2
     assert result.stderr.startswith("error: Kinetics training CSV not found:") and result.stderr.count("\n") == 1
 
@@ -135,10 +132,10 @@ def ucf_splits(tmp_path):
 
 
 def test_ucf101_json(ucf_splits, tmp_path, capsys):
-    videos = tmp_path / "jpg"
-    make_jpg_video(videos, "ApplyEyeMakeup", "v_ApplyEyeMakeup_g08_c01", 5)
-    make_jpg_video(videos, "Biking", "v_Biking_g09_c02", 2)
-    make_jpg_video(videos, "Biking", "v_Biking_g01_c01", 3)
+    videos = make_jpg_videos(
+        tmp_path / "jpg",
+        {"ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01": 5, "Biking/v_Biking_g09_c02": 2, "Biking/v_Biking_g01_c01": 3},
+    )
     assert ucf101_json.main([str(ucf_splits), str(videos), str(tmp_path / "out")]) == 0
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["ucf101_01.json"]  # only split 1 exists
     data = load(tmp_path / "out" / "ucf101_01.json")
@@ -183,9 +180,9 @@ def test_hmdb51_json(tmp_path):
             f"April_09_brush_hair_u_nm_np1_ba_goo_0.avi {k} \nBrushing_hair_h_nm_np1_le_goo_1.avi {3 - k} \n"
         )
         (splits / f"cartwheel_test_split{k}.txt").write_text("cart_1.avi 2 \ncart_2.avi 0 \ncart_3.avi 1 \n")
-    videos = tmp_path / "jpg"
-    make_jpg_video(videos, "brush_hair", "April_09_brush_hair_u_nm_np1_ba_goo_0", 4)
-    make_jpg_video(videos, "cartwheel", "cart_3", 2)
+    videos = make_jpg_videos(
+        tmp_path / "jpg", {"brush_hair/April_09_brush_hair_u_nm_np1_ba_goo_0": 4, "cartwheel/cart_3": 2}
+    )
     assert hmdb51_json.main([str(splits), str(videos), str(tmp_path / "out")]) == 0
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["hmdb51_1.json", "hmdb51_2.json"]
     one = load(tmp_path / "out" / "hmdb51_1.json")
@@ -225,9 +222,7 @@ def test_mit_json(tmp_path):
     (meta / "trainingSet.csv").write_text("barking/giphy-abc.mp4,barking,3,0\nwalking/yt-xyz_1.mp4,walking,2,1\n")
     (meta / "validationSet.csv").write_text("walking/yt-val.mp4,walking,3,0\n")
     (meta / "testingSet.csv").write_text("yt-test.mp4\n")
-    videos = tmp_path / "jpg"
-    make_jpg_video(videos, "barking", "giphy-abc", 9)
-    make_jpg_video(videos, "test", "yt-test", 2)
+    videos = make_jpg_videos(tmp_path / "jpg", {"barking/giphy-abc": 9, "test/yt-test": 2})
     assert mit_json.main([str(meta), str(videos), str(tmp_path / "mit.json")]) == 0
     data = load(tmp_path / "mit.json")
     assert data["labels"] == ["walking", "barking"]

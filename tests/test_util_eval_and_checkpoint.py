@@ -2,19 +2,16 @@
 
 import csv
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from checkpoint import load_checkpoint
 from errors import UserError
+from tests.support import run_tool
 from util_scripts import eval_accuracy, remove_dataparallel
 from util_scripts.eval_accuracy import evaluate
 
-REPO = Path(__file__).resolve().parents[1]
 LABELS = ["cat", "dog", "eel"]
 
 
@@ -111,12 +108,7 @@ def test_eval_errors(gt_and_results, tmp_path):
     unknown.write_text(json.dumps({"results": {"v1": [{"label": "emu", "score": 1.0}]}}))
     with pytest.raises(UserError, match="unknown label"):
         evaluate(gt, unknown)
-    result = subprocess.run(
-        [sys.executable, "-m", "util_scripts.eval_accuracy", str(gt), str(tmp_path / "missing.json")],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-    )
+    result = run_tool("eval_accuracy", gt, tmp_path / "missing.json")
     assert result.returncode == 2
     assert result.stderr == f"error: result JSON not found: {tmp_path / 'missing.json'}\n"
 
@@ -143,10 +135,5 @@ def test_remove_dataparallel_strips_only_real_prefixes(tmp_path, capsys):
 
 
 def test_remove_dataparallel_errors(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "util_scripts.remove_dataparallel", str(tmp_path / "none.pth")],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-    )
+    result = run_tool("remove_dataparallel", tmp_path / "none.pth")
     assert result.returncode == 2 and result.stderr.startswith("error: checkpoint not found")

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,9 +11,9 @@ import torch
 from checkpoint import save_checkpoint
 from errors import UserError
 from models import build_model
+from tests.support import run_tool
 from util_scripts import export_model
 
-ROOT = Path(__file__).resolve().parents[1]
 # Small clips keep the test fast; widen_factor 0.25 keeps every layer of the depth at a quarter width.
 SMALL = ["--sample_duration", "8", "--sample_size", "32"]
 
@@ -80,13 +78,7 @@ def test_file_without_arch_needs_model_flags(tmp_path):
 
 
 def test_cli_reports_user_errors_in_one_line(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "util_scripts.export_model", str(tmp_path / "missing.pth")],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = run_tool("export_model", tmp_path / "missing.pth", timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error:") and "not found" in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -12,14 +12,17 @@ import pytest
 from datasets.annotations import read_records
 from errors import UserError
 from tests.datagen import make_frame_dataset, write_video_file
+from tests.support import run_tool
 from util_scripts import charades_json, folder_json, list_json, ssv2_json
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run_module(name: str, *args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", f"util_scripts.{name}", *map(str, args)], cwd=REPO,
-                          capture_output=True, text=True)
+def run_tool_ok(name: str, *args) -> subprocess.CompletedProcess:
+    """run_tool, asserting that the tool succeeded (its stderr is the failure message)."""
+    proc = run_tool(name, *args)
+    assert proc.returncode == 0, proc.stderr
+    return proc
 
 
 def tiny_frames(n: int = 8, value: int = 0) -> list[np.ndarray]:
@@ -33,9 +36,16 @@ def make_frame_folder(folder: Path, n: int) -> None:
         (folder / f"image_{i:05d}.jpg").write_bytes(b"")
 
 
+def make_frame_folders(root: Path, names, n: int) -> Path:
+    """make_frame_folder ``root/<name>`` of ``n`` frames for each name; returns ``root``."""
+    for name in names:
+        make_frame_folder(root / name, n)
+    return root
+
+
 @pytest.mark.parametrize("name", ["folder_json", "list_json", "ssv2_json", "charades_json"])
 def test_help(name):
-    proc = run_module(name, "-h")
+    proc = run_tool(name, "-h")
     assert proc.returncode == 0 and "usage:" in proc.stdout and "dst_path" in proc.stdout
 
 
@@ -86,7 +96,7 @@ def video_tree(tmp_path_factory):
 
 def test_folder_json_video_tree(video_tree, tmp_path):
     out = tmp_path / "own.json"
-    proc = run_module("folder_json", video_tree, out, "--val_fraction", "0.5", "--seed", "3")
+    proc = run_tool("folder_json", video_tree, out, "--val_fraction", "0.5", "--seed", "3")
     assert proc.returncode == 1, proc.stderr  # written, but an unreadable file was left out
     assert "unreadable: run/broken.mp4: " in proc.stderr and "1 unreadable videos were left out" in proc.stderr
     assert "1 videos directly in" in proc.stderr and "stray.mp4" in proc.stderr
@@ -100,7 +110,7 @@ def test_folder_json_video_tree(video_tree, tmp_path):
     assert not (out.parent / f".{out.name}.partial-").exists() and len(list(tmp_path.iterdir())) == 1
 
     again = tmp_path / "again.json"
-    run_module("folder_json", video_tree, again, "--val_fraction", "0.5", "--seed", "3")
+    run_tool("folder_json", video_tree, again, "--val_fraction", "0.5", "--seed", "3")
     assert json.loads(again.read_text()) == data  # the seed fixes the split
 
     records, names = read_records(out, video_tree, dataset="kinetics", subset="training", file_type="video")
@@ -165,7 +175,7 @@ def test_folder_json_frame_folders(tmp_path):
 
 def test_folder_json_errors(tmp_path):
     (tmp_path / "empty" / "cls").mkdir(parents=True)
-    proc = run_module("folder_json", tmp_path / "empty", tmp_path / "o.json")
+    proc = run_tool("folder_json", tmp_path / "empty", tmp_path / "o.json")
     assert proc.returncode == 2 and proc.stderr.startswith("error: no readable video files found")
     assert len(proc.stderr.strip().splitlines()) == 1
     with pytest.raises(UserError, match="val_fraction"):
@@ -179,9 +189,7 @@ def test_folder_json_errors(tmp_path):
 
 
 def test_list_json_names_indices_segments(tmp_path):
-    root = tmp_path / "videos"
-    for rel in ("clips/a", "clips/b", "clips/c d", "clips/e"):
-        make_frame_folder(root / rel, 4)
+    root = make_frame_folders(tmp_path / "videos", ("clips/a", "clips/b", "clips/c d", "clips/e"), 4)
     train = tmp_path / "train.csv"
     train.write_text("path,label,start,end\n"
                      "clips/a,1\n"
@@ -193,8 +201,7 @@ def test_list_json_names_indices_segments(tmp_path):
     names = tmp_path / "classes.txt"
     names.write_text("jumping\nrunning\nwalking\n")
     out = tmp_path / "list.json"
-    proc = run_module("list_json", train, val, root, out, "--class_names", names)
-    assert proc.returncode == 0, proc.stderr
+    proc = run_tool_ok("list_json", train, val, root, out, "--class_names", names)
     assert "1 of 6 videos are not found" in proc.stderr
     assert json.loads(out.read_text()) == {
         "labels": ["jumping", "running", "walking"],
@@ -247,7 +254,7 @@ def test_list_json_bad_lines(tmp_path, train, extra, message):
     (tmp_path / "v.txt").write_text("c 0\n")
     (tmp_path / "names.txt").write_text("zero\none\n")
     extra = [*extra, str(tmp_path / "names.txt")] if extra else []
-    proc = run_module("list_json", tmp_path / "t.txt", tmp_path / "v.txt", tmp_path, tmp_path / "o.json", *extra)
+    proc = run_tool("list_json", tmp_path / "t.txt", tmp_path / "v.txt", tmp_path, tmp_path / "o.json", *extra)
     assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "o.json").exists()
 
@@ -274,9 +281,7 @@ def ssv2_files(tmp_path):
          "template": "Approaching [something] with your camera", "placeholders": ["a box"]},
     ]))
     (ann / "something-something-v2-test.json").write_text(json.dumps([{"id": "9999"}]))
-    videos = tmp_path / "videos"
-    for video_id in ("78687", "42326", "1420", "9999"):
-        make_frame_folder(videos / video_id, 6)
+    videos = make_frame_folders(tmp_path / "videos", ("78687", "42326", "1420", "9999"), 6)
     write_video_file(videos / "78687.webm", tiny_frames(6), fps=8, codec="libvpx")
     return ann, videos
 
@@ -284,8 +289,7 @@ def ssv2_files(tmp_path):
 def test_ssv2_json(ssv2_files, tmp_path):
     ann, videos = ssv2_files
     out = tmp_path / "ssv2.json"
-    proc = run_module("ssv2_json", ann, videos, out)
-    assert proc.returncode == 0, proc.stderr
+    run_tool_ok("ssv2_json", ann, videos, out)
     assert json.loads(out.read_text()) == {
         "labels": ["Putting something on something", "Approaching something with your camera",
                    "Pushing something from left to right"],
@@ -339,17 +343,14 @@ def charades_files(tmp_path):
         + "N11GT,0KZ7,Stairs,6,7,Yes,A person walks.,stairs,A person walks.,,18.50\n")
     (cdir / "Charades_v1_test.csv").write_text(
         CHARADES_HEADER + 'YSKX3,E4W3,Bedroom,5,6,Yes,Folding.,clothes,Folding.,"c002 3.00 5.50",30.12\n')
-    videos = tmp_path / "videos"
-    for video_id in ("46GP8", "N11GT", "YSKX3"):
-        make_frame_folder(videos / video_id, 5)
+    videos = make_frame_folders(tmp_path / "videos", ("46GP8", "N11GT", "YSKX3"), 5)
     return cdir, videos
 
 
 def test_charades_json(charades_files, tmp_path):
     cdir, videos = charades_files
     out = tmp_path / "charades.json"
-    proc = run_module("charades_json", cdir, videos, out)
-    assert proc.returncode == 0, proc.stderr
+    proc = run_tool_ok("charades_json", cdir, videos, out)
     assert "1 videos have no action" in proc.stdout
     assert json.loads(out.read_text()) == {
         "labels": ["Holding some clothes", "Putting clothes somewhere", "Taking some clothes from somewhere"],

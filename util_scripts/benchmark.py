@@ -1,6 +1,6 @@
 """Measure model, loader, end-to-end training and inference speed, original-style vs the fast defaults.
 
-Usage: ``python -m util_scripts.benchmark [--device auto|cpu|cuda] [--parts model loader e2e inference]
+Usage: ``python -m util_scripts.benchmark [--device auto|cpu|cuda] [--parts model loader e2e inference predict]
 [--workers 4 16] [--compile] [--model resnet --model_depth 50 --batch_size 64 ...] [--output FILE.json]``
 
 Without --video_path/--annotation_path it writes (once, cached under --data_dir) a synthetic
@@ -10,6 +10,8 @@ normalisation, bf16 + channels_last_3d + cudnn.benchmark on CUDA), plus 'fast_co
 --compile. Prints a table and writes JSON with the median clips/s over --repeats windows.
 Defaults depend on the device: small on the CPU (about a minute on 2 cores), the issue's
 configuration (resnet-50, 16x112x112, batch 64, 4 and 16 workers) on CUDA.
+The 'predict' part (only when named in --parts) runs ``main.py --predict`` on synthetic 1080p and 4K
+H.264 videos of --predict_seconds in a child process: seconds of video per second and peak RSS.
 """
 
 from __future__ import annotations
@@ -32,19 +34,21 @@ from datasets.layout import SUBSET_NAMES
 from errors import UserError
 from util_scripts.common import run_cli
 
-PARTS = ("model", "loader", "e2e", "inference")
+PARTS = ("model", "loader", "e2e", "inference", "predict")
+DEFAULT_PARTS = ("model", "loader", "e2e", "inference")  # predict: only when asked for (it writes 4K videos)
 DEFAULTS = {  # device type -> defaults of the size options
     "cpu": dict(model_depth=10, batch_size=4, sample_duration=8, sample_size=112, workers=[1, 2], steps=2,
-                loader_steps=12, warmup=1, repeats=3, videos_per_class=4, n_frames=24),
+                loader_steps=12, warmup=1, repeats=3, videos_per_class=4, n_frames=24, predict_seconds=2.0),
     "cuda": dict(model_depth=50, batch_size=64, sample_duration=16, sample_size=112, workers=[4, 16], steps=20,
-                 loader_steps=20, warmup=5, repeats=3, videos_per_class=64, n_frames=48),
+                 loader_steps=20, warmup=5, repeats=3, videos_per_class=64, n_frames=48, predict_seconds=10.0),
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m util_scripts.benchmark", description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS)
+    p.add_argument("--parts", nargs="+", default=list(DEFAULT_PARTS), choices=PARTS,
+                   help=f"what to measure (default: {' '.join(DEFAULT_PARTS)}; 'predict' only when named)")
     p.add_argument("--model", default="resnet")
     p.add_argument("--model_depth", type=int, help="default: 10 on the CPU, 50 on CUDA")
     p.add_argument("--batch_size", type=int, help="clips per step (default: 4 CPU, 64 CUDA)")
@@ -67,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where the synthetic dataset is cached")
     p.add_argument("--videos_per_class", type=int, help="synthetic training videos per class (4 classes)")
     p.add_argument("--n_frames", type=int, help="frames per synthetic video")
+    p.add_argument("--predict_seconds", type=float,
+                   help="length of the synthetic videos of the predict part (default: 2 CPU, 10 CUDA)")
+    p.add_argument("--predict_sizes", nargs="+", default=["1080p", "4k"], choices=("1080p", "4k"),
+                   help="frame sizes of the predict part")
     p.add_argument("--output", type=Path, default=Path("benchmark.json"), help="JSON results file")
     return p
 
@@ -145,6 +153,10 @@ class Runner:
             parts["e2e"] = self._each(bench_parts.end_to_end, args.e2e_workers, **self.window)
         if "inference" in args.parts:
             parts["inference"] = self._each(bench_parts.inference, args.e2e_workers, repeats=args.repeats)
+        if "predict" in args.parts:
+            from benchmarks.predict_bench import predict_part
+
+            parts["predict"] = predict_part(args, args.data_dir)
         return parts
 
     def _gpu_decode(self) -> bool:

@@ -19,14 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from errors import UserError
-from util_scripts.annotations import (
-    count_missing,
-    make_entry,
-    read_csv_rows,
-    read_lines,
-    warn_missing,
-    write_annotation_json,
-)
+from util_scripts.annotations import make_entry, read_csv_rows, read_lines, write_located_json
 from util_scripts.common import run_cli
 
 CSV_SUBSETS = (("Charades_v1_train.csv", "training"), ("Charades_v1_test.csv", "validation"))
@@ -104,9 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if twice is not None:
             raise UserError(f"video {twice} is in both Charades CSV files")
         database.update(part)
-    n_missing = count_missing(args.video_path, database, desc="checking videos")
-    write_annotation_json(args.dst_path, list(classes.values()), database, n_missing=0, video_path=args.video_path)
-    warn_missing(n_missing, len(database), args.video_path)
+    write_located_json(args.dst_path, list(classes.values()), database, video_path=args.video_path)
     n_empty = sum(not entry["annotations"]["actions"] for entry in database.values())
     if n_empty:
         print(f"note: {n_empty} videos have no action (no 'label'; a single-label reader gives them -1)")

@@ -30,7 +30,6 @@ from errors import UserError
 from util_scripts.common import ItemResult, VideoItem, atomic_file, run_cli, run_over_videos
 
 UNUSABLE = ("missing", "unreadable", "no_video_stream", "no_decodable_frame")
-TRUNCATION_SLACK = 0.05  # a video is truncated when more than 5 % (and 2 frames) of the announced length is gone
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -142,9 +141,10 @@ def assess(scan: dict, *, sample_duration: int) -> tuple[list[str], list[str]]:
 def _truncated(scan: dict) -> bool:
     """Seconds missing from the announced duration; without one, frames missing from the announced count
     (frame counts alone would also flag sparse AVI files, whose announced count includes skipped frames)."""
-    fps, claimed_s = scan["fps"] or 25.0, scan["claimed_duration"]
-    if claimed_s > 0:
-        return claimed_s - scan["duration"] > max(2 / fps, TRUNCATION_SLACK * claimed_s)
+    from datasets.video_files import TRUNCATION_SLACK, is_truncated
+
+    if scan["claimed_duration"] > 0:
+        return is_truncated(scan["claimed_duration"], scan["duration"], scan["fps"])
     n, claimed_n = scan["n_frames"], scan["claimed_frames"]
     return bool(claimed_n) and claimed_n - n > max(2, TRUNCATION_SLACK * claimed_n)
 

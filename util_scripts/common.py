@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from datasets.layout import DATASETS, RAW_VIDEO_EXTENSION, has_video_extension
+from datasets.layout import DATASETS, FLAT_DATASETS, RAW_VIDEO_EXTENSION, has_video_extension
 from errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ class ItemResult:
 def find_videos(src_dir: Path, dataset: str) -> list[VideoItem]:
     """All videos of ``src_dir`` in the layout of ``dataset``, sorted.
 
-    ActivityNet keeps every video directly in ``src_dir`` (output ``<stem>``); the other
+    ActivityNet, SSv2 and Charades keep every video directly in ``src_dir`` (output ``<stem>``); the other
     datasets have one sub-folder per class, ``test`` included (output ``<class>/<stem>``).
     Hidden files and files with another extension are ignored.
     """
@@ -73,7 +73,7 @@ def find_videos(src_dir: Path, dataset: str) -> list[VideoItem]:
     if not src_dir.is_dir():
         raise UserError(f"video folder not found: {src_dir}")
     ext = RAW_VIDEO_EXTENSION[dataset]
-    if dataset == "activitynet":
+    if dataset in FLAT_DATASETS:
         items = [VideoItem(p, Path(p.stem)) for p in _video_files(src_dir, ext)]
         layout = f"{src_dir}/<video>{ext}"
     else:

@@ -1,7 +1,13 @@
-"""Video-level top-k accuracy of an inference result JSON against the annotation JSON.
+"""Video-level top-k accuracy (or multi-label mAP) of an inference result JSON against the annotation JSON.
 
 Usage: ``python -m util_scripts.eval_accuracy GT_JSON RESULT_JSON [--subset validation] [-k 1]
-[--ignore] [--save] [--per_class] [--confusion_matrix OUT_PREFIX]``
+[--ignore] [--save] [--per_class] [--confusion_matrix OUT_PREFIX] [--metric accuracy|map]``
+
+``--metric map`` (multi-label, e.g. Charades): a video's true classes are all its
+``annotations.actions`` (else its ``label``; none: a negative for every class), its scores the result's
+per-class scores (a class it does not list scores 0, so write all classes: ``--output_topk 0``); prints
+the mean over classes of the average precision and each class's AP. Classes without a positive video
+have no AP and are left out of the mean. --save writes ``map.txt``.
 
 Prints the original's lines ("load ground truth", ..., "top-k accuracy: <acc>"), then the mean
 class accuracy. Ground-truth videos missing from the results count as wrong unless --ignore.
@@ -21,6 +27,9 @@ from pathlib import Path
 from datasets.layout import subset_name
 from errors import UserError
 from util_scripts.common import run_cli
+from utils import mean_average_precision
+
+METRICS = ("accuracy", "map")
 
 
 def _load_json(path: Path, what: str) -> dict:
@@ -36,12 +45,18 @@ def _load_json(path: Path, what: str) -> dict:
     return data
 
 
-def load_ground_truth(path: Path, subset: str) -> tuple[list[str], dict[str, int]]:
-    """(class names, {video_id: class index}) of the labelled videos of ``subset``."""
+def _load_annotation(path: Path) -> tuple[list[str], dict]:
+    """(labels, database) of an annotation JSON."""
     data = _load_json(path, "ground-truth JSON")
     labels, database = data.get("labels"), data.get("database")
     if not isinstance(labels, list) or not isinstance(database, dict):
         raise UserError(f"{path}: expected 'labels' and 'database' (an annotation JSON made by util_scripts)")
+    return labels, database
+
+
+def load_ground_truth(path: Path, subset: str) -> tuple[list[str], dict[str, int]]:
+    """(class names, {video_id: class index}) of the labelled videos of ``subset``."""
+    labels, database = _load_annotation(path)
     index = {name: i for i, name in enumerate(labels)}
     gt = {}
     for video_id, entry in database.items():
@@ -57,16 +72,22 @@ def load_ground_truth(path: Path, subset: str) -> tuple[list[str], dict[str, int
     return labels, gt
 
 
-def load_results(path: Path, labels: list[str], k: int) -> dict[str, list[int]]:
-    """{video_id: top-k class indices, best first} from an averaged inference JSON."""
+def _averaged_results(path: Path) -> dict[str, list]:
+    """The 'results' object of an inference JSON whose scores are averaged per video (one list per video)."""
     results = _load_json(path, "result JSON").get("results")
     if not isinstance(results, dict):
         raise UserError(f"{path}: expected a 'results' object (the JSON written by inference)")
-    index = {name: i for i, name in enumerate(labels)}
-    top = {}
-    for video_id, entries in results.items():
+    for entries in results.values():
         if entries and isinstance(entries, list) and "result" in entries[0]:
             raise UserError(f"{path}: results are per clip (--inference_no_average); evaluate averaged results")
+    return results
+
+
+def load_results(path: Path, labels: list[str], k: int) -> dict[str, list[int]]:
+    """{video_id: top-k class indices, best first} from an averaged inference JSON."""
+    index = {name: i for i, name in enumerate(labels)}
+    top = {}
+    for video_id, entries in _averaged_results(path).items():
         try:
             ranked = sorted(entries, key=lambda e: e["score"], reverse=True)[:k]
             top[video_id] = [index[e["label"]] for e in ranked]
@@ -112,6 +133,58 @@ def evaluate(gt_path: Path, result_path: Path, *, subset: str = "validation", k:
     }
 
 
+def load_multi_label_ground_truth(path: Path, subset: str) -> tuple[list[str], dict[str, set[int]]]:
+    """(class names, {video_id: its classes}) of every video of ``subset``: its actions' classes, else its label."""
+    labels, database = _load_annotation(path)
+    index = {name: i for i, name in enumerate(labels)}
+    gt = {}
+    for video_id, entry in database.items():
+        if entry.get("subset") != subset:
+            continue
+        ann = entry.get("annotations", {})
+        names = [a.get("label") for a in ann.get("actions") or []] or ([ann["label"]] if "label" in ann else [])
+        unknown = next((n for n in names if n not in index), None)
+        if unknown is not None:
+            raise UserError(f"{path}: video {video_id} has label {unknown!r}, which is not in 'labels'")
+        gt[video_id] = {index[n] for n in names}
+    if not gt:
+        present = sorted({str(e.get("subset")) for e in database.values()})
+        raise UserError(f"{path}: no videos in subset '{subset}' (subsets present: {', '.join(present)})")
+    return labels, gt
+
+
+def load_scores(path: Path, labels: list[str]) -> dict[str, list[float]]:
+    """{video_id: score per class} from an averaged inference JSON; classes a video does not list score 0."""
+    index = {name: i for i, name in enumerate(labels)}
+    out = {}
+    for video_id, entries in _averaged_results(path).items():
+        row = [0.0] * len(labels)
+        try:
+            for e in entries:
+                row[index[e["label"]]] = float(e["score"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise UserError(f"{path}: video {video_id}: bad entry or unknown label ({e})") from None
+        out[video_id] = row
+    return out
+
+
+def evaluate_map(gt_path: Path, result_path: Path, *, subset: str = "validation", ignore: bool = False) -> dict:
+    """Multi-label mAP of video scores. Returns a dict: map (over the classes with a positive video),
+    per_class_ap ({name: AP or None without positives}), n_ground_truth, n_result, n_evaluated. Ground-truth
+    videos without results score 0 for every class unless ``ignore``."""
+    labels, gt = load_multi_label_ground_truth(gt_path, subset_name(subset))
+    scores = load_scores(result_path, labels)
+    present = [v for v in gt if v in scores]
+    evaluated = present if ignore else list(gt)
+    if not evaluated:
+        raise UserError(f"{result_path}: none of the {len(gt)} ground-truth videos has a result")
+    targets = [[int(c in gt[v]) for c in range(len(labels))] for v in evaluated]
+    rows = [scores.get(v, [0.0] * len(labels)) for v in evaluated]
+    value, per_class = mean_average_precision(rows, targets)
+    return {"map": value, "per_class_ap": dict(zip(labels, per_class)), "n_ground_truth": len(gt),
+            "n_result": len(present), "n_evaluated": len(evaluated)}
+
+
 def write_confusion_matrix(prefix: Path, labels: list[str], confusion: list[list[int]]) -> list[Path]:
     """Write PREFIX.csv (and PREFIX.png if matplotlib is available); return the written paths."""
     prefix = Path(prefix)
@@ -154,11 +227,29 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ignore", action="store_true", help="leave ground-truth videos without results out")
     parser.add_argument("--per_class", action="store_true", help="print the accuracy of every class")
     parser.add_argument("--confusion_matrix", type=Path, metavar="OUT_PREFIX", help="write OUT_PREFIX.csv/.png")
+    parser.add_argument("--metric", default="accuracy", choices=METRICS,
+                        help="accuracy: top-k of single-label videos; map: multi-label mean average precision")
     return parser
+
+
+def main_map(args: argparse.Namespace) -> int:
+    report = evaluate_map(args.ground_truth_path, args.result_path, subset=args.subset, ignore=args.ignore)
+    print(f"number of ground truth: {report['n_ground_truth']}")
+    print(f"number of result: {report['n_result']}")
+    n_known = sum(ap is not None for ap in report["per_class_ap"].values())
+    print(f"mAP: {report['map']} (over {n_known} of {len(report['per_class_ap'])} classes; classes without a "
+          "positive video are left out)")
+    for name, ap in report["per_class_ap"].items():
+        print(f"  AP {name}: {'n/a (no positive video)' if ap is None else f'{ap:.4f}'}")
+    if args.save:
+        (args.result_path.parent / "map.txt").write_text(str(report["map"]))
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.metric == "map":
+        return main_map(args)
     print("load ground truth")
     report = evaluate(args.ground_truth_path, args.result_path, subset=args.subset, k=args.k, ignore=args.ignore)
     print(f"number of ground truth: {report['n_ground_truth']}")

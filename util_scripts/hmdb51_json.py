@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from errors import UserError
-from util_scripts.annotations import add_video_type_argument, build_database, read_lines, write_annotation_json
+from util_scripts.annotations import add_video_type_argument, read_lines, write_split_json
 from util_scripts.common import run_cli
 
 SPLIT_FILE = re.compile(r"^(?P<label>.+)_test_split(?P<split>[123])\.txt$")
@@ -36,15 +36,15 @@ def find_split_files(dir_path: Path) -> dict[int, dict[str, Path]]:
     return splits
 
 
-def read_split_file(path: Path, label: str) -> list[tuple[str, str, str]]:
-    """(video_id, subset, label) of the videos of one class file that belong to the split."""
+def read_split_file(path: Path, label: str) -> list[tuple[str, str, str, str]]:
+    """(video_id, subset, label, where) of the videos of one class file that belong to the split."""
     rows = []
     for line_no, line in enumerate(read_lines(path, what="HMDB-51 split file"), start=1):
         parts = line.split()
         if len(parts) != 2 or parts[1] not in SUBSET_OF_ID:
             raise UserError(f"{path}:{line_no}: expected '<video>.avi <0|1|2>', got {line!r}")
         if SUBSET_OF_ID[parts[1]] is not None:
-            rows.append((parts[0].split(".")[0], SUBSET_OF_ID[parts[1]], label))
+            rows.append((parts[0].split(".")[0], SUBSET_OF_ID[parts[1]], label, f"{path}:{line_no}"))
     return rows
 
 
@@ -67,11 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UserError(f"split {k} lacks the file(s) of class(es) {', '.join(missing[:5])} in {args.dir_path}")
         rows = [row for label in labels for row in read_split_file(files[label], label)]
         rows.sort(key=lambda row: row[1] != "training")  # training first, then validation (stable)
-        database, n_missing = build_database(
-            rows, video_path=args.video_path, video_type=args.video_type, desc=f"split {k}"
-        )
         dst = args.dst_dir_path / f"hmdb51_{k}.json"
-        write_annotation_json(dst, labels, database, n_missing=n_missing, video_path=args.video_path)
+        write_split_json(dst, labels, rows, video_path=args.video_path, video_type=args.video_type, desc=f"split {k}")
     return 0
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from datasets.layout import CONVERTED_FILE_TYPES, SUBSET_NAMES
 from errors import UserError
-from util_scripts.annotations import build_database, check_labels, read_csv_rows, write_annotation_json
+from util_scripts.annotations import existing_splits, read_csv_rows, write_split_json
 from util_scripts.common import run_cli
 
 ID_COLUMNS = ("youtube_id", "time_start", "time_end")
@@ -63,18 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    rows = []
-    for split, subset in SUBSET_NAMES.items():
-        csv_path = args.dir_path / f"kinetics-{args.n_classes}_{split}.csv"
-        if split == "test" and not csv_path.is_file():
-            continue
-        rows += read_split(csv_path, subset)
+    prefix = args.dir_path / f"kinetics-{args.n_classes}"
+    csv_files = [(Path(f"{prefix}_{split}.csv"), subset) for split, subset in SUBSET_NAMES.items()]
+    rows = [row for csv_path, subset in existing_splits(csv_files) for row in read_split(csv_path, subset)]
     labels = list(dict.fromkeys(label for _, subset, label, _ in rows if subset == "training"))
-    check_labels(((label, where) for _, _, label, where in rows if label is not None), labels)
-    database, n_missing = build_database(
-        [row[:3] for row in rows], video_path=args.video_path, video_type=args.video_type, desc="kinetics"
+    write_split_json(
+        args.dst_path, labels, rows, video_path=args.video_path, video_type=args.video_type, desc="kinetics"
     )
-    write_annotation_json(args.dst_path, labels, database, n_missing=n_missing, video_path=args.video_path)
     return 0
 
 

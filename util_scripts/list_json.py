@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from errors import UserError
-from util_scripts.annotations import count_missing, make_entry, read_lines, warn_missing, write_annotation_json
+from util_scripts.annotations import make_entry, read_lines, write_located_json
 from util_scripts.common import run_cli
 
 # first column names that mark a CSV header line
@@ -152,9 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     labels, names = resolve_labels(train + val, class_names)
     subsets = ["training"] * len(train) + ["validation"] * len(val)
     database = build_database(list(zip(train + val, subsets, names)))
-    n_missing = count_missing(args.root, database, desc="checking videos")
-    write_annotation_json(args.dst_path, labels, database, n_missing=0, video_path=args.root)
-    warn_missing(n_missing, len(database), args.root)
+    write_located_json(args.dst_path, labels, database, video_path=args.root)
     return 0
 
 

@@ -18,10 +18,9 @@ from pathlib import Path, PurePosixPath
 from errors import UserError
 from util_scripts.annotations import (
     add_video_type_argument,
-    build_database,
-    check_labels,
+    existing_splits,
     read_lines,
-    write_annotation_json,
+    write_split_json,
 )
 from util_scripts.common import run_cli
 
@@ -63,17 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     labels = read_categories(args.dir_path / "moments_categories.txt")
-    rows = []
-    for file_name, subset in SPLITS:
-        path = args.dir_path / file_name
-        if subset == "testing" and not path.is_file():
-            continue
-        rows += read_split(path, subset)
-    check_labels(((label, where) for _, _, label, where in rows if label is not None), labels)
-    database, n_missing = build_database(
-        [row[:3] for row in rows], video_path=args.video_path, video_type=args.video_type, desc="mit"
-    )
-    write_annotation_json(args.dst_path, labels, database, n_missing=n_missing, video_path=args.video_path)
+    split_files = [(args.dir_path / file_name, subset) for file_name, subset in SPLITS]
+    rows = [row for path, subset in existing_splits(split_files) for row in read_split(path, subset)]
+    write_split_json(args.dst_path, labels, rows, video_path=args.video_path, video_type=args.video_type, desc="mit")
     return 0
 
 

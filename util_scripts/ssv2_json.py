@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from errors import UserError
-from util_scripts.annotations import count_missing, make_entry, warn_missing, write_annotation_json
+from util_scripts.annotations import existing_splits, make_entry, write_located_json
 from util_scripts.common import run_cli
 
 PREFIX = "something-something-v2-"
@@ -86,17 +86,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     labels = read_labels(args.annotation_dir / f"{PREFIX}labels.json")
     database = {}
-    for name, subset in SUBSET_FILES:
-        path = args.annotation_dir / f"{PREFIX}{name}.json"
-        if subset == "testing" and not path.is_file():
-            continue  # the test list is optional: training needs only train and validation
+    # The test list is optional: training needs only train and validation.
+    subset_files = [(args.annotation_dir / f"{PREFIX}{name}.json", subset) for name, subset in SUBSET_FILES]
+    for path, subset in existing_splits(subset_files):
         for video_id, label in read_subset(path, subset, set(labels)):
             if video_id in database:
                 raise UserError(f"{path}: video {video_id} is listed twice")
             database[video_id] = make_entry(subset, label, None, video_path=video_id)
-    n_missing = count_missing(args.video_path, database, desc="checking videos")
-    write_annotation_json(args.dst_path, labels, database, n_missing=0, video_path=args.video_path)
-    warn_missing(n_missing, len(database), args.video_path)
+    write_located_json(args.dst_path, labels, database, video_path=args.video_path)
     return 0
 
 

@@ -17,10 +17,8 @@ from pathlib import Path
 from errors import UserError
 from util_scripts.annotations import (
     add_video_type_argument,
-    build_database,
-    check_labels,
     read_lines,
-    write_annotation_json,
+    write_split_json,
 )
 from util_scripts.common import run_cli
 
@@ -68,12 +66,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for k in splits:
         rows = read_list(args.dir_path / f"trainlist0{k}.txt", "training")
         rows += read_list(args.dir_path / f"testlist0{k}.txt", "validation")
-        check_labels(((label, where) for _, _, label, where in rows), labels)
-        database, n_missing = build_database(
-            [row[:3] for row in rows], video_path=args.video_path, video_type=args.video_type, desc=f"split {k}"
-        )
         dst = args.dst_path / f"ucf101_0{k}.json"
-        write_annotation_json(dst, labels, database, n_missing=n_missing, video_path=args.video_path)
+        write_split_json(dst, labels, rows, video_path=args.video_path, video_type=args.video_type, desc=f"split {k}")
     return 0
 
 

@@ -1,0 +1,108 @@
+"""The `predict` part of the benchmark: `main.py --predict` on synthetic 1080p and 4K H.264 videos.
+
+Each measurement runs in a child process (`python -m benchmarks.predict_bench CHILD_ARGS`), which times the
+prediction itself (after imports) and reports its own peak resident memory, so the numbers are those of a
+user's `--predict` run: seconds of video per second of wall time, and peak RSS in GB.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+SIZES = {"1080p": (1920, 1080), "4k": (3840, 2160)}
+FPS = 25
+
+
+def write_video(path: Path, seconds: float, size: tuple[int, int]) -> Path:
+    """A synthetic H.264 video (PyAV, yuv420p): a gradient with a moving block, written once and cached."""
+    import av
+
+    if path.is_file():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial.mp4")
+    width, height = size
+    yy, xx = np.mgrid[0:height, 0:width]
+    base = np.stack([xx * 255 // width, yy * 255 // height, np.full_like(xx, 90)], axis=-1).astype(np.uint8)
+    side = height // 8
+    with av.open(str(tmp), "w") as container:
+        stream = container.add_stream("libx264", rate=FPS)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"preset": "ultrafast", "crf": "23", "g": str(2 * FPS)}
+        for k in range(round(seconds * FPS)):
+            frame = base.copy()
+            x = (k * width // 97) % (width - side)
+            frame[height // 3: height // 3 + side, x: x + side] = 255
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    tmp.replace(path)
+    return path
+
+
+def write_checkpoint(path: Path, args) -> Path:
+    """A checkpoint of the benchmark's model (random weights, 5 classes) in main.py's format."""
+    import torch
+
+    import model as model_lib
+    from checkpoint import save_checkpoint
+    from opts import opts_to_plain, parse_opts
+
+    opt = parse_opts(["--model", args.model, "--model_depth", str(args.model_depth), "--sample_size",
+                      str(args.sample_size), "--sample_duration", str(args.sample_duration), "--inference_stride",
+                      str(args.sample_duration), "--n_classes", "5", "--result_path", str(path.parent), "--no_cuda"])
+    torch.manual_seed(0)
+    net = model_lib.generate_model(opt)
+    payload = {"epoch": 1, "arch": opt.arch, "state_dict": net.state_dict(), "class_names": list("abcde"),
+               "model_kwargs": model_lib.model_kwargs_from_opts(opt), "options": opts_to_plain(opt)}
+    return save_checkpoint(path, payload)
+
+
+def measure(video: Path, checkpoint: Path, out: Path, *, device: str, batch_size: int, threads: int) -> dict:
+    """Run one prediction in a child process; its wall time (after imports) and peak RSS."""
+    argv = ["--predict", str(video), "--resume_path", str(checkpoint), "--result_path", str(out),
+            "--inference_batch_size", str(batch_size), "--n_threads", str(threads)]
+    if device == "cpu":
+        argv.append("--no_cuda")
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.predict_bench", *argv], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1])
+    if proc.returncode != 0:
+        raise RuntimeError(f"--predict failed: {proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def predict_part(args, data_dir: Path) -> dict:
+    """seconds of video per second and peak RSS of `--predict` per size in `args.predict_sizes`."""
+    checkpoint = write_checkpoint(data_dir / "predict" / f"{args.model}-{args.model_depth}.pth", args)
+    out = {}
+    for name in args.predict_sizes:
+        video = write_video(data_dir / "predict" / f"{name}_{args.predict_seconds:g}s.mp4", args.predict_seconds,
+                            SIZES[name])
+        print(f"  predict {name} ({args.predict_seconds:g} s) ...", flush=True)
+        result = measure(video, checkpoint, data_dir / "predict" / f"out_{name}", device=args.device,
+                         batch_size=args.batch_size, threads=args.e2e_workers)
+        out[name] = {"video_seconds": args.predict_seconds, "frame_size": list(SIZES[name]),
+                     "video_s_per_s": round(args.predict_seconds / result["elapsed_s"], 3),
+                     "elapsed_s": round(result["elapsed_s"], 2), "peak_rss_gb": round(result["peak_rss_gb"], 3)}
+    return out
+
+
+def _child(argv: list[str]) -> int:
+    import main
+
+    start = time.perf_counter()
+    code = main.main(argv)
+    elapsed = time.perf_counter() - start
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"code": code, "elapsed_s": elapsed, "peak_rss_gb": peak_kb / 2**20}))
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(_child(sys.argv[1:]))
