@@ -8,7 +8,8 @@ the segment covering it and a timeline strip of the top-1 label of every segment
     writer.close()                                         # flushes, then moves the file into place
 
 Frames wait in a bounded buffer until a segment covering their time is known (at most `max_buffered`
-frames; older ones are drawn with what is known then). The output keeps the input's frame timing (pts
+frames and about `buffer_bytes` of decoded pictures; older ones are drawn with the latest segment known
+then). The output keeps the input's frame timing (pts
 and time base), so its frame count and duration are the input's; it is stored upright (no display matrix).
 Encoding: H.264 (libx264) where PyAV has it, else MPEG-4 part 2.
 """
@@ -31,6 +32,7 @@ from PIL import Image, ImageDraw, ImageFont
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BUFFERED = 256  # frames waiting for their segment (full-resolution decoded frames: keep it bounded)
+DEFAULT_BUFFER_BYTES = 512 * 2**20  # and at most this much of them (4K: about 40 frames)
 UNKNOWN_COLOR = (60, 60, 60)  # timeline where no segment is known yet
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -253,13 +255,14 @@ class AnnotatedVideoWriter:
         duration_s: the input's duration (the timeline's full width).
         fps: the input's average frame rate (a hint for players; the frame times are the input's).
         topk: labels shown per frame.
-        max_buffered: frames kept waiting for their segment.
+        max_buffered, buffer_bytes: frames kept waiting for their segment, and their decoded size at most.
         crf: H.264 quality (lower is better; 18 is visually lossless).
         class_names: the model's classes, in order (their colours; see ClassColors).
     """
 
     def __init__(self, path: Path, *, duration_s: float, fps: float = 25.0, topk: int = 3,
-                 max_buffered: int = DEFAULT_MAX_BUFFERED, crf: int = 18, codec: str | None = None,
+                 max_buffered: int = DEFAULT_MAX_BUFFERED, buffer_bytes: int = DEFAULT_BUFFER_BYTES,
+                 crf: int = 18, codec: str | None = None,
                  class_names: Sequence[str] = ()):
         self.path = Path(path)
         self.colors = ClassColors(class_names)
@@ -267,6 +270,7 @@ class AnnotatedVideoWriter:
         self.duration_s = float(duration_s)
         self.topk = topk
         self.max_buffered = max(1, max_buffered)
+        self.buffer_bytes = buffer_bytes
         self.segments: list[Segment] = []
         self._buffer: deque = deque()  # (number, seconds, frame)
         self.encoder = FrameEncoder(self.path, fps=fps, crf=crf, codec=codec)
@@ -275,6 +279,9 @@ class AnnotatedVideoWriter:
 
     def add_frame(self, number: int, seconds: float, frame) -> None:
         """A decoded frame (av.VideoFrame, or an upright RGB uint8 array) at `seconds` after frame 0."""
+        if not self._buffer and self.encoder.frames_written == 0:  # the first frame: size the buffer
+            size = frame.nbytes if isinstance(frame, np.ndarray) else frame.width * frame.height * 3 // 2
+            self.max_buffered = max(4, min(self.max_buffered, self.buffer_bytes // max(size, 1)))
         self._buffer.append((number, float(seconds), frame))
         self._flush(final=False)
 
@@ -319,6 +326,11 @@ class AnnotatedVideoWriter:
                 found = seg
         return found
 
+    def latest_before(self, t: float) -> Segment | None:
+        """The latest-starting known segment that starts by time t (for a frame that cannot wait longer)."""
+        earlier = [seg for seg in self.segments if seg.start_s <= t]
+        return earlier[-1] if earlier else None
+
     def _flush(self, *, final: bool) -> None:
         while self._buffer:
             number, seconds, frame = self._buffer[0]
@@ -333,7 +345,8 @@ class AnnotatedVideoWriter:
 
         array = frame if isinstance(frame, np.ndarray) else upright_array(frame)
         image = Image.fromarray(array)
-        boxes = draw_overlay(image, seconds, self.duration_s, self.segment_at(seconds), self.segments,
+        current = self.segment_at(seconds) or self.latest_before(seconds)
+        boxes = draw_overlay(image, seconds, self.duration_s, current, self.segments,
                              topk=self.topk, colors=self.colors)
         return np.asarray(image), boxes
 

@@ -19,7 +19,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from annotate_video import AnnotatedVideoWriter, safe_file_name
+from annotate_video import DEFAULT_BUFFER_BYTES, DEFAULT_MAX_BUFFERED, AnnotatedVideoWriter, safe_file_name
 from features import FeatureTable
 from report_html import ThumbnailSampler, VideoEntry, entries_from_predictions, write_report
 
@@ -28,6 +28,14 @@ log = logging.getLogger(__name__)
 REPORT_NAME = "predictions.html"
 FEATURES_NAME = "features.h5"
 ANNOTATED_DIR = "annotated"
+
+
+def clips_per_batch_for_annotation(max_pixels: int, *, clip_frames: int, stride: int) -> int:
+    """How many consecutive clips one inference batch may hold so that every frame of an annotated video is still
+    in the writer's buffer when its segment's scores arrive (frames wait until their batch is scored)."""
+    frame_bytes = max(1, max_pixels * 3 // 2)  # decoded YUV 4:2:0
+    frames = max(4, min(DEFAULT_MAX_BUFFERED, DEFAULT_BUFFER_BYTES // frame_bytes))
+    return max(1, (frames - clip_frames) // max(1, stride) + 1)
 
 
 def problem_lines(problems) -> list[str]:

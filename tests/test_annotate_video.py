@@ -115,7 +115,12 @@ def test_frames_wait_for_their_segment_within_a_bound(tmp_path):
     assert writer.frames_written == 2 and writer.segment_at(0.1).top == tuple(TOP)
     for k in range(3, 10):
         writer.add_frame(k, k / 10, frame)
-    assert writer.frames_written == 10 - 4  # bounded: the oldest go out with what is known
+    assert writer.frames_written == 10 - 4  # bounded: the oldest go out with the latest segment known
+    assert writer.latest_before(0.5).top == tuple(TOP) and writer.latest_before(-1) is None
+    big = AnnotatedVideoWriter(tmp_path / "big.mp4", duration_s=1.0, buffer_bytes=10 * 640 * 480 * 3)
+    big.add_frame(0, 0.0, np.zeros((480, 640, 3), np.uint8))
+    assert big.max_buffered == 10  # about buffer_bytes of decoded frames
+    big.abort()
     writer.close()
     assert probe_video(tmp_path / "w.mp4").n_frames == 10
     assert not list(tmp_path.glob(".*"))  # the temporary file was moved into place

@@ -170,3 +170,13 @@ def test_interrupted_run_writes_a_partial_page_and_a_rerun_completes_it(checkpoi
         assert f["videos"] == [str(videos / "a" / "clip.mp4"), str(videos / "a" / "more.mp4")]
     finally:
         (videos / "a" / "more.mp4").unlink()
+
+
+def test_batches_are_small_enough_for_the_annotation_buffer():
+    from predict_outputs import clips_per_batch_for_annotation
+
+    # 1080p: ~165 frames fit in the buffer: a 16-frame clip and 9 more every 16 frames
+    assert clips_per_batch_for_annotation(1920 * 1080, clip_frames=16, stride=16) == 10
+    assert clips_per_batch_for_annotation(3840 * 2160, clip_frames=16, stride=16) == 2  # 4K: ~41 frames
+    assert clips_per_batch_for_annotation(7680 * 4320, clip_frames=64, stride=16) == 1  # never below one clip
+    assert clips_per_batch_for_annotation(96 * 64, clip_frames=8, stride=8) == 32  # small: the frame cap (256)
