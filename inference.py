@@ -10,6 +10,7 @@ class, as mAP evaluation needs) and the printed video-level metric is mAP.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import time
@@ -119,18 +120,25 @@ class VideoScoreAggregator:
 def run_inference(model: nn.Module, loader: Iterable, device: torch.device, *, class_names: Sequence[str],
                   normalizer: Callable | None = None, precision: str = "fp32",
                   show_progress: bool = True, log_interval: int = 10,
-                  multi_label: bool = False) -> VideoScoreAggregator:
-    """Softmax scores (``multi_label``: sigmoid scores) of every clip of ``loader``, collected per video."""
+                  multi_label: bool = False,
+                  features: VideoScoreAggregator | None = None) -> VideoScoreAggregator:
+    """Softmax scores (``multi_label``: sigmoid scores) of every clip of ``loader``, collected per video; with
+    ``features`` (features.py's collector) also every clip's classifier input."""
+    from features import ClassifierInputCapture
+
     model.eval()
     aggregator = VideoScoreAggregator(class_names)
     n_batches, start = len(loader), time.perf_counter()
-    with torch.inference_mode():
+    capture = ClassifierInputCapture(model) if features is not None else contextlib.nullcontext()
+    with torch.inference_mode(), capture:
         for i, (clips, targets) in enumerate(loader, start=1):
             clips, _ = prepare_batch(clips, None, device, normalizer, keep_layout=True)
             with autocast(device, precision):
                 outputs = model(clips)
             scores = torch.sigmoid(outputs.float()) if multi_label else torch.softmax(outputs.float(), dim=1)
             aggregator.update(scores, [t[0] for t in targets], [t[1] for t in targets])
+            if features is not None:
+                features.update(capture.take(), [t[0] for t in targets], [t[1] for t in targets])
             if show_progress and (i % log_interval == 0 or i == n_batches):
                 log.info("inference [%d/%d] %.1f s", i, n_batches, time.perf_counter() - start)
     return aggregator
@@ -156,16 +164,14 @@ def infer_subset(opt: argparse.Namespace, net: nn.Module, dist: DistInfo, normal
     log.info("inference on the %s subset", opt.inference_subset)
     loader = dataset.build_inference_loader(opt, dist)
     class_names = dataset.get_class_names(opt)
+    features = VideoScoreAggregator([]) if getattr(opt, "save_features", False) else None
     aggregator = run_inference(eval_view(net), loader, dist.device, class_names=class_names,
                                normalizer=normalizer, precision=opt.precision, show_progress=dist.is_main,
-                               log_interval=opt.log_interval, multi_label=opt.multi_label)
+                               log_interval=opt.log_interval, multi_label=opt.multi_label, features=features)
     parts = gather_objects(aggregator.clips)
+    feature_parts = gather_objects(features.clips) if features is not None else []
     if dist.is_main:
-        merged = VideoScoreAggregator(class_names)
-        for clips in parts:
-            part = VideoScoreAggregator(class_names)
-            part.clips = clips
-            merged.merge(part)
+        merged = merge_ranks(parts, class_names)
         records = _inference_records(opt, loader)
         merged.reorder([r.video_id for r in records])
         path = write_results(Path(opt.result_path) / f"{opt.inference_subset}.json",
@@ -175,7 +181,31 @@ def infer_subset(opt: argparse.Namespace, net: nn.Module, dist: DistInfo, normal
             report_video_map(opt, merged, records)
         else:
             report_video_accuracy(opt, merged, {r.video_id: r.label for r in records})
+        if features is not None:
+            _write_subset_features(opt, feature_parts, [r.video_id for r in records])
     barrier()
+
+
+def _write_subset_features(opt: argparse.Namespace, parts: list, video_order: Sequence[str]) -> Path:
+    """--save_features: every rank's clip embeddings merged into {subset}_features.h5 (features.py layout,
+    segments in frames like {subset}.json)."""
+    from features import write_features
+
+    merged = merge_ranks(parts, [])
+    path = write_features(Path(opt.result_path) / f"{opt.inference_subset}_features.h5", merged,
+                          video_order=video_order, unit="frames", source=str(opt.resume_path or ""))
+    log.info("wrote %s (%d videos)", path, len(merged.clips))
+    return path
+
+
+def merge_ranks(parts: Sequence[dict], class_names: Sequence[str]) -> VideoScoreAggregator:
+    """One aggregator of every rank's gathered ``clips``."""
+    merged = VideoScoreAggregator(class_names)
+    for clips in parts:
+        part = VideoScoreAggregator(class_names)
+        part.clips = clips
+        merged.merge(part)
+    return merged
 
 
 def _inference_records(opt: argparse.Namespace, loader) -> list:

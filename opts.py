@@ -164,6 +164,12 @@ def _add_inference_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--inference_crop", default="center", type=str, choices=("center", "nocrop"),
                    help="center crop, or resize only (nocrop)")
     g.add_argument("--inference_no_average", action="store_true", help="Write per-clip instead of per-video scores")
+    g.add_argument("--output_video", action="store_true",
+                   help="For --predict: also write an annotated copy of every video (top-k labels of the current "
+                        "segment and a timeline of top-1 labels) to annotated/<name>.mp4 in --result_path")
+    g.add_argument("--save_features", action="store_true",
+                   help="Also write the classifier's input (pooled embedding) of every clip/segment and its mean per "
+                        "video to an HDF5 file: {subset}_features.h5 with --inference, features.h5 with --predict")
     g.add_argument("--inference_batch_size", default=0, type=int,
                    help="Videos per inference batch per process; 0 = --batch_size")
     g.add_argument("--output_topk", default=5, type=int, help="Top-k labels per video; <= 0 means all classes")
@@ -252,6 +258,10 @@ def _check(parser: argparse.ArgumentParser, opt: argparse.Namespace) -> None:
         problems.append("--result_path is required")
     if opt.predict is not None and opt.resume_path is None:
         problems.append("--predict needs --resume_path (the checkpoint to predict with)")
+    if opt.output_video and opt.predict is None:
+        problems.append("--output_video needs --predict (the videos to annotate)")
+    if opt.save_features and opt.predict is None and not opt.inference:
+        problems.append("--save_features needs --predict or --inference (the clips to embed)")
     if opt.inference_n_clips < 0:
         problems.append(f"--inference_n_clips must be >= 0 (got {opt.inference_n_clips})")
     if opt.inference_n_crops == 3 and opt.inference_crop != "center":

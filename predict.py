@@ -22,6 +22,11 @@ not mixed). Damaged, truncated, rotated and variable-frame-rate videos are predi
 decode; each entry says how many seconds were decoded and lists its `problems`. Inputs that cannot be used
 (no video stream, no decodable frame) are skipped with a warning and listed under "unusable".
 
+The same pass also makes OUT/predictions.html (every video: thumbnails, segment timeline, top-k bars,
+problems), and with --output_video an annotated copy of every video (OUT/annotated/<name>.mp4), with
+--save_features the classifier input of every segment (OUT/features.h5): `predict_outputs.PredictOutputs`,
+a listener. The page and the features file are written when the run ends (also after Ctrl-C, marked partial).
+
 Listeners (for tools that need more than labels from the same decode pass: annotated copies, reports,
 features): `run(opt, listeners=[...])` or `VideoPredictor.predict(video, listeners)` call, for every
 `video_predictor.PredictionListener` given (each method optional, a no-op by default):
@@ -64,6 +69,7 @@ from datasets.layout import VIDEO_EXTENSIONS, has_video_extension
 from datasets.video_files import NoVideoStream, announced_seconds, probe_video
 from errors import UserError
 from opts import RESUME_AUTO, resolve_input
+from predict_outputs import PredictOutputs, clips_per_batch_for_annotation
 from spatial_transforms import get_spatial_transform
 from temporal_transforms import get_temporal_transform
 from video_predictor import PredictionListener, VideoInfo, VideoPredictor, VideoResult
@@ -366,7 +372,19 @@ def _run(opt: argparse.Namespace, listeners: Sequence[PredictionListener]) -> in
     device = torch.device("cuda" if torch.cuda.is_available() and not opt.no_cuda else "cpu")
     predictor = build_predictor(net, opt, class_names=class_names, topk=topk, device=device)
     log.info("predicting %d video(s) with %s on %s", len(videos), opt.resume_path, device)
-    n_done = _predict_all(predictor, videos, store, topk, listeners)
+    if opt.output_video and videos:  # labels drawn on time: a batch's segments must come while its frames wait
+        clips = clips_per_batch_for_annotation(max(v.meta.width * v.meta.height for v in videos),
+                                               clip_frames=opt.sample_duration * opt.sample_t_stride,
+                                               stride=opt.inference_stride)
+        if clips * opt.inference_n_crops < predictor.batch_size:
+            log.info("--output_video: %d clips per inference batch (frames wait in memory for their labels)", clips)
+            predictor.batch_size = max(clips * opt.inference_n_crops, opt.inference_n_crops)
+    outputs = PredictOutputs(out_dir, class_names=class_names, output_video=opt.output_video,
+                             save_features=opt.save_features, topk=min(topk, 5), checkpoint=str(opt.resume_path))
+    n_done = _predict_all(predictor, videos, store, topk, [*listeners, outputs])
+    partial = "" if n_done is not None else f"interrupted; {len(store.results)} of {len(paths)} videos predicted"
+    for path in outputs.close({"results": store.results}, unusable=store.unusable, partial=partial):
+        log.info("wrote %s", path)
     if n_done is None:
         return 130
     log.info("%d video(s) predicted; wrote %s and %s", n_done, store.json_path, store.csv_path)

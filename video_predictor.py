@@ -23,6 +23,7 @@ from torch import nn
 
 from datasets.clip_loader import decode_views, view_params
 from datasets.video_files import VideoMeta, displayed_size, is_truncated, stream_frames
+from features import ClassifierInputCapture
 from inference import VideoScoreAggregator
 from spatial_transforms import ClipParams, SpatialTransform
 from temporal_transforms import TemporalTransform
@@ -152,20 +153,6 @@ class _ClipWindow:
         return clip, [np.stack([self.frames[source[i]][v] for i in clip]) for v in range(n_views)]
 
 
-class _FeatureTap:
-    """The input of the model's classifier at its last forward (a forward pre-hook), while attached."""
-
-    def __init__(self, net: nn.Module):
-        self.value: torch.Tensor | None = None
-        self.handle = net.get_classifier().register_forward_pre_hook(self._keep)
-
-    def _keep(self, module, inputs) -> None:
-        self.value = inputs[0].detach().float().flatten(1).cpu()
-
-    def close(self) -> None:
-        self.handle.remove()
-
-
 class VideoPredictor:
     """Scores videos with `net`, one sequential decode each (see the module docstring).
 
@@ -190,7 +177,8 @@ class VideoPredictor:
     def predict(self, video: VideoInfo, listeners: Sequence[PredictionListener] = ()) -> VideoResult:
         """Decode and score one video, telling `listeners` as it goes."""
         result = VideoResult(video, VideoScoreAggregator(self.class_names))
-        tap = _FeatureTap(self.net) if any(getattr(x, "wants_features", False) for x in listeners) else None
+        wanted = any(getattr(x, "wants_features", False) for x in listeners)
+        tap = ClassifierInputCapture(self.net).attach() if wanted else None
         try:
             for listener in listeners:
                 listener.start_video(video)
@@ -262,7 +250,7 @@ class VideoPredictor:
         n = self.spatial.n_crops
         vid = result.video.video_id
         result.scores.update(scores, [vid] * len(scores), [_span(clip) for clip, _ in pending for _ in range(n)])
-        features = tap.value if tap is not None else None
+        features = tap.take() if tap is not None else None
         for k, (clip, _) in enumerate(pending):
             clip_scores = scores[k * n: (k + 1) * n].mean(dim=0)
             clip_features = features[k * n: (k + 1) * n].mean(dim=0) if features is not None else None

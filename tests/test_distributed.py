@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from checkpoint import load_checkpoint
+from features import read_features
 from tests.conftest import dataset_args, free_port, log_rows, run_main
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
@@ -16,7 +17,7 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--np
 @pytest.mark.slow
 def test_torchrun_two_processes(tiny_dataset, tmp_path):
     proc = run_main([*dataset_args(tiny_dataset, tmp_path), "--n_epochs", 2, "--checkpoint", 2, "--inference",
-                     "--batch_size", 4], launcher=TORCHRUN)
+                     "--batch_size", 4, "--save_features"], launcher=TORCHRUN)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     # Parameters are compared across ranks after training (checksums gathered from both processes).
     assert "weights identical on all 2 ranks" in proc.stdout
@@ -28,6 +29,10 @@ def test_torchrun_two_processes(tiny_dataset, tmp_path):
     assert load_checkpoint(tmp_path / "save_2.pth")["epoch"] == 2
     # Inference is sharded over the ranks and gathered: every validation video once, in dataset order.
     assert list(json.loads((tmp_path / "val.json").read_text())["results"]) == tiny_dataset.ids("validation")
+    # --save_features: the clip embeddings of both ranks gathered the same way (2 clip positions per video)
+    features = read_features(tmp_path / "val_features.h5")
+    assert features["videos"] == tiny_dataset.ids("validation")
+    assert features["video_index"].tolist() == [v for v in range(len(features["videos"])) for _ in range(2)]
 
 
 def test_distributed_flag_without_openmpi(tiny_dataset, tmp_path):

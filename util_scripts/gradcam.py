@@ -1,0 +1,277 @@
+"""Grad-CAM over space and time: where in a video the model finds the evidence for a class.
+
+    python -m util_scripts.gradcam --resume_path CKPT --video FILE --output DIR [--target_class NAME]
+        [--layer layer4] [--no_cuda] [clip options of main.py, e.g. --sample_size 112 --sample_duration 16]
+
+The video is cut into consecutive windows of --sample_duration frames taken every --sample_t_stride frames
+(clip options default to the checkpoint's stored ones, as with --predict); each window's clip goes through
+the model, and the gradient of the class score (the window's predicted class, or --target_class) weights
+the channels of --layer's output (Grad-CAM: ReLU of the gradient-weighted sum of activations). The map is
+upsampled (trilinear) to the clip's time and space size, then laid over the frames the clip was taken from:
+the crop the model saw (--inference_crop: center, or nocrop for the whole frame) gets the heat map, the
+rest of the frame is dimmed. Writes DIR/<video>_gradcam.mp4 (upright, the input's frame timing) and
+DIR/<video>_gradcam.png (a strip of evenly spaced overlay frames).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw
+from torch import nn
+
+from errors import UserError
+from util_scripts.common import atomic_file, run_cli
+
+log = logging.getLogger(__name__)
+
+STRIP_FRAMES = 8
+STRIP_HEIGHT = 160
+HEAT_ALPHA = 0.5
+
+
+def find_layer(model: nn.Module, name: str) -> nn.Module:
+    """The submodule called `name` (e.g. layer4, layer3.1.conv2); a one-line error names the choices."""
+    modules = dict(model.named_modules())
+    if name not in modules or not name:
+        top = [n for n, _ in model.named_children()]
+        raise UserError(f"--layer {name!r} is not a layer of this model; top-level layers: {', '.join(top)}")
+    return modules[name]
+
+
+def grad_cam(model: nn.Module, clips: torch.Tensor, layer: nn.Module,
+             target: int | Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Grad-CAM maps of normalised clips (N, C, T, H, W) for `target` (a class index per clip or for all; None:
+    each clip's predicted class).
+
+    Returns (maps (N, T, H, W) in [0, 1] at the clip's size, target classes (N,), softmax scores (N, classes)).
+    """
+    captured: dict[str, torch.Tensor] = {}
+
+    def keep(module, inputs, output):
+        output.register_hook(lambda grad: captured.__setitem__("grad", grad))
+        captured["act"] = output
+
+    handle = layer.register_forward_hook(keep)
+    try:
+        with torch.enable_grad():
+            logits = model(clips.requires_grad_(False))
+            if target is None:
+                targets = logits.argmax(dim=1)
+            else:
+                targets = torch.as_tensor(target, device=logits.device).expand(logits.shape[0]).clone()
+            model.zero_grad(set_to_none=True)
+            logits.gather(1, targets[:, None]).sum().backward()
+    finally:
+        handle.remove()
+    act, grad = captured["act"].detach(), captured["grad"].detach()
+    weights = grad.mean(dim=(2, 3, 4), keepdim=True)  # one weight per channel: its mean gradient
+    cam = F.relu((weights * act).sum(dim=1, keepdim=True))
+    cam = F.interpolate(cam.float(), size=clips.shape[2:], mode="trilinear", align_corners=False)[:, 0]
+    peak = cam.flatten(1).amax(dim=1).clamp_min(1e-12)[:, None, None, None]
+    return cam / peak, targets.detach().cpu(), torch.softmax(logits.detach().float(), dim=1).cpu()
+
+
+def heat_colors(values: np.ndarray) -> np.ndarray:
+    """A blue-cyan-yellow-red colour map of values in [0, 1]: (..., 3) uint8."""
+    v = np.clip(values, 0, 1)[..., None]
+    stops = np.array([[0, 0, 128], [0, 160, 255], [0, 255, 160], [255, 255, 0], [255, 96, 0], [200, 0, 0]], float)
+    x = v * (len(stops) - 1)
+    lo = np.floor(x).astype(int).clip(0, len(stops) - 2)
+    frac = x - lo
+    return (stops[lo[..., 0]] * (1 - frac) + stops[lo[..., 0] + 1] * frac).astype(np.uint8)
+
+
+def overlay(frame: np.ndarray, cam: np.ndarray, box: tuple[int, int, int, int], caption: str = "") -> np.ndarray:
+    """`frame` (H, W, 3) with the map `cam` (h, w) in [0, 1] laid over the pixel box (x0, y0, x1, y1) it covers."""
+    out = frame.astype(np.float32)
+    x0, y0, x1, y1 = box
+    if (x0, y0, x1, y1) != (0, 0, frame.shape[1], frame.shape[0]):
+        out *= 0.5  # the model did not see this part of the frame
+        out[y0:y1, x0:x1] = frame[y0:y1, x0:x1]
+    scaled = np.asarray(Image.fromarray((cam * 255).astype(np.uint8)).resize((x1 - x0, y1 - y0), Image.BILINEAR))
+    heat = heat_colors(scaled / 255.0).astype(np.float32)
+    alpha = HEAT_ALPHA * (0.3 + 0.7 * scaled[..., None] / 255.0)
+    out[y0:y1, x0:x1] = out[y0:y1, x0:x1] * (1 - alpha) + heat * alpha
+    image = Image.fromarray(out.round().clip(0, 255).astype(np.uint8))
+    if caption:
+        from annotate_video import font_for
+
+        draw = ImageDraw.Draw(image)
+        font = font_for(image.height)
+        right, bottom = draw.textbbox((4, 2), caption, font=font)[2:]
+        draw.rectangle((0, 0, right + 4, bottom + 4), fill=(0, 0, 0))
+        draw.text((4, 2), caption, fill=(255, 255, 255), font=font)
+    return np.asarray(image)
+
+
+def window_clip(start: int, frames: dict[int, object], *, duration: int, t_stride: int) -> list[int]:
+    """Frame numbers of a window's clip: every t_stride-th frame from `start`; a frame that is missing (past the
+    end, or lost to damage) is replaced by the nearest earlier one that is there (else the first one there)."""
+    have = sorted(frames)
+    clip = []
+    for k in range(duration):
+        wanted = start + k * t_stride
+        earlier = [n for n in have if n <= wanted]
+        clip.append(earlier[-1] if earlier else have[0])
+    return clip
+
+
+class VideoGradCam:
+    """Grad-CAM of one video, window by window (see the module docstring)."""
+
+    def __init__(self, model: nn.Module, layer: nn.Module, *, spatial, normalizer, device: torch.device,
+                 duration: int, t_stride: int, class_names: Sequence[str], target: int | None = None):
+        self.model, self.layer, self.spatial, self.normalizer = model, layer, spatial, normalizer
+        self.device, self.duration, self.t_stride = device, duration, t_stride
+        self.class_names, self.target = list(class_names), target
+        self.windows: list[dict] = []  # per window: start frame, class, score
+
+    def model_input(self, arrays: Sequence[np.ndarray]) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
+        """The normalised clip (1, C, T, h, w) the model sees and the pixel box of the frames it covers."""
+        from training import prepare_batch
+
+        height, width = arrays[0].shape[:2]
+        params = self.spatial.sample(width, height)
+        left, top, right, bottom = params.box
+        box = (round(left * width), round(top * height), round(right * width), round(bottom * height))
+        crops = [np.asarray(Image.fromarray(a).crop(box).resize(params.out_size, Image.BILINEAR)) for a in arrays]
+        clip = torch.from_numpy(np.stack(crops))[None]  # (1, T, h, w, C) uint8, the loaders' layout
+        clips, _ = prepare_batch(clip, None, self.device, self.normalizer)
+        return clips, box
+
+    def window(self, start: int, frames: dict[int, tuple[float, object, np.ndarray]]) -> list:
+        """(number, seconds, source frame, overlay array) of a window's frames, in order."""
+        clip = window_clip(start, frames, duration=self.duration, t_stride=self.t_stride)
+        clips, box = self.model_input([frames[n][2] for n in clip])
+        cams, targets, probs = grad_cam(self.model, clips, self.layer, self.target)
+        cls = int(targets[0])
+        name = self.class_names[cls] if cls < len(self.class_names) else str(cls)
+        self.windows.append({"start_frame": start, "class": name, "score": float(probs[0, cls])})
+        caption = f"{name} {float(probs[0, cls]):.2f}"
+        out = []
+        for number in sorted(frames):
+            seconds, source, array = frames[number]
+            k = min((number - start) // self.t_stride, self.duration - 1)
+            out.append((number, seconds, source, overlay(array, cams[0, k].cpu().numpy(), box, caption)))
+        return out
+
+
+def strip_image(frames: Sequence[np.ndarray], height: int = STRIP_HEIGHT) -> Image.Image:
+    """Frames side by side, each scaled to `height`."""
+    scaled = [Image.fromarray(f).resize((max(1, round(f.shape[1] * height / f.shape[0])), height)) for f in frames]
+    strip = Image.new("RGB", (sum(im.width for im in scaled) + 2 * (len(scaled) - 1), height), (255, 255, 255))
+    x = 0
+    for im in scaled:
+        strip.paste(im, (x, 0))
+        x += im.width + 2
+    return strip
+
+
+def run_video(cam: VideoGradCam, video: Path, out_dir: Path) -> tuple[Path, Path]:
+    """Write the overlay video and the PNG strip of one video."""
+    from tqdm import tqdm
+
+    from annotate_video import FrameEncoder, safe_file_name
+    from datasets.video_files import probe_video, stream_frames, upright_array
+
+    meta = probe_video(video)
+    if meta.n_frames < 1:
+        raise UserError(f"{video}: no video frames")
+    stem = Path(safe_file_name(video.name, set(), suffix="")).stem
+    out_dir.mkdir(parents=True, exist_ok=True)
+    encoder = FrameEncoder(out_dir / f"{stem}_gradcam.mp4", fps=meta.fps)
+    strip_at = sorted({int((k + 0.5) * meta.n_frames / STRIP_FRAMES) for k in range(min(STRIP_FRAMES, meta.n_frames))})
+    strip: list[np.ndarray] = []
+    span = cam.duration * cam.t_stride
+    pending: dict[int, tuple] = {}
+    start = 0
+
+    def flush():
+        for number, seconds, source, array in cam.window(start, pending):
+            encoder.write(array, seconds, source)
+            if strip_at and number >= strip_at[0]:
+                strip.append(array)
+                while strip_at and strip_at[0] <= number:
+                    strip_at.pop(0)
+        pending.clear()
+
+    try:
+        for number, seconds, frame in tqdm(stream_frames(video, meta), total=meta.n_frames, desc="grad-cam",
+                                           unit="frame", leave=False):
+            if pending and number >= start + span:
+                flush()
+            if not pending:
+                start = number - number % span
+            pending[number] = (seconds, frame, upright_array(frame))
+        if pending:
+            flush()
+        video_path = encoder.close()
+    except BaseException:
+        encoder.abort()
+        raise
+    png = out_dir / f"{stem}_gradcam.png"
+    with atomic_file(png) as tmp:
+        strip_image(strip).save(tmp, format="PNG")
+    return video_path, png
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog="Other options are main.py's clip and model options (e.g. --sample_size, --sample_duration, "
+               "--sample_t_stride, --inference_crop, --mean_dataset); unset ones come from the checkpoint.")
+    parser.add_argument("--resume_path", type=Path, required=True, help="the trained checkpoint (.pth)")
+    parser.add_argument("--video", type=Path, required=True, help="the video file")
+    parser.add_argument("--output", type=Path, required=True, help="where the overlay video and PNG strip go")
+    parser.add_argument("--target_class", default=None,
+                        help="class name to explain (default: each window's predicted class)")
+    parser.add_argument("--layer", default="layer4",
+                        help="module whose output is weighted (ResNets: layer1..layer4; DenseNet: features)")
+    parser.add_argument("--no_cuda", action="store_true", help="run on the CPU")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import predict
+    from checkpoint import load_checkpoint
+    from dataset import build_input_normalizer
+    from opts import parse_opts
+    from spatial_transforms import get_spatial_transform
+
+    args, rest = build_parser().parse_known_args(argv)
+    if not args.video.is_file():
+        raise UserError(f"--video {args.video}: no such file")
+    opt = parse_opts(["--predict", str(args.video), "--resume_path", str(args.resume_path), *rest,
+                      *(["--no_cuda"] if args.no_cuda else [])])
+    payload = load_checkpoint(args.resume_path)
+    predict.take_clip_settings(opt, payload)
+    model, class_names = predict.load_predictor(opt, payload, args.resume_path)
+    target = None
+    if args.target_class is not None:
+        if args.target_class not in class_names:
+            raise UserError(f"--target_class {args.target_class!r} is not a class of the model "
+                            f"({', '.join(class_names[:10])}{', ...' if len(class_names) > 10 else ''})")
+        target = class_names.index(args.target_class)
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.no_cuda else "cpu")
+    model = model.to(device).eval()
+    cam = VideoGradCam(model, find_layer(model, args.layer),
+                       spatial=get_spatial_transform("inference", sample_size=opt.sample_size,
+                                                     inference_crop=opt.inference_crop),
+                       normalizer=build_input_normalizer(opt), device=device, duration=opt.sample_duration,
+                       t_stride=opt.sample_t_stride, class_names=class_names, target=target)
+    video_path, png = run_video(cam, args.video, args.output)
+    for w in cam.windows:
+        print(f"frames from {w['start_frame']}: {w['class']} {w['score']:.3f}")
+    print(f"wrote {video_path} and {png}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
