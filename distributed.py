@@ -17,6 +17,7 @@ import argparse
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -151,6 +152,41 @@ def failed_peer() -> str | None:
         return store.get(_FAILED_KEY).decode() if store.check([_FAILED_KEY]) else None
     except Exception:  # noqa: BLE001 - the store lives on a rank/agent that may be gone
         return None
+
+
+_ALIVE_KEY = "toolkit/alive/"  # survivors of a peer failure check in here, so the silent ranks can be named
+_PEER_ERROR_MARKS = ("gloo", "nccl", "connection reset", "connection closed", "broken pipe", "timed out",
+                     "timeout", "processgroup")
+CHECK_IN_S = 5.0
+
+
+def is_peer_failure(error: BaseException) -> bool:
+    """True for a collective that failed because a peer is gone or silent (not a bug of this process)."""
+    if isinstance(error, getattr(dist, "DistError", ())):
+        return True
+    text = str(error).lower()
+    return isinstance(error, RuntimeError) and any(mark in text for mark in _PEER_ERROR_MARKS)
+
+
+def silent_ranks(rank: int, world_size: int, *, wait_s: float = CHECK_IN_S) -> str:
+    """After a peer failure: check in through the rendezvous store, wait for the other survivors, and
+    describe the ranks that never answered ('rank 1', 'ranks 2, 3'), or what is known when the store is gone."""
+    store = _store()
+    if store is None:
+        return "a peer"
+    try:
+        store.set(f"{_ALIVE_KEY}{rank}", "1")
+        deadline = time.monotonic() + wait_s
+        while True:
+            missing = [r for r in range(world_size) if not store.check([f"{_ALIVE_KEY}{r}"])]
+            if not missing or time.monotonic() >= deadline:
+                break
+            time.sleep(0.2)
+    except Exception:  # noqa: BLE001 - the store lives on rank 0 (or the launcher), which may be gone
+        return "rank 0 (or the node holding the rendezvous store)"
+    if not missing:
+        return "a peer (all ranks answered; a network failure?)"
+    return f"rank{'s' if len(missing) > 1 else ''} {', '.join(map(str, missing))}"
 
 
 def _store():
