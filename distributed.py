@@ -8,6 +8,10 @@ Two launch styles give the same result:
   per local GPU (one on a CPU-only machine). The node rank comes from NODE_RANK (or OpenMPI's
   OMPI_COMM_WORLD_RANK when run under mpirun), 0 when neither is set, so OpenMPI is not required.
 
+- ``srun`` starting main.py once per GPU (no torchrun): RANK / LOCAL_RANK / WORLD_SIZE come from
+  SLURM_PROCID / SLURM_LOCALID / SLURM_STEP_NUM_TASKS (or SLURM_NTASKS); MASTER_ADDR defaults to
+  127.0.0.1 on one node and must be exported for several, MASTER_PORT to 29500 + SLURM_JOB_ID % 1000.
+
 The single-process path is the same code with world size 1 and no process group.
 """
 
@@ -66,6 +70,24 @@ def launched_by_torchrun() -> bool:
     return all(os.environ.get(key) for key in _ENV_KEYS)
 
 
+def adopt_slurm_env() -> None:
+    """Under ``srun`` without torchrun, give the process the variables torchrun would have set."""
+    if launched_by_torchrun() or "SLURM_PROCID" not in os.environ or "SLURM_LOCALID" not in os.environ:
+        return
+    world = _env_int("SLURM_STEP_NUM_TASKS", _env_int("SLURM_NTASKS", 1))
+    if world <= 1:
+        return
+    if "MASTER_ADDR" not in os.environ:
+        if _env_int("SLURM_NNODES", 1) > 1:
+            raise UserError("started by srun on several nodes: export MASTER_ADDR (e.g. "
+                            "MASTER_ADDR=$(scontrol show hostnames $SLURM_JOB_NODELIST | head -n 1))")
+        os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ.setdefault("MASTER_PORT", str(29500 + _env_int("SLURM_JOB_ID", 0) % 1000))
+    nodes = max(_env_int("SLURM_NNODES", 1), 1)
+    os.environ.update(RANK=os.environ["SLURM_PROCID"], LOCAL_RANK=os.environ["SLURM_LOCALID"], WORLD_SIZE=str(world),
+                      LOCAL_WORLD_SIZE=os.environ.get("SLURM_NTASKS_PER_NODE", str(-(-world // nodes))))
+
+
 def _env_int(name: str, default: int) -> int:
     value = os.environ.get(name) or default
     try:
@@ -100,6 +122,7 @@ def launch(worker: Callable[[argparse.Namespace, DistInfo], int], opt: argparse.
 
     Returns the worker's exit status (for spawned workers: 0, or 1 when any of them failed).
     """
+    adopt_slurm_env()
     if launched_by_torchrun() or not opt.distributed:
         info = init_distributed(opt)
         try:
