@@ -114,6 +114,7 @@ def test_sigterm_mid_epoch_then_auto_resume_is_bit_identical(data, reference, tm
     assert not list(out.glob("previous_run_*"))  # every rerun resumed: nothing moved aside
 
 
+@pytest.mark.slow
 def test_two_ranks_started_like_srun_stop_together_and_resume_exactly(data, tmp_path):
     ref, out = tmp_path / "ref", tmp_path / "run"
     _finish(_start(data, ref, ranks=2))
