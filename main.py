@@ -7,6 +7,7 @@ functions, model factory and loaders live in their own modules.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -161,17 +162,18 @@ def _run(opt: argparse.Namespace, dist: DistInfo) -> None:
     begin = trainer.begin_epoch if trainer is not None else 1
     last = opt.n_epochs if trainer is not None else begin  # without training, validate once
     val_logger = run_logger(opt, dist, "val.log", ["epoch", "loss", "acc"], resume if trainer else None)
-    for epoch in range(begin, last + 1):
-        metrics = trainer.train_epoch(epoch, criterion, normalizer) if trainer is not None else {}
-        if val_loader is not None:
-            val = _validate(trainer.model if trainer else net, val_loader, criterion, normalizer, opt=opt, dist=dist,
-                            epoch=epoch, logger=val_logger)
-            metrics.update({f"val_{k}": v for k, v in val.items()})
+    with trainer.stop_signals() if trainer is not None else contextlib.nullcontext():
+        for epoch in range(begin, last + 1):
+            metrics = trainer.train_epoch(epoch, criterion, normalizer) if trainer is not None else {}
+            if val_loader is not None:
+                val = _validate(trainer.model if trainer else net, val_loader, criterion, normalizer, opt=opt,
+                                dist=dist, epoch=epoch, logger=val_logger)
+                metrics.update({f"val_{k}": v for k, v in val.items()})
+            if trainer is not None:
+                trainer.end_epoch(epoch, metrics.get("val_loss"))
+            _write_scalars(writer, epoch, metrics)
         if trainer is not None:
-            trainer.end_epoch(epoch, metrics.get("val_loss"))
-        _write_scalars(writer, epoch, metrics)
-    if trainer is not None:
-        trainer.finish(last)
+            trainer.finish(last)
     if trainer is not None and dist.distributed:
         _check_ranks_in_sync(trainer.model, dist)
     if opt.inference:

@@ -287,6 +287,15 @@ class Trainer:
                                        ["epoch", "batch", "iter", "loss", "acc", "lr"], resume,
                                        resume_batch=self.start.batch)
 
+    @contextlib.contextmanager
+    def stop_signals(self):
+        """Around the epoch loop: SIGTERM/SIGUSR1/Ctrl-C ask for a clean stop (see preemption.py)."""
+        self.control.install()
+        try:
+            yield
+        finally:
+            self.control.uninstall()
+
     def _wrap(self, net: nn.Module) -> nn.Module:
         if self.opt.compile:
             net = torch.compile(net)
@@ -357,16 +366,12 @@ class Trainer:
             self._save_latest(epoch - 1, progress, action)
 
         before = dataset.data_problems(self.loader).counts()
-        self.control.install()
-        try:
-            result = train_one_epoch(self.model, self.loader, criterion, self.optimizer, self.dist.device,
-                                     epoch=epoch, normalizer=normalizer, precision=self.opt.precision,
-                                     scaler=self.scaler, log_interval=self.opt.log_interval,
-                                     show_progress=self.dist.is_main,
-                                     on_batches=log_batches if self.batch_logger is not None else None,
-                                     start=start, control=self.control, on_checkpoint=checkpoint)
-        finally:
-            self.control.uninstall()
+        result = train_one_epoch(self.model, self.loader, criterion, self.optimizer, self.dist.device,
+                                 epoch=epoch, normalizer=normalizer, precision=self.opt.precision,
+                                 scaler=self.scaler, log_interval=self.opt.log_interval,
+                                 show_progress=self.dist.is_main,
+                                 on_batches=log_batches if self.batch_logger is not None else None,
+                                 start=start, control=self.control, on_checkpoint=checkpoint)
         log.info("train epoch %d: loss %.4f acc %.4f lr %g (%.1f clips/s, data wait %.0f%%)", epoch, result["loss"],
                  result["acc"], result["lr"], result["clips_per_s"], 100 * result["data_share"])
         report_data_problems(self.loader, before, phase="train", epoch=epoch, device=self.dist.device)
