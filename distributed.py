@@ -136,6 +136,8 @@ def launch(worker: Callable[[argparse.Namespace, DistInfo], int], opt: argparse.
     try:
         torch.multiprocessing.spawn(_spawned, args=(worker, opt, n_local, n_nodes, node_rank), nprocs=n_local)
     except torch.multiprocessing.ProcessExitedException as e:
+        if e.exit_code and e.exit_code > 128:  # stopped on a signal after saving: keep 128 + signal for the caller
+            return e.exit_code
         log.error("worker %d exited with status %s", e.error_index, e.exit_code)
         return 1
     return 0
@@ -180,7 +182,7 @@ def failed_peer() -> str | None:
 _ALIVE_KEY = "toolkit/alive/"  # survivors of a peer failure check in here, so the silent ranks can be named
 _PEER_ERROR_MARKS = ("gloo", "nccl", "connection reset", "connection closed", "broken pipe", "timed out",
                      "timeout", "processgroup")
-CHECK_IN_S = 5.0
+CHECK_IN_S = 3.0
 
 
 def is_peer_failure(error: BaseException) -> bool:

@@ -130,42 +130,44 @@ def train_one_epoch(model: nn.Module, loader: Iterable, criterion: nn.Module, op
     pending: list[tuple[int, int, torch.Tensor, torch.Tensor]] = []
     n_clips, data_time, start_time = start.clips, 0.0, time.perf_counter()
     tick = start_time
-    try:
-        for i, (clips, targets) in enumerate(loader, start=start.batch + 1):
-            data_time += time.perf_counter() - tick
-            clips, targets = prepare_batch(clips, targets, device, normalizer)
-            with autocast(device, precision):
-                outputs = model(clips)
-                loss = criterion(outputs, targets)
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                optimizer.step()
-            n = targets.shape[0]
-            batch_loss, correct = loss.detach().float(), count_correct(outputs.detach(), targets)
-            totals += torch.stack([batch_loss.double() * n, correct.double()])
-            n_clips += n
-            pending.append((i, n, batch_loss, correct))
-            if i % log_interval == 0 or i == n_batches:
-                _flush(pending, on_batches, epoch=epoch)
-                elapsed = time.perf_counter() - start_time
-                loss_sum, correct_sum = totals.tolist()
-                progress.update(i, n_batches, {"loss": loss_sum / n_clips, "acc": correct_sum / n_clips,
-                                               "clips_per_s": (n_clips - start.clips) / elapsed,
-                                               "data_share": data_time / elapsed})
-            action = control.poll() if control is not None else None
-            if action is not None and on_checkpoint is not None:
-                _flush(pending, on_batches, epoch=epoch)  # the log holds every batch the checkpoint has
-                loss_sum, correct_sum = totals.tolist()
-                on_checkpoint(EpochProgress(i, loss_sum, correct_sum, n_clips), action)
-            tick = time.perf_counter()
-        _flush(pending, on_batches, epoch=epoch)
-    finally:
-        progress.close()
+    if control is not None:
+        control.begin_steps()
+    for i, (clips, targets) in enumerate(loader, start=start.batch + 1):
+        data_time += time.perf_counter() - tick
+        clips, targets = prepare_batch(clips, targets, device, normalizer)
+        with autocast(device, precision):
+            outputs = model(clips)
+            loss = criterion(outputs, targets)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        n = targets.shape[0]
+        batch_loss, correct = loss.detach().float(), count_correct(outputs.detach(), targets)
+        totals += torch.stack([batch_loss.double() * n, correct.double()])
+        n_clips += n
+        pending.append((i, n, batch_loss, correct))
+        if i % log_interval == 0 or i == n_batches:
+            _flush(pending, on_batches, epoch=epoch)
+            elapsed = time.perf_counter() - start_time
+            loss_sum, correct_sum = totals.tolist()
+            progress.update(i, n_batches, {"loss": loss_sum / n_clips, "acc": correct_sum / n_clips,
+                                           "clips_per_s": (n_clips - start.clips) / elapsed,
+                                           "data_share": data_time / elapsed})
+        action = control.poll() if control is not None else None
+        if action is not None and on_checkpoint is not None:
+            _flush(pending, on_batches, epoch=epoch)  # the log holds every batch the checkpoint has
+            loss_sum, correct_sum = totals.tolist()
+            on_checkpoint(EpochProgress(i, loss_sum, correct_sum, n_clips), action)
+        tick = time.perf_counter()
+    _flush(pending, on_batches, epoch=epoch)
+    if control is not None:
+        control.end_steps()
+    progress.close()
     elapsed = time.perf_counter() - start_time
     return _epoch_result(totals, n_clips, device, lr=lr, elapsed=elapsed, data_time=data_time,
                          new_clips=n_clips - start.clips)
@@ -252,9 +254,6 @@ def report_data_problems(loader, before: dict[str, int], *, phase: str, epoch: i
         log.warning("%s epoch %d: data problems %s (skipped or padded)", phase, epoch,
                     ", ".join(f"{kind} {n}" for kind, n in found.items()))
     return now
-
-
-LATEST = LATEST_NAME
 
 
 class Trainer:
@@ -396,7 +395,7 @@ class Trainer:
     def finish(self, last_epoch: int) -> None:
         """The final state as latest.pth unless save_{last_epoch}.pth has it: a rerun then knows it is done."""
         if last_epoch % self.opt.checkpoint and self.opt.checkpoint_minutes > 0:
-            self._save(LATEST, self.payload(last_epoch))
+            self._save(LATEST_NAME, self.payload(last_epoch))
 
     def _save_latest(self, done_epochs: int, progress: EpochProgress, action: Action, *,
                      saved: Path | None = None) -> None:
@@ -406,7 +405,7 @@ class Trainer:
         mid_epoch = {"batch": progress.batch, "world_size": self.dist.world_size,
                      "process_batch_size": self.loader.batch_size, "meters": meters}
         if saved is None:
-            saved = self._save(LATEST, self.payload(done_epochs, mid_epoch=mid_epoch))
+            saved = self._save(LATEST_NAME, self.payload(done_epochs, mid_epoch=mid_epoch))
         self.control.saved()
         if action is not Action.STOP:
             return
