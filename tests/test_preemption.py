@@ -140,3 +140,37 @@ def test_rolling_checkpoint_every_few_seconds_resumes_after_sigkill(data, refere
     assert saved["epoch"] * 5 + saved["mid_epoch"]["batch"] >= 3
     _finish(_start(data, out, ranks=1, extra=["--checkpoint_minutes", "0.0001"]))
     _assert_same_run(reference, out, "rolling checkpoint")
+
+
+def test_sampler_start_skips_exactly_the_items_already_trained_on():
+    from datasets.sampling import EpochShardSampler
+
+    full = EpochShardSampler(11, shuffle=True, seed=3, rank=1, world_size=2)
+    full.set_epoch(4)
+    every = list(full)
+    tail = EpochShardSampler(11, shuffle=True, seed=3, rank=1, world_size=2)
+    tail.set_epoch(4, start=4)
+    assert len(tail) == len(every) - 4 and list(tail) == every[4:]
+    assert len(tail) == len(every) and tail.epoch == 5  # the next epoch is whole again
+
+
+def test_step_control_stops_on_a_signal_and_a_second_ctrl_c_is_immediate():
+    from preemption import Action, StepControl
+
+    now = [0.0]
+    control = StepControl(checkpoint_minutes=1, clock=lambda: now[0])
+    control.install()
+    try:
+        assert control.poll() is None
+        now[0] = 61.0
+        assert control.poll() is Action.SAVE
+        control.saved()
+        assert control.poll() is None
+        os.kill(os.getpid(), signal.SIGINT)
+        assert control.poll() is Action.STOP and control.signum == signal.SIGINT
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+    finally:
+        control.uninstall()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
