@@ -20,7 +20,7 @@ from torch import nn
 
 from errors import UserError
 from opts import RESUME_AUTO
-from utils import capture_rng_state
+from utils import capture_rng_state, new_file_mode
 
 log = logging.getLogger(__name__)
 
@@ -31,22 +31,41 @@ WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 def save_checkpoint(path: str | os.PathLike, payload: Mapping) -> Path:
     """Write ``payload`` to ``path`` atomically: a temporary file in the same folder, fsync, rename.
 
-    An interruption at any moment leaves either the old file or the new one, never a torn file.
+    An interruption at any moment leaves either the old file or the new one, never a torn file. The file
+    gets the permissions the umask gives new files. A failed write (disk full, no permission) raises
+    :class:`UserError` with the reason; an interrupted one (Ctrl-C) raises a plain KeyboardInterrupt
+    (torch would wrap both in a RuntimeError about its zip writer).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp_name = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.fchmod(fd, new_file_mode())  # mkstemp makes it private
         with os.fdopen(fd, "wb") as f:
             torch.save(dict(payload), f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp_name, path)
         _fsync_dir(path.parent)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
+    except BaseException as e:
+        if tmp_name is not None:
+            Path(tmp_name).unlink(missing_ok=True)
+        cause = _root_cause(e)
+        if isinstance(cause, KeyboardInterrupt):
+            raise KeyboardInterrupt from None
+        if isinstance(cause, OSError):
+            raise UserError(f"cannot write checkpoint {path}: {cause.strerror or cause}; "
+                            "the checkpoints written before it are intact") from None
         raise
     return path
+
+
+def _root_cause(error: BaseException) -> BaseException:
+    """The first exception of a chain (torch's zip writer turns an OSError or Ctrl-C into a RuntimeError)."""
+    while error.__cause__ is not None or error.__context__ is not None:
+        error = error.__cause__ or error.__context__
+    return error
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -136,6 +155,10 @@ def unwrap_model(model: nn.Module) -> nn.Module:
             return model
 
 
+LATEST_NAME = "latest.pth"  # the rolling / on-signal checkpoint next to save_{epoch}.pth
+ORIGINAL_MISSING_KEYS = ("rng", "model_kwargs", "options")  # what only this project's checkpoints hold
+
+
 @dataclass
 class Resume:
     """A checkpoint to continue from (or only to take weights from, with --no_train)."""
@@ -145,28 +168,61 @@ class Resume:
 
     @property
     def epoch(self) -> int:
+        """Epochs completed."""
         return int(self.payload.get("epoch", 0))
+
+    @property
+    def batch(self) -> int:
+        """Batches of epoch ``epoch + 1`` completed (a run stopped mid-epoch), else 0."""
+        return int((self.payload.get("mid_epoch") or {}).get("batch", 0))
+
+    @property
+    def progress(self) -> tuple[int, int]:
+        return self.epoch, self.batch
+
+
+def is_original_format(payload: Mapping) -> bool:
+    """A checkpoint written by the original code (it saved its scheduler before the end-of-epoch step)."""
+    return "scheduler" in payload and not any(key in payload for key in ORIGINAL_MISSING_KEYS)
 
 
 def find_resume(resume_path: str | os.PathLike | None, result_path: str | os.PathLike) -> Resume | None:
-    """The checkpoint --resume_path names; for 'auto', the newest readable save_*.pth in ``result_path``."""
+    """The checkpoint --resume_path names; for 'auto', the readable checkpoint in ``result_path`` that is
+    furthest on: the newest save_*.pth or latest.pth (written mid-epoch on a stop signal and every
+    --checkpoint_minutes)."""
     if resume_path is None:
         return None
     if str(resume_path) != RESUME_AUTO:
         return Resume(Path(resume_path), load_checkpoint(resume_path))
-    for stale in Path(result_path).glob(".save_*.pth.*.tmp"):  # left by a process killed mid-write
-        stale.unlink(missing_ok=True)
-    candidates = sorted(Path(result_path).glob("save_*.pth"), key=_epoch_of, reverse=True)
-    for path in candidates:
-        try:
-            payload = load_checkpoint(path)
-        except UserError as e:  # a damaged file from an earlier crash: fall back to the previous one
-            log.warning("skipping %s: %s", path, e)
-            continue
-        log.info("resuming from %s", path)
-        return Resume(path, payload)
-    log.info("--resume_path auto: no checkpoint in %s, starting fresh", result_path)
+    folder = Path(result_path)
+    for pattern in (".save_*.pth.*.tmp", f".{LATEST_NAME}.*.tmp"):  # left by a process killed mid-write
+        for stale in folder.glob(pattern):
+            stale.unlink(missing_ok=True)
+    found = [r for r in (_newest_epoch_checkpoint(folder), _readable(folder / LATEST_NAME)) if r is not None]
+    if not found:
+        log.info("--resume_path auto: no checkpoint in %s, starting fresh", result_path)
+        return None
+    best = max(found, key=lambda r: r.progress)
+    log.info("resuming from %s", best.path)
+    return best
+
+
+def _newest_epoch_checkpoint(folder: Path) -> Resume | None:
+    for path in sorted(folder.glob("save_*.pth"), key=_epoch_of, reverse=True):
+        resume = _readable(path)
+        if resume is not None:
+            return resume
     return None
+
+
+def _readable(path: Path) -> Resume | None:
+    if not path.is_file():
+        return None
+    try:
+        return Resume(path, load_checkpoint(path))
+    except UserError as e:  # a damaged file from an earlier crash: fall back to another one
+        log.warning("skipping %s: %s", path, e)
+        return None
 
 
 def _epoch_of(path: Path) -> int:
@@ -177,9 +233,13 @@ def _epoch_of(path: Path) -> int:
 
 
 def training_payload(epoch: int, *, model: nn.Module, arch: str, model_kwargs: Mapping, optimizer, scheduler,
-                     scaler, class_names: Sequence[str], options: Mapping) -> dict:
+                     scaler, class_names: Sequence[str], options: Mapping, mid_epoch: Mapping | None = None) -> dict:
     """What save_{epoch}.pth holds: weights, optimiser/scheduler/scaler/RNG state to resume exactly, and the
-    model description (``arch``, ``model_kwargs`` with the actual head size), class names and options."""
+    model description (``arch``, ``model_kwargs`` with the actual head size), class names and options.
+
+    ``epoch`` is the number of completed epochs. ``mid_epoch`` (latest.pth of a run stopped inside epoch
+    ``epoch + 1``): {batch: batches done, world_size, process_batch_size, meters: per rank [loss sum,
+    correct, clips]}."""
     bare = unwrap_model(model)
     kwargs = {**model_kwargs, "n_classes": bare.get_classifier().out_features}
     payload = {"epoch": epoch, "arch": arch, "state_dict": strip_wrapper_prefixes(bare.state_dict()),
@@ -187,4 +247,6 @@ def training_payload(epoch: int, *, model: nn.Module, arch: str, model_kwargs: M
                "model_kwargs": kwargs, "class_names": list(class_names), "options": dict(options)}
     if scaler is not None:
         payload["scaler"] = scaler.state_dict()
+    if mid_epoch is not None:
+        payload["mid_epoch"] = dict(mid_epoch)
     return payload

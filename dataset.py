@@ -114,12 +114,12 @@ def _direction_flip(opt):
 
 
 def _loader(dataset: VideoClipDataset, sampler: EpochShardSampler, *, batch_size: int, opt, dist,
-            collate_fn=None) -> DataLoader:
+            collate_fn=None, drop_last: bool = False) -> DataLoader:
     workers = _per_process(opt, "n_threads")
     device = getattr(dist, "device", None)
     return DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate_fn,
-        pin_memory=device is not None and torch.device(device).type == "cuda",
+        drop_last=drop_last, pin_memory=device is not None and torch.device(device).type == "cuda",
         persistent_workers=workers > 0, prefetch_factor=PREFETCH_FACTOR if workers > 0 else None,
         worker_init_fn=seed_worker, generator=torch.Generator().manual_seed(opt.manual_seed))
 
@@ -138,7 +138,10 @@ def build_train_loader(opt, dist) -> tuple[DataLoader, EpochShardSampler]:
     dataset = build_dataset(opt, "train")
     rank, world_size = _world(dist)
     sampler = EpochShardSampler(len(dataset), shuffle=True, seed=opt.manual_seed, rank=rank, world_size=world_size)
-    return _loader(dataset, sampler, batch_size=_per_process(opt, "batch_size"), opt=opt, dist=dist), sampler
+    batch_size = _per_process(opt, "batch_size")
+    # A last batch of one clip would crash BatchNorm in training mode; every rank has as many items, so all drop it.
+    drop_last = batch_size > 1 and len(sampler) % batch_size == 1
+    return _loader(dataset, sampler, batch_size=batch_size, opt=opt, dist=dist, drop_last=drop_last), sampler
 
 
 def build_val_loader(opt, dist) -> DataLoader:

@@ -8,6 +8,10 @@ Two launch styles give the same result:
   per local GPU (one on a CPU-only machine). The node rank comes from NODE_RANK (or OpenMPI's
   OMPI_COMM_WORLD_RANK when run under mpirun), 0 when neither is set, so OpenMPI is not required.
 
+- ``srun`` starting main.py once per GPU (no torchrun): RANK / LOCAL_RANK / WORLD_SIZE come from
+  SLURM_PROCID / SLURM_LOCALID / SLURM_STEP_NUM_TASKS (or SLURM_NTASKS); MASTER_ADDR defaults to
+  127.0.0.1 on one node and must be exported for several, MASTER_PORT to 29500 + SLURM_JOB_ID % 1000.
+
 The single-process path is the same code with world size 1 and no process group.
 """
 
@@ -17,6 +21,7 @@ import argparse
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -65,6 +70,24 @@ def launched_by_torchrun() -> bool:
     return all(os.environ.get(key) for key in _ENV_KEYS)
 
 
+def adopt_slurm_env() -> None:
+    """Under ``srun`` without torchrun, give the process the variables torchrun would have set."""
+    if launched_by_torchrun() or "SLURM_PROCID" not in os.environ or "SLURM_LOCALID" not in os.environ:
+        return
+    world = _env_int("SLURM_STEP_NUM_TASKS", _env_int("SLURM_NTASKS", 1))
+    if world <= 1:
+        return
+    if "MASTER_ADDR" not in os.environ:
+        if _env_int("SLURM_NNODES", 1) > 1:
+            raise UserError("started by srun on several nodes: export MASTER_ADDR (e.g. "
+                            "MASTER_ADDR=$(scontrol show hostnames $SLURM_JOB_NODELIST | head -n 1))")
+        os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ.setdefault("MASTER_PORT", str(29500 + _env_int("SLURM_JOB_ID", 0) % 1000))
+    nodes = max(_env_int("SLURM_NNODES", 1), 1)
+    os.environ.update(RANK=os.environ["SLURM_PROCID"], LOCAL_RANK=os.environ["SLURM_LOCALID"], WORLD_SIZE=str(world),
+                      LOCAL_WORLD_SIZE=os.environ.get("SLURM_NTASKS_PER_NODE", str(-(-world // nodes))))
+
+
 def _env_int(name: str, default: int) -> int:
     value = os.environ.get(name) or default
     try:
@@ -99,6 +122,7 @@ def launch(worker: Callable[[argparse.Namespace, DistInfo], int], opt: argparse.
 
     Returns the worker's exit status (for spawned workers: 0, or 1 when any of them failed).
     """
+    adopt_slurm_env()
     if launched_by_torchrun() or not opt.distributed:
         info = init_distributed(opt)
         try:
@@ -112,6 +136,8 @@ def launch(worker: Callable[[argparse.Namespace, DistInfo], int], opt: argparse.
     try:
         torch.multiprocessing.spawn(_spawned, args=(worker, opt, n_local, n_nodes, node_rank), nprocs=n_local)
     except torch.multiprocessing.ProcessExitedException as e:
+        if e.exit_code and e.exit_code > 128:  # stopped on a signal after saving: keep 128 + signal for the caller
+            return e.exit_code
         log.error("worker %d exited with status %s", e.error_index, e.exit_code)
         return 1
     return 0
@@ -151,6 +177,41 @@ def failed_peer() -> str | None:
         return store.get(_FAILED_KEY).decode() if store.check([_FAILED_KEY]) else None
     except Exception:  # noqa: BLE001 - the store lives on a rank/agent that may be gone
         return None
+
+
+_ALIVE_KEY = "toolkit/alive/"  # survivors of a peer failure check in here, so the silent ranks can be named
+_PEER_ERROR_MARKS = ("gloo", "nccl", "connection reset", "connection closed", "broken pipe", "timed out",
+                     "timeout", "processgroup")
+CHECK_IN_S = 3.0
+
+
+def is_peer_failure(error: BaseException) -> bool:
+    """True for a collective that failed because a peer is gone or silent (not a bug of this process)."""
+    if isinstance(error, getattr(dist, "DistError", ())):
+        return True
+    text = str(error).lower()
+    return isinstance(error, RuntimeError) and any(mark in text for mark in _PEER_ERROR_MARKS)
+
+
+def silent_ranks(rank: int, world_size: int, *, wait_s: float = CHECK_IN_S) -> str:
+    """After a peer failure: check in through the rendezvous store, wait for the other survivors, and
+    describe the ranks that never answered ('rank 1', 'ranks 2, 3'), or what is known when the store is gone."""
+    store = _store()
+    if store is None:
+        return "a peer"
+    try:
+        store.set(f"{_ALIVE_KEY}{rank}", "1")
+        deadline = time.monotonic() + wait_s
+        while True:
+            missing = [r for r in range(world_size) if not store.check([f"{_ALIVE_KEY}{r}"])]
+            if not missing or time.monotonic() >= deadline:
+                break
+            time.sleep(0.2)
+    except Exception:  # noqa: BLE001 - the store lives on rank 0 (or the launcher), which may be gone
+        return "rank 0 (or the node holding the rendezvous store)"
+    if not missing:
+        return "a peer (all ranks answered; a network failure?)"
+    return f"rank{'s' if len(missing) > 1 else ''} {', '.join(map(str, missing))}"
 
 
 def _store():

@@ -7,6 +7,7 @@ functions, model factory and loaders live in their own modules.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -17,13 +18,15 @@ from torch import nn
 
 import dataset
 import model as model_lib
-from checkpoint import find_resume
-from distributed import DistInfo, failed_peer, launch, mark_failed, parameters_in_sync
+from checkpoint import LATEST_NAME, find_resume
+from distributed import DistInfo, failed_peer, is_peer_failure, launch, mark_failed, parameters_in_sync, silent_ranks
 from errors import UserError
 from inference import eval_view, infer_subset
 from opts import parse_opts, save_opts, share_per_process
+from preemption import Preempted
+from setup_check import check_same_setup, model_fingerprint, records_fingerprint, setup_options
 from training import Trainer, build_criterion, report_data_problems, run_logger
-from utils import Logger, restore_rng_state, seed_everything
+from utils import RUN_LOGS, Logger, move_previous_run, restore_rng_state, seed_everything
 from validation import evaluate
 
 log = logging.getLogger("main")
@@ -31,6 +34,7 @@ log = logging.getLogger("main")
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    opt = None
     try:
         opt = parse_opts(argv)
         if opt.predict is not None:  # prediction on raw videos: one process, no annotation file
@@ -42,10 +46,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        # Checkpoints are written atomically, so the newest save_*.pth is complete whatever was interrupted.
-        print("interrupted: the last saved checkpoint is intact; rerun with --resume_path auto to continue",
-              file=sys.stderr)
+        print(f"interrupted: {_newest_checkpoint_note(opt)}", file=sys.stderr)
         return 130
+
+
+def _newest_checkpoint_note(opt: argparse.Namespace | None) -> str:
+    """What a rerun can continue from after an interruption that saved nothing (checkpoints are atomic, so
+    whatever was being written when it came is simply absent)."""
+    folder = getattr(opt, "result_path", None)
+    found = [p for p in (Path(folder).glob("*.pth") if folder is not None and Path(folder).is_dir() else [])
+             if p.name.startswith("save_") or p.name == LATEST_NAME]
+    if not found:
+        return "no checkpoint has been saved yet"
+    newest = max(found, key=lambda p: p.stat().st_mtime)
+    return f"nothing saved since {newest}; rerun with --resume_path auto to continue from it"
 
 
 def worker(opt: argparse.Namespace, dist: DistInfo) -> int:
@@ -53,6 +67,10 @@ def worker(opt: argparse.Namespace, dist: DistInfo) -> int:
     _configure_logging(dist)
     try:
         _run(opt, dist)
+    except Preempted as e:  # every rank stopped after the same step; rank 0 saved the checkpoint
+        if dist.is_main:
+            print(e, file=sys.stderr)
+        return e.exit_code
     except UserError as e:
         if dist.distributed:
             mark_failed(dist.rank, str(e))
@@ -69,11 +87,21 @@ def _report_rank_failure(dist: DistInfo, error: Exception) -> int:
     """A distributed process failed: name the rank that failed first, so the others do not fail silently.
 
     Our own failure is re-raised (with its traceback) after telling the other ranks; a consequence of
-    another rank's failure (a collective whose peer is gone) is one line naming that rank.
+    another rank's failure (a collective whose peer is gone or silent) is one line naming that rank.
     """
     peer = failed_peer()
     if peer is not None and not peer.startswith(f"{dist.rank}:"):
         print(f"error (rank {dist.rank}): stopping because rank {peer}", file=sys.stderr)
+        return 1
+    if is_peer_failure(error):
+        who = silent_ranks(dist.rank, dist.world_size)
+        peer = failed_peer()  # a peer that failed cleanly meanwhile names its own reason
+        if peer is not None and not peer.startswith(f"{dist.rank}:"):
+            print(f"error (rank {dist.rank}): stopping because rank {peer}", file=sys.stderr)
+        else:
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            print(f"error (rank {dist.rank}): stopping because {who} died or hangs ({reason[:200]})",
+                  file=sys.stderr)
         return 1
     mark_failed(dist.rank, f"{type(error).__name__}: {error}")
     print(f"error (rank {dist.rank}): {type(error).__name__}: {error}", file=sys.stderr)
@@ -115,19 +143,19 @@ def _share_per_process(opt: argparse.Namespace, dist: DistInfo) -> None:
 def _run(opt: argparse.Namespace, dist: DistInfo) -> None:
     _configure_torch(opt, dist)
     _check_data_paths(opt)
-    if dist.is_main:
-        try:
-            save_opts(opt, opt.result_path)
-        except OSError as e:
-            raise UserError(f"cannot write into --result_path {opt.result_path}: {e.strerror or e}") from None
     _share_per_process(opt, dist)
     resume = find_resume(opt.resume_path, opt.result_path)
     net = model_lib.model_for_run(opt, dist, resume)
+    check_same_setup({"options": setup_options(opt), "model": model_fingerprint(net)}, dist)
     _check_class_count(opt, net)
     criterion = build_criterion(opt).to(dist.device)
     normalizer = dataset.build_input_normalizer(opt)
     trainer = None if opt.no_train else Trainer(opt, net, dist, resume=resume)
     val_loader = None if opt.no_val else dataset.build_val_loader(opt, dist)
+    check_same_setup(_data_fingerprint(opt, trainer, val_loader), dist)
+    if _nothing_to_train(opt, trainer):
+        return
+    _start_outputs(opt, dist, trainer)  # the run is known to start: only now is anything written
     writer = _tensorboard(opt, dist, trainer)
     if trainer is not None and resume is not None:
         restore_rng_state(resume.payload.get("rng", {}))  # last, so setup draws do not shift the sequence
@@ -135,21 +163,69 @@ def _run(opt: argparse.Namespace, dist: DistInfo) -> None:
     last = opt.n_epochs if trainer is not None else begin  # without training, validate once
     val_columns = ["epoch", "loss", "acc", "map"] if opt.multi_label else ["epoch", "loss", "acc"]
     val_logger = run_logger(opt, dist, "val.log", val_columns, resume if trainer else None)
-    for epoch in range(begin, last + 1):
-        metrics = trainer.train_epoch(epoch, criterion, normalizer) if trainer is not None else {}
-        if val_loader is not None:
-            val = _validate(trainer.model if trainer else net, val_loader, criterion, normalizer, opt=opt, dist=dist,
-                            epoch=epoch, logger=val_logger)
-            metrics.update({f"val_{k}": v for k, v in val.items()})
+    with trainer.stop_signals() if trainer is not None else contextlib.nullcontext():
+        for epoch in range(begin, last + 1):
+            metrics = trainer.train_epoch(epoch, criterion, normalizer) if trainer is not None else {}
+            if val_loader is not None:
+                val = _validate(trainer.model if trainer else net, val_loader, criterion, normalizer, opt=opt,
+                                dist=dist, epoch=epoch, logger=val_logger)
+                metrics.update({f"val_{k}": v for k, v in val.items()})
+            if trainer is not None:
+                trainer.end_epoch(epoch, metrics.get("val_loss"))
+            _write_scalars(writer, epoch, metrics)
         if trainer is not None:
-            trainer.end_epoch(epoch, metrics.get("val_loss"))
-        _write_scalars(writer, epoch, metrics)
+            trainer.finish(last)
     if trainer is not None and dist.distributed:
         _check_ranks_in_sync(trainer.model, dist)
     if opt.inference:
         infer_subset(opt, trainer.model if trainer else net, dist, normalizer)
     if writer is not None:
         writer.close()
+
+
+def _nothing_to_train(opt: argparse.Namespace, trainer: Trainer | None) -> bool:
+    """Say so when there is nothing to do; True when the run can stop here."""
+    if trainer is None:
+        if opt.resume_path is None and opt.pretrain_path is None:
+            log.warning("warning: evaluating a randomly initialised model (no --resume_path or --pretrain_path)")
+        return False
+    if trainer.begin_epoch <= opt.n_epochs:
+        return False
+    log.warning("nothing to train: %s already finished epoch %d and --n_epochs is %d; raise --n_epochs to "
+                "train further", trainer.resume.path, trainer.begin_epoch - 1, opt.n_epochs)
+    return not opt.inference
+
+
+def _start_outputs(opt: argparse.Namespace, dist: DistInfo, trainer: Trainer | None) -> None:
+    """opts.json, and the previous run's logs and checkpoints moved aside when this one starts afresh."""
+    if dist.is_main:
+        try:
+            if trainer is None or trainer.resume is None:
+                moved = _move_previous_run(opt, trainer)
+                if moved is not None:
+                    log.warning("moved the previous run's logs and checkpoints to %s", moved)
+            save_opts(opt, opt.result_path)
+        except OSError as e:
+            raise UserError(f"cannot write into --result_path {opt.result_path}: {e.strerror or e}") from None
+    if trainer is not None:
+        trainer.open_logs()
+
+
+def _move_previous_run(opt: argparse.Namespace, trainer: Trainer | None) -> Path | None:
+    """A fresh training run moves every log and checkpoint of an earlier one aside; an evaluation only the
+    validation log it would overwrite."""
+    if trainer is None:
+        return move_previous_run(Path(opt.result_path), [] if opt.no_val else ["val.log"])
+    return move_previous_run(Path(opt.result_path), [*RUN_LOGS, "opts.json", LATEST_NAME], patterns=["save_*.pth"])
+
+
+def _data_fingerprint(opt: argparse.Namespace, trainer: Trainer | None, val_loader) -> dict:
+    found = {"class names": dataset.get_class_names(opt) if not (opt.no_train and opt.no_val) else None}
+    if trainer is not None:
+        found["training records"] = records_fingerprint(trainer.loader.dataset.records)
+    if val_loader is not None:
+        found["validation records"] = records_fingerprint(val_loader.dataset.records)
+    return found
 
 
 def _validate(net: nn.Module, loader, criterion: nn.Module, normalizer, *, opt: argparse.Namespace, dist: DistInfo,

@@ -149,6 +149,9 @@ def _add_run_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--no_val", action="store_true", help="Skip validation")
     g.add_argument("--n_val_samples", default=3, type=int, help="Clips per validation video")
     g.add_argument("--checkpoint", default=10, type=int, help="Save save_{epoch}.pth every this many epochs")
+    g.add_argument("--checkpoint_minutes", default=30.0, type=float,
+                   help="Also keep a rolling save_latest.pth, rewritten mid-epoch at most every this many minutes, "
+                        "so a hard kill loses at most that much training; 0 turns it off")
     g.add_argument("--manual_seed", default=1, type=int, help="Seed of random, numpy and torch")
     g.add_argument("--deterministic", action="store_true", help="Use deterministic algorithms (slower)")
     g.add_argument("--tensorboard", action="store_true", help="Write tensorboard scalars into --result_path")
@@ -295,8 +298,26 @@ def _check(parser: argparse.ArgumentParser, opt: argparse.Namespace) -> None:
         problems.append("--n_threads and --inference_batch_size must be >= 0")
     if not 0.0 < opt.train_crop_min_scale <= 1.0 or not 0.0 < opt.train_crop_min_ratio <= 1.0:
         problems.append("--train_crop_min_scale and --train_crop_min_ratio must be in (0, 1]")
+    problems += _optimizer_and_model_problems(opt)
     if problems:
         parser.error("; ".join(problems))
+
+
+def _optimizer_and_model_problems(opt: argparse.Namespace) -> list[str]:
+    """Values the optimiser or the model constructors would reject with a traceback, as messages."""
+    problems = [f"--{name} must be >= 0 (got {getattr(opt, name)})"
+                for name in ("learning_rate", "momentum", "dampening", "weight_decay", "checkpoint_minutes")
+                if getattr(opt, name) < 0]
+    if opt.nesterov and opt.momentum <= 0:
+        problems.append("--nesterov needs --momentum > 0")
+    if opt.resnet_widen_factor <= 0:
+        problems.append(f"--resnet_widen_factor must be > 0 (got {opt.resnet_widen_factor})")
+    problems += [f"--{name} must be >= 1 (got {getattr(opt, name)})"
+                 for name in ("conv1_t_size", "conv1_t_stride", "wide_resnet_k", "resnext_cardinality")
+                 if getattr(opt, name) < 1]
+    if opt.no_train and opt.no_val and not opt.inference and opt.predict is None:
+        problems.append("nothing to do: --no_train and --no_val without --inference; add --inference or drop one")
+    return problems
 
 
 def _resolve(opt: argparse.Namespace) -> None:

@@ -10,10 +10,12 @@ import argparse
 import contextlib
 import logging
 import math
+import signal
 import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -21,10 +23,11 @@ from torch import nn
 
 import dataset
 import model as model_lib
-from checkpoint import Resume, save_checkpoint, training_payload
-from distributed import DistInfo, all_reduce_sum
+from checkpoint import LATEST_NAME, Resume, is_original_format, save_checkpoint, training_payload
+from distributed import DistInfo, all_reduce_sum, gather_objects
 from errors import UserError
 from opts import opts_to_plain
+from preemption import Action, Preempted, StepControl
 from utils import Logger, count_correct
 
 log = logging.getLogger(__name__)
@@ -98,25 +101,44 @@ def _check_finite(losses: list[float], *, epoch: int, first_batch: int) -> None:
                             "lower --learning_rate or check the data (the last good checkpoint is kept)")
 
 
+@dataclass
+class EpochProgress:
+    """Where an epoch stands: batches done and this process's running loss sum, correct count and clips."""
+
+    batch: int = 0
+    loss_sum: float = 0.0
+    correct: float = 0.0
+    clips: int = 0
+
+
 def train_one_epoch(model: nn.Module, loader: Iterable, criterion: nn.Module, optimizer: torch.optim.Optimizer,
                     device: torch.device, *, epoch: int, normalizer: Callable | None = None,
                     precision: str = "fp32", scaler: torch.amp.GradScaler | None = None, log_interval: int = 10,
-                    show_progress: bool = True, on_batches: Callable[[list[dict]], None] | None = None) -> dict:
+                    show_progress: bool = True, on_batches: Callable[[list[dict]], None] | None = None,
+                    start: EpochProgress | None = None, control: StepControl | None = None,
+                    on_checkpoint: Callable[[EpochProgress, Action], None] | None = None) -> dict:
     """Train ``model`` for one pass over ``loader``.
 
     ``on_batches`` receives, every ``log_interval`` batches and at the end, the rows of the batches since
     the previous call: dicts with batch (1-based), loss, acc (this process's values). Returns a dict with
     loss and acc (means over all clips of all ranks), lr, clips, time, clips_per_s and data_share.
+
+    A resumed epoch passes ``start`` (the loader then yields only the remaining batches). After every
+    optimiser step ``control.poll()`` may ask for a checkpoint: the logged rows are flushed and
+    ``on_checkpoint(progress, action)`` is called (it raises to stop).
     """
     model.train()
     lr = max(group["lr"] for group in optimizer.param_groups)
-    n_batches = len(loader)
+    start = start or EpochProgress()
+    n_batches = start.batch + len(loader)
     progress = _Progress(n_batches, epoch=epoch, phase="train", enabled=show_progress)
-    totals = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, correct count
+    totals = torch.tensor([start.loss_sum, start.correct], dtype=torch.float64, device=device)
     pending: list[tuple[int, int, torch.Tensor, torch.Tensor]] = []
-    n_clips, data_time, start = 0, 0.0, time.perf_counter()
-    tick = start
-    for i, (clips, targets) in enumerate(loader, start=1):
+    n_clips, data_time, start_time = start.clips, 0.0, time.perf_counter()
+    tick = start_time
+    if control is not None:
+        control.begin_steps()
+    for i, (clips, targets) in enumerate(loader, start=start.batch + 1):
         data_time += time.perf_counter() - tick
         clips, targets = prepare_batch(clips, targets, device, normalizer)
         with autocast(device, precision):
@@ -137,15 +159,24 @@ def train_one_epoch(model: nn.Module, loader: Iterable, criterion: nn.Module, op
         pending.append((i, n, batch_loss, correct))
         if i % log_interval == 0 or i == n_batches:
             _flush(pending, on_batches, epoch=epoch)
-            elapsed = time.perf_counter() - start
+            elapsed = time.perf_counter() - start_time
             loss_sum, correct_sum = totals.tolist()
             progress.update(i, n_batches, {"loss": loss_sum / n_clips, "acc": correct_sum / n_clips,
-                                           "clips_per_s": n_clips / elapsed, "data_share": data_time / elapsed})
+                                           "clips_per_s": (n_clips - start.clips) / elapsed,
+                                           "data_share": data_time / elapsed})
+        action = control.poll() if control is not None else None
+        if action is not None and on_checkpoint is not None:
+            _flush(pending, on_batches, epoch=epoch)  # the log holds every batch the checkpoint has
+            loss_sum, correct_sum = totals.tolist()
+            on_checkpoint(EpochProgress(i, loss_sum, correct_sum, n_clips), action)
         tick = time.perf_counter()
     _flush(pending, on_batches, epoch=epoch)
+    if control is not None:
+        control.end_steps()
     progress.close()
-    elapsed = time.perf_counter() - start
-    return _epoch_result(totals, n_clips, device, lr=lr, elapsed=elapsed, data_time=data_time)
+    elapsed = time.perf_counter() - start_time
+    return _epoch_result(totals, n_clips, device, lr=lr, elapsed=elapsed, data_time=data_time,
+                         new_clips=n_clips - start.clips)
 
 
 def _flush(pending: list, on_batches: Callable | None, *, epoch: int) -> None:
@@ -160,13 +191,13 @@ def _flush(pending: list, on_batches: Callable | None, *, epoch: int) -> None:
 
 
 def _epoch_result(totals: torch.Tensor, n_clips: int, device: torch.device, *, lr: float, elapsed: float,
-                  data_time: float) -> dict:
+                  data_time: float, new_clips: int) -> dict:
     summed = all_reduce_sum(torch.cat([totals, torch.tensor([float(n_clips)], dtype=torch.float64,
                                                             device=device)]))
     loss_sum, correct, count = summed.tolist()
     count = max(count, 1.0)
     return {"loss": loss_sum / count, "acc": correct / count, "lr": lr, "clips": int(count), "time": elapsed,
-            "clips_per_s": n_clips / max(elapsed, 1e-9), "data_share": data_time / max(elapsed, 1e-9)}
+            "clips_per_s": new_clips / max(elapsed, 1e-9), "data_share": data_time / max(elapsed, 1e-9)}
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, opt) -> torch.optim.lr_scheduler.LRScheduler:
@@ -209,11 +240,13 @@ def build_optimizer(net: nn.Module, opt: argparse.Namespace) -> torch.optim.Opti
 
 
 def run_logger(opt: argparse.Namespace, dist: DistInfo, name: str, header: list[str],
-               resume: Resume | None) -> Logger | None:
-    """A TSV log in --result_path on the main process (None elsewhere); a resumed run drops later rows."""
+               resume: Resume | None, *, resume_batch: int = 0) -> Logger | None:
+    """A TSV log in --result_path on the main process (None elsewhere); a resumed run drops later rows
+    (a per-batch log keeps the first ``resume_batch`` batches of the epoch it resumes in)."""
     if not dist.is_main:
         return None
-    return Logger(Path(opt.result_path) / name, header, resume_after_epoch=resume.epoch if resume else None)
+    return Logger(Path(opt.result_path) / name, header, resume_after_epoch=resume.epoch if resume else None,
+                  resume_after_batch=resume_batch)
 
 
 def report_data_problems(loader, before: dict[str, int], *, phase: str, epoch: int, device: torch.device) -> dict:
@@ -230,7 +263,10 @@ def report_data_problems(loader, before: dict[str, int], *, phase: str, epoch: i
 
 
 class Trainer:
-    """Optimiser, scheduler, loader and logs of a training run, and what a checkpoint needs from them."""
+    """Optimiser, scheduler, loader and logs of a training run, and what a checkpoint needs from them.
+
+    Logs are opened by :meth:`open_logs` once the run is known to start (a refused run writes nothing).
+    """
 
     def __init__(self, opt: argparse.Namespace, net: nn.Module, dist: DistInfo, *, resume: Resume | None):
         self.opt, self.dist = opt, dist
@@ -239,13 +275,31 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, opt)
         self.scaler = torch.amp.GradScaler(dist.device.type) if opt.precision == "fp16" else None
         self.loader, self.sampler = dataset.build_train_loader(opt, dist)
+        self.control = StepControl(checkpoint_minutes=opt.checkpoint_minutes, is_main=dist.is_main)
         self.begin_epoch = 1
+        self.start = EpochProgress()  # where begin_epoch starts (mid-epoch after a stop)
+        self.resume = resume
         if resume is not None:
             self._restore(resume)
-        self.train_logger = run_logger(opt, dist, "train.log", ["epoch", "loss", "acc", "lr"], resume)
-        self.batch_logger = run_logger(opt, dist, "train_batch.log", ["epoch", "batch", "iter", "loss", "acc", "lr"],
-                                       resume)
+        self.train_logger = self.batch_logger = None
         self.class_names = dataset.get_class_names(opt)
+
+    def open_logs(self) -> None:
+        """train.log and train_batch.log: new, or kept up to the resumed position."""
+        resume = self.resume
+        self.train_logger = run_logger(self.opt, self.dist, "train.log", ["epoch", "loss", "acc", "lr"], resume)
+        self.batch_logger = run_logger(self.opt, self.dist, "train_batch.log",
+                                       ["epoch", "batch", "iter", "loss", "acc", "lr"], resume,
+                                       resume_batch=self.start.batch)
+
+    @contextlib.contextmanager
+    def stop_signals(self):
+        """Around the epoch loop: SIGTERM/SIGUSR1/Ctrl-C ask for a clean stop (see preemption.py)."""
+        self.control.install()
+        try:
+            yield
+        finally:
+            self.control.uninstall()
 
     def _wrap(self, net: nn.Module) -> nn.Module:
         if self.opt.compile:
@@ -271,14 +325,41 @@ class Trainer:
                         opt.lr_scheduler)
         if opt.overwrite_milestones:
             self.scheduler.milestones = Counter(opt.multistep_milestones)
+        if "scheduler" in payload and saved_sched == opt.lr_scheduler and is_original_format(payload):
+            self._catch_up_original_scheduler()
         if self.scaler is not None and "scaler" in payload:
             self.scaler.load_state_dict(payload["scaler"])
-        log.info("resuming training at epoch %d", self.begin_epoch)
+        self.start = self._mid_epoch_start(resume)
+        where = f" after batch {self.start.batch}" if self.start.batch else ""
+        log.info("resuming training at epoch %d%s", self.begin_epoch, where)
+
+    def _catch_up_original_scheduler(self) -> None:
+        """The original saved its scheduler before the end-of-epoch step: take that step now (plateau needs
+        the validation loss it did not save, so it continues without that one step)."""
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            log.warning("original-format checkpoint: the plateau scheduler misses the step of its last epoch")
+            return
+        self.scheduler.step()
+
+    def _mid_epoch_start(self, resume: Resume) -> EpochProgress:
+        """This rank's position and meters in the epoch a stopped run was in the middle of."""
+        mid = resume.payload.get("mid_epoch")
+        if not mid or not mid.get("batch"):
+            return EpochProgress()
+        here = {"world_size": self.dist.world_size, "process_batch_size": self.loader.batch_size}
+        saved = {key: mid.get(key) for key in here}
+        if saved != here:
+            log.warning("%s stopped in epoch %d with %s; this run has %s, so epoch %d starts again from its "
+                        "beginning", resume.path, self.begin_epoch, saved, here, self.begin_epoch)
+            return EpochProgress()
+        loss_sum, correct, clips = mid["meters"][self.dist.rank]
+        return EpochProgress(int(mid["batch"]), float(loss_sum), float(correct), int(clips))
 
     def train_epoch(self, epoch: int, criterion: nn.Module, normalizer) -> dict:
+        start = self.start if epoch == self.begin_epoch else EpochProgress()
         if self.sampler is not None and hasattr(self.sampler, "set_epoch"):
-            self.sampler.set_epoch(epoch)
-        n_batches = len(self.loader)
+            self.sampler.set_epoch(epoch, start=start.batch * self.loader.batch_size)
+        n_batches = start.batch + len(self.loader)
         lr = max(g["lr"] for g in self.optimizer.param_groups)
 
         def log_batches(rows: list[dict]) -> None:
@@ -286,11 +367,16 @@ class Trainer:
                 self.batch_logger.log({"epoch": epoch, "iter": (epoch - 1) * n_batches + row["batch"], "lr": lr,
                                        **row})
 
+        def checkpoint(progress: EpochProgress, action: Action) -> None:
+            self._save_latest(epoch - 1, progress, action)
+
         before = dataset.data_problems(self.loader).counts()
-        result = train_one_epoch(self.model, self.loader, criterion, self.optimizer, self.dist.device, epoch=epoch,
-                                 normalizer=normalizer, precision=self.opt.precision, scaler=self.scaler,
-                                 log_interval=self.opt.log_interval, show_progress=self.dist.is_main,
-                                 on_batches=log_batches if self.batch_logger is not None else None)
+        result = train_one_epoch(self.model, self.loader, criterion, self.optimizer, self.dist.device,
+                                 epoch=epoch, normalizer=normalizer, precision=self.opt.precision,
+                                 scaler=self.scaler, log_interval=self.opt.log_interval,
+                                 show_progress=self.dist.is_main,
+                                 on_batches=log_batches if self.batch_logger is not None else None,
+                                 start=start, control=self.control, on_checkpoint=checkpoint)
         log.info("train epoch %d: loss %.4f acc %.4f lr %g (%.1f clips/s, data wait %.0f%%)", epoch, result["loss"],
                  result["acc"], result["lr"], result["clips_per_s"], 100 * result["data_share"])
         report_data_problems(self.loader, before, phase="train", epoch=epoch, device=self.dist.device)
@@ -299,14 +385,56 @@ class Trainer:
         return dict(result)
 
     def end_epoch(self, epoch: int, val_loss: float | None) -> None:
-        """Step the scheduler, then checkpoint: a resumed run continues with exactly the next epoch's LR."""
-        step_scheduler(self.scheduler, val_loss)
-        if epoch % self.opt.checkpoint == 0 and self.dist.is_main:
-            path = save_checkpoint(Path(self.opt.result_path) / f"save_{epoch}.pth", self.payload(epoch))
-            log.info("saved %s", path)
+        """Step the scheduler, then checkpoint: a resumed run continues with exactly the next epoch's LR.
 
-    def payload(self, epoch: int) -> dict:
+        A stop signal that came during validation (or a due rolling checkpoint) is acted on here.
+        """
+        step_scheduler(self.scheduler, val_loss)
+        saved = None
+        if epoch % self.opt.checkpoint == 0:
+            saved = self._save(f"save_{epoch}.pth", self.payload(epoch))
+            self.control.saved()
+        action = self.control.poll()
+        if action is Action.STOP or (action is Action.SAVE and saved is None):
+            self._save_latest(epoch, EpochProgress(), action, saved=saved)
+
+    def finish(self, last_epoch: int) -> None:
+        """The final state as latest.pth unless save_{last_epoch}.pth has it: a rerun then knows it is done."""
+        if last_epoch % self.opt.checkpoint and self.opt.checkpoint_minutes > 0:
+            self._save(LATEST_NAME, self.payload(last_epoch))
+
+    def _save_latest(self, done_epochs: int, progress: EpochProgress, action: Action, *,
+                     saved: Path | None = None) -> None:
+        """Write latest.pth at ``progress`` (every rank takes part: the meters of all ranks go into it);
+        for a stop, wait until it is written, then raise :class:`Preempted`."""
+        meters = gather_objects([progress.loss_sum, progress.correct, progress.clips])
+        mid_epoch = {"batch": progress.batch, "world_size": self.dist.world_size,
+                     "process_batch_size": self.loader.batch_size, "meters": meters}
+        if saved is None:
+            saved = self._save(LATEST_NAME, self.payload(done_epochs, mid_epoch=mid_epoch))
+        self.control.saved()
+        if action is not Action.STOP:
+            return
+        self.control.barrier()
+        signum = self.control.signum
+        where = (f"after batch {progress.batch} of epoch {done_epochs + 1}" if progress.batch
+                 else f"after epoch {done_epochs}")
+        raise Preempted(signum, f"stopped by {signal_name(signum)} {where}; saved {saved}; "
+                                "rerun the same command with --resume_path auto to continue")
+
+    def _save(self, name: str, payload: dict) -> Path | None:
+        if not self.dist.is_main:
+            return None
+        path = save_checkpoint(Path(self.opt.result_path) / name, payload)
+        log.info("saved %s", path)
+        return path
+
+    def payload(self, epoch: int, **extra) -> dict:
         return training_payload(epoch, model=self.model, arch=self.opt.arch,
                                 model_kwargs=model_lib.model_kwargs_from_opts(self.opt), optimizer=self.optimizer,
                                 scheduler=self.scheduler, scaler=self.scaler, class_names=self.class_names,
-                                options=opts_to_plain(self.opt))
+                                options=opts_to_plain(self.opt), **extra)
+
+
+def signal_name(signum: int) -> str:
+    return "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import os
 import random
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -94,12 +95,15 @@ class Logger:
         resume_after_epoch: when resuming, keep the rows of epochs up to this one and append after them
             (rows of later epochs, written by an interrupted run, are dropped so no epoch appears twice).
             None starts a new file.
+        resume_after_batch: a run stopped in the middle of the next epoch: also keep that epoch's rows of
+            batches up to this one (the second column must be the batch).
     """
 
-    def __init__(self, path: str | os.PathLike, header: Sequence[str], *, resume_after_epoch: int | None = None):
+    def __init__(self, path: str | os.PathLike, header: Sequence[str], *, resume_after_epoch: int | None = None,
+                 resume_after_batch: int = 0):
         self.path = Path(path)
         self.header = list(header)
-        kept = self._rows_to_keep(resume_after_epoch) if resume_after_epoch is not None else []
+        kept = self._rows_to_keep(resume_after_epoch, resume_after_batch) if resume_after_epoch is not None else []
         # Rewrite header + kept rows to a temporary file and rename, so a kill here never loses the log.
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         with open(tmp, "w", newline="") as f:
@@ -110,7 +114,7 @@ class Logger:
         self._file = open(self.path, "a", newline="")
         self._writer = csv.writer(self._file, delimiter="\t")
 
-    def _rows_to_keep(self, last_epoch: int) -> list[list[str]]:
+    def _rows_to_keep(self, last_epoch: int, last_batch: int) -> list[list[str]]:
         if not self.path.is_file():
             return []
         with open(self.path, newline="") as f:
@@ -118,7 +122,8 @@ class Logger:
         kept = []
         for row in rows[1:]:
             try:
-                if int(row[0]) <= last_epoch:
+                epoch = int(row[0])
+                if epoch <= last_epoch or (last_batch and epoch == last_epoch + 1 and int(row[1]) <= last_batch):
                     kept.append(row)
             except (ValueError, IndexError):
                 continue  # a torn last line of a killed run
@@ -131,6 +136,36 @@ class Logger:
 
     def close(self) -> None:
         self._file.close()
+
+
+RUN_LOGS = ("train.log", "train_batch.log", "val.log")
+
+
+def move_previous_run(folder: Path, names: Sequence[str], *, patterns: Sequence[str] = ()) -> Path | None:
+    """Move the files ``names`` (and those matching ``patterns``) of an earlier run in ``folder`` into
+    ``folder/previous_run_<UTC time>/``, so a fresh start never overwrites them; returns that folder (None
+    when there was nothing to move). Renames within one folder: instant whatever the sizes."""
+    found = [folder / name for name in names if (folder / name).is_file()]
+    found += [p for pattern in patterns for p in sorted(folder.glob(pattern)) if p.is_file()]
+    if not found:
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    target = folder / f"previous_run_{stamp}"
+    n = 1
+    while target.exists():
+        n += 1
+        target = folder / f"previous_run_{stamp}_{n}"
+    target.mkdir()
+    for path in found:
+        os.replace(path, target / path.name)
+    return target
+
+
+def new_file_mode() -> int:
+    """The permissions the umask gives a new file (``tempfile.mkstemp`` would make it private: 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def seed_everything(seed: int) -> None:

@@ -19,6 +19,8 @@ class EpochShardSampler(Sampler):
 
     The epoch advances by itself on each new iteration; `set_epoch(e)` sets the next one (call it
     every epoch, as with DistributedSampler, so a resumed run continues the same sequence).
+    `set_epoch(e, start=k)` makes the next iteration skip this rank's first k items (a run resumed in
+    the middle of an epoch gets exactly the items it had not trained on, in the same order).
     """
 
     def __init__(self, n_items: int, *, shuffle: bool, seed: int = 0, rank: int = 0, world_size: int = 1):
@@ -30,10 +32,12 @@ class EpochShardSampler(Sampler):
         self.rank = rank
         self.world_size = world_size
         self.epoch = 0
+        self.start = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        """Use `epoch` for the next iteration (later iterations continue from epoch + 1)."""
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Use `epoch` for the next iteration (later iterations continue from epoch + 1), from item `start` on."""
         self.epoch = epoch
+        self.start = start
 
     def _indices(self) -> list[int]:
         if not self.shuffle:
@@ -46,11 +50,13 @@ class EpochShardSampler(Sampler):
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         epoch = self.epoch
-        indices = self._indices()
-        self.epoch = epoch + 1
+        indices = self._indices()[self.start:]
+        self.epoch, self.start = epoch + 1, 0
         return iter([(i, epoch) for i in indices])
 
     def __len__(self) -> int:
         if self.shuffle:
-            return -(-self.n_items // self.world_size)
-        return len(range(self.rank, self.n_items, self.world_size))
+            n = -(-self.n_items // self.world_size)
+        else:
+            n = len(range(self.rank, self.n_items, self.world_size))
+        return max(n - self.start, 0)

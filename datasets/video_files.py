@@ -37,6 +37,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from utils import new_file_mode
+
 logger = logging.getLogger(__name__)
 
 SEEK_GAP_FRAMES = 48  # wanted frames further apart than this are reached by a new seek, not by decoding through
@@ -310,6 +312,7 @@ class VideoMetaCache:
             return
         try:
             fd, tmp = tempfile.mkstemp(dir=self.cache_path.parent, prefix=".video_meta.")
+            os.fchmod(fd, new_file_mode())  # readable like any other file the run writes
             with os.fdopen(fd, "w") as f:
                 json.dump(self._entries, f)
             os.replace(tmp, self.cache_path)

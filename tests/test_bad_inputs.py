@@ -123,6 +123,17 @@ CASES = [
     ("unknown_flag", lambda ds, t: ["--lerning_rate", "0.1"], "unrecognized arguments"),
     ("not_a_number", lambda ds, t: ["--learning_rate", "fast"], "invalid float value: 'fast'"),
     ("warmup_without_cosine", lambda ds, t: ["--warmup_epochs", "2"], "only used with --lr_scheduler cosine"),
+    ("negative_lr", lambda ds, t: ["--learning_rate", "-1"], "--learning_rate must be >= 0"),
+    ("negative_momentum", lambda ds, t: ["--momentum", "-1"], "--momentum must be >= 0"),
+    ("negative_weight_decay", lambda ds, t: ["--weight_decay", "-1"], "--weight_decay must be >= 0"),
+    ("nesterov_without_momentum", lambda ds, t: ["--nesterov", "--momentum", "0"], "--nesterov needs --momentum > 0"),
+    ("zero_widen_factor", lambda ds, t: ["--resnet_widen_factor", "0"], "--resnet_widen_factor must be > 0"),
+    ("zero_conv1_t_size", lambda ds, t: ["--conv1_t_size", "0"], "--conv1_t_size must be >= 1"),
+    ("zero_conv1_t_stride", lambda ds, t: ["--conv1_t_stride", "0"], "--conv1_t_stride must be >= 1"),
+    ("zero_wide_resnet_k", lambda ds, t: ["--model", "wideresnet", "--wide_resnet_k", "0"],
+     "--wide_resnet_k must be >= 1"),
+    ("negative_checkpoint_minutes", lambda ds, t: ["--checkpoint_minutes", "-1"], "--checkpoint_minutes must be"),
+    ("no_phase_selected", lambda ds, t: ["--no_train", "--no_val"], "nothing to do"),
 ]
 
 
@@ -143,6 +154,15 @@ def test_bad_input_is_one_clear_line(ds, tmp_path, capsys, monkeypatch, make_arg
     assert len(lines) == 1 and lines[0].startswith("error: "), err
     assert message in lines[0], lines[0]
     assert "Traceback" not in err
+
+
+def test_refused_resume_writes_nothing(ds, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["--video_path", ds.video_path, "--annotation_path", ds.annotation_path, "--result_path", out,
+            "--n_classes", "2", *TINY, "--resume_path", _checkpoint(tmp_path / "r18.pth", depth=18)]
+    assert main.main([str(a) for a in argv]) == 2
+    assert "holds a resnet-18 model" in capsys.readouterr().err
+    assert not out.exists() or not any(out.iterdir())  # no opts.json, no logs
 
 
 def test_table_is_large_enough():

@@ -116,3 +116,69 @@ def test_unwrap_model_sees_through_wrappers():
     assert unwrap_model(model) is model
     assert unwrap_model(torch.compile(model)) is model
     assert unwrap_model(nn.DataParallel(model)) is model
+
+
+def test_disk_full_is_one_line_and_keeps_the_previous_file(tmp_path, monkeypatch):
+    import errno
+
+    path = tmp_path / "save_1.pth"
+    save_checkpoint(path, {"epoch": 1, "state_dict": small_state()})
+    before = path.read_bytes()
+    real_save = torch.save
+
+    def full_disk(obj, f, *args, **kwargs):
+        class Full:
+            def write(self, data):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+            def flush(self):
+                pass
+
+        real_save(obj, Full(), *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(UserError, match="No space left on device; the checkpoints written before it are intact"):
+        save_checkpoint(path, {"epoch": 2, "state_dict": small_state()})
+    assert path.read_bytes() == before and os.listdir(tmp_path) == ["save_1.pth"]
+
+
+def test_ctrl_c_during_a_write_is_a_plain_keyboard_interrupt(tmp_path, monkeypatch):
+    real_save = torch.save
+
+    def interrupted(obj, f, *args, **kwargs):
+        class Interrupted:
+            def write(self, data):
+                raise KeyboardInterrupt
+
+            def flush(self):
+                pass
+
+        real_save(obj, Interrupted(), *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", interrupted)
+    with pytest.raises(KeyboardInterrupt) as info:
+        save_checkpoint(tmp_path / "save_1.pth", {"epoch": 1, "state_dict": small_state()})
+    assert info.value.__context__ is None or info.value.__suppress_context__  # no chained RuntimeError shown
+    assert os.listdir(tmp_path) == []
+
+
+def test_checkpoints_get_the_umask_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = save_checkpoint(tmp_path / "save_1.pth", {"epoch": 1, "state_dict": small_state()})
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_auto_resume_takes_the_checkpoint_furthest_on(tmp_path):
+    from checkpoint import find_resume
+
+    save_checkpoint(tmp_path / "save_2.pth", {"epoch": 2, "state_dict": small_state()})
+    save_checkpoint(tmp_path / "latest.pth", {"epoch": 2, "state_dict": small_state(), "mid_epoch": {"batch": 3}})
+    found = find_resume("auto", tmp_path)
+    assert found.path.name == "latest.pth" and found.progress == (2, 3)
+    save_checkpoint(tmp_path / "save_3.pth", {"epoch": 3, "state_dict": small_state()})
+    assert find_resume("auto", tmp_path).path.name == "save_3.pth"
+    (tmp_path / "save_3.pth").write_bytes(b"torn")  # unreadable: the next best one
+    assert find_resume("auto", tmp_path).path.name == "latest.pth"

@@ -168,7 +168,7 @@ def test_sigkill_at_random_moments_then_resume_auto(data, reference, tmp_path):
     assert kills["during_write"] >= N_KILLS // 3, f"{kills}, TOOLKIT_KILL_SEED={SEED}"
 
 
-def test_ctrl_c_during_a_checkpoint_write_is_one_line_and_keeps_checkpoints(data, tmp_path):
+def _ctrl_c_during_epoch_2_write(data, tmp_path, presses: int) -> tuple[int, str, Path]:
     out, log = tmp_path / "out", tmp_path / "log.txt"
     with open(log, "w") as f:
         proc = subprocess.Popen([sys.executable, "tests/slow_save_main.py", *args(data, out)], cwd=ROOT,
@@ -178,10 +178,25 @@ def test_ctrl_c_during_a_checkpoint_write_is_one_line_and_keeps_checkpoints(data
     while not (out / "save_1.pth").exists() or not _temp_files(out):  # epoch 2's write has begun
         assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
         time.sleep(0.01)
-    proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=60) == 130
-    err = log.read_text().strip()
-    assert err.splitlines() == ["interrupted: the last saved checkpoint is intact; rerun with --resume_path auto "
-                                "to continue"], err
+    for _ in range(presses):
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.2)
+    status = proc.wait(timeout=60)
+    return status, log.read_text().strip(), out
+
+
+def test_ctrl_c_during_a_checkpoint_write_lets_it_finish_then_stops(data, tmp_path):
+    status, err, out = _ctrl_c_during_epoch_2_write(data, tmp_path, presses=1)
+    assert status == 130
+    assert err.splitlines() == [f"stopped by Ctrl-C after epoch 2; saved {out / 'save_2.pth'}; rerun the same "
+                                "command with --resume_path auto to continue"], err
+    assert not _temp_files(out) and load_checkpoint(out / "save_2.pth")["epoch"] == 2
+
+
+def test_second_ctrl_c_during_a_checkpoint_write_is_one_line_and_keeps_checkpoints(data, tmp_path):
+    status, err, out = _ctrl_c_during_epoch_2_write(data, tmp_path, presses=2)
+    assert status == 130
+    assert err.splitlines() == [f"interrupted: nothing saved since {out / 'save_1.pth'}; rerun with --resume_path "
+                                "auto to continue from it"], err
     assert not _temp_files(out) and not (out / "save_2.pth").exists()
     assert load_checkpoint(out / "save_1.pth")["epoch"] == 1
