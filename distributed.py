@@ -260,6 +260,14 @@ def gather_objects(obj: object) -> list:
     return out
 
 
+def broadcast_buffers(model: nn.Module) -> None:
+    """Give every rank rank 0's buffers (BatchNorm statistics: each rank updates its own copy in training)."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        with torch.no_grad():
+            for buffer in model.buffers():
+                dist.broadcast(buffer, src=0)
+
+
 def parameters_in_sync(model: nn.Module) -> bool:
     """True when every rank holds the same parameters (compares per-tensor checksums across ranks)."""
     with torch.no_grad():

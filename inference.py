@@ -24,7 +24,7 @@ import dataset
 from datasets.annotations import read_records
 from datasets.layout import SUBSET_NAMES
 from datasets.targets import video_target
-from distributed import DistInfo, barrier, gather_objects
+from distributed import DistInfo, barrier, broadcast_buffers, gather_objects
 from training import autocast, prepare_batch
 from utils import mean_average_precision
 
@@ -153,9 +153,14 @@ def write_results(path: str | Path, results: dict) -> Path:
 
 
 def eval_view(net: nn.Module) -> nn.Module:
-    """The module to evaluate: the one inside DDP, whose own forward would sync buffers (a collective all ranks
-    must join)."""
-    return net.module if isinstance(net, nn.parallel.DistributedDataParallel) else net
+    """The module to evaluate: the one inside DDP (whose own forward would sync buffers, a collective all ranks
+    must join), with rank 0's BatchNorm statistics on every rank. All ranks then evaluate one model, the one a
+    checkpoint holds, so a run resumed from a checkpoint validates exactly as an uninterrupted one. Every rank
+    must call it (a collective) when ``net`` is wrapped in DDP."""
+    if not isinstance(net, nn.parallel.DistributedDataParallel):
+        return net
+    broadcast_buffers(net.module)
+    return net.module
 
 
 def infer_subset(opt: argparse.Namespace, net: nn.Module, dist: DistInfo, normalizer) -> None:
