@@ -124,9 +124,12 @@ def _run(opt: argparse.Namespace, dist: DistInfo) -> None:
     resume = find_resume(opt.resume_path, opt.result_path)
     net = model_lib.model_for_run(opt, dist, resume)
     _check_class_count(opt, net)
-    criterion = nn.CrossEntropyLoss().to(dist.device)
+    criterion = nn.CrossEntropyLoss().to(dist.device)  # validation's; training's may smooth the labels
+    train_criterion = nn.CrossEntropyLoss(label_smoothing=opt.label_smoothing).to(dist.device)
     normalizer = dataset.build_input_normalizer(opt)
     trainer = None if opt.no_train else Trainer(opt, net, dist, resume=resume)
+    if trainer is not None and trainer.ema is not None:
+        log.info("EMA of the weights (decay %g): validation and inference use the averaged weights", opt.ema_decay)
     val_loader = None if opt.no_val else dataset.build_val_loader(opt, dist)
     writer = _tensorboard(opt, dist, trainer)
     if trainer is not None and resume is not None:
@@ -135,10 +138,10 @@ def _run(opt: argparse.Namespace, dist: DistInfo) -> None:
     last = opt.n_epochs if trainer is not None else begin  # without training, validate once
     val_logger = run_logger(opt, dist, "val.log", ["epoch", "loss", "acc"], resume if trainer else None)
     for epoch in range(begin, last + 1):
-        metrics = trainer.train_epoch(epoch, criterion, normalizer) if trainer is not None else {}
+        metrics = trainer.train_epoch(epoch, train_criterion, normalizer) if trainer is not None else {}
         if val_loader is not None:
-            val = _validate(trainer.model if trainer else net, val_loader, criterion, normalizer, opt=opt, dist=dist,
-                            epoch=epoch, logger=val_logger)
+            val = _validate(trainer.eval_model if trainer else net, val_loader, criterion, normalizer, opt=opt,
+                            dist=dist, epoch=epoch, logger=val_logger)
             metrics.update({f"val_{k}": v for k, v in val.items()})
         if trainer is not None:
             trainer.end_epoch(epoch, metrics.get("val_loss"))
@@ -146,7 +149,7 @@ def _run(opt: argparse.Namespace, dist: DistInfo) -> None:
     if trainer is not None and dist.distributed:
         _check_ranks_in_sync(trainer.model, dist)
     if opt.inference:
-        infer_subset(opt, trainer.model if trainer else net, dist, normalizer)
+        infer_subset(opt, trainer.eval_model if trainer else net, dist, normalizer)
     if writer is not None:
         writer.close()
 
