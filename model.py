@@ -284,17 +284,21 @@ def _layout(state_dict: Mapping) -> str:
 
 def load_pretrained_model(model: nn.Module, pretrain_path: str | os.PathLike, n_finetune_classes: int) -> nn.Module:
     """Load a pretrained file strictly into ``model`` (built with the pretrain class count), then give it
-    a fresh classifier head with ``n_finetune_classes`` outputs, as the original does."""
+    a fresh classifier head with ``n_finetune_classes`` outputs, as the original does. A checkpoint trained
+    with --ema_decay gives its EMA weights (the ones its validation scored)."""
     logger.info("loading pretrained model %s", pretrain_path)
     checkpoint = load_checkpoint(pretrain_path)
     source = f"pretrained file {pretrain_path}"
-    torchvision_arch = detect_torchvision_arch(checkpoint["state_dict"])
+    state_dict, chosen = eval_state_dict(checkpoint)
+    if chosen == "ema":
+        logger.info("%s: using its EMA weights", source)
+    torchvision_arch = detect_torchvision_arch(state_dict)
     if torchvision_arch is not None:
-        _load_torchvision_weights(model, checkpoint["state_dict"], torchvision_arch, source=source)
+        _load_torchvision_weights(model, state_dict, torchvision_arch, source=source)
     else:
         load_state_dict_compat(
             model,
-            checkpoint["state_dict"],
+            state_dict,
             source=source,
             class_flag="--n_pretrain_classes",
             source_arch=checkpoint.get("arch") if isinstance(checkpoint.get("arch"), str) else None,
