@@ -309,6 +309,20 @@ def test_fine_tuning_from_a_checkpoint_starts_from_its_ema_weights(tmp_path):
     assert torch.equal(net.conv1.weight, ema["conv1.weight"]) and net.fc.out_features == 5
 
 
+def test_export_model_takes_the_ema_weights_unless_asked_for_raw(tmp_path):
+    from checkpoint import save_checkpoint
+    from util_scripts import export_model
+
+    opt = parse_opts(["--result_path", "x", "--model_depth", "10", "--resnet_widen_factor", "0.25", "--n_classes",
+                      "3"])
+    raw, ema = model_lib.generate_model(opt).state_dict(), model_lib.generate_model(opt).state_dict()
+    path = save_checkpoint(tmp_path / "save_1.pth", {"arch": opt.arch, "state_dict": raw, "ema_state_dict": ema,
+                                                     "model_kwargs": model_lib.model_kwargs_from_opts(opt)})
+    for flags, expected in (([], ema), (["--eval_weights", "raw"], raw)):
+        net, _, _ = export_model.load_model(export_model.build_parser().parse_args([str(path), *flags]))
+        assert torch.equal(net.fc.weight, expected["fc.weight"])
+
+
 def test_validation_uses_the_ema_weights(tiny_dataset, tmp_path):
     train, ema_eval, raw_eval = tmp_path / "train", tmp_path / "ema", tmp_path / "raw"
     proc = run_main([*dataset_args(tiny_dataset, train), "--n_epochs", 1, "--checkpoint", 1, "--ema_decay", 0.5])
