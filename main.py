@@ -148,9 +148,12 @@ def _run(opt: argparse.Namespace, dist: DistInfo) -> None:
     net = model_lib.model_for_run(opt, dist, resume)
     check_same_setup({"options": setup_options(opt), "model": model_fingerprint(net)}, dist)
     _check_class_count(opt, net)
-    criterion = build_criterion(opt).to(dist.device)
+    criterion = build_criterion(opt).to(dist.device)  # validation's; training's may smooth the labels
+    train_criterion = build_criterion(opt, train=True).to(dist.device)
     normalizer = dataset.build_input_normalizer(opt)
     trainer = None if opt.no_train else Trainer(opt, net, dist, resume=resume)
+    if trainer is not None and trainer.ema is not None:
+        log.info("EMA of the weights (decay %g): validation and inference use the averaged weights", opt.ema_decay)
     val_loader = None if opt.no_val else dataset.build_val_loader(opt, dist)
     check_same_setup(_data_fingerprint(opt, trainer, val_loader), dist)
     if _nothing_to_train(opt, trainer):
@@ -165,9 +168,9 @@ def _run(opt: argparse.Namespace, dist: DistInfo) -> None:
     val_logger = run_logger(opt, dist, "val.log", val_columns, resume if trainer else None)
     with trainer.stop_signals() if trainer is not None else contextlib.nullcontext():
         for epoch in range(begin, last + 1):
-            metrics = trainer.train_epoch(epoch, criterion, normalizer) if trainer is not None else {}
+            metrics = trainer.train_epoch(epoch, train_criterion, normalizer) if trainer is not None else {}
             if val_loader is not None:
-                val = _validate(trainer.model if trainer else net, val_loader, criterion, normalizer, opt=opt,
+                val = _validate(trainer.eval_model if trainer else net, val_loader, criterion, normalizer, opt=opt,
                                 dist=dist, epoch=epoch, logger=val_logger)
                 metrics.update({f"val_{k}": v for k, v in val.items()})
             if trainer is not None:
@@ -178,7 +181,7 @@ def _run(opt: argparse.Namespace, dist: DistInfo) -> None:
     if trainer is not None and dist.distributed:
         _check_ranks_in_sync(trainer.model, dist)
     if opt.inference:
-        infer_subset(opt, trainer.model if trainer else net, dist, normalizer)
+        infer_subset(opt, trainer.eval_model if trainer else net, dist, normalizer)
     if writer is not None:
         writer.close()
 

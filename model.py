@@ -18,6 +18,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from checkpoint import Resume, load_checkpoint, strip_wrapper_prefixes, unwrap_model
+from ema import EMA_KEY
 from errors import UserError
 from models import MODEL_DEPTHS, MODEL_FAMILIES, build_model
 from models.torchvision_weights import TorchvisionArch, convert_torchvision_state_dict, detect_torchvision_arch
@@ -125,19 +126,30 @@ class LoadedModel:
     arch: str
     model_kwargs: dict
     class_names: list[str] | None  # None when the file stores none
+    weights: str = "raw"  # "ema" when the EMA average was loaded
+
+
+def eval_state_dict(payload: Mapping, weights: str = "ema") -> tuple[Mapping, str]:
+    """The weights of a checkpoint to evaluate with: its EMA average when it has one and ``weights`` is 'ema',
+    else its raw ``state_dict``; and which ones ('ema' or 'raw')."""
+    if weights == "ema" and isinstance(payload.get(EMA_KEY), Mapping):
+        return payload[EMA_KEY], "ema"
+    return payload["state_dict"], "raw"
 
 
 def model_from_checkpoint(payload: Mapping, overrides: Mapping | None = None, *,
-                          source: str = "checkpoint") -> LoadedModel:
+                          source: str = "checkpoint", weights: str = "ema") -> LoadedModel:
     """Rebuild the model a checkpoint (as `load_checkpoint` returns it) holds and load its weights strictly.
 
     Checkpoints of this toolkit describe themselves (``arch`` + ``model_kwargs``). For other files (the
     original's releases, bare state_dicts) the architecture comes from ``overrides``: model flags by option
     name (``model``, ``model_depth``, ``resnet_shortcut``, ...; see MODEL_FLAGS), the ones a user gave.
     ``model``/``model_depth`` default to the file's ``arch``, ``n_classes`` to its classifier's size and
-    the rest to the flags' defaults. ``source`` names the file in error messages.
+    the rest to the flags' defaults. ``source`` names the file in error messages. ``weights`` 'ema' loads
+    the EMA average of a checkpoint trained with --ema_decay (see `eval_state_dict`), 'raw' its trained weights.
     """
-    state_dict = strip_wrapper_prefixes(payload["state_dict"])
+    state_dict, chosen = eval_state_dict(payload, weights)
+    state_dict = strip_wrapper_prefixes(state_dict)
     stored_arch = payload.get("arch") if isinstance(payload.get("arch"), str) else None
     if stored_arch and isinstance(payload.get("model_kwargs"), Mapping):
         arch, kwargs = stored_arch, dict(payload["model_kwargs"])
@@ -146,7 +158,9 @@ def model_from_checkpoint(payload: Mapping, overrides: Mapping | None = None, *,
     net = build_model_from_checkpoint_info(arch, kwargs)
     load_state_dict_compat(net, state_dict, source=source, source_arch=stored_arch)
     names = payload.get("class_names")
-    return LoadedModel(net.eval(), arch, kwargs, list(names) if names else None)
+    if chosen == "ema":
+        logger.info("%s: using its EMA weights (--eval_weights raw for the raw ones)", source)
+    return LoadedModel(net.eval(), arch, kwargs, list(names) if names else None, chosen)
 
 
 def _description_from_flags(flags: dict, stored_arch: str | None, state_dict: Mapping,
@@ -270,17 +284,21 @@ def _layout(state_dict: Mapping) -> str:
 
 def load_pretrained_model(model: nn.Module, pretrain_path: str | os.PathLike, n_finetune_classes: int) -> nn.Module:
     """Load a pretrained file strictly into ``model`` (built with the pretrain class count), then give it
-    a fresh classifier head with ``n_finetune_classes`` outputs, as the original does."""
+    a fresh classifier head with ``n_finetune_classes`` outputs, as the original does. A checkpoint trained
+    with --ema_decay gives its EMA weights (the ones its validation scored)."""
     logger.info("loading pretrained model %s", pretrain_path)
     checkpoint = load_checkpoint(pretrain_path)
     source = f"pretrained file {pretrain_path}"
-    torchvision_arch = detect_torchvision_arch(checkpoint["state_dict"])
+    state_dict, chosen = eval_state_dict(checkpoint)
+    if chosen == "ema":
+        logger.info("%s: using its EMA weights", source)
+    torchvision_arch = detect_torchvision_arch(state_dict)
     if torchvision_arch is not None:
-        _load_torchvision_weights(model, checkpoint["state_dict"], torchvision_arch, source=source)
+        _load_torchvision_weights(model, state_dict, torchvision_arch, source=source)
     else:
         load_state_dict_compat(
             model,
-            checkpoint["state_dict"],
+            state_dict,
             source=source,
             class_flag="--n_pretrain_classes",
             source_arch=checkpoint.get("arch") if isinstance(checkpoint.get("arch"), str) else None,
@@ -346,9 +364,13 @@ def model_for_run(opt: argparse.Namespace, dist, resume: Resume | None) -> nn.Mo
         if arch is not None and arch != opt.arch:
             raise UserError(f"{resume.path} holds a {arch} model but the flags ask for {opt.arch} "
                             "(check --model and --model_depth)")
-        load_state_dict_compat(net, resume.payload["state_dict"], source=f"checkpoint {resume.path}",
-                               source_arch=arch)
-        logger.info("loaded weights of epoch %d from %s", resume.epoch, resume.path)
+        # Training resumes the raw weights (the EMA has its own copy); evaluating only takes --eval_weights.
+        state_dict, chosen = resume.payload["state_dict"], "raw"
+        if opt.no_train:
+            state_dict, chosen = eval_state_dict(resume.payload, opt.eval_weights)
+        load_state_dict_compat(net, state_dict, source=f"checkpoint {resume.path}", source_arch=arch)
+        logger.info("loaded %sweights of epoch %d from %s", "EMA " if chosen == "ema" else "", resume.epoch,
+                    resume.path)
     sample = (1, opt.n_input_channels, opt.sample_duration, opt.sample_size, opt.sample_size)
     if dist.is_main:
         info = describe_model(net.eval(), sample)  # eval: a 1-clip batch can't feed train-mode BN
@@ -393,6 +415,7 @@ __all__ = [
     "MODEL_FLAGS",
     "build_model_from_checkpoint_info",
     "describe_model",
+    "eval_state_dict",
     "generate_model",
     "get_fine_tuning_parameters",
     "load_pretrained_model",

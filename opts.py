@@ -124,7 +124,15 @@ def _add_optim_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--dampening", default=0.0, type=float, help="SGD dampening (0 with --nesterov)")
     g.add_argument("--weight_decay", default=1e-3, type=float, help="Weight decay")
     g.add_argument("--nesterov", action="store_true", help="Nesterov momentum")
-    g.add_argument("--optimizer", default="sgd", type=str, choices=("sgd",), help="Optimizer (SGD only)")
+    g.add_argument("--optimizer", default="sgd", type=str, choices=("sgd", "adamw"),
+                   help="sgd (with --momentum, --dampening, --nesterov) or adamw; both use --weight_decay")
+    decay = g.add_mutually_exclusive_group()
+    decay.add_argument("--no_decay_bn_bias", action="store_const", const=True,
+                       default=argparse.SUPPRESS,
+                       help="No weight decay on BatchNorm and bias parameters (default: on for adamw, off for sgd)")
+    decay.add_argument("--decay_bn_bias", dest="no_decay_bn_bias", action="store_const", const=False,
+                       default=argparse.SUPPRESS,
+                       help="Weight decay on every parameter, BatchNorm and bias included (the default for sgd)")
     g.add_argument("--lr_scheduler", default="multistep", type=str, choices=("multistep", "plateau", "cosine"),
                    help="multistep (x0.1 at milestones), plateau (on val loss) or cosine (per epoch)")
     g.add_argument("--multistep_milestones", default=[50, 100, 150], type=int, nargs="+",
@@ -139,6 +147,30 @@ def _add_optim_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--precision", default=None, type=str, choices=("fp32", "bf16", "fp16"),
                    help="Autocast precision (default: bf16 on CUDA, fp32 on CPU)")
     g.add_argument("--compile", action="store_true", help="Compile the model with torch.compile")
+
+
+def _add_recipe_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("fine-tuning recipe (README: Fine-tuning recipe)")
+    g.add_argument("--label_smoothing", default=0.0, type=float,
+                   help="Label smoothing of the training loss (0 = plain cross-entropy; validation stays plain)")
+    g.add_argument("--mixup_alpha", default=0.0, type=float,
+                   help="Mixup: blend each clip with another of the batch, weight ~ Beta(alpha, alpha); 0 = off")
+    g.add_argument("--cutmix_alpha", default=0.0, type=float,
+                   help="CutMix: paste a box of another clip (the same box in every frame), area ~ Beta(alpha, "
+                        "alpha); 0 = off")
+    g.add_argument("--mix_prob", default=1.0, type=float, help="Chance that a clip is mixed (mixup/cutmix)")
+    g.add_argument("--mix_switch_prob", default=0.5, type=float,
+                   help="With both alphas > 0: chance that a mixed clip uses cutmix instead of mixup")
+    g.add_argument("--clip_grad_norm", default=0.0, type=float,
+                   help="Clip the gradients' total L2 norm to this before each optimiser step; 0 = off")
+    g.add_argument("--ema_decay", default=0.0, type=float,
+                   help="Keep an exponential moving average of the weights with this decay per optimiser step "
+                        "(e.g. 0.999); validation, inference and checkpoints' ema_state_dict use it; 0 = off")
+    g.add_argument("--accumulate_grad_batches", default=1, type=int,
+                   help="One optimiser step per this many batches (gradients accumulated, averaged over batches)")
+    g.add_argument("--eval_weights", default="ema", type=str, choices=("ema", "raw"),
+                   help="Weights of a checkpoint that --predict, --no_train and export_model use: its EMA "
+                        "average when it has one (ema) or the raw trained weights (raw)")
 
 
 def _add_run_args(parser: argparse.ArgumentParser) -> None:
@@ -215,8 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train, validate and run inference with 3D CNNs for video action recognition.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    for add in (_add_data_args, _add_transform_args, _add_model_args, _add_optim_args, _add_run_args,
-                _add_inference_args, _add_device_args):
+    for add in (_add_data_args, _add_transform_args, _add_model_args, _add_optim_args, _add_recipe_args,
+                _add_run_args, _add_inference_args, _add_device_args):
         add(parser)
     return parser
 
@@ -291,6 +323,7 @@ def _check(parser: argparse.ArgumentParser, opt: argparse.Namespace) -> None:
         problems.append("--sample_t_stride does not apply to --temporal_sampling segment (the segments set the gaps)")
     if opt.overwrite_milestones and opt.lr_scheduler != "multistep":
         problems.append("--overwrite_milestones only applies to --lr_scheduler multistep")
+    problems += _recipe_problems(opt)
     positive = ("n_classes", "sample_size", "sample_duration", "sample_t_stride", "batch_size", "n_epochs",
                 "n_val_samples", "checkpoint", "inference_stride", "log_interval", "value_scale", "dist_timeout")
     problems += [f"--{name} must be >= 1 (got {getattr(opt, name)})" for name in positive if getattr(opt, name) < 1]
@@ -320,6 +353,27 @@ def _optimizer_and_model_problems(opt: argparse.Namespace) -> list[str]:
     return problems
 
 
+def _recipe_problems(opt: argparse.Namespace) -> list[str]:
+    problems = []
+    if opt.optimizer != "sgd" and (opt.nesterov or opt.dampening):
+        problems.append("--nesterov and --dampening apply to --optimizer sgd only")
+    if not 0.0 <= opt.label_smoothing < 1.0:
+        problems.append(f"--label_smoothing must be in [0, 1) (got {opt.label_smoothing})")
+    if opt.mixup_alpha < 0 or opt.cutmix_alpha < 0 or opt.clip_grad_norm < 0:
+        problems.append("--mixup_alpha, --cutmix_alpha and --clip_grad_norm must be >= 0")
+    if not (0.0 <= opt.mix_prob <= 1.0 and 0.0 <= opt.mix_switch_prob <= 1.0):
+        problems.append("--mix_prob and --mix_switch_prob must be in [0, 1]")
+    if not 0.0 <= opt.ema_decay < 1.0:
+        problems.append(f"--ema_decay must be in [0, 1) (got {opt.ema_decay})")
+    if opt.accumulate_grad_batches < 1:
+        problems.append(f"--accumulate_grad_batches must be >= 1 (got {opt.accumulate_grad_batches})")
+    multi_label = opt.multi_label or opt.dataset in MULTI_LABEL_DATASETS
+    if multi_label and (opt.label_smoothing or opt.mixup_alpha or opt.cutmix_alpha):
+        problems.append("--label_smoothing, --mixup_alpha and --cutmix_alpha apply to single-label training; "
+                        "multi-label targets (--multi_label, --dataset charades) are not mixed or smoothed")
+    return problems
+
+
 def _resolve(opt: argparse.Namespace) -> None:
     resume_auto = opt.resume_path is not None and str(opt.resume_path) == RESUME_AUTO
     if opt.root_path is not None:
@@ -338,6 +392,8 @@ def _resolve(opt: argparse.Namespace) -> None:
         opt.precision = "bf16" if _cuda_wanted(opt) else "fp32"
     if opt.dataset in MULTI_LABEL_DATASETS:
         opt.multi_label = True  # Charades: several actions per video
+    if getattr(opt, "no_decay_bn_bias", None) is None:  # neither flag given
+        opt.no_decay_bn_bias = opt.optimizer == "adamw"
     opt.arch = f"{opt.model}-{opt.model_depth}"
     opt.begin_epoch = 1  # not read here; kept because the original's opts.json has it
     resolve_input(opt)

@@ -127,7 +127,7 @@ def load_predictor(opt: argparse.Namespace, payload: dict, source: Path) -> tupl
     flags = {name: getattr(opt, name) for name in model_lib.MODEL_FLAGS if name in opt.explicit_flags}
     if not payload.get("arch"):  # nothing in the file names the model: the flags' (default) one
         flags.update(model=opt.model, model_depth=opt.model_depth)
-    loaded = model_lib.model_from_checkpoint(payload, flags, source=f"checkpoint {source}")
+    loaded = model_lib.model_from_checkpoint(payload, flags, source=f"checkpoint {source}", weights=opt.eval_weights)
     names = _class_names(opt, loaded.class_names, loaded.model.get_classifier().out_features)
     return loaded.model, names
 

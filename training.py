@@ -23,9 +23,11 @@ from torch import nn
 
 import dataset
 import model as model_lib
-from checkpoint import LATEST_NAME, Resume, is_original_format, save_checkpoint, training_payload
+from checkpoint import LATEST_NAME, Resume, is_original_format, save_checkpoint, training_payload, unwrap_model
 from distributed import DistInfo, all_reduce_sum, gather_objects
+from ema import build_ema, ema_payload, restore_ema
 from errors import UserError
+from mixing import mixer_from_opts
 from opts import opts_to_plain
 from preemption import Action, Preempted, StepControl
 from utils import Logger, count_correct
@@ -88,10 +90,13 @@ class _Progress:
             self.bar.close()
 
 
-def build_criterion(opt: argparse.Namespace) -> nn.Module:
-    """The training/validation loss: cross-entropy over class indices, or with --multi_label binary
-    cross-entropy on the logits against multi-hot targets (each class an independent yes/no)."""
-    return nn.BCEWithLogitsLoss() if getattr(opt, "multi_label", False) else nn.CrossEntropyLoss()
+def build_criterion(opt: argparse.Namespace, *, train: bool = False) -> nn.Module:
+    """The loss: cross-entropy over class indices (or the soft targets of mixing), with --label_smoothing in
+    training only, so validation losses keep their meaning; with --multi_label binary cross-entropy on the
+    logits against multi-hot targets (each class an independent yes/no)."""
+    if opt.multi_label:
+        return nn.BCEWithLogitsLoss()
+    return nn.CrossEntropyLoss(label_smoothing=opt.label_smoothing if train else 0.0)
 
 
 def _check_finite(losses: list[float], *, epoch: int, first_batch: int) -> None:
@@ -109,6 +114,7 @@ class EpochProgress:
     loss_sum: float = 0.0
     correct: float = 0.0
     clips: int = 0
+    steps: int = 0  # optimiser steps taken in this epoch by this call (for the run's step count)
 
 
 def train_one_epoch(model: nn.Module, loader: Iterable, criterion: nn.Module, optimizer: torch.optim.Optimizer,
@@ -116,21 +122,27 @@ def train_one_epoch(model: nn.Module, loader: Iterable, criterion: nn.Module, op
                     precision: str = "fp32", scaler: torch.amp.GradScaler | None = None, log_interval: int = 10,
                     show_progress: bool = True, on_batches: Callable[[list[dict]], None] | None = None,
                     start: EpochProgress | None = None, control: StepControl | None = None,
-                    on_checkpoint: Callable[[EpochProgress, Action], None] | None = None) -> dict:
+                    on_checkpoint: Callable[[EpochProgress, Action], None] | None = None,
+                    mixer: Callable | None = None, clip_grad_norm: float = 0.0, ema: nn.Module | None = None,
+                    accumulate: int = 1) -> dict:
     """Train ``model`` for one pass over ``loader``.
 
     ``on_batches`` receives, every ``log_interval`` batches and at the end, the rows of the batches since
     the previous call: dicts with batch (1-based), loss, acc (this process's values). Returns a dict with
-    loss and acc (means over all clips of all ranks), lr, clips, time, clips_per_s and data_share.
+    loss and acc (means over all clips of all ranks), lr, clips, steps (optimiser steps of this call), time,
+    clips_per_s and data_share. The step itself (mixing, accumulation, clipping, EMA) is :class:`_Stepper`'s.
 
     A resumed epoch passes ``start`` (the loader then yields only the remaining batches). After every
     optimiser step ``control.poll()`` may ask for a checkpoint: the logged rows are flushed and
-    ``on_checkpoint(progress, action)`` is called (it raises to stop).
+    ``on_checkpoint(progress, action)`` is called (it raises to stop). With ``accumulate`` > 1 that happens
+    only at the end of a group, so a checkpoint never holds half-accumulated gradients.
     """
     model.train()
     lr = max(group["lr"] for group in optimizer.param_groups)
     start = start or EpochProgress()
     n_batches = start.batch + len(loader)
+    stepper = _Stepper(model, criterion, optimizer, device, precision=precision, scaler=scaler, mixer=mixer,
+                       clip_grad_norm=clip_grad_norm, ema=ema, accumulate=accumulate, n_batches=n_batches)
     progress = _Progress(n_batches, epoch=epoch, phase="train", enabled=show_progress)
     totals = torch.tensor([start.loss_sum, start.correct], dtype=torch.float64, device=device)
     pending: list[tuple[int, int, torch.Tensor, torch.Tensor]] = []
@@ -141,17 +153,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, criterion: nn.Module, op
     for i, (clips, targets) in enumerate(loader, start=start.batch + 1):
         data_time += time.perf_counter() - tick
         clips, targets = prepare_batch(clips, targets, device, normalizer)
-        with autocast(device, precision):
-            outputs = model(clips)
-            loss = criterion(outputs, targets)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
+        loss, outputs, targets = stepper.batch(i, clips, targets)
         n = targets.shape[0]
         batch_loss, correct = loss.detach().float(), count_correct(outputs.detach(), targets)
         totals += torch.stack([batch_loss.double() * n, correct.double()])
@@ -164,19 +166,77 @@ def train_one_epoch(model: nn.Module, loader: Iterable, criterion: nn.Module, op
             progress.update(i, n_batches, {"loss": loss_sum / n_clips, "acc": correct_sum / n_clips,
                                            "clips_per_s": (n_clips - start.clips) / elapsed,
                                            "data_share": data_time / elapsed})
-        action = control.poll() if control is not None else None
+        action = control.poll() if control is not None and stepper.stepped else None
         if action is not None and on_checkpoint is not None:
             _flush(pending, on_batches, epoch=epoch)  # the log holds every batch the checkpoint has
             loss_sum, correct_sum = totals.tolist()
-            on_checkpoint(EpochProgress(i, loss_sum, correct_sum, n_clips), action)
+            on_checkpoint(EpochProgress(i, loss_sum, correct_sum, n_clips, stepper.steps), action)
         tick = time.perf_counter()
     _flush(pending, on_batches, epoch=epoch)
     if control is not None:
         control.end_steps()
     progress.close()
     elapsed = time.perf_counter() - start_time
-    return _epoch_result(totals, n_clips, device, lr=lr, elapsed=elapsed, data_time=data_time,
-                         new_clips=n_clips - start.clips)
+    result = _epoch_result(totals, n_clips, device, lr=lr, elapsed=elapsed, data_time=data_time,
+                           new_clips=n_clips - start.clips)
+    return {**result, "steps": stepper.steps}
+
+
+class _Stepper:
+    """Forward, loss, backward and optimiser step of one batch, with the fine-tuning recipe's options.
+
+    ``mixer`` turns the labels into soft targets (the loss uses them; the returned targets are the dominant
+    labels, so accuracy stays meaningful). With ``accumulate`` N, batches form groups of N (the last group of
+    the epoch may be smaller) and the optimiser steps once per group: each batch's loss is divided by its
+    group's size, and DDP synchronises gradients only on the group's last batch. ``clip_grad_norm`` > 0
+    clips the gradients' total norm before the step (unscaled first under fp16); ``ema`` is updated after it.
+    """
+
+    def __init__(self, model, criterion, optimizer, device, *, precision, scaler, mixer, clip_grad_norm, ema,
+                 accumulate, n_batches):
+        self.model, self.criterion, self.optimizer, self.device = model, criterion, optimizer, device
+        self.precision, self.scaler, self.mixer, self.ema = precision, scaler, mixer, ema
+        self.clip_grad_norm, self.accumulate, self.n_batches = clip_grad_norm, max(int(accumulate), 1), n_batches
+        self.steps = 0
+        self.stepped = False  # whether the last batch ended with an optimiser step
+
+    def batch(self, i: int, clips: torch.Tensor, labels: torch.Tensor):
+        """Train on batch ``i`` (1-based); returns the (unscaled) loss, the outputs and the labels to score."""
+        group_start = (i - 1) // self.accumulate * self.accumulate + 1
+        group_size = min(self.accumulate, self.n_batches - group_start + 1)
+        last_of_group = i == group_start + group_size - 1
+        if i == group_start:
+            self.optimizer.zero_grad(set_to_none=True)
+        targets = labels
+        if self.mixer is not None:
+            clips, targets = self.mixer(clips, labels)
+            labels = targets.argmax(dim=1)  # the dominant label of each mixed clip
+        skip_sync = not last_of_group and hasattr(self.model, "no_sync")  # DDP: all-reduce on the step's batch only
+        with self.model.no_sync() if skip_sync else contextlib.nullcontext():
+            with autocast(self.device, self.precision):
+                outputs = self.model(clips)
+                loss = self.criterion(outputs, targets)
+            scaled = loss / group_size if group_size > 1 else loss
+            (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+        if last_of_group:
+            self._step()
+        self.stepped = last_of_group
+        return loss, outputs, labels
+
+    def _step(self) -> None:
+        if self.clip_grad_norm > 0:
+            if self.scaler is not None:
+                self.scaler.unscale_(self.optimizer)
+            params = [p for group in self.optimizer.param_groups for p in group["params"]]
+            torch.nn.utils.clip_grad_norm_(params, self.clip_grad_norm)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.steps += 1
+        if self.ema is not None:
+            self.ema.update_parameters(unwrap_model(self.model))
 
 
 def _flush(pending: list, on_batches: Callable | None, *, epoch: int) -> None:
@@ -231,12 +291,32 @@ def step_scheduler(scheduler, val_loss: float | None) -> None:
 
 
 def build_optimizer(net: nn.Module, opt: argparse.Namespace) -> torch.optim.Optimizer:
-    """SGD over every parameter, or over those from --ft_begin_module on when fine-tuning."""
+    """SGD or AdamW (--optimizer) over every parameter, or over those from --ft_begin_module on when fine-tuning.
+
+    --weight_decay applies to every parameter unless --no_decay_bn_bias (the default for AdamW) leaves the
+    BatchNorm and bias parameters out of it (see :func:`decay_param_groups`).
+    """
     params = (model_lib.get_fine_tuning_parameters(net, opt.ft_begin_module) if opt.pretrain_path is not None
               else list(net.parameters()))
+    if opt.no_decay_bn_bias:
+        params = decay_param_groups(net, params, opt.weight_decay)
+    if opt.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=opt.learning_rate, weight_decay=opt.weight_decay)
     return torch.optim.SGD(params, lr=opt.learning_rate, momentum=opt.momentum,
                            dampening=0.0 if opt.nesterov else opt.dampening, weight_decay=opt.weight_decay,
                            nesterov=opt.nesterov)
+
+
+def decay_param_groups(net: nn.Module, params: list[nn.Parameter], weight_decay: float) -> list[dict]:
+    """Two parameter groups of ``params``: with ``weight_decay``, and without it for the parameters of
+    BatchNorm layers and every bias (decaying those only shrinks the normalisation, it does not regularise)."""
+    exempt = set()
+    for module in net.modules():
+        for name, param in module.named_parameters(recurse=False):
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) or name == "bias":
+                exempt.add(id(param))
+    return [{"params": [p for p in params if id(p) not in exempt], "weight_decay": weight_decay},
+            {"params": [p for p in params if id(p) in exempt], "weight_decay": 0.0}]
 
 
 def run_logger(opt: argparse.Namespace, dist: DistInfo, name: str, header: list[str],
@@ -271,6 +351,9 @@ class Trainer:
     def __init__(self, opt: argparse.Namespace, net: nn.Module, dist: DistInfo, *, resume: Resume | None):
         self.opt, self.dist = opt, dist
         self.optimizer = build_optimizer(net, opt)  # before wrapping: fine-tuning freezes the bare model's stages
+        self.ema = build_ema(net, opt.ema_decay)
+        self.mixer = mixer_from_opts(opt, unwrap_model(net).get_classifier().out_features)
+        self.optimizer_steps = 0  # over the whole run; with --accumulate_grad_batches N, one per N batches
         self.model = self._wrap(net)
         self.scheduler = build_scheduler(self.optimizer, opt)
         self.scaler = torch.amp.GradScaler(dist.device.type) if opt.precision == "fp16" else None
@@ -330,6 +413,7 @@ class Trainer:
         if self.scaler is not None and "scaler" in payload:
             self.scaler.load_state_dict(payload["scaler"])
         self.start = self._mid_epoch_start(resume)
+        self._restore_recipe(resume)
         where = f" after batch {self.start.batch}" if self.start.batch else ""
         log.info("resuming training at epoch %d%s", self.begin_epoch, where)
 
@@ -355,6 +439,15 @@ class Trainer:
         loss_sum, correct, clips = mid["meters"][self.dist.rank]
         return EpochProgress(int(mid["batch"]), float(loss_sum), float(correct), int(clips))
 
+    def _restore_recipe(self, resume: Resume) -> None:
+        restore_ema(self.ema, resume.payload, source=str(resume.path))
+        self.optimizer_steps = int(resume.payload.get("optimizer_steps", 0))
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """What validation and inference use: the EMA of the weights when --ema_decay is on, else the model."""
+        return self.ema.module if self.ema is not None else self.model
+
     def train_epoch(self, epoch: int, criterion: nn.Module, normalizer) -> dict:
         start = self.start if epoch == self.begin_epoch else EpochProgress()
         if self.sampler is not None and hasattr(self.sampler, "set_epoch"):
@@ -376,9 +469,13 @@ class Trainer:
                                  scaler=self.scaler, log_interval=self.opt.log_interval,
                                  show_progress=self.dist.is_main,
                                  on_batches=log_batches if self.batch_logger is not None else None,
-                                 start=start, control=self.control, on_checkpoint=checkpoint)
-        log.info("train epoch %d: loss %.4f acc %.4f lr %g (%.1f clips/s, data wait %.0f%%)", epoch, result["loss"],
-                 result["acc"], result["lr"], result["clips_per_s"], 100 * result["data_share"])
+                                 start=start, control=self.control, on_checkpoint=checkpoint,
+                                 mixer=self.mixer, clip_grad_norm=self.opt.clip_grad_norm, ema=self.ema,
+                                 accumulate=self.opt.accumulate_grad_batches)
+        self.optimizer_steps += result["steps"]
+        log.info("train epoch %d: loss %.4f acc %.4f lr %g, %d optimiser steps (%d in all) (%.1f clips/s, "
+                 "data wait %.0f%%)", epoch, result["loss"], result["acc"], result["lr"], result["steps"],
+                 self.optimizer_steps, result["clips_per_s"], 100 * result["data_share"])
         report_data_problems(self.loader, before, phase="train", epoch=epoch, device=self.dist.device)
         if self.train_logger is not None:
             self.train_logger.log({"epoch": epoch, **result})
@@ -411,7 +508,8 @@ class Trainer:
         mid_epoch = {"batch": progress.batch, "world_size": self.dist.world_size,
                      "process_batch_size": self.loader.batch_size, "meters": meters}
         if saved is None:
-            saved = self._save(LATEST_NAME, self.payload(done_epochs, mid_epoch=mid_epoch))
+            saved = self._save(LATEST_NAME, self.payload(done_epochs, mid_epoch=mid_epoch,
+                                                          steps_in_epoch=progress.steps))
         self.control.saved()
         if action is not Action.STOP:
             return
@@ -429,7 +527,12 @@ class Trainer:
         log.info("saved %s", path)
         return path
 
-    def payload(self, epoch: int, **extra) -> dict:
+    def payload(self, epoch: int, *, steps_in_epoch: int = 0, **extra) -> dict:
+        """The checkpoint: training_payload's keys, the EMA (when on) and the optimiser steps so far."""
+        return {**self._payload_core(epoch, **extra), **ema_payload(self.ema),
+                "optimizer_steps": self.optimizer_steps + steps_in_epoch}
+
+    def _payload_core(self, epoch: int, **extra) -> dict:
         return training_payload(epoch, model=self.model, arch=self.opt.arch,
                                 model_kwargs=model_lib.model_kwargs_from_opts(self.opt), optimizer=self.optimizer,
                                 scheduler=self.scheduler, scaler=self.scaler, class_names=self.class_names,

@@ -58,3 +58,27 @@ def test_overwrite_milestones(tiny_dataset, straight_and_resumed, tmp_path):
     # The checkpoint's LR (0.001 after the epoch-2 decay) stays; the old milestone 3 no longer applies.
     assert lrs == pytest.approx([0.001, 0.001])
     assert dict(load_checkpoint(tmp_path / "save_4.pth")["scheduler"]["milestones"]) == {4: 1}
+
+
+# Every step option of the fine-tuning recipe at once; 2 batches per epoch, so each epoch ends in a partial group.
+RECIPE = ["--optimizer", "adamw", "--learning_rate", 0.001, "--weight_decay", 0.05, "--label_smoothing", 0.1,
+          "--mixup_alpha", 0.8, "--cutmix_alpha", 1.0, "--clip_grad_norm", 1.0, "--ema_decay", 0.9,
+          "--accumulate_grad_batches", 3, "--checkpoint", 2, "--manual_seed", 7, "--deterministic"]
+
+
+def test_resume_with_the_recipe_is_exact(tiny_dataset, tmp_path):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    runs = [run_main([*dataset_args(tiny_dataset, straight), "--n_epochs", 4, *RECIPE]),
+            run_main([*dataset_args(tiny_dataset, resumed), "--n_epochs", 2, *RECIPE]),
+            run_main([*dataset_args(tiny_dataset, resumed), "--n_epochs", 4, *RECIPE, "--resume_path", "auto"])]
+    for proc in runs:
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "1 optimiser steps (3 in all)" in runs[2].stdout  # epoch 3: one step per epoch, counted across the resume
+    for name in ("train.log", "val.log"):  # validation scores the EMA weights
+        for x, y in zip(log_rows(straight / name)[1:], log_rows(resumed / name)[1:], strict=True):
+            assert [float(v) for v in x] == pytest.approx([float(v) for v in y], rel=1e-5, abs=1e-7)
+    a, b = load_checkpoint(straight / "save_4.pth"), load_checkpoint(resumed / "save_4.pth")
+    assert a["optimizer_steps"] == b["optimizer_steps"] == 4 and a["ema_updates"] == b["ema_updates"] == 4
+    for field in ("state_dict", "ema_state_dict"):
+        for key, value in a[field].items():
+            torch.testing.assert_close(b[field][key], value, rtol=0, atol=1e-6, msg=f"{field} {key}")

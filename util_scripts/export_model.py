@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sample_duration", type=int, default=16, help="frames of the example clip")
     parser.add_argument("--sample_size", type=int, default=112, help="height and width of the example clip")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset version")
+    parser.add_argument("--eval_weights", default="ema", choices=("ema", "raw"),
+                        help="a checkpoint trained with --ema_decay: export its EMA average (ema) or raw weights")
     parser.add_argument("--atol", type=float, default=1e-4, help="largest accepted |exported - eager| difference")
     g = parser.add_argument_group("model (only for files without arch/model_kwargs, e.g. the original's)")
     add_architecture_args(g, from_file=True)
@@ -49,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
 def load_model(args: argparse.Namespace) -> tuple[nn.Module, str, dict]:
     """Rebuild the checkpoint's model (from its own description, else from the flags) and load its weights."""
     flags = {name: getattr(args, name) for name in MODEL_FLAGS if getattr(args, name, None) is not None}
-    loaded = model_from_checkpoint(load_checkpoint(args.checkpoint), flags, source=f"checkpoint {args.checkpoint}")
+    loaded = model_from_checkpoint(load_checkpoint(args.checkpoint), flags, source=f"checkpoint {args.checkpoint}",
+                                   weights=args.eval_weights)
     return loaded.model, loaded.arch, loaded.model_kwargs
 
 
