@@ -250,3 +250,15 @@ def training_payload(epoch: int, *, model: nn.Module, arch: str, model_kwargs: M
     if mid_epoch is not None:
         payload["mid_epoch"] = dict(mid_epoch)
     return payload
+
+
+def newest_checkpoint_note(result_path: str | os.PathLike | None) -> str:
+    """What a rerun can continue from after an interruption that saved nothing (checkpoints are atomic, so
+    whatever was being written when it came is simply absent)."""
+    folder = result_path
+    found = [p for p in (Path(folder).glob("*.pth") if folder is not None and Path(folder).is_dir() else [])
+             if p.name.startswith("save_") or p.name == LATEST_NAME]
+    if not found:
+        return "no checkpoint has been saved yet"
+    newest = max(found, key=lambda p: p.stat().st_mtime)
+    return f"nothing saved since {newest}; rerun with --resume_path auto to continue from it"

@@ -165,3 +165,25 @@ def build_inference_loader(opt, dist) -> DataLoader:
 def data_problems(loader: DataLoader) -> DataProblems:
     """The bad-data counters of a loader built here: `.counts()` -> {'missing_frames': n, ...} (cumulative)."""
     return loader.dataset.problems
+
+
+def check_data_paths(opt) -> None:
+    """--annotation_path and --video_path exist when anything reads the data."""
+    if opt.no_train and opt.no_val and not opt.inference:
+        return  # nothing reads the data
+    for flag in ("annotation_path", "video_path"):
+        if getattr(opt, flag) is None:
+            raise UserError(f"--{flag} is required to train, validate or run inference")
+    if not Path(opt.video_path).is_dir():
+        raise UserError(f"--video_path {opt.video_path} is not a directory")
+
+
+def check_class_count(opt, n_outputs: int) -> None:
+    """Labels index the model's outputs: more labels than outputs would crash mid-epoch (or assert on CUDA)."""
+    if opt.no_train and opt.no_val and not opt.inference:
+        return
+    n_labels = len(get_class_names(opt))
+    if n_labels > n_outputs:
+        flag = "--n_classes" if opt.pretrain_path is None else "--n_classes (the fine-tuning class count)"
+        raise UserError(f"{opt.annotation_path} has {n_labels} labels but the model has {n_outputs} outputs; "
+                        f"set {flag} to at least {n_labels}")

@@ -273,3 +273,28 @@ def parameters_in_sync(model: nn.Module) -> bool:
     with torch.no_grad():
         sums = torch.stack([p.detach().double().sum() for p in model.parameters()]).cpu()
     return all(torch.equal(sums, other) for other in gather_objects(sums))
+
+
+def report_rank_failure(dist: DistInfo, error: Exception) -> int:
+    """A distributed process failed: name the rank that failed first, so the others do not fail silently.
+
+    Our own failure is re-raised (with its traceback) after telling the other ranks; a consequence of
+    another rank's failure (a collective whose peer is gone or silent) is one line naming that rank.
+    """
+    peer = failed_peer()
+    if peer is not None and not peer.startswith(f"{dist.rank}:"):
+        print(f"error (rank {dist.rank}): stopping because rank {peer}", file=sys.stderr)
+        return 1
+    if is_peer_failure(error):
+        who = silent_ranks(dist.rank, dist.world_size)
+        peer = failed_peer()  # a peer that failed cleanly meanwhile names its own reason
+        if peer is not None and not peer.startswith(f"{dist.rank}:"):
+            print(f"error (rank {dist.rank}): stopping because rank {peer}", file=sys.stderr)
+        else:
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            print(f"error (rank {dist.rank}): stopping because {who} died or hangs ({reason[:200]})",
+                  file=sys.stderr)
+        return 1
+    mark_failed(dist.rank, f"{type(error).__name__}: {error}")
+    print(f"error (rank {dist.rank}): {type(error).__name__}: {error}", file=sys.stderr)
+    raise error

@@ -18,22 +18,31 @@ from torch import nn
 
 import dataset
 import model as model_lib
-from checkpoint import LATEST_NAME, find_resume
-from distributed import DistInfo, failed_peer, is_peer_failure, launch, mark_failed, parameters_in_sync, silent_ranks
+from checkpoint import LATEST_NAME, find_resume, newest_checkpoint_note
+from distributed import DistInfo, launch, mark_failed, parameters_in_sync, report_rank_failure
 from errors import UserError
 from inference import eval_view, infer_subset
 from opts import parse_opts, save_opts, share_per_process
 from preemption import Preempted
-from setup_check import check_same_setup, model_fingerprint, records_fingerprint, setup_options
+from setup_check import check_same_setup, data_fingerprint, model_fingerprint, setup_options
 from training import Trainer, build_criterion, report_data_problems, run_logger
-from utils import RUN_LOGS, Logger, move_previous_run, restore_rng_state, seed_everything
+from utils import (
+    RUN_LOGS,
+    Logger,
+    move_previous_run,
+    restore_rng_state,
+    seed_everything,
+    tensorboard_writer,
+    write_scalars,
+)
 from validation import evaluate
 
 log = logging.getLogger("main")
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    # force: a fresh handler on the current stdout (an earlier in-process call may have left one on a closed stream)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout, force=True)
     opt = None
     try:
         opt = parse_opts(argv)
@@ -46,20 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"interrupted: {_newest_checkpoint_note(opt)}", file=sys.stderr)
+        print(f"interrupted: {newest_checkpoint_note(getattr(opt, 'result_path', None))}", file=sys.stderr)
         return 130
-
-
-def _newest_checkpoint_note(opt: argparse.Namespace | None) -> str:
-    """What a rerun can continue from after an interruption that saved nothing (checkpoints are atomic, so
-    whatever was being written when it came is simply absent)."""
-    folder = getattr(opt, "result_path", None)
-    found = [p for p in (Path(folder).glob("*.pth") if folder is not None and Path(folder).is_dir() else [])
-             if p.name.startswith("save_") or p.name == LATEST_NAME]
-    if not found:
-        return "no checkpoint has been saved yet"
-    newest = max(found, key=lambda p: p.stat().st_mtime)
-    return f"nothing saved since {newest}; rerun with --resume_path auto to continue from it"
 
 
 def worker(opt: argparse.Namespace, dist: DistInfo) -> int:
@@ -79,33 +76,8 @@ def worker(opt: argparse.Namespace, dist: DistInfo) -> int:
     except Exception as e:
         if not dist.distributed:
             raise
-        return _report_rank_failure(dist, e)
+        return report_rank_failure(dist, e)
     return 0
-
-
-def _report_rank_failure(dist: DistInfo, error: Exception) -> int:
-    """A distributed process failed: name the rank that failed first, so the others do not fail silently.
-
-    Our own failure is re-raised (with its traceback) after telling the other ranks; a consequence of
-    another rank's failure (a collective whose peer is gone or silent) is one line naming that rank.
-    """
-    peer = failed_peer()
-    if peer is not None and not peer.startswith(f"{dist.rank}:"):
-        print(f"error (rank {dist.rank}): stopping because rank {peer}", file=sys.stderr)
-        return 1
-    if is_peer_failure(error):
-        who = silent_ranks(dist.rank, dist.world_size)
-        peer = failed_peer()  # a peer that failed cleanly meanwhile names its own reason
-        if peer is not None and not peer.startswith(f"{dist.rank}:"):
-            print(f"error (rank {dist.rank}): stopping because rank {peer}", file=sys.stderr)
-        else:
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            print(f"error (rank {dist.rank}): stopping because {who} died or hangs ({reason[:200]})",
-                  file=sys.stderr)
-        return 1
-    mark_failed(dist.rank, f"{type(error).__name__}: {error}")
-    print(f"error (rank {dist.rank}): {type(error).__name__}: {error}", file=sys.stderr)
-    raise error
 
 
 def _configure_logging(dist: DistInfo) -> None:
@@ -142,12 +114,12 @@ def _share_per_process(opt: argparse.Namespace, dist: DistInfo) -> None:
 
 def _run(opt: argparse.Namespace, dist: DistInfo) -> None:
     _configure_torch(opt, dist)
-    _check_data_paths(opt)
+    dataset.check_data_paths(opt)
     _share_per_process(opt, dist)
     resume = find_resume(opt.resume_path, opt.result_path)
     net = model_lib.model_for_run(opt, dist, resume)
     check_same_setup({"options": setup_options(opt), "model": model_fingerprint(net)}, dist)
-    _check_class_count(opt, net)
+    dataset.check_class_count(opt, net.get_classifier().out_features)
     criterion = build_criterion(opt).to(dist.device)  # validation's; training's may smooth the labels
     train_criterion = build_criterion(opt, train=True).to(dist.device)
     normalizer = dataset.build_input_normalizer(opt)
@@ -155,11 +127,13 @@ def _run(opt: argparse.Namespace, dist: DistInfo) -> None:
     if trainer is not None and trainer.ema is not None:
         log.info("EMA of the weights (decay %g): validation and inference use the averaged weights", opt.ema_decay)
     val_loader = None if opt.no_val else dataset.build_val_loader(opt, dist)
-    check_same_setup(_data_fingerprint(opt, trainer, val_loader), dist)
+    class_names = dataset.get_class_names(opt) if not (opt.no_train and opt.no_val) else None
+    check_same_setup(data_fingerprint(class_names, trainer and trainer.loader, val_loader), dist)
     if _nothing_to_train(opt, trainer):
         return
     _start_outputs(opt, dist, trainer)  # the run is known to start: only now is anything written
-    writer = _tensorboard(opt, dist, trainer)
+    writer = (tensorboard_writer(opt.result_path, trainer.begin_epoch if trainer is not None else 1)
+              if opt.tensorboard and dist.is_main else None)
     if trainer is not None and resume is not None:
         restore_rng_state(resume.payload.get("rng", {}))  # last, so setup draws do not shift the sequence
     begin = trainer.begin_epoch if trainer is not None else 1
@@ -175,7 +149,7 @@ def _run(opt: argparse.Namespace, dist: DistInfo) -> None:
                 metrics.update({f"val_{k}": v for k, v in val.items()})
             if trainer is not None:
                 trainer.end_epoch(epoch, metrics.get("val_loss"))
-            _write_scalars(writer, epoch, metrics)
+            write_scalars(writer, epoch, metrics)
         if trainer is not None:
             trainer.finish(last)
     if trainer is not None and dist.distributed:
@@ -222,15 +196,6 @@ def _move_previous_run(opt: argparse.Namespace, trainer: Trainer | None) -> Path
     return move_previous_run(Path(opt.result_path), [*RUN_LOGS, "opts.json", LATEST_NAME], patterns=["save_*.pth"])
 
 
-def _data_fingerprint(opt: argparse.Namespace, trainer: Trainer | None, val_loader) -> dict:
-    found = {"class names": dataset.get_class_names(opt) if not (opt.no_train and opt.no_val) else None}
-    if trainer is not None:
-        found["training records"] = records_fingerprint(trainer.loader.dataset.records)
-    if val_loader is not None:
-        found["validation records"] = records_fingerprint(val_loader.dataset.records)
-    return found
-
-
 def _validate(net: nn.Module, loader, criterion: nn.Module, normalizer, *, opt: argparse.Namespace, dist: DistInfo,
               epoch: int, logger: Logger | None) -> dict:
     before = dataset.data_problems(loader).counts()
@@ -242,47 +207,6 @@ def _validate(net: nn.Module, loader, criterion: nn.Module, normalizer, *, opt: 
     if logger is not None:
         logger.log({"epoch": epoch, "map": float("nan"), **val})  # map: multi-label runs (nan if no clip)
     return val
-
-
-def _check_data_paths(opt: argparse.Namespace) -> None:
-    if opt.no_train and opt.no_val and not opt.inference:
-        return  # nothing reads the data
-    for flag in ("annotation_path", "video_path"):
-        if getattr(opt, flag) is None:
-            raise UserError(f"--{flag} is required to train, validate or run inference")
-    if not Path(opt.video_path).is_dir():
-        raise UserError(f"--video_path {opt.video_path} is not a directory")
-
-
-def _check_class_count(opt: argparse.Namespace, net: nn.Module) -> None:
-    """Labels index the model's outputs: more labels than outputs would crash mid-epoch (or assert on CUDA)."""
-    if opt.no_train and opt.no_val and not opt.inference:
-        return
-    n_labels, n_outputs = len(dataset.get_class_names(opt)), net.get_classifier().out_features
-    if n_labels > n_outputs:
-        flag = "--n_classes" if opt.pretrain_path is None else "--n_classes (the fine-tuning class count)"
-        raise UserError(f"{opt.annotation_path} has {n_labels} labels but the model has {n_outputs} outputs; "
-                        f"set {flag} to at least {n_labels}")
-
-
-def _tensorboard(opt: argparse.Namespace, dist: DistInfo, trainer: Trainer | None):
-    if not (opt.tensorboard and dist.is_main):
-        return None
-    from torch.utils.tensorboard import SummaryWriter
-
-    purge = trainer.begin_epoch if trainer is not None and trainer.begin_epoch > 1 else None
-    return SummaryWriter(log_dir=str(opt.result_path), purge_step=purge)
-
-
-def _write_scalars(writer, epoch: int, metrics: dict) -> None:
-    if writer is None:
-        return
-    names = {"loss": "train/loss", "acc": "train/acc", "lr": "train/lr", "val_loss": "val/loss", "val_acc": "val/acc",
-             "val_map": "val/map"}
-    for key, tag in names.items():
-        if key in metrics:
-            writer.add_scalar(tag, metrics[key], epoch)
-    writer.flush()
 
 
 def _check_ranks_in_sync(net: nn.Module, dist: DistInfo) -> None:

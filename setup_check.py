@@ -42,6 +42,16 @@ def _hash(items) -> str:
     return hashlib.sha1(repr(items).encode()).hexdigest()[:12]
 
 
+def data_fingerprint(class_names: Sequence[str] | None, train_loader, val_loader) -> dict:
+    """What the ranks compare before training: class names and the records of each split they load."""
+    found = {"class names": class_names}
+    if train_loader is not None:
+        found["training records"] = records_fingerprint(train_loader.dataset.records)
+    if val_loader is not None:
+        found["validation records"] = records_fingerprint(val_loader.dataset.records)
+    return found
+
+
 def check_same_setup(found: Mapping[str, object], dist: DistInfo) -> None:
     """Raise :class:`UserError` on every rank when any rank's ``found`` differs from rank 0's."""
     if not dist.distributed:

@@ -201,3 +201,22 @@ def restore_rng_state(state: dict) -> None:
         torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def tensorboard_writer(result_path, begin_epoch: int):
+    """A TensorBoard writer in ``result_path``; a resumed run purges the events after its checkpoint."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(log_dir=str(result_path), purge_step=begin_epoch if begin_epoch > 1 else None)
+
+
+def write_scalars(writer, epoch: int, metrics: dict) -> None:
+    """An epoch's train/val metrics as TensorBoard scalars (nothing without a writer)."""
+    if writer is None:
+        return
+    names = {"loss": "train/loss", "acc": "train/acc", "lr": "train/lr", "val_loss": "val/loss", "val_acc": "val/acc",
+             "val_map": "val/map"}
+    for key, tag in names.items():
+        if key in metrics:
+            writer.add_scalar(tag, metrics[key], epoch)
+    writer.flush()
