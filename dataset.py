@@ -85,13 +85,13 @@ def build_dataset(opt, split: str, *, problems: DataProblems | None = None) -> V
     temporal = get_temporal_transform(
         split, sample_duration=opt.sample_duration, sample_t_stride=opt.sample_t_stride,
         train_t_crop=opt.train_t_crop, n_val_samples=opt.n_val_samples, inference_stride=opt.inference_stride,
-        inference_n_clips=opt.inference_n_clips, sampling=getattr(opt, "temporal_sampling", "dense"))
+        inference_n_clips=opt.inference_n_clips, sampling=opt.temporal_sampling)
     problems = problems or DataProblems(max_workers=_per_process(opt, "n_threads"))
     reader = _reader(opt)
     check_frames_fit(reader, records, opt.sample_size)
     loader = ClipLoader(reader, spatial, problems, draft=not opt.exact_decode)
     normalizer = build_input_normalizer(opt) if opt.normalize_in_workers else None
-    multi_label = getattr(opt, "multi_label", False)
+    multi_label = opt.multi_label
     target = "video_segment" if split == "inference" else "multi_hot" if multi_label else "label"
     flips = _direction_flip(opt) if split == "train" and not opt.no_hflip and not multi_label else None
     return VideoClipDataset(records, loader, temporal, target=target, normalizer=normalizer, seed=opt.manual_seed,
@@ -100,7 +100,7 @@ def build_dataset(opt, split: str, *, problems: DataProblems | None = None) -> V
 
 def n_outputs(opt) -> int:
     """Classes the model predicts (the fine-tuning head's when fine-tuning): the length of multi-hot targets."""
-    return opt.n_finetune_classes if getattr(opt, "pretrain_path", None) is not None else opt.n_classes
+    return opt.n_finetune_classes if opt.pretrain_path is not None else opt.n_classes
 
 
 def _direction_flip(opt):

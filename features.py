@@ -162,7 +162,7 @@ class FeatureTable:
         means = np.zeros((len(self.videos), dim), np.float32)
         for v, video_id in enumerate(self.videos):
             means[v] = self.means[video_id] if video_id in self.means else features[index == v].mean(axis=0)
-        from util_scripts.common import atomic_file
+        from utils import atomic_file
 
         path = Path(path)
         with atomic_file(path) as tmp, h5py.File(tmp, "w") as f:

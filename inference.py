@@ -169,7 +169,7 @@ def infer_subset(opt: argparse.Namespace, net: nn.Module, dist: DistInfo, normal
     log.info("inference on the %s subset", opt.inference_subset)
     loader = dataset.build_inference_loader(opt, dist)
     class_names = dataset.get_class_names(opt)
-    features = VideoScoreAggregator([]) if getattr(opt, "save_features", False) else None
+    features = VideoScoreAggregator([]) if opt.save_features else None
     aggregator = run_inference(eval_view(net), loader, dist.device, class_names=class_names,
                                normalizer=normalizer, precision=opt.precision, show_progress=dist.is_main,
                                log_interval=opt.log_interval, multi_label=opt.multi_label, features=features)

@@ -53,7 +53,6 @@ import argparse
 import csv
 import json
 import logging
-import os
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -72,6 +71,7 @@ from opts import RESUME_AUTO, resolve_input
 from predict_outputs import PredictOutputs, clips_per_batch_for_annotation
 from spatial_transforms import get_spatial_transform
 from temporal_transforms import get_temporal_transform
+from utils import atomic_file
 from video_predictor import PredictionListener, VideoInfo, VideoPredictor, VideoResult
 
 log = logging.getLogger(__name__)
@@ -221,16 +221,8 @@ class PredictionStore:
 
 
 def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as tmp, open(tmp, "w", newline="") as f:
+        write(f)
 
 
 def write_csv(f, results: dict) -> None:

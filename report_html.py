@@ -244,7 +244,7 @@ def _script_markup():
 
 def write_report(path: Path, entries: Sequence[VideoEntry], **kwargs) -> Path:
     """Render the page and write it atomically."""
-    from util_scripts.common import atomic_file
+    from utils import atomic_file
 
     with atomic_file(Path(path)) as tmp:
         tmp.write_text(render_report(entries, **kwargs), encoding="utf-8")

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import random
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -161,11 +163,35 @@ def move_previous_run(folder: Path, names: Sequence[str], *, patterns: Sequence[
     return target
 
 
-def new_file_mode() -> int:
-    """The permissions the umask gives a new file (``tempfile.mkstemp`` would make it private: 0600)."""
+def new_file_mode(*, folder: bool = False) -> int:
+    """The permissions the umask gives a new file or folder (``tempfile.mkstemp``/``mkdtemp`` would make it
+    private: 0600/0700)."""
     mask = os.umask(0)
     os.umask(mask)
-    return 0o666 & ~mask
+    return (0o777 if folder else 0o666) & ~mask
+
+
+PARTIAL_MARK = ".partial-"  # in the names of temporary files and folders that become outputs when complete
+
+
+@contextlib.contextmanager
+def atomic_file(final: Path) -> Iterator[Path]:
+    """Yield a hidden temporary file path next to ``final`` that is renamed to ``final`` on success (with the
+    umask's permissions; flushed to disk first), and removed on any error: ``final`` is old or complete."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{final.name}{PARTIAL_MARK}", dir=final.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.chmod(tmp, new_file_mode())
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def seed_everything(seed: int) -> None:

@@ -29,6 +29,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from datasets.layout import HDF5_FLOW_KEYS, HDF5_FRAMES_KEY, frame_name
+
 SPLITS = ("training", "validation")
 _DIRECTIONS = [(1, 0), (0, 1), (-1, 0), (0, -1), (1, 1), (-1, 1), (1, -1), (-1, -1)]
 
@@ -112,17 +114,17 @@ def write_video(path: Path, frames: list[np.ndarray], *, file_type: str, input_t
     if file_type == "jpg":
         path.mkdir(parents=True, exist_ok=True)
         for i, frame in enumerate(frames, start=1):
-            (path / f"image_{i:05d}.jpg").write_bytes(encode_jpeg(frame))
+            (path / frame_name(i)).write_bytes(encode_jpeg(frame))
         return
     import h5py
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with h5py.File(path, "w") as f:
         if input_type == "flow":  # u from the red channel, v from the green one
-            for key, ch in (("video_u", 0), ("video_v", 1)):
+            for key, ch in zip(HDF5_FLOW_KEYS, (0, 1)):
                 _vlen(f, key, [encode_jpeg(np.ascontiguousarray(fr[..., ch])) for fr in frames])
         else:
-            _vlen(f, "video", [encode_jpeg(fr) for fr in frames])
+            _vlen(f, HDF5_FRAMES_KEY, [encode_jpeg(fr) for fr in frames])
 
 
 def _vlen(f, key: str, blobs: list[bytes]) -> None:

@@ -31,13 +31,11 @@ import heapq
 import json
 import logging
 import math
-import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from utils import new_file_mode
+from utils import atomic_file
 
 logger = logging.getLogger(__name__)
 
@@ -311,11 +309,8 @@ class VideoMetaCache:
         if not self._dirty or self.cache_path is None:
             return
         try:
-            fd, tmp = tempfile.mkstemp(dir=self.cache_path.parent, prefix=".video_meta.")
-            os.fchmod(fd, new_file_mode())  # readable like any other file the run writes
-            with os.fdopen(fd, "w") as f:
-                json.dump(self._entries, f)
-            os.replace(tmp, self.cache_path)
+            with atomic_file(self.cache_path) as tmp:
+                tmp.write_text(json.dumps(self._entries))
             self._dirty = False
         except OSError as e:
             logger.info("video metadata cache not written (%s); it will be probed again next time", e)

@@ -28,11 +28,11 @@ from pathlib import Path
 
 from datasets.layout import DATASETS, FLAT_DATASETS, RAW_VIDEO_EXTENSION, has_video_extension
 from errors import UserError
+from utils import PARTIAL_MARK, atomic_file, new_file_mode  # noqa: F401 (atomic_file: the tools import it from here)
 
 logger = logging.getLogger(__name__)
 
 # Hidden prefix of half-written outputs; never mistaken for a finished video.
-PARTIAL_MARK = ".partial-"
 
 
 @dataclass(frozen=True)
@@ -206,35 +206,13 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}{PARTIAL_MARK}", dir=final.parent))
     try:
         yield tmp
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; give it normal permissions
+        os.chmod(tmp, new_file_mode(folder=True))  # mkdtemp makes it private
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-
-
-@contextlib.contextmanager
-def atomic_file(final: Path) -> Iterator[Path]:
-    """Yield a hidden temporary file path next to ``final`` that is renamed to ``final`` on success."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{final.name}{PARTIAL_MARK}", dir=final.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        yield tmp
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; give it normal permissions
-        os.replace(tmp, final)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def resolve_n_jobs(n_jobs: int) -> int:
