@@ -12,7 +12,6 @@ the same boxes; only decoding, the resampling order and where the float work hap
 
 from __future__ import annotations
 
-import random
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from datasets.annotations import VideoRecord, read_records
 from datasets.layout import SUBSET_NAMES, frame_path
 from datasets.sampling import EpochShardSampler
-from datasets.video_dataset import collate_clips, item_seed
+from datasets.video_dataset import collate_clips, draw_item
 from spatial_transforms import ClipParams, SpatialTransform, get_spatial_transform, resized_size
 from temporal_transforms import TemporalTransform, clip_segment, get_temporal_transform
 
@@ -98,10 +97,7 @@ class ReferenceClipDataset(Dataset):
         return len(self.records)
 
     def __getitem__(self, key: int | tuple[int, int]):
-        index, epoch = key if isinstance(key, tuple) else (key, 0)
-        record = self.records[index]
-        rng = random.Random(item_seed(self.seed, epoch, index))
-        clips_indices = self.temporal(record.frame_indices, rng)
+        record, rng, clips_indices = draw_item(self.records, self.temporal, self.seed, key)
         first = load_frame(frame_path(record.path, clips_indices[0][0]))
         params = self.spatial.sample(*first.size, rng)
         clips = []

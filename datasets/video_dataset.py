@@ -22,6 +22,16 @@ def item_seed(seed: int, epoch: int, index: int) -> int:
     return (seed * 1_000_003 + epoch) * 1_000_000_007 + index
 
 
+def draw_item(records: Sequence[VideoRecord], temporal, seed: int, key: int | tuple[int, int]):
+    """Item ``key`` (an index, or (index, epoch) from EpochShardSampler): its record, its own generator
+    (seeded by seed, epoch and index, so workers do not matter) and the frame indices of its clips, drawn
+    first. Every loader of clips draws in this order (the benchmarks' reference loader too)."""
+    index, epoch = key if isinstance(key, tuple) else (key, 0)
+    record = records[index]
+    rng = random.Random(item_seed(seed, epoch, index))
+    return record, rng, temporal(record.frame_indices, rng)
+
+
 class VideoClipDataset(Dataset):
     """Clips of annotated videos: temporal transform -> reader -> spatial transform -> uint8 clip.
 
@@ -73,10 +83,7 @@ class VideoClipDataset(Dataset):
         return len(self.records)
 
     def __getitem__(self, key: int | tuple[int, int]):
-        index, epoch = key if isinstance(key, tuple) else (key, 0)
-        record = self.records[index]
-        rng = random.Random(item_seed(self.seed, epoch, index))
-        clips_indices = self.temporal(record.frame_indices, rng)
+        record, rng, clips_indices = draw_item(self.records, self.temporal, self.seed, key)
         label, flip = record.label, None
         if self.direction_flip is not None and label >= 0:
             flip = self.direction_flip.draw(label, rng)

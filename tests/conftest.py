@@ -93,3 +93,35 @@ def smallest_family_model(family: str) -> torch.nn.Module:
     # k=1 keeps the wide bottleneck code path at a quarter of the eager cost.
     kwargs = {"k": 1} if family == "wideresnet" else {}
     return build_model(family, MODEL_DEPTHS[family][0], n_classes=5, **kwargs)
+
+
+def save_model_checkpoint(path: Path, net: torch.nn.Module, opt: argparse.Namespace, class_names) -> Path:
+    """``net`` saved as main.py saves it (arch, model_kwargs, class names, options), as epoch 1."""
+    import model as model_lib
+    from checkpoint import save_checkpoint
+    from opts import opts_to_plain
+
+    return save_checkpoint(path, {"epoch": 1, "arch": opt.arch, "state_dict": net.state_dict(),
+                                  "class_names": list(class_names), "options": opts_to_plain(opt),
+                                  "model_kwargs": model_lib.model_kwargs_from_opts(opt)})
+
+
+def random_model_checkpoint(folder: Path, flags: list[str], class_names) -> Path:
+    """save_1.pth in ``folder``: a model built from main.py ``flags`` with seeded random weights."""
+    import model as model_lib
+    from opts import parse_opts
+
+    opt = parse_opts([*flags, "--result_path", str(folder), "--no_cuda"])
+    torch.manual_seed(0)
+    return save_model_checkpoint(folder / "save_1.pth", model_lib.generate_model(opt), opt, class_names)
+
+
+class TinyNet(torch.nn.Module):
+    """A linear classifier of a clip's mean colour: no BatchNorm, so batch composition does not matter."""
+
+    def __init__(self, n_classes: int = 3):
+        super().__init__()
+        self.fc = torch.nn.Linear(3, n_classes)
+
+    def forward(self, x):  # (N, C, T, H, W)
+        return self.fc(x.mean(dim=(2, 3, 4)))

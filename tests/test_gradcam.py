@@ -7,10 +7,10 @@ import pytest
 import torch
 
 import model as model_lib
-from checkpoint import save_checkpoint
 from dataset import build_input_normalizer
 from datasets.video_files import probe_video
-from opts import opts_to_plain, parse_opts
+from opts import parse_opts
+from tests.conftest import save_model_checkpoint
 from training import prepare_batch
 from util_scripts import gradcam
 
@@ -96,9 +96,7 @@ def test_cli_writes_overlay_video_and_strip(trained, tmp_path, capsys):
     from tests.video_corpus import write_video
 
     net, opt, _ = trained
-    payload = {"epoch": 1, "arch": opt.arch, "state_dict": net.state_dict(), "class_names": ["red", "green"],
-               "model_kwargs": model_lib.model_kwargs_from_opts(opt), "options": opts_to_plain(opt)}
-    ckpt = save_checkpoint(tmp_path / "save_1.pth", payload)
+    ckpt = save_model_checkpoint(tmp_path / "save_1.pth", net, opt, ["red", "green"])
     rng = np.random.default_rng(2)
     frames = [f for _ in range(2) for f in synthetic_clip(0, rng)[0]][:13]
     video = write_video(tmp_path / "red <square>.mp4", [np.ascontiguousarray(np.rot90(f[:, :24])) for f in frames],
@@ -122,9 +120,7 @@ def test_bad_target_class_is_a_one_line_error(trained, tmp_path):
     from tests.video_corpus import corpus_frame, write_video
 
     net, opt, _ = trained
-    payload = {"epoch": 1, "arch": opt.arch, "state_dict": net.state_dict(), "class_names": ["red", "green"],
-               "model_kwargs": model_lib.model_kwargs_from_opts(opt), "options": opts_to_plain(opt)}
-    ckpt = save_checkpoint(tmp_path / "save_1.pth", payload)
+    ckpt = save_model_checkpoint(tmp_path / "save_1.pth", net, opt, ["red", "green"])
     video = write_video(tmp_path / "v.mp4", [corpus_frame(i) for i in range(4)])
     with pytest.raises(UserError, match="not a class"):
         gradcam.main(["--resume_path", str(ckpt), "--video", str(video), "--output", str(tmp_path),

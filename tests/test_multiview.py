@@ -13,16 +13,15 @@ from PIL import Image
 
 import dataset as D
 import model as model_lib
-from checkpoint import save_checkpoint
 from datasets.annotations import VideoRecord
 from datasets.clip_loader import ClipLoader
 from datasets.problems import DataProblems
 from datasets.readers import decode_jpeg
 from inference import VideoScoreAggregator, run_inference
-from opts import opts_to_plain, parse_opts
+from opts import parse_opts
 from spatial_transforms import SpatialTransform, get_spatial_transform, resize_center_box, three_crop_boxes
 from temporal_transforms import get_temporal_transform, uniform_clips
-from tests.conftest import run_main
+from tests.conftest import run_main, save_model_checkpoint
 from tests.datagen import make_frame_dataset
 
 MODEL = ["--model", "resnet", "--model_depth", "10", "--resnet_widen_factor", "0.125", "--sample_size", "32",
@@ -177,9 +176,7 @@ def test_clip_and_video_level_accuracy():
 
 def test_cli_multiview_inference_prints_both_accuracies(jpg_dataset, tiny_model, tmp_path):
     net, opt = tiny_model
-    ckpt = save_checkpoint(tmp_path / "save_1.pth", {
-        "epoch": 1, "arch": opt.arch, "state_dict": net.state_dict(), "class_names": jpg_dataset.class_names,
-        "model_kwargs": model_lib.model_kwargs_from_opts(opt), "options": opts_to_plain(opt)})
+    ckpt = save_model_checkpoint(tmp_path / "save_1.pth", net, opt, jpg_dataset.class_names)
     out = tmp_path / "out"
     proc = run_main([*MODEL, "--video_path", jpg_dataset.video_path, "--annotation_path", jpg_dataset.annotation_path,
                      "--result_path", out, "--resume_path", ckpt, "--no_train", "--no_val", "--inference",

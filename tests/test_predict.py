@@ -11,10 +11,7 @@ import pytest
 import torch
 
 import main
-import model as model_lib
-from checkpoint import save_checkpoint
-from opts import opts_to_plain, parse_opts
-from tests.conftest import run_main
+from tests.conftest import random_model_checkpoint, run_main
 from tests.datagen import frame_image, write_video_file
 
 CLASSES = ["walk", "run", "jump"]
@@ -31,13 +28,7 @@ def _video(path: Path, *, n_frames: int, size: tuple[int, int], fps: float) -> P
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     """A checkpoint in main.py's format (arch, model_kwargs, class_names, options), random weights."""
-    out = tmp_path_factory.mktemp("ckpt")
-    opt = parse_opts([*TRAIN_FLAGS, "--result_path", str(out), "--no_cuda"])
-    torch.manual_seed(0)
-    net = model_lib.generate_model(opt)
-    payload = {"epoch": 1, "arch": opt.arch, "state_dict": net.state_dict(), "class_names": CLASSES,
-               "model_kwargs": model_lib.model_kwargs_from_opts(opt), "options": opts_to_plain(opt)}
-    return save_checkpoint(out / "save_1.pth", payload)
+    return random_model_checkpoint(tmp_path_factory.mktemp("ckpt"), TRAIN_FLAGS, CLASSES)
 
 
 @pytest.fixture(scope="module")

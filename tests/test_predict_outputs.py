@@ -11,10 +11,10 @@ import torch
 
 import main
 import model as model_lib
-from checkpoint import save_checkpoint
 from datasets.video_files import probe_video
 from features import read_features
-from opts import opts_to_plain, parse_opts
+from opts import parse_opts
+from tests.conftest import random_model_checkpoint
 from tests.test_report_html import EXTERNAL, XSS_NAME, Page
 from tests.video_corpus import corpus_frame, write_video
 
@@ -25,13 +25,7 @@ FLAGS = ["--model", "resnet", "--model_depth", "10", "--resnet_widen_factor", "0
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("ckpt")
-    opt = parse_opts([*FLAGS, "--result_path", str(out), "--no_cuda"])
-    torch.manual_seed(0)
-    net = model_lib.generate_model(opt)
-    payload = {"epoch": 1, "arch": opt.arch, "state_dict": net.state_dict(), "class_names": CLASSES,
-               "model_kwargs": model_lib.model_kwargs_from_opts(opt), "options": opts_to_plain(opt)}
-    return save_checkpoint(out / "save_1.pth", payload)
+    return random_model_checkpoint(tmp_path_factory.mktemp("ckpt"), FLAGS, CLASSES)
 
 
 @pytest.fixture(scope="module")

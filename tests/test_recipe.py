@@ -15,19 +15,10 @@ import model as model_lib
 from checkpoint import load_checkpoint
 from mixing import ClipMixer
 from opts import parse_opts
-from tests.conftest import dataset_args, log_rows, run_main
+from tests.conftest import TinyNet, dataset_args, log_rows, run_main
 from training import build_optimizer, train_one_epoch
 
 CPU = torch.device("cpu")
-
-
-class TinyNet(nn.Module):
-    def __init__(self, n_classes: int = 3):
-        super().__init__()
-        self.fc = nn.Linear(3, n_classes)
-
-    def forward(self, x):  # (N, C, T, H, W)
-        return self.fc(x.mean(dim=(2, 3, 4)))
 
 
 def _batches(sizes, n_classes=3, seed=0):

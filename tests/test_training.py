@@ -13,18 +13,10 @@ from torch import nn
 
 from errors import UserError
 from inference import VideoScoreAggregator
+from tests.conftest import TinyNet
 from training import build_scheduler, cosine_with_warmup, step_scheduler, train_one_epoch
 from utils import AverageMeter, Logger, accuracy, capture_rng_state, restore_rng_state
 from validation import evaluate
-
-
-class TinyNet(nn.Module):
-    def __init__(self, n_classes: int = 3):
-        super().__init__()
-        self.fc = nn.Linear(3, n_classes)
-
-    def forward(self, x):  # (N, C, T, H, W)
-        return self.fc(x.mean(dim=(2, 3, 4)))
 
 
 def _batches(n_batches=4, batch=2, n_classes=3, seed=0):

@@ -14,10 +14,11 @@ separators; see each script for the extra fields it writes.
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from datasets.layout import CONVERTED_FILE_TYPES, count_frames, first_frame, video_location
@@ -184,6 +185,18 @@ def write_located_json(dst: Path, labels: list[str], database: dict, *, video_pa
 def existing_splits(splits: Iterable[tuple[Path, str]]) -> list[tuple[Path, str]]:
     """The (file, subset) pairs to read: all of them, but a testing file only when it is there (it is optional)."""
     return [(path, subset) for path, subset in splits if subset != "testing" or Path(path).is_file()]
+
+
+def annotation_tool_parser(description: str, positionals: Sequence[tuple[str, str]], *,
+                           video_type: bool = False) -> argparse.ArgumentParser:
+    """The command line of an annotation tool: path arguments (name, help) in order, and --video_type for
+    tools whose videos are converted frames."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for name, help_text in positionals:
+        parser.add_argument(name, type=Path, help=help_text)
+    if video_type:
+        add_video_type_argument(parser)
+    return parser
 
 
 def add_video_type_argument(parser) -> None:

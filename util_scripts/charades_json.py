@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from errors import UserError
-from util_scripts.annotations import make_entry, read_csv_rows, read_lines, write_located_json
+from util_scripts.annotations import annotation_tool_parser, make_entry, read_csv_rows, read_lines, write_located_json
 from util_scripts.common import run_cli
 
 CSV_SUBSETS = (("Charades_v1_train.csv", "training"), ("Charades_v1_test.csv", "validation"))
@@ -80,11 +80,10 @@ def read_subset(path: Path, subset: str, classes: dict[str, str]) -> dict[str, d
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("charades_dir", type=Path, help="folder of Charades_v1_{train,test}.csv and _classes.txt")
-    parser.add_argument("video_path", type=Path, help="folder of the videos <id>.mp4 (main.py's --video_path)")
-    parser.add_argument("dst_path", type=Path, help="output annotation JSON")
-    return parser
+    return annotation_tool_parser(__doc__, [
+        ("charades_dir", "folder of Charades_v1_{train,test}.csv and _classes.txt"),
+        ("video_path", "folder of the videos <id>.mp4 (main.py's --video_path)"),
+        ("dst_path", "output annotation JSON")])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from errors import UserError
-from util_scripts.annotations import add_video_type_argument, read_lines, write_split_json
+from util_scripts.annotations import annotation_tool_parser, read_lines, write_split_json
 from util_scripts.common import run_cli
 
 SPLIT_FILE = re.compile(r"^(?P<label>.+)_test_split(?P<split>[123])\.txt$")
@@ -49,12 +49,10 @@ def read_split_file(path: Path, label: str) -> list[tuple[str, str, str, str]]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("dir_path", type=Path, help="folder of the <class>_test_split<K>.txt files")
-    parser.add_argument("video_path", type=Path, help="root of the converted videos (<class>/<video>)")
-    parser.add_argument("dst_dir_path", type=Path, help="output FOLDER for hmdb51_K.json")
-    add_video_type_argument(parser)
-    return parser
+    return annotation_tool_parser(__doc__.splitlines()[0], [
+        ("dir_path", "folder of the <class>_test_split<K>.txt files"),
+        ("video_path", "root of the converted videos (<class>/<video>)"),
+        ("dst_dir_path", "output FOLDER for hmdb51_K.json")], video_type=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

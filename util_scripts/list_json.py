@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from errors import UserError
-from util_scripts.annotations import make_entry, read_lines, write_located_json
+from util_scripts.annotations import annotation_tool_parser, make_entry, read_lines, write_located_json
 from util_scripts.common import run_cli
 
 # first column names that mark a CSV header line
@@ -133,11 +133,10 @@ def read_class_names(path: Path) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("train_list", type=Path, help="list file of the training videos")
-    parser.add_argument("val_list", type=Path, help="list file of the validation videos")
-    parser.add_argument("root", type=Path, help="folder the list paths are relative to (main.py's --video_path)")
-    parser.add_argument("dst_path", type=Path, help="output annotation JSON")
+    parser = annotation_tool_parser(__doc__, [
+        ("train_list", "list file of the training videos"), ("val_list", "list file of the validation videos"),
+        ("root", "folder the list paths are relative to (main.py's --video_path)"),
+        ("dst_path", "output annotation JSON")])
     parser.add_argument("--class_names", type=Path, default=None,
                         help="class names, one a line: fixes the class order and lets labels be 0-based indices")
     return parser

@@ -17,7 +17,7 @@ from pathlib import Path, PurePosixPath
 
 from errors import UserError
 from util_scripts.annotations import (
-    add_video_type_argument,
+    annotation_tool_parser,
     existing_splits,
     read_lines,
     write_split_json,
@@ -51,12 +51,10 @@ def read_split(path: Path, subset: str) -> list[tuple[str, str, str | None, str]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("dir_path", type=Path, help="folder of moments_categories.txt and the split CSVs")
-    parser.add_argument("video_path", type=Path, help="root of the converted videos (<label>/<id>)")
-    parser.add_argument("dst_path", type=Path, help="output JSON file")
-    add_video_type_argument(parser)
-    return parser
+    return annotation_tool_parser(__doc__.splitlines()[0], [
+        ("dir_path", "folder of moments_categories.txt and the split CSVs"),
+        ("video_path", "root of the converted videos (<label>/<id>)"),
+        ("dst_path", "output JSON file")], video_type=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

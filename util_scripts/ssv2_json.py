@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from errors import UserError
-from util_scripts.annotations import existing_splits, make_entry, write_located_json
+from util_scripts.annotations import annotation_tool_parser, existing_splits, make_entry, write_located_json
 from util_scripts.common import run_cli
 
 PREFIX = "something-something-v2-"
@@ -75,11 +75,10 @@ def read_subset(path: Path, subset: str, known: set[str]) -> list[tuple[str, str
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("annotation_dir", type=Path, help=f"folder of the official {PREFIX}*.json files")
-    parser.add_argument("video_path", type=Path, help="folder of the videos <id>.webm (main.py's --video_path)")
-    parser.add_argument("dst_path", type=Path, help="output annotation JSON")
-    return parser
+    return annotation_tool_parser(__doc__, [
+        ("annotation_dir", f"folder of the official {PREFIX}*.json files"),
+        ("video_path", "folder of the videos <id>.webm (main.py's --video_path)"),
+        ("dst_path", "output annotation JSON")])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from errors import UserError
 from util_scripts.annotations import (
-    add_video_type_argument,
+    annotation_tool_parser,
     read_lines,
     write_split_json,
 )
@@ -49,12 +49,10 @@ def read_list(path: Path, subset: str) -> list[tuple[str, str, str, str]]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("dir_path", type=Path, help="folder of classInd.txt, trainlist0K.txt, testlist0K.txt")
-    parser.add_argument("video_path", type=Path, help="root of the converted videos (<Class>/<video>)")
-    parser.add_argument("dst_path", type=Path, help="output FOLDER for ucf101_0K.json")
-    add_video_type_argument(parser)
-    return parser
+    return annotation_tool_parser(__doc__.splitlines()[0], [
+        ("dir_path", "folder of classInd.txt, trainlist0K.txt, testlist0K.txt"),
+        ("video_path", "root of the converted videos (<Class>/<video>)"),
+        ("dst_path", "output FOLDER for ucf101_0K.json")], video_type=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
