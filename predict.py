@@ -38,9 +38,10 @@ features): `run(opt, listeners=[...])` or `VideoPredictor.predict(video, listene
   and as stored (`datasets.video_files.upright_array(av_frame)` turns it upright); `number` is the frame
   number (it jumps over frames lost to damage), `seconds` its presentation time.
 - `segment(start_s, end_s, topk, scores, features)`: a clip has been scored (crops averaged): its time
-  span in seconds, the top --output_topk labels ([{"label", "score"}]), the softmax scores (1-D tensor
-  over the classes) and, when the listener's class attribute `wants_features` is True, the input of the
-  model's classifier (1-D tensor, mean over the crops; otherwise None). Segments come in time order,
+  span in seconds, the top --output_topk labels ([{"label", "score"}]), the scores (1-D tensor over the
+  classes: softmax, or sigmoids for a multi-label model) and, when the listener's class attribute
+  `wants_features` is True, the input of the model's classifier (1-D tensor, mean over the crops; otherwise
+  None). Segments come in time order,
   after the `frame` calls of their frames (up to one inference batch later).
 - `finish_video(result: VideoResult)`: after the last segment; `result.usable`, `result.error`,
   `result.problems()`, `result.decoded_seconds`, `result.scores` (a `VideoScoreAggregator`).
@@ -78,7 +79,7 @@ log = logging.getLogger(__name__)
 
 # Clip settings a checkpoint's stored options supply unless they are given on the command line.
 CLIP_OPTIONS = ("sample_size", "sample_duration", "sample_t_stride", "inference_stride", "mean_dataset", "value_scale",
-                "no_mean_norm", "no_std_norm")
+                "no_mean_norm", "no_std_norm", "temporal_sampling", "multi_label")
 # Settings that make results comparable: a rerun only reuses results made with the same ones.
 RESULT_SETTINGS = (*CLIP_OPTIONS, "inference_n_clips", "inference_n_crops", "inference_crop", "class_names")
 CSV_HEADER = ["video", "scope", "start_s", "end_s", "rank", "label", "score", "decoded_seconds", "duration_seconds",
@@ -327,10 +328,11 @@ def build_predictor(net: nn.Module, opt: argparse.Namespace, *, class_names: Seq
                                     inference_n_crops=opt.inference_n_crops)
     temporal = get_temporal_transform("inference", sample_duration=opt.sample_duration,
                                       sample_t_stride=opt.sample_t_stride, inference_stride=opt.inference_stride,
-                                      inference_n_clips=opt.inference_n_clips)
+                                      inference_n_clips=opt.inference_n_clips, sampling=opt.temporal_sampling)
     return VideoPredictor(net, class_names=class_names, spatial=spatial, temporal=temporal,
                           batch_size=opt.inference_batch_size, device=device, normalizer=build_input_normalizer(opt),
-                          precision=opt.precision, topk=topk, threads=max(1, opt.n_threads))
+                          precision=opt.precision, topk=topk, threads=max(1, opt.n_threads),
+                          multi_label=opt.multi_label)
 
 
 def run(opt: argparse.Namespace, listeners: Sequence[PredictionListener] = ()) -> int:

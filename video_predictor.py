@@ -166,13 +166,14 @@ class VideoPredictor:
 
     def __init__(self, net: nn.Module, *, class_names: Sequence[str], spatial: SpatialTransform,
                  temporal: TemporalTransform, batch_size: int, device: torch.device, normalizer=None,
-                 precision: str = "fp32", topk: int = 5, threads: int = 1):
+                 precision: str = "fp32", topk: int = 5, threads: int = 1, multi_label: bool = False):
         self.net = net.to(device).eval()
         self.class_names = list(class_names)
         self.spatial, self.temporal = spatial, temporal
         self.batch_size = max(batch_size, spatial.n_crops)
         self.device, self.normalizer, self.precision = device, normalizer, precision
         self.topk, self.threads = topk, threads
+        self.multi_label = multi_label  # independent per-class sigmoids instead of one softmax
 
     def predict(self, video: VideoInfo, listeners: Sequence[PredictionListener] = ()) -> VideoResult:
         """Decode and score one video, telling `listeners` as it goes."""
@@ -246,7 +247,7 @@ class VideoPredictor:
         clips, _ = prepare_batch(batch, None, self.device, self.normalizer, keep_layout=True)
         with autocast(self.device, self.precision):
             outputs = self.net(clips)
-        scores = torch.softmax(outputs.float(), dim=1).cpu()
+        scores = (torch.sigmoid(outputs.float()) if self.multi_label else torch.softmax(outputs.float(), dim=1)).cpu()
         n = self.spatial.n_crops
         vid = result.video.video_id
         result.scores.update(scores, [vid] * len(scores), [_span(clip) for clip, _ in pending for _ in range(n)])

@@ -194,3 +194,26 @@ def test_options_multi_label_implied_by_charades_and_segment_stride_refused(caps
     with pytest.raises(SystemExit):
         parse_opts(["--result_path", "r", "--temporal_sampling", "segment", "--sample_t_stride", "2"])
     assert "--sample_t_stride does not apply to --temporal_sampling segment" in capsys.readouterr().err
+
+
+def test_predict_uses_a_multi_label_segment_checkpoint_as_trained(tmp_path):
+    """--predict takes --multi_label and --temporal_sampling from the checkpoint: sigmoid scores (independent
+    per class) and one clip of segment centres spanning the video."""
+    import main
+    from tests.conftest import random_model_checkpoint
+    from tests.datagen import write_video_file
+
+    flags = ["--model", "resnet", "--model_depth", "10", "--resnet_widen_factor", "0.125", "--sample_size", "32",
+             "--sample_duration", "4", "--n_classes", "3", "--multi_label", "--temporal_sampling", "segment"]
+    ckpt = random_model_checkpoint(tmp_path, flags, ["sit", "stand", "cup"])
+    video = tmp_path / "v.mp4"
+    write_video_file(video, [np.full((32, 40, 3), 10 * i, np.uint8) for i in range(20)], fps=10)
+    out = tmp_path / "out"
+    assert main.main(["--predict", str(video), "--resume_path", str(ckpt), "--result_path", str(out),
+                      "--output_topk", "0"]) == 0
+    entry = json.loads((out / "predictions.json").read_text())["results"][str(video)]
+    scores = [item["score"] for item in entry["result"]]
+    assert len(scores) == 3 and all(0 < s < 1 for s in scores)
+    assert abs(sum(scores) - 1) > 0.05  # sigmoids, not a softmax
+    [segment] = entry["segments"]  # one clip: the centres of 4 segments of the 20 frames (2, 7, 12, 17)
+    assert segment["segment"][0] == pytest.approx(0.2) and segment["segment"][1] == pytest.approx(1.8)
