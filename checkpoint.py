@@ -157,6 +157,8 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 
 LATEST_NAME = "latest.pth"  # the rolling / on-signal checkpoint next to save_{epoch}.pth
 ORIGINAL_MISSING_KEYS = ("rng", "model_kwargs", "options")  # what only this project's checkpoints hold
+EMA_KEY = "ema_state_dict"  # the weight average (--ema_decay), same keys as state_dict
+EMA_UPDATES_KEY = "ema_updates"
 
 
 @dataclass

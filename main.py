@@ -16,16 +16,18 @@ from pathlib import Path
 import torch
 from torch import nn
 
-import dataset
-import model as model_lib
 from checkpoint import LATEST_NAME, find_resume, newest_checkpoint_note
-from distributed import DistInfo, launch, mark_failed, parameters_in_sync, report_rank_failure
+from datasets import factory as dataset
+from engine.distributed import DistInfo, launch, mark_failed, parameters_in_sync, report_rank_failure
+from engine.inference import eval_view, infer_subset
+from engine.preemption import Preempted
+from engine.setup_check import check_same_setup, data_fingerprint, model_fingerprint, setup_options
+from engine.training import Trainer, build_criterion, report_data_problems, run_logger
+from engine.validation import evaluate
 from errors import UserError
-from inference import eval_view, infer_subset
+from models import factory as model_lib
 from opts import parse_opts, save_opts, share_per_process
-from preemption import Preempted
-from setup_check import check_same_setup, data_fingerprint, model_fingerprint, setup_options
-from training import Trainer, build_criterion, report_data_problems, run_logger
+from predict import runner as predict
 from utils import (
     RUN_LOGS,
     Logger,
@@ -35,7 +37,6 @@ from utils import (
     tensorboard_writer,
     write_scalars,
 )
-from validation import evaluate
 
 log = logging.getLogger("main")
 
@@ -47,7 +48,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         opt = parse_opts(argv)
         if opt.predict is not None:  # prediction on raw videos: one process, no annotation file
-            import predict
 
             return predict.run(opt)
         return launch(worker, opt)

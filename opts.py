@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 
 from datasets.layout import DATASETS, FILE_TYPES, MULTI_LABEL_DATASETS, SUBSET_NAMES
-from spatial_transforms import MEAN_STD, get_mean_std
-from temporal_transforms import TEMPORAL_SAMPLINGS
+from datasets.spatial_transforms import MEAN_STD, get_mean_std
+from datasets.temporal_transforms import TEMPORAL_SAMPLINGS
 
 # Kept in sync with models.MODEL_FAMILIES by tests/test_opts.py; a static tuple keeps `-h` free of model imports.
 MODEL_CHOICES = ("densenet", "mc3", "preresnet", "resnet", "resnet2p1d", "resnext", "wideresnet")

@@ -231,7 +231,7 @@ def restore_rng_state(state: dict) -> None:
 
 def tensorboard_writer(result_path, begin_epoch: int):
     """A TensorBoard writer in ``result_path``; a resumed run purges the events after its checkpoint."""
-    from torch.utils.tensorboard import SummaryWriter
+    from torch.utils.tensorboard import SummaryWriter  # heavy (about 1 s of imports): only with --tensorboard
 
     return SummaryWriter(log_dir=str(result_path), purge_step=begin_epoch if begin_epoch > 1 else None)
 

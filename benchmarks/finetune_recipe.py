@@ -26,9 +26,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-from util_scripts import generate_video_jpgs, make_demo_dataset, ucf101_json
-from util_scripts.common import run_cli
-
 ROOT = Path(__file__).resolve().parents[1]
 PRETRAIN_CLASSES = ("move_left", "move_up", "grow")
 FINETUNE_CLASSES = ("move_right", "move_down", "rotate_cw")
@@ -55,10 +52,20 @@ def _write_splits(folder: Path, lists: dict[str, list[str]], classes: tuple[str,
     return folder
 
 
-def _main_py(argv: list[str]) -> None:
-    proc = subprocess.run([sys.executable, "main.py", *argv], cwd=ROOT, capture_output=True, text=True)
+def _run(command: list[str]) -> None:
+    """Run a step as a user would type it (``main.py ...`` or ``-m util_scripts.NAME ...``) from the repository."""
+    proc = subprocess.run([sys.executable, *command], cwd=ROOT, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(proc.stdout[-2000:] + proc.stderr[-2000:])
+
+
+def _main_py(argv: list[str]) -> None:
+    _run(["main.py", *argv])
+
+
+def _split_lists(splits: Path) -> dict[str, list[str]]:
+    """The rows of the demo dataset's trainlist01/testlist01 files."""
+    return {subset: (splits / f"{subset}list01.txt").read_text().split("\n")[:-1] for subset in ("train", "test")}
 
 
 def _val_accs(result: Path) -> list[float]:
@@ -84,14 +91,15 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=1)
     args = p.parse_args(argv)
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="finetune_recipe_"))
-    lists = make_demo_dataset.make_dataset(work, n_train=args.n_pretrain_per_class, n_test=10, width=96, height=72,
-                                           n_frames=24, seed=args.seed)
-    generate_video_jpgs.main([str(work / "videos"), str(work / "jpg"), "ucf101", "--size", "48"])
+    _run(["-m", "util_scripts.make_demo_dataset", str(work), "--n_train_per_class", str(args.n_pretrain_per_class),
+          "--n_test_per_class", "10", "--size", "96x72", "--n_frames", "24", "--seed", str(args.seed)])
+    lists = _split_lists(work / "splits")
+    _run(["-m", "util_scripts.generate_video_jpgs", str(work / "videos"), str(work / "jpg"), "ucf101", "--size", "48"])
     tasks = {"pretrain": (PRETRAIN_CLASSES, args.n_pretrain_per_class),
              "finetune": (FINETUNE_CLASSES, args.n_finetune_per_class)}
     for task, (classes, n_train) in tasks.items():
-        ucf101_json.main([str(_write_splits(work / f"{task}_splits", lists, classes, n_train)), str(work / "jpg"),
-                          str(work / task)])
+        _run(["-m", "util_scripts.ucf101_json", str(_write_splits(work / f"{task}_splits", lists, classes, n_train)),
+              str(work / "jpg"), str(work / task)])
     data = ["--video_path", str(work / "jpg"), "--manual_seed", str(args.seed)]
     pre = work / "results_pretrain"
     _main_py([*data, "--annotation_path", str(work / "pretrain" / "ucf101_01.json"), "--result_path", str(pre),
@@ -113,4 +121,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    sys.exit(main())

@@ -18,7 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from datasets.factory import seed_worker
 from datasets.readers import jpeg_size
+from datasets.sampling import EpochShardSampler
 from datasets.video_dataset import VideoClipDataset, item_seed
 
 
@@ -98,9 +100,6 @@ def decode_batch(batch: list, device: torch.device) -> tuple[torch.Tensor, torch
 
 def build_encoded_loader(fast_loader: DataLoader, *, workers: int, seed: int) -> DataLoader:
     """A loader of encoded items over the same dataset and sampler settings as `fast_loader`."""
-    from dataset import seed_worker
-    from datasets.sampling import EpochShardSampler
-
     ds = EncodedClipDataset(fast_loader.dataset)
     return DataLoader(ds, batch_size=fast_loader.batch_size, num_workers=workers,
                       sampler=EpochShardSampler(len(ds), shuffle=True, seed=seed), collate_fn=collate_encoded,

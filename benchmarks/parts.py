@@ -17,13 +17,14 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-import dataset
-import model as model_lib
 from benchmarks.data import BatchStream, close_loader, time_loader
+from benchmarks.gpu_decode import build_encoded_loader, decode_batch
 from benchmarks.reference_loader import build_reference_loader
-from distributed import DistInfo
-from inference import run_inference
-from training import train_one_epoch
+from datasets import factory as dataset
+from engine.distributed import DistInfo
+from engine.inference import run_inference
+from engine.training import train_one_epoch
+from models import factory as model_lib
 
 
 @dataclass
@@ -124,8 +125,6 @@ def loader_only(opt, device: torch.device, *, fast: bool, warmup: int, steps: in
 
 def loader_gpu_decode(opt, device: torch.device, *, warmup: int, steps: int, repeats: int) -> PartResult:
     """Workers fetch bytes only; nvjpeg decodes, the GPU crops/resizes (CUDA + torchvision only)."""
-    from benchmarks.gpu_decode import build_encoded_loader, decode_batch
-
     base = dataset.build_train_loader(opt, DistInfo(device=device))[0]
     loader = build_encoded_loader(base, workers=opt.n_threads, seed=opt.manual_seed)
     rates = time_loader(loader, batch_size=opt.batch_size, warmup=warmup, steps=steps, repeats=repeats,

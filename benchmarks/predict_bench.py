@@ -14,7 +14,14 @@ import sys
 import time
 from pathlib import Path
 
+import av
 import numpy as np
+import torch
+
+import main
+from checkpoint import save_checkpoint
+from models import factory as model_lib
+from opts import opts_to_plain, parse_opts
 
 SIZES = {"1080p": (1920, 1080), "4k": (3840, 2160)}
 FPS = 25
@@ -22,8 +29,6 @@ FPS = 25
 
 def write_video(path: Path, seconds: float, size: tuple[int, int]) -> Path:
     """A synthetic H.264 video (PyAV, yuv420p): a gradient with a moving block, written once and cached."""
-    import av
-
     if path.is_file():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -48,12 +53,6 @@ def write_video(path: Path, seconds: float, size: tuple[int, int]) -> Path:
 
 def write_checkpoint(path: Path, args) -> Path:
     """A checkpoint of the benchmark's model (random weights, 5 classes) in main.py's format."""
-    import torch
-
-    import model as model_lib
-    from checkpoint import save_checkpoint
-    from opts import opts_to_plain, parse_opts
-
     opt = parse_opts(["--model", args.model, "--model_depth", str(args.model_depth), "--sample_size",
                       str(args.sample_size), "--sample_duration", str(args.sample_duration), "--inference_stride",
                       str(args.sample_duration), "--n_classes", "5", "--result_path", str(path.parent), "--no_cuda"])
@@ -94,8 +93,6 @@ def predict_part(args, data_dir: Path) -> dict:
 
 
 def _child(argv: list[str]) -> int:
-    import main
-
     start = time.perf_counter()
     code = main.main(argv)
     elapsed = time.perf_counter() - start

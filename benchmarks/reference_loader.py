@@ -21,11 +21,12 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from datasets.annotations import VideoRecord, read_records
+from datasets.factory import seed_worker
 from datasets.layout import SUBSET_NAMES, frame_path
 from datasets.sampling import EpochShardSampler
+from datasets.spatial_transforms import ClipParams, SpatialTransform, get_spatial_transform, resized_size
+from datasets.temporal_transforms import TemporalTransform, clip_segment, get_temporal_transform
 from datasets.video_dataset import collate_clips, draw_item
-from spatial_transforms import ClipParams, SpatialTransform, get_spatial_transform, resized_size
-from temporal_transforms import TemporalTransform, clip_segment, get_temporal_transform
 
 
 def load_frame(path: Path) -> Image.Image:
@@ -132,8 +133,6 @@ def build_reference_dataset(opt, split: str) -> ReferenceClipDataset:
 def build_reference_loader(opt, split: str, *, pin_memory: bool = False) -> DataLoader:
     """DataLoader over `build_reference_dataset` with opt.n_threads workers (persistent, as the fast loader,
     so that a benchmark compares per-clip work rather than worker start-up)."""
-    from dataset import seed_worker  # the same one-thread-per-worker hygiene as the fast loader
-
     ds = build_reference_dataset(opt, split)
     sampler = EpochShardSampler(len(ds), shuffle=split == "train", seed=opt.manual_seed)
     batch = opt.batch_size if split == "train" else (opt.inference_batch_size or opt.batch_size)

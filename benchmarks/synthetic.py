@@ -26,6 +26,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import av
+import h5py
 import numpy as np
 from PIL import Image
 
@@ -91,8 +93,6 @@ def decode_frame_number(frame: np.ndarray) -> int:
 
 def write_video_file(path: Path, frames: list[np.ndarray], *, fps: float = 10.0, codec: str = "libx264") -> None:
     """Encode frames (H, W, 3) uint8 into a real compressed video file with PyAV (even sizes for yuv420p)."""
-    import av
-
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), "w") as container:
         stream = container.add_stream(codec, rate=int(fps))
@@ -116,7 +116,6 @@ def write_video(path: Path, frames: list[np.ndarray], *, file_type: str, input_t
         for i, frame in enumerate(frames, start=1):
             (path / frame_name(i)).write_bytes(encode_jpeg(frame))
         return
-    import h5py
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with h5py.File(path, "w") as f:
@@ -128,8 +127,6 @@ def write_video(path: Path, frames: list[np.ndarray], *, file_type: str, input_t
 
 
 def _vlen(f, key: str, blobs: list[bytes]) -> None:
-    import h5py
-
     ds = f.create_dataset(key, (len(blobs),), dtype=h5py.vlen_dtype(np.dtype("uint8")))
     for i, b in enumerate(blobs):
         ds[i] = np.frombuffer(b, np.uint8)

@@ -44,6 +44,7 @@ from datasets.layout import (
     first_frame,
     video_location,
 )
+from datasets.video_files import VideoMetaCache
 from errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -141,8 +142,6 @@ class _Locator:
         self.cache = None
         self.finder = None
         if file_type == "video":
-            from datasets.video_files import VideoMetaCache
-
             self.cache = VideoMetaCache(VideoMetaCache.path_for(annotation_path))
             self.finder = VideoFileFinder()
 

@@ -15,8 +15,9 @@ from PIL import Image
 
 from datasets.annotations import VideoRecord
 from datasets.problems import DataProblems
-from datasets.readers import ReadError, decode_frame, frame_size
-from spatial_transforms import ClipParams, SpatialTransform, flip_clip, transform_frame
+from datasets.readers import decode_frame, frame_size
+from datasets.spatial_transforms import ClipParams, SpatialTransform, flip_clip, transform_frame
+from errors import ReadError
 
 DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 DRAFT_MIN_FACTOR = 2  # only decode smaller when at least a 2x DCT downscale is possible

@@ -20,6 +20,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import h5py
+
 from errors import UserError
 
 DATASETS = ("kinetics", "activitynet", "ucf101", "hmdb51", "mit", "ssv2", "charades")
@@ -79,8 +81,6 @@ def count_frames(path: Path | str, file_type: str) -> int:
     """
     path = Path(path)
     if file_type == "hdf5":
-        import h5py  # only hdf5 users need it
-
         try:
             with h5py.File(path, "r") as f:
                 key = HDF5_FRAMES_KEY if HDF5_FRAMES_KEY in f else HDF5_FLOW_KEYS[0]

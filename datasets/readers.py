@@ -16,10 +16,12 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+import h5py
 from PIL import Image
 
 from datasets.layout import HDF5_FLOW_KEYS, HDF5_FRAMES_KEY, frame_path
-from errors import UserError
+from datasets.video_files import displayed_size, upright_image
+from errors import ReadError, UserError
 
 try:  # libjpeg-turbo with DCT-domain downscaling; optional
     import simplejpeg
@@ -29,10 +31,6 @@ except ImportError:  # pragma: no cover - depends on the environment
 logger = logging.getLogger(__name__)
 
 Encoded = bytes | tuple[bytes, bytes]
-
-
-class ReadError(Exception):
-    """The whole video could not be opened (e.g. a truncated HDF5 file)."""
 
 
 class JpegDirReader:
@@ -57,8 +55,6 @@ class Hdf5Reader:
     keys: tuple[str, ...] = (HDF5_FRAMES_KEY,)
 
     def fetch(self, path: Path, indices: Sequence[int]) -> list[Encoded | None]:
-        import h5py  # imported lazily so jpg-only runs do not need it at import time
-
         try:
             with h5py.File(path, "r") as f:
                 datasets = [f[k] for k in self.keys]
@@ -118,7 +114,6 @@ def frame_size(data) -> tuple[int, int]:
     """(width, height) of an encoded JPEG or an already decoded video frame (as displayed: rotation applied)."""
     if isinstance(data, bytes):
         return jpeg_size(data)
-    from datasets.video_files import displayed_size
 
     return displayed_size(data)
 
@@ -127,7 +122,6 @@ def decode_frame(data, *, gray: bool = False, min_size: tuple[int, int] | None =
     """JPEG bytes or a PyAV video frame (turned upright) -> PIL image of at least `min_size` (aspect kept)."""
     if isinstance(data, bytes):
         return decode_jpeg(data, gray=gray, min_size=min_size)
-    from datasets.video_files import upright_image
 
     return upright_image(data, min_size)  # a video frame: upright, downscaled by swscale
 

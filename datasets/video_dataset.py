@@ -10,9 +10,9 @@ from torch.utils.data import Dataset
 
 from datasets.annotations import VideoRecord
 from datasets.clip_loader import ClipLoader
+from datasets.spatial_transforms import ClipNormalizer
 from datasets.targets import DirectionFlip, multi_hot, record_actions
-from spatial_transforms import ClipNormalizer
-from temporal_transforms import TemporalTransform, clip_segment
+from datasets.temporal_transforms import TemporalTransform, clip_segment
 
 TARGETS = ("label", "multi_hot", "video_segment")
 

@@ -35,6 +35,11 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import av
+import numpy as np
+from PIL import Image
+
+from errors import ReadError
 from utils import atomic_file
 
 logger = logging.getLogger(__name__)
@@ -156,8 +161,6 @@ def holds_frame(packet) -> bool:
 
 def demux_packets(container, stream) -> Iterator:
     """The stream's packets; a demuxer error skips ahead (the demuxer resyncs) instead of ending the file."""
-    import av
-
     errors = 0
     while errors < MAX_DEMUX_ERRORS:
         try:
@@ -190,8 +193,6 @@ class DecodeCounts:
 
 def decode_packet(packet, counts: DecodeCounts | None = None) -> list:
     """The frames of one packet ([] when it fails to decode: only that packet's frames are lost)."""
-    import av
-
     try:
         frames = packet.decode()
     except av.error.FFmpegError:
@@ -232,8 +233,6 @@ def probe_video(path: Path) -> VideoMeta:
 
     Raises NoVideoStream, or av.error.FFmpegError / OSError when the file cannot be opened.
     """
-    import av
-
     with av.open(str(path)) as container:
         stream = video_stream(container, path)
         stream.codec_context.thread_count = 1
@@ -328,8 +327,6 @@ def upright_array(frame, size: tuple[int, int] | None = None, *, rotation: int |
     Scaling happens in swscale together with the YUV -> RGB conversion, on the stored picture; the turn
     (display matrix; `rotation` overrides the frame's own) is applied last.
     """
-    import numpy as np
-
     rotation = normalized_rotation(frame.rotation if rotation is None else rotation)
     if size is None:
         arr = frame.to_ndarray(format="rgb24")
@@ -341,8 +338,6 @@ def upright_array(frame, size: tuple[int, int] | None = None, *, rotation: int |
 
 def upright_image(frame, min_size: tuple[int, int] | None = None, *, rotation: int | None = None):
     """PIL RGB image of an av.VideoFrame as displayed, at least `min_size` (width, height), aspect ratio kept."""
-    from PIL import Image
-
     size = None
     if min_size is not None:
         width, height = displayed_size(frame, rotation)
@@ -356,8 +351,6 @@ def stream_frames(path: Path, meta: VideoMeta | None = None, *,
     """Every decodable frame of a video in one sequential pass: (frame number, seconds, av.VideoFrame), in
     presentation order. Numbers follow the module's rule, so they match `VideoFileReader.fetch`; frames lost
     to damage are skipped (numbers then jump). `meta`: the video's probe result (probed when None)."""
-    import av
-
     meta = meta or probe_video(path)
     with av.open(str(path)) as container:
         stream = video_stream(container)
@@ -398,10 +391,6 @@ class VideoFileReader:
         self.meta_cache = meta_cache if meta_cache is not None else VideoMetaCache(None)
 
     def fetch(self, path: Path, indices: Sequence[int]):
-        import av
-
-        from datasets.readers import ReadError
-
         try:
             meta = self.meta_cache.probe(path)
             container = av.open(str(path))
@@ -419,8 +408,6 @@ class VideoFileReader:
 def _decode_run(container, stream, meta: VideoMeta, run: list[int], *, seek: bool) -> dict[int, object]:
     """Seek to the keyframe before run[0] (unless decoding from the start is as cheap), then decode forward
     until run[-1]; frames are identified by their pts."""
-    import av
-
     if seek:
         # A few frames early: some demuxers (AVI) seek by decoding timestamp, which runs ahead of the pts.
         target = meta.frame_pts(run[0] - SEEK_MARGIN_FRAMES)
@@ -456,8 +443,6 @@ def announced_duration(container, stream) -> float:
 
 def announced_seconds(path: Path) -> float:
     """`announced_duration` of a file's video stream (0.0 when unknown or the file cannot be opened)."""
-    import av
-
     try:
         with av.open(str(path)) as container:
             return announced_duration(container, video_stream(container))
@@ -495,8 +480,6 @@ def scan_video(path: Path, *, threads: int = 1) -> VideoScan:
 
     `threads`: decoder threads (0: as many as FFmpeg likes; 1 when one process per core runs).
     """
-    import av
-
     scan = VideoScan(str(path))
     try:
         with av.open(str(path)) as container:

@@ -17,6 +17,10 @@ import numpy as np
 import pytest
 import torch
 
+from checkpoint import save_checkpoint
+from models import MODEL_DEPTHS, build_model
+from models import factory as model_lib
+from opts import opts_to_plain, parse_opts
 from tests.datagen import decode_frame_number, make_frame_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,8 +64,6 @@ def free_port() -> int:
 
 def make_opt(ds, **overrides) -> argparse.Namespace:
     """Full options from the real parser (every field present), with small-clip, no-worker test values on top."""
-    from opts import parse_opts
-
     opt = vars(parse_opts(["--result_path", str(ds.video_path.parent / "results"), "--no_cuda"]))
     opt.update(video_path=ds.video_path, annotation_path=ds.annotation_path, dataset="kinetics", file_type="jpg",
                input_type="rgb", sample_size=16, sample_duration=4, sample_t_stride=1, train_crop="center",
@@ -87,8 +89,6 @@ def family_clip(family: str, batch: int = 2) -> torch.Tensor:
 
 def smallest_family_model(family: str) -> torch.nn.Module:
     """The smallest model of a family, 5 classes, seeded."""
-    from models import MODEL_DEPTHS, build_model
-
     torch.manual_seed(0)
     # k=1 keeps the wide bottleneck code path at a quarter of the eager cost.
     kwargs = {"k": 1} if family == "wideresnet" else {}
@@ -97,10 +97,6 @@ def smallest_family_model(family: str) -> torch.nn.Module:
 
 def save_model_checkpoint(path: Path, net: torch.nn.Module, opt: argparse.Namespace, class_names) -> Path:
     """``net`` saved as main.py saves it (arch, model_kwargs, class names, options), as epoch 1."""
-    import model as model_lib
-    from checkpoint import save_checkpoint
-    from opts import opts_to_plain
-
     return save_checkpoint(path, {"epoch": 1, "arch": opt.arch, "state_dict": net.state_dict(),
                                   "class_names": list(class_names), "options": opts_to_plain(opt),
                                   "model_kwargs": model_lib.model_kwargs_from_opts(opt)})
@@ -108,9 +104,6 @@ def save_model_checkpoint(path: Path, net: torch.nn.Module, opt: argparse.Namesp
 
 def random_model_checkpoint(folder: Path, flags: list[str], class_names) -> Path:
     """save_1.pth in ``folder``: a model built from main.py ``flags`` with seeded random weights."""
-    import model as model_lib
-    from opts import parse_opts
-
     opt = parse_opts([*flags, "--result_path", str(folder), "--no_cuda"])
     torch.manual_seed(0)
     return save_model_checkpoint(folder / "save_1.pth", model_lib.generate_model(opt), opt, class_names)

@@ -10,10 +10,11 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 import main
-import model as model_lib
 from checkpoint import save_checkpoint
+from models import factory as model_lib
 from tests.datagen import make_frame_dataset
 
 TINY = ["--model", "resnet", "--model_depth", "10", "--resnet_widen_factor", "0.125", "--sample_size", "16",
@@ -58,8 +59,6 @@ def _write(tmp: Path, name: str, data: bytes) -> Path:
 
 
 def _torch_file(tmp: Path, name: str, obj) -> Path:
-    import torch
-
     torch.save(obj, tmp / name)
     return tmp / name
 

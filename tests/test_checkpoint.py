@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 
@@ -9,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from checkpoint import load_checkpoint, save_checkpoint, strip_wrapper_prefixes, unwrap_model
+from checkpoint import find_resume, load_checkpoint, save_checkpoint, strip_wrapper_prefixes, unwrap_model
 from errors import UserError
 
 
@@ -119,8 +120,6 @@ def test_unwrap_model_sees_through_wrappers():
 
 
 def test_disk_full_is_one_line_and_keeps_the_previous_file(tmp_path, monkeypatch):
-    import errno
-
     path = tmp_path / "save_1.pth"
     save_checkpoint(path, {"epoch": 1, "state_dict": small_state()})
     before = path.read_bytes()
@@ -172,8 +171,6 @@ def test_checkpoints_get_the_umask_permissions(tmp_path):
 
 
 def test_auto_resume_takes_the_checkpoint_furthest_on(tmp_path):
-    from checkpoint import find_resume
-
     save_checkpoint(tmp_path / "save_2.pth", {"epoch": 2, "state_dict": small_state()})
     save_checkpoint(tmp_path / "latest.pth", {"epoch": 2, "state_dict": small_state(), "mid_epoch": {"batch": 3}})
     found = find_resume("auto", tmp_path)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import main
-import model as model_lib
+from models import factory as model_lib
 from tests.conftest import ROOT
 from tests.datagen import make_frame_dataset
 

@@ -9,24 +9,30 @@ benchmarks/gpu_check.sh runs them there). Data and runs are tiny, as in the CPU 
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as tdist
 from torch import nn
 
-import dataset
+import main
+from benchmarks.data import SyntheticSpec, make_synthetic_dataset
+from benchmarks.gpu_decode import EncodedClipDataset, decode_batch, nvjpeg_available
 from checkpoint import load_checkpoint
-from distributed import DistInfo
+from datasets import factory as dataset
+from engine.distributed import DistInfo
+from engine.forward import prepare_batch
 from models import MODEL_DEPTHS, build_model
 from opts import parse_opts
 from tests.conftest import dataset_args, log_rows, run_main
 from tests.conftest import family_clip as _clip
 from tests.conftest import smallest_family_model as _model
 from tests.datagen import frame_image, write_video_file
-from training import prepare_batch
+from util_scripts import export_model
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -78,7 +84,6 @@ def test_train_validate_infer_with_cuda_defaults(cuda_run):
 
 
 def test_model_is_channels_last_on_cuda(tiny_dataset, tmp_path):  # noqa: F811
-    import main
 
     opt = parse_opts([str(a) for a in cuda_args(tiny_dataset, tmp_path)])
     net = main._build_model(opt, None, DistInfo(device=DEVICE))
@@ -104,8 +109,6 @@ def test_cuda_logits_match_cpu_fp32(family, no_tf32):
 
 @pytest.fixture(scope="module")
 def photo_frames(tmp_path_factory) -> tuple[Path, Path]:
-    from benchmarks.data import SyntheticSpec, make_synthetic_dataset
-
     spec = SyntheticSpec(n_classes=2, train_per_class=2, val_per_class=1, n_frames=8)  # 320x240 JPEGs
     return make_synthetic_dataset(tmp_path_factory.mktemp("photo"), spec)
 
@@ -118,8 +121,6 @@ def _photo_opts(photo_frames, tmp_path: Path, *extra: str):
 
 
 def test_gpu_decode_matches_cpu_decode(photo_frames, tmp_path):
-    from benchmarks.gpu_decode import EncodedClipDataset, decode_batch, nvjpeg_available
-
     if not nvjpeg_available(DEVICE):
         pytest.skip("torchvision.io (nvjpeg) is not available")
     cpu_ds = dataset.build_dataset(_photo_opts(photo_frames, tmp_path, "--exact_decode"), "train")
@@ -187,10 +188,6 @@ def test_predict_from_a_cuda_run_matches_cpu(cuda_run, tmp_path):
 
 
 def test_export_a_cuda_run(cuda_run, tmp_path):
-    import importlib.util
-
-    from util_scripts import export_model
-
     formats = ["torchscript"] + (["onnx"] if all(importlib.util.find_spec(m) for m in ("onnx", "onnxruntime"))
                                  else [])
     args = export_model.build_parser().parse_args([str(cuda_run / "save_1.pth"), "--output_dir", str(tmp_path),
@@ -213,8 +210,6 @@ def test_batchnorm_sync_under_torchrun_one_process(tiny_dataset, tmp_path):  # n
 
 
 def test_sync_batchnorm_in_a_one_process_nccl_group(tmp_path, no_tf32):
-    import torch.distributed as tdist
-
     backend = "nccl" if DEVICE.type == "cuda" else "gloo"
     tdist.init_process_group(backend, init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     try:

@@ -7,8 +7,10 @@ import subprocess
 import sys
 
 import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from checkpoint import load_checkpoint
+from models import factory as model_lib
 from tests.conftest import ROOT, dataset_args, log_rows, run_main
 from tests.datagen import make_frame_dataset
 
@@ -46,8 +48,6 @@ def test_checkpoint_is_self_describing(trained):
     assert ckpt["model_kwargs"]["n_classes"] == 2 and ckpt["options"]["result_path"] == str(out)
     # The scheduler was stepped before saving: the stored LR is the one of epoch 3.
     assert ckpt["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.001)
-    import model as model_lib
-
     rebuilt = model_lib.build_model_from_checkpoint_info(ckpt["arch"], ckpt["model_kwargs"])
     rebuilt.load_state_dict(ckpt["state_dict"])
 
@@ -69,8 +69,6 @@ def test_inference_json_schema_and_eval_accuracy(trained, tiny_dataset):
 
 
 def test_tensorboard_scalars_are_named_and_valued_correctly(trained):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
     out, _ = trained
     events = EventAccumulator(str(out))
     events.Reload()

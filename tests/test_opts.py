@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 import opts
-from opts import build_parser, parse_opts, save_opts
+from models import MODEL_FAMILIES
+from opts import build_parser, parse_opts, save_opts, share_per_process
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = Path(__file__).resolve().parents[2] / "shared" / "reference" / "original-spec.md"  # beside the clone
@@ -67,8 +68,6 @@ def test_original_defaults_and_types():
 
 
 def test_model_choices_match_registry():
-    from models import MODEL_FAMILIES
-
     assert tuple(sorted(MODEL_FAMILIES)) == opts.MODEL_CHOICES
 
 
@@ -141,8 +140,6 @@ def test_explicit_flags_name_only_what_the_command_line_gave():
 
 
 def test_per_process_share_stays_out_of_opts_json(tmp_path):
-    from opts import share_per_process
-
     opt = parse_opts(["--result_path", str(tmp_path), "--batch_size", "10", "--n_threads", "5"])
     share_per_process(opt, world_size=4, local_world_size=2)
     assert (opt.batch_size, opt.process_batch_size, opt.n_threads, opt.process_n_threads) == (10, 2, 5, 3)

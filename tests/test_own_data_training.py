@@ -10,9 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from datasets.annotations import read_records
 from tests.conftest import TINY, log_rows, run_main
 from tests.datagen import write_video_file
 from tests.support import run_tool
+from util_scripts.eval_accuracy import evaluate_map
 
 SMALL = [*TINY, "--sample_duration", "4", "--n_epochs", "1", "--checkpoint", "1"]
 
@@ -111,15 +113,12 @@ def test_eval_accuracy_map_of_charades_results(charades_run):
     assert proc.returncode == 0, proc.stderr
     assert "over 3 of 4 classes; classes without a positive video are left out" in proc.stdout
     assert "AP Sitting down: n/a (no positive video)" in proc.stdout
-    from util_scripts.eval_accuracy import evaluate_map
 
     report = evaluate_map(annotation, out / "val.json")
     assert report["n_evaluated"] == 3 and 0.0 < report["map"] <= 1.0
 
 
 def test_eval_accuracy_map_against_hand_computed_values(tmp_path):
-    from util_scripts.eval_accuracy import evaluate_map
-
     gt = {"labels": ["a", "b"], "database": {
         "v1": {"subset": "validation", "annotations": {"actions": [{"label": "a", "segment_seconds": [0, 1]},
                                                                    {"label": "b", "segment_seconds": [0, 1]}]}},
@@ -146,7 +145,6 @@ def test_list_json_segments_train(tmp_path):
     (tmp_path / "val.txt").write_text("other.mp4 jump 0.5 1.5\n")
     proc = run_module("list_json", tmp_path / "train.txt", tmp_path / "val.txt", videos, tmp_path / "own.json")
     assert proc.returncode == 0, proc.stderr
-    from datasets.annotations import read_records
 
     records, _ = read_records(tmp_path / "own.json", videos, dataset="kinetics", subset="training",
                               file_type="video")

@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
+import av
 import numpy as np
+from PIL import Image
 
 WIDTH, HEIGHT = 64, 48
 FPS = 10
@@ -51,8 +53,6 @@ def write_video(path: Path, frames, *, fps: int = FPS, pts_ms=None, rotation: in
     """Encode `frames` with PyAV. `pts_ms`: explicit presentation times in milliseconds (variable frame rate);
     `rotation`: display matrix, degrees counter-clockwise; `faststart`: index at the start of an .mp4 (a
     truncated file stays readable)."""
-    import av
-
     path.parent.mkdir(parents=True, exist_ok=True)
     options = {"movflags": "faststart"} if faststart else {}
     with av.open(str(path), "w", options=options) as container:
@@ -81,8 +81,6 @@ def vfr_pts_ms(n: int) -> list[int]:
 
 def write_audio_only(path: Path, seconds: float = 1.0) -> Path:
     """An .mp4 with one AAC audio stream and no video."""
-    import av
-
     rate = 8000
     with av.open(str(path), "w") as container:
         stream = container.add_stream("aac", rate=rate)
@@ -149,8 +147,6 @@ def make_corpus(root: Path) -> Corpus:
 
 def ffmpeg_frames(path: Path, out_dir: Path) -> list[np.ndarray]:
     """Every frame as the ffmpeg command line shows it (autorotated, one output per input frame), as RGB arrays."""
-    from PIL import Image
-
     out_dir.mkdir(parents=True, exist_ok=True)
     subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(path), "-fps_mode", "passthrough",
                     str(out_dir / "%05d.png")], check=True)

@@ -16,6 +16,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import av
+from tqdm import tqdm
+
 from datasets.annotations import load_annotation
 from datasets.layout import RAW_VIDEO_EXTENSION, has_video_extension
 from errors import UserError
@@ -24,8 +27,6 @@ from util_scripts.common import atomic_file, run_cli
 
 def read_fps(path: Path) -> float:
     """Average frame rate of the first video stream, rounded to 2 decimals."""
-    import av
-
     with av.open(str(path)) as container:
         if not container.streams.video:
             raise ValueError("no video stream")
@@ -44,8 +45,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from tqdm import tqdm
-
     args = build_parser().parse_args(argv)
     data = load_annotation(args.json_path)  # UserError when missing, not JSON or without 'database'
     if not args.video_dir.is_dir():

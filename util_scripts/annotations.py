@@ -21,7 +21,10 @@ import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from datasets.layout import CONVERTED_FILE_TYPES, count_frames, first_frame, video_location
+import av
+from tqdm import tqdm
+
+from datasets.layout import CONVERTED_FILE_TYPES, count_frames, find_video_file, first_frame, video_location
 from errors import UserError
 from util_scripts.common import atomic_file
 
@@ -78,8 +81,6 @@ def make_entry(subset: str, label: str | None, segment: list[int] | None, *, vid
 
 def video_file_problem(path: Path) -> str | None:
     """Why PyAV cannot use a video file (cannot open, no video stream, no decodable frame), or None."""
-    import av
-
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
@@ -93,16 +94,12 @@ def video_file_problem(path: Path) -> str | None:
 
 def video_exists(root: Path, rel: str) -> bool:
     """Whether <root>/<rel> is there as a file, a frame folder, or <rel>.<ext> for a common video extension."""
-    from datasets.layout import find_video_file
-
     path = Path(root) / rel
     return path.exists() or find_video_file(path) is not None
 
 
 def count_missing(root: Path, database: dict, *, desc: str) -> int:
     """How many entries' `video_path` does not exist under `root` (a progress bar for large databases)."""
-    from tqdm import tqdm
-
     entries = list(database.values())
     bar = tqdm(entries, desc=desc, unit="video", mininterval=0.5, disable=len(entries) < 2000)
     return sum(not video_exists(root, e["video_path"]) for e in bar)
@@ -122,8 +119,6 @@ def build_database(
 
     Rows are kept in the given order (the dataset, hence the inference output, follows it).
     """
-    from tqdm import tqdm
-
     videos = list(videos)
     database, n_missing = {}, 0
     for video_id, subset, label in tqdm(videos, desc=desc, unit="video", mininterval=0.5, disable=len(videos) < 2000):

@@ -26,10 +26,12 @@ from pathlib import Path
 
 import torch
 
-import dataset
 from benchmarks import parts as bench_parts
 from benchmarks.data import SyntheticSpec, bench_opts, make_synthetic_dataset, mean_frame_bytes
+from benchmarks.gpu_decode import nvjpeg_available
+from benchmarks.predict_bench import predict_part
 from benchmarks.report import format_table, summarize_targets
+from datasets import factory as dataset
 from datasets.layout import SUBSET_NAMES
 from errors import UserError
 from util_scripts.common import run_cli
@@ -154,15 +156,12 @@ class Runner:
         if "inference" in args.parts:
             parts["inference"] = self._each(bench_parts.inference, args.e2e_workers, repeats=args.repeats)
         if "predict" in args.parts:
-            from benchmarks.predict_bench import predict_part
-
             parts["predict"] = predict_part(args, args.data_dir)
         return parts
 
     def _gpu_decode(self) -> bool:
         if self.args.gpu_decode == "off":
             return False
-        from benchmarks.gpu_decode import nvjpeg_available
 
         ok = nvjpeg_available(self.device)
         if not ok and self.args.gpu_decode == "on":

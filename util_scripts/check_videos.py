@@ -26,6 +26,10 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
+from datasets.annotations import candidate_paths, load_annotation
+from datasets.layout import find_video_file
+from datasets.layout import has_video_extension as is_video_file
+from datasets.video_files import TRUNCATION_SLACK, is_truncated, scan_video
 from errors import UserError
 from util_scripts.common import ItemResult, VideoItem, atomic_file, run_cli, run_over_videos
 
@@ -46,8 +50,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def folder_videos(root: Path) -> list[VideoItem]:
-    from datasets.layout import has_video_extension as is_video_file
-
     found = sorted(p for p in root.rglob("*") if p.is_file() and is_video_file(p)
                    and not any(part.startswith(".") for part in p.relative_to(root).parts))
     return [VideoItem(p, p.relative_to(root)) for p in found]
@@ -56,9 +58,6 @@ def folder_videos(root: Path) -> list[VideoItem]:
 def annotated_videos(annotation_path: Path, video_root: Path) -> list[VideoItem]:
     """Every video the annotation file names (all subsets), found as `--file_type video` finds them; a
     missing one gets a path that does not exist (it is reported as missing)."""
-    from datasets.annotations import candidate_paths, load_annotation
-    from datasets.layout import find_video_file
-
     data = load_annotation(annotation_path)
     database = data.get("database")
     if not isinstance(database, dict):
@@ -77,8 +76,6 @@ def annotated_videos(annotation_path: Path, video_root: Path) -> list[VideoItem]
 
 
 def find_items(path: Path, video_path: Path | None) -> list[VideoItem]:
-    from datasets.layout import has_video_extension as is_video_file
-
     if path.is_dir():
         items = folder_videos(path)
         if not items:
@@ -100,8 +97,6 @@ def find_items(path: Path, video_path: Path | None) -> list[VideoItem]:
 
 def check_video(item: VideoItem, *, sample_duration: int, threads: int = 1) -> ItemResult:
     """Decode one video and list what is wrong with it (never raises for a bad file)."""
-    from datasets.video_files import scan_video
-
     if not item.src.is_file():
         return ItemResult(item, "done", details={"path": str(item.src), "kinds": ["missing"],
                                                  "problems": ["missing: no such video file"]})
@@ -141,8 +136,6 @@ def assess(scan: dict, *, sample_duration: int) -> tuple[list[str], list[str]]:
 def _truncated(scan: dict) -> bool:
     """Seconds missing from the announced duration; without one, frames missing from the announced count
     (frame counts alone would also flag sparse AVI files, whose announced count includes skipped frames)."""
-    from datasets.video_files import TRUNCATION_SLACK, is_truncated
-
     if scan["claimed_duration"] > 0:
         return is_truncated(scan["claimed_duration"], scan["duration"], scan["fps"])
     n, claimed_n = scan["n_frames"], scan["claimed_frames"]

@@ -13,6 +13,7 @@ Everything runs in-process: no ``ffmpeg``/``ffprobe`` executable is needed.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import functools
 import io
@@ -26,7 +27,19 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import av
+import av.filter
+from tqdm import tqdm
+
 from datasets.layout import DATASETS, FLAT_DATASETS, RAW_VIDEO_EXTENSION, has_video_extension
+from datasets.video_files import (
+    DecodeCounts,
+    decode_frames,
+    in_presentation_order,
+    normalized_rotation,
+    upright_image,
+    video_stream,
+)
 from errors import UserError
 from utils import PARTIAL_MARK, atomic_file, new_file_mode  # noqa: F401 (atomic_file: the tools import it from here)
 
@@ -117,16 +130,6 @@ def iter_frames(path: Path, *, size: int, fps: float = -1, threads: int = 1) -> 
     ffmpeg command line does; a file that cannot be opened raises ``av.error.FFmpegError``, one with no
     video stream ``datasets.video_files.NoVideoStream`` (a ValueError).
     """
-    import av  # imported here so the JSON scripts do not need PyAV
-
-    from datasets.video_files import (
-        DecodeCounts,
-        decode_frames,
-        in_presentation_order,
-        normalized_rotation,
-        video_stream,
-    )
-
     with av.open(str(path)) as container:
         stream = video_stream(container)
         if threads != 1:  # with one process per core, extra decoder threads only add contention
@@ -148,8 +151,6 @@ def iter_frames(path: Path, *, size: int, fps: float = -1, threads: int = 1) -> 
 
 
 def _build_graph(stream, first_frame, *, size: int, fps: float, rotation: int):
-    import av.filter
-
     graph = av.filter.Graph()
     chain = [graph.add_buffer(template=stream)]
     if fps > 0:
@@ -167,10 +168,6 @@ def _build_graph(stream, first_frame, *, size: int, fps: float, rotation: int):
 
 
 def _drain(graph, rotation: int) -> Iterator:
-    import av
-
-    from datasets.video_files import upright_image
-
     while True:
         try:
             frame = graph.pull()
@@ -229,8 +226,6 @@ def run_over_videos(
     and should return a 'failed' result rather than raise; an exception that escapes it is
     still caught and reported for that video only.
     """
-    from tqdm import tqdm
-
     n_jobs = min(resolve_n_jobs(n_jobs), max(1, len(items)))
     safe = _Guarded(worker)
     results = []
@@ -296,8 +291,6 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
 
 def build_conversion_parser(description: str):
     """Argument parser shared by generate_video_jpgs and generate_video_hdf5 (original CLI + extras)."""
-    import argparse
-
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("dir_path", type=Path, help="folder of the raw videos")
     parser.add_argument("dst_path", type=Path, help="output folder (created if missing)")

@@ -196,7 +196,7 @@ def write_confusion_matrix(prefix: Path, labels: list[str], confusion: list[list
         writer.writerows([label, *row] for label, row in zip(labels, confusion))
     written = [csv_path]
     try:
-        import matplotlib
+        import matplotlib  # optional dependency, imported only when a plot is drawn
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt

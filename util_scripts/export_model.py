@@ -22,7 +22,7 @@ from torch import nn
 
 from checkpoint import load_checkpoint
 from errors import UserError
-from model import MODEL_FLAGS, model_from_checkpoint
+from models.factory import MODEL_FLAGS, model_from_checkpoint
 from opts import add_architecture_args
 from util_scripts.common import run_cli
 
@@ -96,7 +96,7 @@ def parity_torchscript(path: Path, model: nn.Module, x: torch.Tensor) -> float:
 
 def parity_onnx(path: Path, model: nn.Module, x: torch.Tensor) -> float:
     try:
-        import onnxruntime
+        import onnxruntime  # optional dependency: the parity check is skipped without it
     except ImportError as e:
         raise UserError(f"cannot check the ONNX file: onnxruntime is not installed ({e})") from None
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])

@@ -21,6 +21,9 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from PIL import Image
+from tqdm import tqdm
+
 from datasets.layout import count_frames, has_video_extension
 from errors import UserError
 from util_scripts.annotations import (
@@ -67,8 +70,6 @@ def scan_tree(root: Path, file_type: str) -> tuple[list[tuple[str, str]], list[s
 
 def frames_problem(folder: Path) -> str | None:
     """Why a frame folder cannot be used (no first frame, first frame not an image), or None."""
-    from PIL import Image
-
     first = folder / FIRST_FRAME
     if not first.is_file():
         return f"no {FIRST_FRAME}"
@@ -82,8 +83,6 @@ def frames_problem(folder: Path) -> str | None:
 
 def check_readable(root: Path, rels: list[str], file_type: str) -> list[str | None]:
     """The problem of each video (None when readable), with a progress bar."""
-    from tqdm import tqdm
-
     check = video_file_problem if file_type == "video" else frames_problem
     with ThreadPoolExecutor(N_CHECK_THREADS) as pool:
         results = pool.map(lambda rel: check(root / rel), rels)

@@ -15,6 +15,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import h5py
+import numpy as np
+
 from datasets.layout import HDF5_FRAMES_KEY, video_location
 from util_scripts.common import (
     ItemResult,
@@ -30,9 +33,6 @@ from util_scripts.common import (
 
 def write_jpeg_hdf5(path: Path, jpegs: Sequence[bytes]) -> None:
     """Write ``jpegs`` as the vlen-uint8 dataset ``video`` of a new HDF5 file at ``path``."""
-    import h5py
-    import numpy as np
-
     data = np.empty(len(jpegs), dtype=object)
     for i, jpeg in enumerate(jpegs):
         data[i] = np.frombuffer(jpeg, dtype=np.uint8)

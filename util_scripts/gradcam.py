@@ -25,8 +25,17 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from torch import nn
+from tqdm import tqdm
 
+from checkpoint import load_checkpoint
+from datasets.factory import build_input_normalizer
+from datasets.spatial_transforms import get_spatial_transform
+from datasets.video_files import probe_video, stream_frames, upright_array
+from engine.forward import prepare_batch
 from errors import UserError
+from opts import parse_opts
+from predict import runner as predict
+from predict.annotate_video import FrameEncoder, font_for, safe_file_name
 from util_scripts.common import atomic_file, run_cli
 
 log = logging.getLogger(__name__)
@@ -101,8 +110,6 @@ def overlay(frame: np.ndarray, cam: np.ndarray, box: tuple[int, int, int, int], 
     out[y0:y1, x0:x1] = out[y0:y1, x0:x1] * (1 - alpha) + heat * alpha
     image = Image.fromarray(out.round().clip(0, 255).astype(np.uint8))
     if caption:
-        from annotate_video import font_for
-
         draw = ImageDraw.Draw(image)
         font = font_for(image.height)
         right, bottom = draw.textbbox((4, 2), caption, font=font)[2:]
@@ -135,8 +142,6 @@ class VideoGradCam:
 
     def model_input(self, arrays: Sequence[np.ndarray]) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
         """The normalised clip (1, C, T, h, w) the model sees and the pixel box of the frames it covers."""
-        from training import prepare_batch
-
         height, width = arrays[0].shape[:2]
         params = self.spatial.sample(width, height)
         left, top, right, bottom = params.box
@@ -176,11 +181,6 @@ def strip_image(frames: Sequence[np.ndarray], height: int = STRIP_HEIGHT) -> Ima
 
 def run_video(cam: VideoGradCam, video: Path, out_dir: Path) -> tuple[Path, Path]:
     """Write the overlay video and the PNG strip of one video."""
-    from tqdm import tqdm
-
-    from annotate_video import FrameEncoder, safe_file_name
-    from datasets.video_files import probe_video, stream_frames, upright_array
-
     meta = probe_video(video)
     if meta.n_frames < 1:
         raise UserError(f"{video}: no video frames")
@@ -239,12 +239,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    import predict
-    from checkpoint import load_checkpoint
-    from dataset import build_input_normalizer
-    from opts import parse_opts
-    from spatial_transforms import get_spatial_transform
-
     args, rest = build_parser().parse_known_args(argv)
     if not args.video.is_file():
         raise UserError(f"--video {args.video}: no such file")

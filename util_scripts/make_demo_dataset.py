@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import av
 import numpy as np
 
 from errors import UserError
@@ -109,8 +110,6 @@ def _background(rng: np.random.Generator, *, width: int, height: int) -> np.ndar
 
 def write_video(path: Path, frames: np.ndarray, *, fps: int = 25) -> None:
     """Encode (T, H, W, 3) uint8 frames as MPEG-4 part 2 in an AVI container, atomically."""
-    import av
-
     with atomic_file(path) as tmp:
         with av.open(str(tmp), "w", format="avi") as container:
             stream = container.add_stream("mpeg4", rate=fps)

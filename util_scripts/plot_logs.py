@@ -48,7 +48,7 @@ def read_log(path: Path) -> dict[str, list[float]]:
 
 def plot_curves(logs: dict[str, dict[str, list[float]]], output_dir: Path) -> list[Path]:
     """One PNG per metric that some log has; returns the written paths."""
-    import matplotlib
+    import matplotlib  # optional dependency, imported only when a plot is drawn
 
     matplotlib.use("Agg")  # files only: no display needed
     import matplotlib.pyplot as plt

@@ -1,0 +1,1 @@
+"""Prediction on raw video files: the streaming predictor and what it writes."""

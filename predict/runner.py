@@ -1,0 +1,417 @@
+"""Predict action labels of arbitrary video files with a trained checkpoint, without an annotation file.
+
+    python main.py --predict VIDEO_OR_DIR --resume_path CKPT [--result_path OUT] [--class_names FILE]
+
+Every video (a file, or every video file under a directory) is cut into clips like inference does
+(sliding windows every --inference_stride frames of --sample_duration frames taken every
+--sample_t_stride frames, or --inference_n_clips evenly spaced clips, each in --inference_n_crops
+crops). The top --output_topk labels per video (mean over all clips) and per time segment (true seconds,
+from the frames' timestamps) are printed and written to OUT/predictions.json and OUT/predictions.csv.
+
+The model is rebuilt from the checkpoint's arch and model_kwargs (checkpoints of this toolkit) or
+from the flags (released checkpoints: only --model/--model_depth style flags; the class count is
+read from the weights). Clip settings (size, duration, stride, normalisation) not given on the
+command line are taken from the checkpoint's stored options when it has them.
+
+A long job: each video is decoded once, front to back, through a bounded window of frames
+(`video_predictor.VideoPredictor`), with a progress bar in seconds of video. Both files are rewritten
+atomically after every video, with "complete": false until the last one; Ctrl-C keeps the finished videos
+(exit status 130), and running the same command again skips every video already in predictions.json with
+the same path, size and modification time (results of other settings or another checkpoint are refused,
+not mixed). Damaged, truncated, rotated and variable-frame-rate videos are predicted from the frames that
+decode; each entry says how many seconds were decoded and lists its `problems`. Inputs that cannot be used
+(no video stream, no decodable frame) are skipped with a warning and listed under "unusable".
+
+The same pass also makes OUT/predictions.html (every video: thumbnails, segment timeline, top-k bars,
+problems), and with --output_video an annotated copy of every video (OUT/annotated/<name>.mp4), with
+--save_features the classifier input of every segment (OUT/features.h5): `predict_outputs.PredictOutputs`,
+a listener. The page and the features file are written when the run ends (also after Ctrl-C, marked partial).
+
+Listeners (for tools that need more than labels from the same decode pass: annotated copies, reports,
+features): `run(opt, listeners=[...])` or `VideoPredictor.predict(video, listeners)` call, for every
+`video_predictor.PredictionListener` given (each method optional, a no-op by default):
+
+- `start_video(video: VideoInfo)`: before decoding; `video.path`, `video.video_id`, `video.meta`
+  (`VideoMeta`: n_frames, fps, displayed width/height, rotation, vfr, frame_time(i)),
+  `video.duration_seconds`.
+- `frame(number, seconds, av_frame)`: every decoded frame in presentation order, at full resolution
+  and as stored (`datasets.video_files.upright_array(av_frame)` turns it upright); `number` is the frame
+  number (it jumps over frames lost to damage), `seconds` its presentation time.
+- `segment(start_s, end_s, topk, scores, features)`: a clip has been scored (crops averaged): its time
+  span in seconds, the top --output_topk labels ([{"label", "score"}]), the scores (1-D tensor over the
+  classes: softmax, or sigmoids for a multi-label model) and, when the listener's class attribute
+  `wants_features` is True, the input of the model's classifier (1-D tensor, mean over the crops; otherwise
+  None). Segments come in time order,
+  after the `frame` calls of their frames (up to one inference batch later).
+- `finish_video(result: VideoResult)`: after the last segment; `result.usable`, `result.error`,
+  `result.problems()`, `result.decoded_seconds`, `result.scores` (a `VideoScoreAggregator`).
+Nothing is called for videos skipped as already predicted or unusable at probing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from checkpoint import load_checkpoint
+from datasets.factory import build_input_normalizer
+from datasets.layout import VIDEO_EXTENSIONS, has_video_extension
+from datasets.spatial_transforms import get_spatial_transform
+from datasets.temporal_transforms import get_temporal_transform
+from datasets.video_files import NoVideoStream, announced_seconds, probe_video
+from errors import UserError
+from models import factory as model_lib
+from opts import RESUME_AUTO, resolve_input
+from predict.outputs import PredictOutputs, clips_per_batch_for_annotation
+from predict.video_predictor import PredictionListener, VideoInfo, VideoPredictor, VideoResult
+from utils import atomic_file
+
+log = logging.getLogger(__name__)
+
+# Clip settings a checkpoint's stored options supply unless they are given on the command line.
+CLIP_OPTIONS = ("sample_size", "sample_duration", "sample_t_stride", "inference_stride", "mean_dataset", "value_scale",
+                "no_mean_norm", "no_std_norm", "temporal_sampling", "multi_label")
+# Settings that make results comparable: a rerun only reuses results made with the same ones.
+RESULT_SETTINGS = (*CLIP_OPTIONS, "inference_n_clips", "inference_n_crops", "inference_crop", "class_names")
+CSV_HEADER = ["video", "scope", "start_s", "end_s", "rank", "label", "score", "decoded_seconds", "duration_seconds",
+              "problems"]
+PREDICTIONS_JSON, PREDICTIONS_CSV = "predictions.json", "predictions.csv"
+
+
+def find_videos(path: Path) -> list[Path]:
+    """`path` itself if it is a file, else every video file under the directory (recursively, sorted)."""
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise UserError(f"--predict {path}: no such file or directory")
+    found = sorted(p for p in path.rglob("*") if p.is_file() and has_video_extension(p))
+    if not found:
+        raise UserError(f"--predict {path}: no video files ({', '.join(VIDEO_EXTENSIONS)}) under this directory")
+    return found
+
+
+def read_class_names(path: Path) -> list[str]:
+    """One class name per non-empty line."""
+    try:
+        names = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read --class_names {path}: {e}") from None
+    names = [n for n in names if n]
+    if not names:
+        raise UserError(f"--class_names {path} holds no names")
+    return names
+
+
+def take_clip_settings(opt: argparse.Namespace, payload: dict) -> None:
+    """Give `opt` the clip settings of the checkpoint's options that the command line did not set; the input is RGB."""
+    stored = payload.get("options") or {}
+    taken = {k: stored[k] for k in CLIP_OPTIONS if k in stored and k not in opt.explicit_flags}
+    if taken:
+        log.info("from the checkpoint's options: %s", ", ".join(f"{k}={v}" for k, v in taken.items()))
+    for name, value in taken.items():
+        setattr(opt, name, value)
+    opt.input_type = "rgb"
+    resolve_input(opt)
+
+
+def load_predictor(opt: argparse.Namespace, payload: dict, source: Path) -> tuple[nn.Module, list[str]]:
+    """The model with the checkpoint's weights (eval mode, CPU) and its class names."""
+    flags = {name: getattr(opt, name) for name in model_lib.MODEL_FLAGS if name in opt.explicit_flags}
+    if not payload.get("arch"):  # nothing in the file names the model: the flags' (default) one
+        flags.update(model=opt.model, model_depth=opt.model_depth)
+    loaded = model_lib.model_from_checkpoint(payload, flags, source=f"checkpoint {source}", weights=opt.eval_weights)
+    names = _class_names(opt, loaded.class_names, loaded.model.get_classifier().out_features)
+    return loaded.model, names
+
+
+def _class_names(opt: argparse.Namespace, stored: list[str] | None, n_classes: int) -> list[str]:
+    if opt.class_names is not None:
+        names = read_class_names(opt.class_names)
+    elif stored:
+        names = stored
+    else:
+        log.warning("the checkpoint has no class names and no --class_names file was given: labels are indices")
+        return [str(i) for i in range(n_classes)]
+    if len(names) != n_classes:
+        raise UserError(f"{len(names)} class names but the model has {n_classes} classes"
+                        + (f" (--class_names {opt.class_names})" if opt.class_names is not None else ""))
+    return names
+
+
+def prepare_result_dir(path: Path) -> Path:
+    """The output directory, created and checked for writing before any work."""
+    if path.exists() and not path.is_dir():
+        raise UserError(f"--result_path {path} is a file, not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=path).close()
+    except OSError as e:
+        raise UserError(f"--result_path {path} is not writable: {e.strerror or e}") from None
+    return path
+
+
+def file_stamp(path: Path) -> dict:
+    """What identifies a file's content for reruns: size and modification time."""
+    st = path.stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def result_settings(opt: argparse.Namespace, topk: int) -> dict:
+    """The settings a predictions file was made with (checkpoint file, clip settings, labels)."""
+    checkpoint = Path(opt.resume_path)
+    settings = {"checkpoint": str(checkpoint.resolve()), "checkpoint_file": file_stamp(checkpoint),
+                "output_topk": topk}
+    for name in RESULT_SETTINGS:
+        value = getattr(opt, name)
+        settings[name] = str(value) if isinstance(value, Path) else value
+    return settings
+
+
+class PredictionStore:
+    """predictions.json / .csv of one result directory: earlier results are loaded, each finished video is
+    added and both files are rewritten atomically (temporary file + rename)."""
+
+    def __init__(self, out_dir: Path, settings: dict):
+        self.json_path, self.csv_path = out_dir / PREDICTIONS_JSON, out_dir / PREDICTIONS_CSV
+        self.settings = settings
+        self.results: dict[str, dict] = {}
+        self.unusable: dict[str, str] = {}
+        if self.json_path.is_file():
+            self._load()
+
+    def _load(self) -> None:
+        try:
+            data = json.loads(self.json_path.read_text())
+            results = data["results"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise UserError(f"{self.json_path} exists but is not a predictions file ({e}); move it away or "
+                            "give another --result_path") from None
+        old = data.get("settings")
+        if old is not None and old != self.settings:
+            changed = sorted(k for k in set(old) | set(self.settings) if old.get(k) != self.settings.get(k))
+            raise UserError(f"{self.json_path} holds predictions made with other settings ({', '.join(changed)}); "
+                            "move it away or give another --result_path")
+        self.results = dict(results)
+
+    def done(self, video_id: str, path: Path) -> bool:
+        """The video is in the results with the file's current size and modification time."""
+        entry = self.results.get(video_id)
+        return entry is not None and entry.get("file") == file_stamp(path)
+
+    def add(self, video_id: str, entry: dict) -> None:
+        self.unusable.pop(video_id, None)
+        self.results[video_id] = entry
+
+    def write(self, *, complete: bool) -> None:
+        data = {"results": self.results, "unusable": self.unusable, "complete": complete, "settings": self.settings}
+        try:
+            _atomic_write(self.json_path, lambda f: json.dump(data, f, indent=1))
+            _atomic_write(self.csv_path, lambda f: write_csv(f, self.results))
+        except OSError as e:
+            raise UserError(f"cannot write the predictions into {self.json_path.parent}: {e.strerror or e} "
+                            "(the videos written before are kept)") from None
+
+
+def _atomic_write(path: Path, write) -> None:
+    with atomic_file(path) as tmp, open(tmp, "w", newline="") as f:
+        write(f)
+
+
+def write_csv(f, results: dict) -> None:
+    """One row per video/segment and rank; the video's decoded/announced seconds and problems on every row."""
+    writer = csv.writer(f)
+    writer.writerow(CSV_HEADER)
+    for vid, entry in results.items():
+        extra = [entry.get("decoded_seconds", ""), entry.get("duration_seconds", ""),
+                 "; ".join(entry.get("problems", []))]
+        rows = [("video", [0.0, entry["duration"]], entry["result"])]
+        rows += [("segment", seg["segment"], seg["result"]) for seg in entry["segments"]]
+        for scope, (start, end), top in rows:
+            for rank, item in enumerate(top, start=1):
+                writer.writerow([vid, scope, start, end, rank, item["label"], item["score"], *extra])
+
+
+def result_entry(result: VideoResult, topk: int) -> dict:
+    """The JSON entry of one predicted video (the schema of predictions.json, see README)."""
+    scores, video = result.scores, result.video
+
+    def top(values: torch.Tensor) -> list[dict]:
+        return [{**t, "score": round(t["score"], 6)} for t in scores.top(values, topk)]
+
+    vid = video.video_id
+    segments = [{"segment": list(result.segment_times[tuple(span)]), "result": top(s)}
+                for span, s in scores.segment_scores(vid)] if vid in scores.clips else []
+    overall = top(scores.video_scores()[vid]) if vid in scores.clips else []
+    return {"duration": round(video.meta.duration, 3), "fps": video.meta.fps, "n_frames": video.meta.n_frames,
+            "result": overall, "segments": segments, "decoded_seconds": round(result.decoded_seconds, 3),
+            "duration_seconds": round(video.duration_seconds, 3), "n_decoded_frames": result.n_decoded,
+            "problems": result.problems(), "file": file_stamp(video.path)}
+
+
+def probe_inputs(paths: Sequence[Path]) -> tuple[list[VideoInfo], dict[str, str]]:
+    """The videos that open, and a one-line reason for every one that does not (each warned about)."""
+    videos, unusable = [], {}
+    for path in paths:
+        try:
+            meta = probe_video(path)
+            reason = "" if meta.n_frames > 0 else "no video frames"
+        except NoVideoStream:
+            reason = "no video stream"
+        except Exception as e:  # noqa: BLE001 - PyAV raises many error types for broken files
+            reason = f"cannot open it as a video ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+        if reason:
+            log.warning("skipping %s: %s", path, reason)
+            unusable[str(path)] = reason
+        else:
+            videos.append(VideoInfo(str(path), path, meta, announced_seconds(path)))
+    return videos, unusable
+
+
+class ProgressBar(PredictionListener):
+    """tqdm bar over the seconds of video of the whole run; its rate is seconds of video per second."""
+
+    def __init__(self, videos: Sequence[VideoInfo]):
+        self.n_videos, self.count = len(videos), 0
+        # a hair over the sum: the per-video updates add up to it in another order (no clamping warning)
+        self.bar = tqdm(total=sum(v.meta.duration for v in videos) * (1 + 1e-9), desc="predict: ", mininterval=0.5,
+                        bar_format="{desc}{percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} s of video "
+                                   "[{elapsed}<{remaining}, {rate_fmt}]", unit="s")
+        self.shown = 0.0
+
+    def start_video(self, video: VideoInfo) -> None:
+        self.count += 1
+        self.bar.set_description(f"predict video {self.count}/{self.n_videos}", refresh=False)
+        self.shown, self.duration = 0.0, video.meta.duration
+
+    def frame(self, number: int, seconds: float, frame) -> None:
+        if seconds > self.shown:
+            self.bar.update(seconds - self.shown)
+            self.shown = seconds
+
+    def finish_video(self, result: VideoResult) -> None:
+        self.bar.update(max(0.0, self.duration - self.shown))
+
+    def write(self, text: str) -> None:
+        self.bar.write(text, file=sys.stdout)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def format_entry(vid: str, entry: dict) -> str:
+    """The printed form of one video's predictions (video line, one line per segment)."""
+    labels = ", ".join(f"{t['label']} {t['score']:.3f}" for t in entry["result"])
+    lines = [f"{vid} ({entry['duration']:.2f} s): {labels}"]
+    if entry.get("problems"):
+        lines.append(f"  problems: {'; '.join(entry['problems'])}")
+    for seg in entry["segments"]:
+        labels = ", ".join(f"{t['label']} {t['score']:.3f}" for t in seg["result"])
+        lines.append(f"  {seg['segment'][0]:8.2f} - {seg['segment'][1]:8.2f} s: {labels}")
+    return "\n".join(lines)
+
+
+def build_predictor(net: nn.Module, opt: argparse.Namespace, *, class_names: Sequence[str], topk: int,
+                    device: torch.device) -> VideoPredictor:
+    """The streaming predictor with the inference transforms of the (checkpoint-completed) options."""
+    spatial = get_spatial_transform("inference", sample_size=opt.sample_size, inference_crop=opt.inference_crop,
+                                    inference_n_crops=opt.inference_n_crops)
+    temporal = get_temporal_transform("inference", sample_duration=opt.sample_duration,
+                                      sample_t_stride=opt.sample_t_stride, inference_stride=opt.inference_stride,
+                                      inference_n_clips=opt.inference_n_clips, sampling=opt.temporal_sampling)
+    return VideoPredictor(net, class_names=class_names, spatial=spatial, temporal=temporal,
+                          batch_size=opt.inference_batch_size, device=device, normalizer=build_input_normalizer(opt),
+                          precision=opt.precision, topk=topk, threads=max(1, opt.n_threads),
+                          multi_label=opt.multi_label)
+
+
+def run(opt: argparse.Namespace, listeners: Sequence[PredictionListener] = ()) -> int:
+    """`main.py --predict`: predict, print, write predictions.json/.csv after every video; the exit code.
+    `listeners` are told about every frame and segment (see the module docstring)."""
+    try:
+        return _run(opt, listeners)
+    except KeyboardInterrupt:
+        print("interrupted before any video was predicted", file=sys.stderr)
+        return 130
+
+
+def _run(opt: argparse.Namespace, listeners: Sequence[PredictionListener]) -> int:
+    if str(opt.resume_path) == RESUME_AUTO:
+        raise UserError("--predict needs an explicit --resume_path checkpoint file (not 'auto')")
+    out_dir = prepare_result_dir(Path(opt.result_path or "."))
+    paths = find_videos(Path(opt.predict))
+    payload = load_checkpoint(opt.resume_path)
+    take_clip_settings(opt, payload)
+    net, class_names = load_predictor(opt, payload, Path(opt.resume_path))
+    # --output_topk <= 0 means all classes of the checkpoint's model (opts leaves it unresolved for --predict).
+    topk = opt.output_topk if opt.output_topk > 0 else len(class_names)
+    store = PredictionStore(out_dir, result_settings(opt, topk))
+    todo = [p for p in paths if not store.done(str(p), p)]
+    if len(todo) < len(paths):
+        log.info("%d of %d video(s) already in %s: skipped", len(paths) - len(todo), len(paths), store.json_path)
+    videos, store.unusable = probe_inputs(todo)
+    if not videos and len(todo) == len(paths):
+        store.write(complete=True)
+        raise UserError(f"none of the {len(paths)} video(s) could be used ({next(iter(store.unusable.values()))})")
+    device = torch.device("cuda" if torch.cuda.is_available() and not opt.no_cuda else "cpu")
+    predictor = build_predictor(net, opt, class_names=class_names, topk=topk, device=device)
+    log.info("predicting %d video(s) with %s on %s", len(videos), opt.resume_path, device)
+    if opt.output_video and videos:  # labels drawn on time: a batch's segments must come while its frames wait
+        clips = clips_per_batch_for_annotation(max(v.meta.width * v.meta.height for v in videos),
+                                               clip_frames=opt.sample_duration * opt.sample_t_stride,
+                                               stride=opt.inference_stride)
+        if clips * opt.inference_n_crops < predictor.batch_size:
+            log.info("--output_video: %d clips per inference batch (frames wait in memory for their labels)", clips)
+            predictor.batch_size = max(clips * opt.inference_n_crops, opt.inference_n_crops)
+    outputs = PredictOutputs(out_dir, class_names=class_names, output_video=opt.output_video,
+                             save_features=opt.save_features, topk=min(topk, 5), checkpoint=str(opt.resume_path))
+    n_done = _predict_all(predictor, videos, store, topk, [*listeners, outputs])
+    partial = "" if n_done is not None else f"interrupted; {len(store.results)} of {len(paths)} videos predicted"
+    for path in outputs.close({"results": store.results}, unusable=store.unusable, partial=partial):
+        log.info("wrote %s", path)
+    if n_done is None:
+        return 130
+    log.info("%d video(s) predicted; wrote %s and %s", n_done, store.json_path, store.csv_path)
+    if store.unusable:
+        log.warning("%d video(s) could not be used: %s", len(store.unusable),
+                    "; ".join(f"{k}: {v}" for k, v in store.unusable.items()))
+    return 0
+
+
+def _predict_all(predictor: VideoPredictor, videos: Sequence[VideoInfo], store: PredictionStore, topk: int,
+                 listeners: Sequence[PredictionListener]) -> int | None:
+    """Predict and store every video; None after Ctrl-C (finished videos kept, one line said)."""
+    progress = ProgressBar(videos)
+    n_done = 0
+    try:
+        for video in videos:
+            result = predictor.predict(video, [progress, *listeners])
+            if result.usable:
+                entry = result_entry(result, topk)
+                store.add(video.video_id, entry)
+                progress.write(format_entry(video.video_id, entry))
+                n_done += 1
+            else:
+                log.warning("skipping %s: %s", video.path, result.error)
+                store.unusable[video.video_id] = result.error
+            store.write(complete=False)
+        store.write(complete=True)
+    except KeyboardInterrupt:
+        progress.close()
+        store.write(complete=False)  # in case the interruption came while the last finished video was written
+        print(f"interrupted: {len(store.results)} finished video(s) are in {store.json_path}; run the same command "
+              "again to predict the rest (videos already there with the same path, size and modification time are "
+              "skipped)", file=sys.stderr)
+        return None
+    finally:
+        progress.close()
+    return n_done

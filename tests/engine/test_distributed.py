@@ -1,0 +1,44 @@
+"""DDP on the CPU (gloo): torchrun with 2 processes, and the original's --distributed launch without OpenMPI."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from checkpoint import load_checkpoint
+from engine.features import read_features
+from tests.conftest import dataset_args, free_port, log_rows, run_main
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes(tiny_dataset, tmp_path):
+    proc = run_main([*dataset_args(tiny_dataset, tmp_path), "--n_epochs", 2, "--checkpoint", 2, "--inference",
+                     "--batch_size", 4, "--save_features"], launcher=TORCHRUN)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    # Parameters are compared across ranks after training (checksums gathered from both processes).
+    assert "weights identical on all 2 ranks" in proc.stdout
+    # One set of logs, written by rank 0. --batch_size 4 is global: each rank takes 2 of the 4 training
+    # videos per step, so an epoch is one step (a per-process reading would give 2 ranks x 4 clips).
+    assert [r[:2] for r in log_rows(tmp_path / "train_batch.log")[1:]] == [["1", "1"], ["2", "1"]]
+    assert len(log_rows(tmp_path / "train.log")) == 3 and len(log_rows(tmp_path / "val.log")) == 3
+    assert sorted(p.name for p in tmp_path.glob("save_*.pth")) == ["save_2.pth"]
+    assert load_checkpoint(tmp_path / "save_2.pth")["epoch"] == 2
+    # Inference is sharded over the ranks and gathered: every validation video once, in dataset order.
+    assert list(json.loads((tmp_path / "val.json").read_text())["results"]) == tiny_dataset.ids("validation")
+    # --save_features: the clip embeddings of both ranks gathered the same way (2 clip positions per video)
+    features = read_features(tmp_path / "val_features.h5")
+    assert features["videos"] == tiny_dataset.ids("validation")
+    assert features["video_index"].tolist() == [v for v in range(len(features["videos"])) for _ in range(2)]
+
+
+def test_distributed_flag_without_openmpi(tiny_dataset, tmp_path):
+    proc = run_main([*dataset_args(tiny_dataset, tmp_path), "--n_epochs", 1, "--no_val", "--distributed",
+                     "--world_size", 1, "--dist_url", f"tcp://127.0.0.1:{free_port()}"],
+                    env={k: None for k in ("OMPI_COMM_WORLD_RANK", "NODE_RANK", "RANK", "WORLD_SIZE")})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "spawning 1 worker(s)" in proc.stdout
+    assert len(log_rows(tmp_path / "train.log")) == 2

