@@ -165,7 +165,7 @@ def test_encoded_items_draw_the_same_clip_as_the_cpu_loader(frames_dir, tmp_path
 def test_nvjpeg_path_is_never_taken_on_cpu():
     code = ("import sys, torch\n"
             "from benchmarks.gpu_decode import nvjpeg_available\n"
-            "import dataset, training, main, util_scripts.benchmark\n"
+            "import datasets.factory, engine.training, main, util_scripts.benchmark\n"
             "assert not nvjpeg_available(torch.device('cpu'))\n"
             "assert 'torchvision' not in sys.modules, 'torchvision imported on the CPU path'\n")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
