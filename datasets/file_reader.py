@@ -11,8 +11,8 @@ What a reader decides:
 - where frame counts and timings come from: the annotation's frame segments, or (`probes_frames`) the
   file itself, with `fps` and a cache kept per annotation file (`for_annotation_file`, `save_cache`);
 - what it can hold: `holds_flow` (optical flow for ``--input_type flow``), `channels`;
-- reading: `fetch(path, indices)` -> per index encoded JPEG bytes, a (u, v) pair of them or an
-  av.VideoFrame (datasets.readers.decode_frame decodes all of them), or None;
+- reading: `fetch(path, indices)` -> per index encoded JPEG bytes, a (u, v) pair of them, an
+  av.VideoFrame or an (H, W, 3) uint8 array (datasets.readers.decode_frame decodes all of them), or None;
 - what the folder tools (util_scripts.folder_json) need: `videos_in`, `problem`, `stored_as`.
 """
 

@@ -8,7 +8,7 @@ a missing frame; the clip loader repairs and counts).
 - `FlowHdf5Reader`: datasets 'video_u' and 'video_v' -> (u_bytes, v_bytes) per frame.
 - `datasets.video_files.VideoFileReader` (--file_type video): decoded PyAV frames instead of bytes.
 The HDF5 file is opened per read, so nothing is shared across worker processes.
-`decode_frame` and `frame_size` take what any reader fetched: JPEG bytes or an av.VideoFrame.
+`decode_frame` and `frame_size` take what any reader fetched: JPEG bytes, an av.VideoFrame or a uint8 array.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import h5py
+import numpy as np
 from PIL import Image
 
 from datasets.file_reader import FileReader
@@ -172,18 +173,22 @@ def decode_jpeg(data: bytes, *, gray: bool = False, min_size: tuple[int, int] | 
 
 
 def frame_size(data) -> tuple[int, int]:
-    """(width, height) of an encoded JPEG or an already decoded video frame (as displayed: rotation applied)."""
+    """(width, height) of an encoded JPEG, a uint8 array (H, W[, C]) or an already decoded video frame
+    (as displayed: rotation applied)."""
     if isinstance(data, bytes):
         return jpeg_size(data)
-
+    if isinstance(data, np.ndarray):
+        return data.shape[1], data.shape[0]
     return displayed_size(data)
 
 
 def decode_frame(data, *, gray: bool = False, min_size: tuple[int, int] | None = None) -> Image.Image:
-    """JPEG bytes or a PyAV video frame (turned upright) -> PIL image of at least `min_size` (aspect kept)."""
+    """JPEG bytes, a uint8 array (H, W[, C]) or a PyAV video frame (turned upright) -> PIL image of at least
+    `min_size` (aspect kept)."""
     if isinstance(data, bytes):
         return decode_jpeg(data, gray=gray, min_size=min_size)
-
+    if isinstance(data, np.ndarray):  # pixels already (a reader of raw frames): full size is at least min_size
+        return Image.fromarray(data).convert("L" if gray else "RGB")
     return upright_image(data, min_size)  # a video frame: upright, downscaled by swscale
 
 
