@@ -20,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-from datasets.layout import DATASETS, FILE_TYPES, MULTI_LABEL_DATASETS, SUBSET_NAMES
+from datasets.file_types import FILE_READERS, file_types, flow_file_types
+from datasets.layout import DATASETS, MULTI_LABEL_DATASETS, SUBSET_NAMES
 from datasets.spatial_transforms import MEAN_STD, get_mean_std
 from datasets.temporal_transforms import TEMPORAL_SAMPLINGS
 
@@ -47,10 +48,10 @@ def _add_data_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--multi_label", action="store_true",
                    help="Several labels per clip (the actions it overlaps): multi-hot targets, BCE loss, sigmoid "
                         "scores, mAP in validation (implied by --dataset charades)")
-    g.add_argument("--file_type", default="jpg", type=str, choices=FILE_TYPES,
+    g.add_argument("--file_type", default="jpg", type=str, choices=file_types(),
                    help="jpg: frame dirs; hdf5: one file of JPEG bytes per video; video: video files (mp4, avi, ...)")
     g.add_argument("--input_type", default="rgb", type=str, choices=("rgb", "flow"),
-                   help="rgb or flow (flow needs --file_type hdf5)")
+                   help=f"rgb or flow (flow needs --file_type {' or '.join(flow_file_types())})")
     g.add_argument("--n_threads", default=4, type=int,
                    help="DataLoader workers (total; divided per process); for --predict: video decoder threads")
     g.add_argument("--normalize_in_workers", action="store_true",
@@ -309,8 +310,8 @@ def _check(parser: argparse.ArgumentParser, opt: argparse.Namespace) -> None:
         problems.append(f"--conv1_mid_planes must be >= 0 (got {opt.conv1_mid_planes})")
     if opt.ft_begin_module and opt.pretrain_path is None:
         problems.append("--ft_begin_module only applies when fine-tuning; add --pretrain_path")
-    if opt.input_type == "flow" and opt.file_type != "hdf5":
-        problems.append("--input_type flow needs --file_type hdf5")
+    if opt.input_type == "flow" and not FILE_READERS[opt.file_type].holds_flow:
+        problems.append(f"--input_type flow needs --file_type {' or '.join(flow_file_types())}")
     if opt.warmup_epochs and opt.lr_scheduler != "cosine":
         problems.append("--warmup_epochs is only used with --lr_scheduler cosine")
     if opt.warmup_epochs < 0:

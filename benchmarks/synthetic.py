@@ -31,9 +31,11 @@ import h5py
 import numpy as np
 from PIL import Image
 
+from datasets.file_types import FILE_READERS
 from datasets.layout import HDF5_FLOW_KEYS, HDF5_FRAMES_KEY, frame_name
 
 SPLITS = ("training", "validation")
+WRITTEN_EXTENSION = {"video": ".mp4"}  # the container written for video files (readers take any extension)
 _DIRECTIONS = [(1, 0), (0, 1), (-1, 0), (0, -1), (1, 1), (-1, 1), (1, -1), (-1, -1)]
 
 
@@ -181,14 +183,13 @@ def make_frame_dataset(
 
 
 def _video_location(video_root: Path, dataset: str, vid: str, label_dir: str, file_type: str) -> Path:
-    suffix = {"hdf5": ".hdf5", "video": ".mp4"}.get(file_type, "")
-    if dataset == "activitynet":
-        return video_root / f"v_{vid}{suffix}"
-    return video_root / label_dir / f"{vid}{suffix}"
+    base = video_root / f"v_{vid}" if dataset == "activitynet" else video_root / label_dir / vid
+    location = FILE_READERS[file_type].location(base)
+    return location.with_name(location.name + WRITTEN_EXTENSION.get(file_type, ""))
 
 
 def _standard_json(ds: SyntheticDataset, file_type: str) -> dict:
-    base = 1 if file_type == "jpg" else 0
+    base = FILE_READERS[file_type].first_frame
     database = {}
     for v in ds.videos.values():
         ann = {} if v.label < 0 else {"label": ds.class_names[v.label]}

@@ -33,18 +33,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from datasets.layout import (
-    ANNOTATION_SUBSETS,
-    DATASETS,
-    FILE_TYPES,
-    FLAT_DATASETS,
-    HDF5_SUFFIX,
-    VideoFileFinder,
-    count_frames,
-    first_frame,
-    video_location,
-)
-from datasets.video_files import VideoMetaCache
+from datasets.file_reader import FileReader
+from datasets.file_types import FILE_READERS
+from datasets.layout import ANNOTATION_SUBSETS, DATASETS, FLAT_DATASETS, HDF5_SUFFIX
 from errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -117,9 +108,10 @@ def class_names(data: dict[str, Any], *, dataset: str, path: Path | str) -> list
 
 def candidate_paths(root: Path, video_id: str, entry: dict, label: str | None, *, dataset: str,
                      file_type: str) -> list[Path]:
+    location = FILE_READERS[file_type].location
     if "video_path" in entry:  # relative to --video_path (an absolute path stays as it is)
         own = root / entry["video_path"]
-        return [own] if own.suffix == HDF5_SUFFIX else [own, video_location(own, file_type)]
+        return [own] if own.suffix == HDF5_SUFFIX else [own, location(own)]
     if dataset == "activitynet":
         bases = [root / f"v_{video_id}", root / video_id]
     elif dataset in FLAT_DATASETS:
@@ -128,41 +120,32 @@ def candidate_paths(root: Path, video_id: str, entry: dict, label: str | None, *
         bases = [root / label / video_id]
     else:
         bases = [root / "test" / video_id, root / video_id]
-    return [video_location(base, file_type) for base in bases]
+    return [location(base) for base in bases]
 
 
 class _Locator:
-    """Where videos are and how many frames they have, for one file type (video files: probed once, cached)."""
+    """Where the videos of one file type are and how many frames they have, asked of its registered reader
+    (which probes video files once and caches what it learns beside the annotation file)."""
 
     def __init__(self, file_type: str, annotation_path: Path):
-        if file_type not in FILE_TYPES:
-            raise UserError(f"unknown file type {file_type!r}; choose from {', '.join(FILE_TYPES)}")
+        if file_type not in FILE_READERS:
+            raise UserError(f"unknown file type {file_type!r}; choose from {', '.join(FILE_READERS)}")
         self.file_type = file_type
-        self.base = first_frame(file_type)
-        self.cache = None
-        self.finder = None
-        if file_type == "video":
-            self.cache = VideoMetaCache(VideoMetaCache.path_for(annotation_path))
-            self.finder = VideoFileFinder()
+        self.reader: FileReader = FILE_READERS[file_type].for_annotation_file(annotation_path)
+        self.base = self.reader.first_frame
 
     def find(self, candidates: list[Path]) -> Path | None:
-        if self.finder is not None:
-            return next((p for c in candidates if (p := self.finder.find(c)) is not None), None)
-        return next((p for p in candidates if p.exists()), None)
+        return self.reader.find(candidates)
 
     def n_frames(self, video: Path) -> int:
         """Frames of `video`; 0 (the video is then skipped) when it cannot be read."""
-        if self.cache is not None:
-            meta = self.cache.get(video)
-            return meta.n_frames if meta else 0
         try:
-            return count_frames(video, self.file_type)
+            return self.reader.count_frames(video)
         except UserError:
             return 0
 
     def fps(self, video: Path) -> float | None:
-        meta = self.cache.get(video) if self.cache is not None else None
-        return meta.fps if meta else None
+        return self.reader.fps(video)
 
     def whole_video(self, video: Path) -> tuple[int, int]:
         return self.base, self.base + self.n_frames(video)
@@ -204,7 +187,7 @@ def _frame_segment(video_id: str, entry: dict, ann: dict, video: Path, *, locato
     frames), narrowed to `annotations.segment_seconds` when given (list_json's trimmed segments). Without a
     known frame rate (a frame folder and no 'fps' field) the whole video, and the id is added to `no_fps`."""
     segment = ann.get("segment", entry.get("segment"))
-    if segment is None or locator.file_type == "video":  # a video file: its own decoded frames, 0-based
+    if segment is None or locator.reader.probes_frames:  # e.g. a video file: its own decoded frames
         segment = locator.whole_video(video)
     try:
         begin, end = int(segment[0]), int(segment[1])
@@ -335,8 +318,7 @@ def read_records(
                                                  dataset=dataset, path=annotation_path)
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise UserError(f"malformed entry in annotation file {annotation_path}: {e!r}") from None
-    if locator.cache is not None:
-        locator.cache.save()
+    locator.reader.save_cache()
     _report_missing(missing, records, annotation_path=annotation_path, root=root, subset=subset)
     return records, names
 

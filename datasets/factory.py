@@ -20,15 +20,16 @@ from torch.utils.data import DataLoader
 
 from datasets.annotations import class_names, load_annotation, read_records
 from datasets.clip_loader import ClipLoader
-from datasets.layout import FILE_TYPES, SUBSET_NAMES
+from datasets.file_reader import FileReader
+from datasets.file_types import FILE_READERS, flow_file_types
+from datasets.layout import SUBSET_NAMES
 from datasets.problems import DataProblems
-from datasets.readers import FlowHdf5Reader, Hdf5Reader, JpegDirReader, check_frames_fit
+from datasets.readers import check_frames_fit
 from datasets.sampling import EpochShardSampler
 from datasets.spatial_transforms import ClipNormalizer, get_mean_std, get_spatial_transform
 from datasets.targets import direction_flip
 from datasets.temporal_transforms import get_temporal_transform
 from datasets.video_dataset import VideoClipDataset, collate_clips
-from datasets.video_files import VideoFileReader, VideoMetaCache
 from errors import UserError
 
 PREFETCH_FACTOR = 4
@@ -60,16 +61,16 @@ def get_class_names(opt) -> list[str]:
     return class_names(load_annotation(opt.annotation_path), dataset=opt.dataset, path=opt.annotation_path)
 
 
-def _reader(opt):
-    if opt.file_type not in FILE_TYPES:
-        raise UserError(f"--file_type must be one of {', '.join(FILE_TYPES)}, got {opt.file_type!r}")
-    if opt.input_type == "flow":
-        if opt.file_type != "hdf5":
-            raise UserError("--input_type flow needs --file_type hdf5 (flow is read from video_u/video_v)")
-        return FlowHdf5Reader()
-    if opt.file_type == "video":  # frame timings probed when the annotation file was read
-        return VideoFileReader(VideoMetaCache(VideoMetaCache.path_for(Path(opt.annotation_path))))
-    return JpegDirReader() if opt.file_type == "jpg" else Hdf5Reader()
+def _reader(opt) -> FileReader:
+    """The registered reader of --file_type, for the videos of --annotation_path (and flow when asked)."""
+    reader_class = FILE_READERS.get(opt.file_type)
+    if reader_class is None:
+        raise UserError(f"--file_type must be one of {', '.join(FILE_READERS)}, got {opt.file_type!r}")
+    flow = opt.input_type == "flow"
+    if flow and not reader_class.holds_flow:
+        raise UserError(f"--input_type flow needs --file_type {' or '.join(flow_file_types())} "
+                        "(flow is read from video_u/video_v)")
+    return reader_class.for_annotation_file(Path(opt.annotation_path), flow=flow)
 
 
 def build_dataset(opt, split: str, *, problems: DataProblems | None = None) -> VideoClipDataset:

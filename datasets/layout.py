@@ -6,10 +6,11 @@ annotation generators, the benchmarks) asks this module instead of spelling the 
 - Datasets and subsets: `DATASETS` (`FLAT_DATASETS` keep videos directly under the root,
   `MULTI_LABEL_DATASETS` list several actions per video); `SUBSET_NAMES` maps the short flag values (train/val/test)
   to the names of the annotation files (training/validation/testing), `subset_name` accepts both.
-- Converted videos (`FILE_TYPES`): 'jpg' is a folder ``<base>/image_00001.jpg ...`` (1-based
-  frame numbers), 'hdf5' a file ``<base>.hdf5`` whose dataset 'video' holds one encoded JPEG per
-  frame (0-based; optical flow: 'video_u' and 'video_v'), 'video' the raw file ``<base>.<ext>``
-  (0-based decoded frames). ``<base>`` is ``<root>/<label>/<video id>`` (see datasets.annotations).
+- Stored videos (the `--file_type` values; each one's reader in datasets.file_types decides its location,
+  numbering and frame count): 'jpg' is a folder ``<base>/image_00001.jpg ...`` (1-based frame numbers),
+  'hdf5' a file ``<base>.hdf5`` whose dataset 'video' holds one encoded JPEG per frame (0-based; optical
+  flow: 'video_u' and 'video_v'), 'video' the raw file ``<base>.<ext>`` (0-based decoded frames).
+  ``<base>`` is ``<root>/<label>/<video id>`` (see datasets.annotations).
 - Raw video files: `VIDEO_EXTENSIONS`, matched in any letter case (cameras write ``.MP4``/``.MOV``)
   by `has_video_extension` and `VideoFileFinder`; `RAW_VIDEO_EXTENSION` is the one extension the
   frame/HDF5 extraction scripts take per dataset (the original scripts' filter).
@@ -20,10 +21,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import h5py
-
-from errors import UserError
-
 DATASETS = ("kinetics", "activitynet", "ucf101", "hmdb51", "mit", "ssv2", "charades")
 # videos directly under the root (<root>/<id>), not in class folders; the others: <root>/<label>/<id>
 FLAT_DATASETS = ("activitynet", "ssv2", "charades")
@@ -32,7 +29,6 @@ MULTI_LABEL_DATASETS = ("charades",)
 SUBSET_NAMES = {"train": "training", "val": "validation", "test": "testing"}
 ANNOTATION_SUBSETS = tuple(SUBSET_NAMES.values())
 
-FILE_TYPES = ("jpg", "hdf5", "video")
 CONVERTED_FILE_TYPES = ("jpg", "hdf5")  # what util_scripts' converters write and the JSON generators count
 
 FRAME_GLOB = "image_*.jpg"
@@ -58,41 +54,6 @@ def frame_name(index: int) -> str:
 
 def frame_path(video_dir: Path | str, index: int) -> Path:
     return Path(video_dir) / frame_name(index)
-
-
-def first_frame(file_type: str) -> int:
-    """Number of the first frame: jpg folders count from 1, hdf5 files and video files from 0."""
-    return 1 if file_type == "jpg" else 0
-
-
-def video_location(base: Path | str, file_type: str) -> Path:
-    """Where the converted video `base` (no extension) is stored: the folder itself for jpg, <base>.hdf5 for
-    hdf5. For 'video' `base` is returned as is: its extension is found on disk by `VideoFileFinder`."""
-    base = Path(base)
-    return base.with_name(base.name + HDF5_SUFFIX) if file_type == "hdf5" else base
-
-
-def count_frames(path: Path | str, file_type: str) -> int:
-    """Frames of a converted video: jpg files whose name contains 'image' (not hidden; the original's count),
-    or the length of the hdf5 frames dataset ('video', else 'video_u' for a flow-only file).
-
-    Raises UserError naming the file when it cannot be read; a caller that prefers to skip such a video
-    catches it (the dataset counts it as empty).
-    """
-    path = Path(path)
-    if file_type == "hdf5":
-        try:
-            with h5py.File(path, "r") as f:
-                key = HDF5_FRAMES_KEY if HDF5_FRAMES_KEY in f else HDF5_FLOW_KEYS[0]
-                return len(f[key])
-        except (OSError, KeyError) as e:
-            raise UserError(f"cannot read hdf5 video {path}: {e}") from None
-    if file_type != "jpg":
-        raise ValueError(f"count_frames counts jpg folders and hdf5 files, not {file_type!r}")
-    try:
-        return sum(1 for name in os.listdir(path) if "image" in name and not name.startswith("."))
-    except OSError as e:
-        raise UserError(f"cannot list the frame folder {path}: {e}") from None
 
 
 def has_video_extension(path: Path | str, extensions: tuple[str, ...] = VIDEO_EXTENSIONS) -> bool:

@@ -1,25 +1,30 @@
 """Frame readers: fetch the encoded JPEG bytes of given frame indices, and decode them only as large as needed.
 
-Readers return one entry per requested index: the encoded bytes, or None when the frame is
-missing (they never raise for a missing or unreadable file; the clip loader repairs and counts).
-- `JpegDirReader`: <dir>/image_00001.jpg ... (1-based indices).
-- `Hdf5Reader`: dataset 'video' of vlen uint8 JPEG bytes (0-based).
+Readers implement datasets.file_reader.FileReader (registered in datasets.file_types) and return one
+entry per requested index: the encoded bytes, or None when the frame is missing (they never raise for
+a missing frame; the clip loader repairs and counts).
+- `JpegDirReader` (--file_type jpg): <dir>/image_00001.jpg ... (1-based indices).
+- `Hdf5Reader` (--file_type hdf5): <base>.hdf5, dataset 'video' of vlen uint8 JPEG bytes (0-based).
 - `FlowHdf5Reader`: datasets 'video_u' and 'video_v' -> (u_bytes, v_bytes) per frame.
 - `datasets.video_files.VideoFileReader` (--file_type video): decoded PyAV frames instead of bytes.
 The HDF5 file is opened per read, so nothing is shared across worker processes.
+`decode_frame` and `frame_size` take what any reader fetched: JPEG bytes, an av.VideoFrame or a uint8 array.
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import h5py
+import numpy as np
 from PIL import Image
 
-from datasets.layout import HDF5_FLOW_KEYS, HDF5_FRAMES_KEY, frame_path
+from datasets.file_reader import FileReader
+from datasets.layout import HDF5_FLOW_KEYS, HDF5_FRAMES_KEY, HDF5_SUFFIX, frame_path
 from datasets.video_files import displayed_size, upright_image
 from errors import ReadError, UserError
 
@@ -33,10 +38,22 @@ logger = logging.getLogger(__name__)
 Encoded = bytes | tuple[bytes, bytes]
 
 
-class JpegDirReader:
-    """Frames stored as <video_dir>/image_00001.jpg ... (datasets.layout.frame_name)."""
+class JpegDirReader(FileReader):
+    """Frames stored as <video_dir>/image_00001.jpg ... (datasets.layout.frame_name), numbered from 1."""
 
-    channels = 3
+    first_frame = 1
+    stored_as = "frame folders"
+
+    @classmethod
+    def is_stored(cls, path: Path) -> bool:
+        return Path(path).is_dir()
+
+    def count_frames(self, path: Path) -> int:
+        """Files whose name contains 'image', not hidden (the original's count)."""
+        try:
+            return sum(1 for name in os.listdir(path) if _is_frame_name(name))
+        except OSError as e:
+            raise UserError(f"cannot list the frame folder {path}: {e}") from None
 
     def fetch(self, path: Path, indices: Sequence[int]) -> list[Encoded | None]:
         out: list[Encoded | None] = []
@@ -47,12 +64,57 @@ class JpegDirReader:
                 out.append(None)
         return out
 
+    @classmethod
+    def videos_in(cls, folder: Path, filenames: Sequence[str]) -> list[Path]:
+        """A folder holding frames is one video."""
+        return [Path(folder)] if any(_is_frame_name(name) for name in filenames) else []
 
-class Hdf5Reader:
-    """Frames stored as encoded bytes in HDF5 datasets (one per channel group)."""
+    def problem(self, path: Path) -> str | None:
+        """No first frame, or a first frame that is not an image."""
+        first = frame_path(path, self.first_frame)
+        if not first.is_file():
+            return f"no {first.name}"
+        try:
+            with Image.open(first) as img:
+                img.load()
+        except Exception as e:  # noqa: BLE001 - Pillow raises many error types for broken images
+            return f"{first.name} cannot be decoded: {e}"
+        return None
+
+
+def _is_frame_name(name: str) -> bool:
+    return "image" in name and not name.startswith(".")
+
+
+class Hdf5Reader(FileReader):
+    """Frames stored as encoded bytes in HDF5 datasets (one per channel group) of <base>.hdf5, numbered from 0."""
 
     channels = 3
+    holds_flow = True
+    stored_as = "hdf5 files"
     keys: tuple[str, ...] = (HDF5_FRAMES_KEY,)
+
+    @classmethod
+    def for_annotation_file(cls, annotation_path: Path, *, flow: bool = False) -> Hdf5Reader:
+        return FlowHdf5Reader() if flow else Hdf5Reader()
+
+    @classmethod
+    def location(cls, base: Path) -> Path:
+        base = Path(base)
+        return base.with_name(base.name + HDF5_SUFFIX)
+
+    @classmethod
+    def is_stored(cls, path: Path) -> bool:
+        return Path(path).is_file()
+
+    def count_frames(self, path: Path) -> int:
+        """Length of the frames dataset ('video', else 'video_u' for a flow-only file)."""
+        try:
+            with h5py.File(path, "r") as f:
+                key = HDF5_FRAMES_KEY if HDF5_FRAMES_KEY in f else HDF5_FLOW_KEYS[0]
+                return len(f[key])
+        except (OSError, KeyError) as e:
+            raise UserError(f"cannot read hdf5 video {path}: {e}") from None
 
     def fetch(self, path: Path, indices: Sequence[int]) -> list[Encoded | None]:
         try:
@@ -111,18 +173,22 @@ def decode_jpeg(data: bytes, *, gray: bool = False, min_size: tuple[int, int] | 
 
 
 def frame_size(data) -> tuple[int, int]:
-    """(width, height) of an encoded JPEG or an already decoded video frame (as displayed: rotation applied)."""
+    """(width, height) of an encoded JPEG, a uint8 array (H, W[, C]) or an already decoded video frame
+    (as displayed: rotation applied)."""
     if isinstance(data, bytes):
         return jpeg_size(data)
-
+    if isinstance(data, np.ndarray):
+        return data.shape[1], data.shape[0]
     return displayed_size(data)
 
 
 def decode_frame(data, *, gray: bool = False, min_size: tuple[int, int] | None = None) -> Image.Image:
-    """JPEG bytes or a PyAV video frame (turned upright) -> PIL image of at least `min_size` (aspect kept)."""
+    """JPEG bytes, a uint8 array (H, W[, C]) or a PyAV video frame (turned upright) -> PIL image of at least
+    `min_size` (aspect kept)."""
     if isinstance(data, bytes):
         return decode_jpeg(data, gray=gray, min_size=min_size)
-
+    if isinstance(data, np.ndarray):  # pixels already (a reader of raw frames): full size is at least min_size
+        return Image.fromarray(data).convert("L" if gray else "RGB")
     return upright_image(data, min_size)  # a video frame: upright, downscaled by swscale
 
 

@@ -18,7 +18,8 @@ API:
 - `decode_frames(container, stream)`: every decodable frame, packet by packet, in presentation order.
 - `upright_array(frame, size)` / `upright_image(frame, min_size)`: an av.VideoFrame as an upright RGB
   array / PIL image, scaled by swscale (in the stored orientation) before it is turned.
-- `VideoFileReader.fetch(path, indices)`: the av.VideoFrames of given frame numbers, seeking per clip.
+- `VideoFileReader` (--file_type video, a datasets.file_reader.FileReader): `fetch(path, indices)` gives the
+  av.VideoFrames of given frame numbers, seeking per clip; frame counts and timings come from the probe cache.
 - `stream_frames(path, meta)`: (frame number, seconds, av.VideoFrame) of every frame in one sequential pass.
 - `scan_video(path) -> VideoScan`: decodes everything and reports damage (for check_videos).
 - `announced_seconds(path)` / `is_truncated(announced, found, fps)`: the container's own duration, and
@@ -39,7 +40,9 @@ import av
 import numpy as np
 from PIL import Image
 
-from errors import ReadError
+from datasets.file_reader import FileReader
+from datasets.layout import VideoFileFinder, has_video_extension
+from errors import ReadError, UserError
 from utils import atomic_file
 
 logger = logging.getLogger(__name__)
@@ -377,18 +380,44 @@ def _runs(indices: Sequence[int]) -> list[list[int]]:
     return runs
 
 
-class VideoFileReader:
+class VideoFileReader(FileReader):
     """Decoded frames (av.VideoFrame) of a video file for 0-based frame numbers; None for frames past the end
-    or destroyed by damage.
+    or destroyed by damage. Videos are <base>.<ext> for any common extension; their frame count and timing
+    are probed from the file (the annotation's frame segments are not used) and cached.
 
     Args:
         meta_cache: where the frame timing of each video comes from (probed on first use when None).
     """
 
     channels = 3
+    probes_frames = True
+    stored_as = "video files"
 
     def __init__(self, meta_cache: VideoMetaCache | None = None):
         self.meta_cache = meta_cache if meta_cache is not None else VideoMetaCache(None)
+        self._finder = VideoFileFinder()
+
+    @classmethod
+    def for_annotation_file(cls, annotation_path: Path, *, flow: bool = False) -> VideoFileReader:
+        """Frame timings probed when the annotation file is read are cached beside it, for every later run."""
+        return cls(VideoMetaCache(VideoMetaCache.path_for(Path(annotation_path))))
+
+    def find(self, candidates: Sequence[Path]) -> Path | None:
+        """The video file of the first candidate base path that has one (its extension is found on disk)."""
+        return next((p for c in candidates if (p := self._finder.find(c)) is not None), None)
+
+    def count_frames(self, path: Path) -> int:
+        meta = self.meta_cache.get(path)  # warns when the file cannot be opened
+        if meta is None:
+            raise UserError(f"cannot open video {path}")
+        return meta.n_frames
+
+    def fps(self, path: Path) -> float | None:
+        meta = self.meta_cache.get(path)
+        return meta.fps if meta else None
+
+    def save_cache(self) -> None:
+        self.meta_cache.save()
 
     def fetch(self, path: Path, indices: Sequence[int]):
         try:
@@ -403,6 +432,24 @@ class VideoFileReader:
             for k, run in enumerate(_runs(i for i in indices if 0 <= i < meta.n_frames)):
                 found.update(_decode_run(container, stream, meta, run, seek=k > 0 or run[0] > SEEK_GAP_FRAMES))
         return [found.get(i) for i in indices]
+
+    @classmethod
+    def videos_in(cls, folder: Path, filenames: Sequence[str]) -> list[Path]:
+        """Every visible file with a video extension (any letter case)."""
+        return [Path(folder) / name for name in sorted(filenames)
+                if not name.startswith(".") and has_video_extension(name)]
+
+    def problem(self, path: Path) -> str | None:
+        """Cannot open, no video stream, or no decodable frame."""
+        try:
+            with av.open(str(path)) as container:
+                if not container.streams.video:
+                    return "no video stream"
+                for _ in container.decode(video=0):
+                    return None
+                return "no decodable frame"
+        except Exception as e:  # noqa: BLE001 - PyAV raises many error types for broken files
+            return f"cannot decode: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
 
 
 def _decode_run(container, stream, meta: VideoMeta, run: list[int], *, seek: bool) -> dict[int, object]:

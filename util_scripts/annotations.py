@@ -21,10 +21,10 @@ import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-import av
 from tqdm import tqdm
 
-from datasets.layout import CONVERTED_FILE_TYPES, count_frames, find_video_file, first_frame, video_location
+from datasets.file_types import FILE_READERS
+from datasets.layout import CONVERTED_FILE_TYPES, find_video_file
 from errors import UserError
 from util_scripts.common import atomic_file
 
@@ -57,11 +57,12 @@ def find_segment(video_path: Path, label_dir: str, video_id: str, video_type: st
 
     UserError when the video exists but cannot be read: a broken conversion should stop the script.
     """
-    location = video_location(Path(video_path, label_dir, video_id), video_type)
-    if not (location.is_file() if video_type == "hdf5" else location.is_dir()):
+    reader_class = FILE_READERS[video_type]
+    location = reader_class.location(Path(video_path, label_dir, video_id))
+    if not reader_class.is_stored(location):
         return None
-    begin = first_frame(video_type)
-    return [begin, begin + count_frames(location, video_type)]
+    begin = reader_class.first_frame
+    return [begin, begin + reader_class().count_frames(location)]
 
 
 def make_entry(subset: str, label: str | None, segment: list[int] | None, *, video_path: str | None = None) -> dict:
@@ -77,19 +78,6 @@ def make_entry(subset: str, label: str | None, segment: list[int] | None, *, vid
         entry["video_path"] = video_path
     entry["annotations"] = annotations
     return entry
-
-
-def video_file_problem(path: Path) -> str | None:
-    """Why PyAV cannot use a video file (cannot open, no video stream, no decodable frame), or None."""
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                return "no video stream"
-            for _ in container.decode(video=0):
-                return None
-            return "no decodable frame"
-    except Exception as e:  # noqa: BLE001 - PyAV raises many error types for broken files
-        return f"cannot decode: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
 
 
 def video_exists(root: Path, rel: str) -> bool:

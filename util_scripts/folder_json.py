@@ -21,20 +21,14 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from PIL import Image
 from tqdm import tqdm
 
-from datasets.layout import count_frames, has_video_extension
+from datasets.file_types import FILE_READERS
 from errors import UserError
-from util_scripts.annotations import (
-    make_entry,
-    video_file_problem,
-    write_annotation_json,
-)
+from util_scripts.annotations import make_entry, write_annotation_json
 from util_scripts.common import run_cli
 
-FILE_TYPES = ("video", "jpg")
-FIRST_FRAME = "image_00001.jpg"
+FILE_TYPES = ("video", "jpg")  # of datasets.file_types: the readers that find their videos in a tree and check them
 N_CHECK_THREADS = 4  # PyAV decodes outside the GIL: a few threads keep the check of many files short
 
 
@@ -47,43 +41,27 @@ def scan_tree(root: Path, file_type: str) -> tuple[list[tuple[str, str]], list[s
 
     Stray paths: videos directly in ROOT, outside any class folder (they cannot get a class).
     """
+    reader_class = FILE_READERS[file_type]
     items, stray = [], []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if _visible(d))
         here = Path(dirpath)
-        rel = here.relative_to(root)
-        if file_type == "jpg":
-            if here != root and any("image" in f and _visible(f) for f in filenames):
+        for video in reader_class.videos_in(here, filenames):
+            if video == root:
+                continue  # ROOT holds the class folders: it is no video itself
+            if video == here:
                 dirnames[:] = []  # a frame folder is one video: do not look inside it for more
-                if len(rel.parts) == 1:
-                    stray.append(rel.as_posix())
-                else:
-                    items.append((rel.parts[0], rel.as_posix()))
-            continue
-        for name in sorted(f for f in filenames if _visible(f) and has_video_extension(f)):
-            if here == root:
-                stray.append(name)
+            rel = video.relative_to(root)
+            if len(rel.parts) == 1:
+                stray.append(rel.as_posix())
             else:
-                items.append((rel.parts[0], (rel / name).as_posix()))
+                items.append((rel.parts[0], rel.as_posix()))
     return sorted(items, key=lambda item: item[1]), stray
-
-
-def frames_problem(folder: Path) -> str | None:
-    """Why a frame folder cannot be used (no first frame, first frame not an image), or None."""
-    first = folder / FIRST_FRAME
-    if not first.is_file():
-        return f"no {FIRST_FRAME}"
-    try:
-        with Image.open(first) as img:
-            img.load()
-    except Exception as e:  # noqa: BLE001 - Pillow raises many error types for broken images
-        return f"{FIRST_FRAME} cannot be decoded: {e}"
-    return None
 
 
 def check_readable(root: Path, rels: list[str], file_type: str) -> list[str | None]:
     """The problem of each video (None when readable), with a progress bar."""
-    check = video_file_problem if file_type == "video" else frames_problem
+    check = FILE_READERS[file_type]().problem
     with ThreadPoolExecutor(N_CHECK_THREADS) as pool:
         results = pool.map(lambda rel: check(root / rel), rels)
         return list(tqdm(results, total=len(rels), desc="checking videos", unit="video", mininterval=0.5,
@@ -108,9 +86,13 @@ def split_by_class(items: list[tuple[str, str]], val_fraction: float, seed: int)
 
 
 def build_database(root: Path, items: list[tuple[str, str]], subsets: dict[str, str], file_type: str) -> dict:
+    """Entries with the frame segment of each video, unless its reader probes frames itself when training."""
+    reader = FILE_READERS[file_type]()
     database = {}
     for label, rel in items:
-        segment = [1, count_frames(root / rel, "jpg") + 1] if file_type == "jpg" else None
+        segment = None
+        if not reader.probes_frames:
+            segment = [reader.first_frame, reader.first_frame + reader.count_frames(root / rel)]
         database[rel] = make_entry(subsets[rel], label, segment, video_path=rel)
     return database
 
@@ -143,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"unreadable: {rel}: {problem}", file=sys.stderr)
     items = [item for item, p in zip(found, problems) if p is None]
     if not items:
-        what = "video files" if args.file_type == "video" else "frame folders"
+        what = FILE_READERS[args.file_type].stored_as
         raise UserError(f"no readable {what} found in {args.root}/<class>/ (found {len(found)}, "
                         f"{len(unreadable)} unreadable)")
     labels = sorted({label for label, _ in items})

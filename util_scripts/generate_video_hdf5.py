@@ -18,7 +18,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from datasets.layout import HDF5_FRAMES_KEY, video_location
+from datasets.layout import HDF5_FRAMES_KEY
+from datasets.readers import Hdf5Reader
 from util_scripts.common import (
     ItemResult,
     VideoItem,
@@ -42,7 +43,7 @@ def write_jpeg_hdf5(path: Path, jpegs: Sequence[bytes]) -> None:
 
 def convert_video(item: VideoItem, *, dst_root: Path, size: int, fps: float, quality: int, threads: int) -> ItemResult:
     """Write the HDF5 file of one video; skip it if the file already exists."""
-    final = video_location(dst_root / item.rel, "hdf5")
+    final = Hdf5Reader.location(dst_root / item.rel)
     if final.is_file():
         return ItemResult(item, "skipped")
     jpegs = [encode_jpeg(image, quality) for image in iter_frames(item.src, size=size, fps=fps, threads=threads)]

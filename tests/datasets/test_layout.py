@@ -5,16 +5,14 @@ from __future__ import annotations
 import os
 
 import numpy as np
-import pytest
 
 import datasets.layout as layout
 from datasets.annotations import read_records
 from datasets.factory import build_dataset
-from errors import UserError
 from opts import build_parser
 from predict.runner import find_videos as predict_videos
 from tests.conftest import make_opt
-from tests.datagen import decode_frame_number, make_frame_dataset, write_video
+from tests.datagen import decode_frame_number, make_frame_dataset
 from util_scripts.common import find_videos as raw_videos
 
 
@@ -27,39 +25,13 @@ def test_subset_names():
 def test_opts_choices_come_from_the_layout():
     actions = {a.dest: a for a in build_parser()._actions}
     assert tuple(actions["dataset"].choices) == layout.DATASETS
-    assert tuple(actions["file_type"].choices) == layout.FILE_TYPES
     assert tuple(actions["inference_subset"].choices) == ("train", "val", "test")
     assert set(layout.RAW_VIDEO_EXTENSION) == set(layout.DATASETS)
 
 
-def test_frame_names_and_locations(tmp_path):
+def test_frame_names(tmp_path):
     assert layout.frame_name(1) == "image_00001.jpg" and layout.frame_name(123456) == "image_123456.jpg"
     assert layout.frame_path(tmp_path, 7) == tmp_path / "image_00007.jpg"
-    assert (layout.first_frame("jpg"), layout.first_frame("hdf5"), layout.first_frame("video")) == (1, 0, 0)
-    base = tmp_path / "label" / "vid.x"
-    assert layout.video_location(base, "jpg") == base
-    assert layout.video_location(base, "hdf5") == tmp_path / "label" / "vid.x.hdf5"
-    assert layout.video_location(base, "video") == base
-
-
-def test_count_frames_of_jpg_folders_and_hdf5_files(tmp_path):
-    frames = [np.zeros((8, 8, 3), np.uint8)] * 5
-    write_video(tmp_path / "jpg", frames, file_type="jpg")
-    (tmp_path / "jpg" / ".image_99999.jpg").write_bytes(b"")  # hidden files are not frames
-    (tmp_path / "jpg" / "notes.txt").write_bytes(b"")
-    assert layout.count_frames(tmp_path / "jpg", "jpg") == 5
-    write_video(tmp_path / "a.hdf5", frames, file_type="hdf5")
-    write_video(tmp_path / "flow.hdf5", frames[:3], file_type="hdf5", input_type="flow")
-    assert layout.count_frames(tmp_path / "a.hdf5", "hdf5") == 5
-    assert layout.count_frames(tmp_path / "flow.hdf5", "hdf5") == 3
-
-
-def test_count_frames_raises_a_user_error_naming_an_unreadable_video(tmp_path):
-    (tmp_path / "broken.hdf5").write_bytes(b"not hdf5")
-    with pytest.raises(UserError, match="broken.hdf5"):
-        layout.count_frames(tmp_path / "broken.hdf5", "hdf5")
-    with pytest.raises(UserError, match="missing"):
-        layout.count_frames(tmp_path / "missing", "jpg")
 
 
 def test_a_broken_hdf5_video_is_skipped_by_the_dataset(tmp_path):
