@@ -349,7 +349,7 @@ class Trainer:
 
     @contextlib.contextmanager
     def stop_signals(self):
-        """Around the epoch loop: SIGTERM/SIGUSR1/Ctrl-C ask for a clean stop (see preemption.py)."""
+        """Around the epoch loop: SIGTERM/SIGUSR1/Ctrl-C ask for a clean stop (see engine.preemption)."""
         self.control.install()
         try:
             yield
