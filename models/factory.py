@@ -128,7 +128,7 @@ class LoadedModel:
     weights: str = "raw"  # "ema" when the EMA average was loaded
 
 
-def model_from_checkpoint(payload: Checkpoint, overrides: Mapping | None = None, *,
+def model_from_checkpoint(payload: Mapping, overrides: Mapping | None = None, *,
                           source: str = "checkpoint", weights: str = "ema") -> LoadedModel:
     """Rebuild the model a checkpoint (as `load_checkpoint` returns it) holds and load its weights strictly.
 
@@ -140,6 +140,7 @@ def model_from_checkpoint(payload: Checkpoint, overrides: Mapping | None = None,
     the EMA average of a checkpoint trained with --ema_decay (see `Checkpoint.eval_weights`), 'raw' its trained
     weights.
     """
+    payload = Checkpoint(payload)  # any mapping of schema keys, e.g. one assembled in memory
     state_dict, chosen = payload.eval_weights(weights)
     state_dict = strip_wrapper_prefixes(state_dict)
     stored_arch = payload.arch
