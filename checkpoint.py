@@ -1,4 +1,10 @@
-"""Checkpoint files: atomic writes, safe loads, and state_dict clean-up.
+"""Checkpoint files: the schema of their keys, atomic writes, safe loads, and state_dict clean-up.
+
+``FIELDS`` names every key a checkpoint of this toolkit may hold, with its type and the format version that
+added it. ``make_checkpoint`` is the one way to assemble one (it refuses keys outside the schema),
+``save_checkpoint`` writes it atomically, and ``load_checkpoint`` reads any checkpoint (ours of every
+version, the original's, a bare state_dict) into a ``Checkpoint``, whose properties are the only readers of
+its keys.
 
 Checkpoints hold only tensors and plain Python types, so they load with
 ``torch.load(weights_only=True)``: a file that needs arbitrary unpickling is refused
@@ -23,6 +29,122 @@ from opts import RESUME_AUTO
 from utils import capture_rng_state, new_file_mode
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Field:
+    """One key of a checkpoint: the type of its value, the format version that added it, what it holds."""
+
+    type: type | tuple[type, ...]
+    since: int  # 0: the original 3D-ResNets-PyTorch already wrote it
+    doc: str
+
+
+FORMAT_VERSION = 4  # written as "format_version"; files without it are of version 0 (original) to 3
+FIELDS: dict[str, Field] = {
+    "state_dict": Field(Mapping, 0, "the model's weights, with the original's key names"),
+    "epoch": Field(int, 0, "epochs completed"),
+    "arch": Field(str, 0, "'{model}-{depth}', e.g. 'resnet-50'"),
+    "optimizer": Field(Mapping, 0, "optimiser state"),
+    "scheduler": Field(Mapping, 0, "LR scheduler state (the original saved it before its end-of-epoch step)"),
+    "scaler": Field(Mapping, 1, "fp16 GradScaler state"),
+    "rng": Field(Mapping, 1, "python/numpy/torch/CUDA RNG states, for an exact resume"),
+    "model_kwargs": Field(Mapping, 1, "the model builder's keyword arguments, actual head size included"),
+    "class_names": Field(list, 1, "class index -> name"),
+    "options": Field(Mapping, 1, "the run's options as plain types (as opts.json)"),
+    "mid_epoch": Field(Mapping, 2, "a run stopped inside epoch epoch + 1: {batch, world_size, "
+                                   "process_batch_size, meters: per rank [loss sum, correct, clips]}"),
+    "ema_state_dict": Field(Mapping, 3, "the weight average of --ema_decay, same keys as state_dict"),
+    "ema_updates": Field(int, 3, "updates of that average, so a resumed one continues exactly"),
+    "optimizer_steps": Field(int, 3, "optimiser steps so far (--accumulate_grad_batches counts one per step)"),
+    "clip_spec": Field(Mapping, 4, "the clip the model was trained on (datasets.clip_spec.ClipSpec.to_dict)"),
+    "format_version": Field(int, 4, "FORMAT_VERSION of the writer"),
+}
+ORIGINAL_KEYS = frozenset(k for k, f in FIELDS.items() if f.since == 0)
+
+
+class Checkpoint(dict):
+    """A loaded checkpoint: the file's dict, read through typed properties (a value of the wrong type, as a
+    foreign file may hold, reads as absent)."""
+
+    def field(self, key: str, default=None):
+        """The value of schema key ``key`` when present and of its schema type, else ``default``."""
+        value = self.get(key)
+        return value if isinstance(value, FIELDS[key].type) and not isinstance(value, bool) else default
+
+    @property
+    def state_dict(self) -> Mapping:
+        return self["state_dict"]
+
+    @property
+    def epoch(self) -> int:
+        return int(self.field("epoch", 0))
+
+    @property
+    def arch(self) -> str | None:
+        return self.field("arch") or None
+
+    @property
+    def model_kwargs(self) -> dict | None:
+        kwargs = self.field("model_kwargs")
+        return dict(kwargs) if kwargs is not None else None
+
+    @property
+    def class_names(self) -> list[str] | None:
+        return list(self.field("class_names") or []) or None
+
+    @property
+    def options(self) -> dict:
+        return dict(self.field("options", {}))
+
+    @property
+    def mid_epoch(self) -> dict | None:
+        return self.field("mid_epoch")
+
+    @property
+    def rng(self) -> dict:
+        return self.field("rng", {})
+
+    @property
+    def optimizer_steps(self) -> int:
+        return self.field("optimizer_steps", 0)
+
+    @property
+    def clip_spec(self) -> dict | None:
+        return self.field("clip_spec")
+
+    @property
+    def format_version(self) -> int:
+        """The writer's format version; for files older than version 4, the newest version their keys need."""
+        return self.field("format_version", max((FIELDS[k].since for k in self if k in FIELDS), default=0))
+
+    @property
+    def is_original_format(self) -> bool:
+        """Written by the original code (it saved its scheduler before the end-of-epoch step)."""
+        return "scheduler" in self and not any(key in self for key in ORIGINAL_MISSING_KEYS)
+
+    @property
+    def ema_updates(self) -> int:
+        return self.field("ema_updates", 1)
+
+    def eval_weights(self, choice: str = "ema") -> tuple[Mapping, str]:
+        """The weights to evaluate with: the EMA average when the file has one and ``choice`` is 'ema', else
+        the raw ``state_dict``; and which ones ('ema' or 'raw')."""
+        if choice == "ema" and self.field("ema_state_dict") is not None:
+            return self["ema_state_dict"], "ema"
+        return self.state_dict, "raw"
+
+
+def make_checkpoint(**fields) -> Checkpoint:
+    """A checkpoint of this toolkit's current format from schema keys (None values are left out)."""
+    unknown = sorted(set(fields) - set(FIELDS))
+    if unknown:
+        raise ValueError(f"not checkpoint schema keys: {unknown} (add them to checkpoint.FIELDS)")
+    payload = Checkpoint({k: v for k, v in fields.items() if v is not None}, format_version=FORMAT_VERSION)
+    wrong = [k for k, v in payload.items() if not isinstance(v, FIELDS[k].type)]
+    if wrong or "state_dict" not in payload:
+        raise ValueError(f"checkpoint fields of the wrong type: {wrong}" if wrong else "a checkpoint needs state_dict")
+    return payload
 
 # Wrappers that prefix state_dict keys: DataParallel/DDP ("module.") and torch.compile ("_orig_mod.").
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
@@ -80,7 +202,7 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict:
+def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """Load a checkpoint or pretrained file safely, on the CPU.
 
     Returns a dict that always has a ``state_dict`` entry: a file that is itself a bare
@@ -105,10 +227,10 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         raise UserError(f"cannot read checkpoint {path}: the file is corrupt or truncated ({reason})") from None
     if not isinstance(obj, Mapping):
         raise UserError(f"cannot use checkpoint {path}: expected a dict, found {type(obj).__name__}")
-    obj = dict(obj)
+    obj = Checkpoint(obj)
     if "state_dict" not in obj:
         if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-            return {"state_dict": obj}
+            return Checkpoint(state_dict=dict(obj))
         raise UserError(f"cannot use checkpoint {path}: it has no 'state_dict' entry (keys: {sorted(obj)[:8]})")
     if not isinstance(obj["state_dict"], Mapping):
         raise UserError(f"cannot use checkpoint {path}: its 'state_dict' is not a mapping")
@@ -157,8 +279,6 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 
 LATEST_NAME = "latest.pth"  # the rolling / on-signal checkpoint next to save_{epoch}.pth
 ORIGINAL_MISSING_KEYS = ("rng", "model_kwargs", "options")  # what only this project's checkpoints hold
-EMA_KEY = "ema_state_dict"  # the weight average (--ema_decay), same keys as state_dict
-EMA_UPDATES_KEY = "ema_updates"
 
 
 @dataclass
@@ -166,26 +286,21 @@ class Resume:
     """A checkpoint to continue from (or only to take weights from, with --no_train)."""
 
     path: Path
-    payload: dict = field(repr=False)
+    payload: Checkpoint = field(repr=False)
 
     @property
     def epoch(self) -> int:
         """Epochs completed."""
-        return int(self.payload.get("epoch", 0))
+        return self.payload.epoch
 
     @property
     def batch(self) -> int:
         """Batches of epoch ``epoch + 1`` completed (a run stopped mid-epoch), else 0."""
-        return int((self.payload.get("mid_epoch") or {}).get("batch", 0))
+        return int((self.payload.mid_epoch or {}).get("batch", 0))
 
     @property
     def progress(self) -> tuple[int, int]:
         return self.epoch, self.batch
-
-
-def is_original_format(payload: Mapping) -> bool:
-    """A checkpoint written by the original code (it saved its scheduler before the end-of-epoch step)."""
-    return "scheduler" in payload and not any(key in payload for key in ORIGINAL_MISSING_KEYS)
 
 
 def find_resume(resume_path: str | os.PathLike | None, result_path: str | os.PathLike) -> Resume | None:
@@ -235,23 +350,20 @@ def _epoch_of(path: Path) -> int:
 
 
 def training_payload(epoch: int, *, model: nn.Module, arch: str, model_kwargs: Mapping, optimizer, scheduler,
-                     scaler, class_names: Sequence[str], options: Mapping, mid_epoch: Mapping | None = None) -> dict:
+                     scaler, class_names: Sequence[str], options: Mapping, mid_epoch: Mapping | None = None,
+                     **recipe) -> Checkpoint:
     """What save_{epoch}.pth holds: weights, optimiser/scheduler/scaler/RNG state to resume exactly, and the
     model description (``arch``, ``model_kwargs`` with the actual head size), class names and options.
 
-    ``epoch`` is the number of completed epochs. ``mid_epoch`` (latest.pth of a run stopped inside epoch
-    ``epoch + 1``): {batch: batches done, world_size, process_batch_size, meters: per rank [loss sum,
-    correct, clips]}."""
+    ``epoch`` is the number of completed epochs; ``mid_epoch`` and ``recipe`` (the EMA, optimiser steps) are
+    further schema fields (see FIELDS)."""
     bare = unwrap_model(model)
     kwargs = {**model_kwargs, "n_classes": bare.get_classifier().out_features}
-    payload = {"epoch": epoch, "arch": arch, "state_dict": strip_wrapper_prefixes(bare.state_dict()),
-               "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": capture_rng_state(),
-               "model_kwargs": kwargs, "class_names": list(class_names), "options": dict(options)}
-    if scaler is not None:
-        payload["scaler"] = scaler.state_dict()
-    if mid_epoch is not None:
-        payload["mid_epoch"] = dict(mid_epoch)
-    return payload
+    return make_checkpoint(epoch=epoch, arch=arch, state_dict=strip_wrapper_prefixes(bare.state_dict()),
+                           optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), rng=capture_rng_state(),
+                           model_kwargs=kwargs, class_names=list(class_names), options=dict(options),
+                           scaler=scaler.state_dict() if scaler is not None else None,
+                           mid_epoch=dict(mid_epoch) if mid_epoch is not None else None, **recipe)
 
 
 def newest_checkpoint_note(result_path: str | os.PathLike | None) -> str:

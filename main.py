@@ -135,7 +135,7 @@ def _run(opt: argparse.Namespace, dist: DistInfo) -> None:
     writer = (tensorboard_writer(opt.result_path, trainer.begin_epoch if trainer is not None else 1)
               if opt.tensorboard and dist.is_main else None)
     if trainer is not None and resume is not None:
-        restore_rng_state(resume.payload.get("rng", {}))  # last, so setup draws do not shift the sequence
+        restore_rng_state(resume.payload.rng)  # last, so setup draws do not shift the sequence
     begin = trainer.begin_epoch if trainer is not None else 1
     last = opt.n_epochs if trainer is not None else begin  # without training, validate once
     val_columns = ["epoch", "loss", "acc", "map"] if opt.multi_label else ["epoch", "loss", "acc"]

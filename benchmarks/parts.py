@@ -1,6 +1,6 @@
 """The measured parts of the benchmark: model only, loader only, end to end, sliding-window inference.
 
-Every part runs the project's own code (train_one_epoch, the loaders of dataset.py, run_inference)
+Every part runs the project's own code (train_one_epoch, the loaders of datasets/factory.py, run_inference)
 so the numbers are what a training run gets. 'original' = fp32 eager, contiguous model, the
 original-style per-frame PIL/float loader (benchmarks.reference_loader); 'fast' = the project's
 defaults for the device (uint8 loader with draft/simplejpeg decode, normalisation on the device,

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 import main
-from checkpoint import save_checkpoint
+from checkpoint import make_checkpoint, save_checkpoint
 from models import factory as model_lib
 from opts import opts_to_plain, parse_opts
 
@@ -58,8 +58,8 @@ def write_checkpoint(path: Path, args) -> Path:
                       str(args.sample_duration), "--n_classes", "5", "--result_path", str(path.parent), "--no_cuda"])
     torch.manual_seed(0)
     net = model_lib.generate_model(opt)
-    payload = {"epoch": 1, "arch": opt.arch, "state_dict": net.state_dict(), "class_names": list("abcde"),
-               "model_kwargs": model_lib.model_kwargs_from_opts(opt), "options": opts_to_plain(opt)}
+    payload = make_checkpoint(epoch=1, arch=opt.arch, state_dict=net.state_dict(), class_names=list("abcde"),
+                              model_kwargs=model_lib.model_kwargs_from_opts(opt), options=opts_to_plain(opt))
     return save_checkpoint(path, payload)
 
 

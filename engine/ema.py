@@ -9,12 +9,11 @@ Checkpoints keep the raw weights in ``state_dict`` (as always) and the average, 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from checkpoint import EMA_KEY, EMA_UPDATES_KEY, strip_wrapper_prefixes, unwrap_model
+from checkpoint import Checkpoint, strip_wrapper_prefixes, unwrap_model
 
 log = logging.getLogger(__name__)
 
@@ -29,15 +28,17 @@ def ema_payload(ema: AveragedModel | None) -> dict:
     """The checkpoint fields of ``ema`` (none without one)."""
     if ema is None:
         return {}
-    return {EMA_KEY: strip_wrapper_prefixes(ema.module.state_dict()), EMA_UPDATES_KEY: int(ema.n_averaged.item())}
+    return {"ema_state_dict": strip_wrapper_prefixes(ema.module.state_dict()),
+            "ema_updates": int(ema.n_averaged.item())}
 
 
-def restore_ema(ema: AveragedModel | None, payload: Mapping, *, source: str) -> None:
+def restore_ema(ema: AveragedModel | None, payload: Checkpoint, *, source: str) -> None:
     """Continue the average a checkpoint holds; one without (or a fresh run) starts it at the next step."""
     if ema is None:
         return
-    if EMA_KEY not in payload:
+    weights, kind = payload.eval_weights("ema")
+    if kind != "ema":
         log.warning("%s holds no EMA weights; the average starts from the resumed weights", source)
         return
-    ema.module.load_state_dict(strip_wrapper_prefixes(payload[EMA_KEY]), strict=True)
-    ema.n_averaged.fill_(int(payload.get(EMA_UPDATES_KEY, 1)))
+    ema.module.load_state_dict(strip_wrapper_prefixes(weights), strict=True)
+    ema.n_averaged.fill_(payload.ema_updates)

@@ -40,7 +40,7 @@ def run_inference(model: nn.Module, loader: Iterable, device: torch.device, *, c
                   multi_label: bool = False,
                   features: VideoScoreAggregator | None = None) -> VideoScoreAggregator:
     """Softmax scores (``multi_label``: sigmoid scores) of every clip of ``loader``, collected per video; with
-    ``features`` (features.py's collector) also every clip's classifier input."""
+    ``features`` (engine.features' collector) also every clip's classifier input."""
     model.eval()
     aggregator = VideoScoreAggregator(class_names)
     n_batches, start = len(loader), time.perf_counter()
@@ -107,7 +107,7 @@ def infer_subset(opt: argparse.Namespace, net: nn.Module, dist: DistInfo, normal
 
 
 def _write_subset_features(opt: argparse.Namespace, parts: list, video_order: Sequence[str]) -> Path:
-    """--save_features: every rank's clip embeddings merged into {subset}_features.h5 (features.py layout,
+    """--save_features: every rank's clip embeddings merged into {subset}_features.h5 (engine.features layout,
     segments in frames like {subset}.json)."""
     merged = merge_ranks(parts, [])
     path = write_features(Path(opt.result_path) / f"{opt.inference_subset}_features.h5", merged,

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from checkpoint import LATEST_NAME, Resume, is_original_format, save_checkpoint, training_payload, unwrap_model
+from checkpoint import LATEST_NAME, Checkpoint, Resume, save_checkpoint, training_payload, unwrap_model
 from datasets import factory as dataset
 from engine.distributed import DistInfo, all_reduce_sum, gather_objects
 from engine.ema import build_ema, ema_payload, restore_ema
@@ -349,7 +349,7 @@ class Trainer:
 
     @contextlib.contextmanager
     def stop_signals(self):
-        """Around the epoch loop: SIGTERM/SIGUSR1/Ctrl-C ask for a clean stop (see preemption.py)."""
+        """Around the epoch loop: SIGTERM/SIGUSR1/Ctrl-C ask for a clean stop (see engine.preemption)."""
         self.control.install()
         try:
             yield
@@ -367,23 +367,24 @@ class Trainer:
     def _restore(self, resume: Resume) -> None:
         payload, opt = resume.payload, self.opt
         self.begin_epoch = resume.epoch + 1
-        if "optimizer" in payload:
+        if payload.field("optimizer") is not None:
             try:
-                self.optimizer.load_state_dict(payload["optimizer"])
+                self.optimizer.load_state_dict(payload.field("optimizer"))
             except (ValueError, KeyError) as e:
                 log.warning("optimizer state of %s does not fit (%s); starting with a fresh optimizer", resume.path, e)
-        saved_sched = payload.get("options", {}).get("lr_scheduler", opt.lr_scheduler)
-        if "scheduler" in payload and saved_sched == opt.lr_scheduler:
-            self.scheduler.load_state_dict(payload["scheduler"])
-        elif "scheduler" in payload:
+        saved_sched = payload.options.get("lr_scheduler", opt.lr_scheduler)
+        saved_state = payload.field("scheduler")
+        if saved_state is not None and saved_sched == opt.lr_scheduler:
+            self.scheduler.load_state_dict(saved_state)
+        elif saved_state is not None:
             log.warning("checkpoint used --lr_scheduler %s; starting a fresh %s schedule", saved_sched,
                         opt.lr_scheduler)
         if opt.overwrite_milestones:
             self.scheduler.milestones = Counter(opt.multistep_milestones)
-        if "scheduler" in payload and saved_sched == opt.lr_scheduler and is_original_format(payload):
+        if saved_state is not None and saved_sched == opt.lr_scheduler and payload.is_original_format:
             self._catch_up_original_scheduler()
-        if self.scaler is not None and "scaler" in payload:
-            self.scaler.load_state_dict(payload["scaler"])
+        if self.scaler is not None and payload.field("scaler") is not None:
+            self.scaler.load_state_dict(payload.field("scaler"))
         self.start = self._mid_epoch_start(resume)
         self._restore_recipe(resume)
         where = f" after batch {self.start.batch}" if self.start.batch else ""
@@ -399,7 +400,7 @@ class Trainer:
 
     def _mid_epoch_start(self, resume: Resume) -> EpochProgress:
         """This rank's position and meters in the epoch a stopped run was in the middle of."""
-        mid = resume.payload.get("mid_epoch")
+        mid = resume.payload.mid_epoch
         if not mid or not mid.get("batch"):
             return EpochProgress()
         here = {"world_size": self.dist.world_size, "process_batch_size": self.loader.batch_size}
@@ -413,7 +414,7 @@ class Trainer:
 
     def _restore_recipe(self, resume: Resume) -> None:
         restore_ema(self.ema, resume.payload, source=str(resume.path))
-        self.optimizer_steps = int(resume.payload.get("optimizer_steps", 0))
+        self.optimizer_steps = resume.payload.optimizer_steps
 
     @property
     def eval_model(self) -> nn.Module:
@@ -492,23 +493,20 @@ class Trainer:
         raise Preempted(signum, f"stopped by {signal_name(signum)} {where}; saved {saved}; "
                                 "rerun the same command with --resume_path auto to continue")
 
-    def _save(self, name: str, payload: dict) -> Path | None:
+    def _save(self, name: str, payload: Checkpoint) -> Path | None:
         if not self.dist.is_main:
             return None
         path = save_checkpoint(Path(self.opt.result_path) / name, payload)
         log.info("saved %s", path)
         return path
 
-    def payload(self, epoch: int, *, steps_in_epoch: int = 0, **extra) -> dict:
+    def payload(self, epoch: int, *, steps_in_epoch: int = 0, **extra) -> Checkpoint:
         """The checkpoint: training_payload's keys, the EMA (when on) and the optimiser steps so far."""
-        return {**self._payload_core(epoch, **extra), **ema_payload(self.ema),
-                "optimizer_steps": self.optimizer_steps + steps_in_epoch}
-
-    def _payload_core(self, epoch: int, **extra) -> dict:
         return training_payload(epoch, model=self.model, arch=self.opt.arch,
                                 model_kwargs=model_lib.model_kwargs_from_opts(self.opt), optimizer=self.optimizer,
                                 scheduler=self.scheduler, scaler=self.scaler, class_names=self.class_names,
-                                options=opts_to_plain(self.opt), **extra)
+                                options=opts_to_plain(self.opt), optimizer_steps=self.optimizer_steps + steps_in_epoch,
+                                **ema_payload(self.ema), **extra)
 
 
 def signal_name(signum: int) -> str:

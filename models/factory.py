@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from checkpoint import EMA_KEY, Resume, load_checkpoint, strip_wrapper_prefixes, unwrap_model
+from checkpoint import Checkpoint, Resume, load_checkpoint, strip_wrapper_prefixes, unwrap_model
 from errors import UserError
 from models import MODEL_DEPTHS, MODEL_FAMILIES, build_model
 from models.torchvision_weights import TorchvisionArch, convert_torchvision_state_dict, detect_torchvision_arch
@@ -128,14 +128,6 @@ class LoadedModel:
     weights: str = "raw"  # "ema" when the EMA average was loaded
 
 
-def eval_state_dict(payload: Mapping, weights: str = "ema") -> tuple[Mapping, str]:
-    """The weights of a checkpoint to evaluate with: its EMA average when it has one and ``weights`` is 'ema',
-    else its raw ``state_dict``; and which ones ('ema' or 'raw')."""
-    if weights == "ema" and isinstance(payload.get(EMA_KEY), Mapping):
-        return payload[EMA_KEY], "ema"
-    return payload["state_dict"], "raw"
-
-
 def model_from_checkpoint(payload: Mapping, overrides: Mapping | None = None, *,
                           source: str = "checkpoint", weights: str = "ema") -> LoadedModel:
     """Rebuild the model a checkpoint (as `load_checkpoint` returns it) holds and load its weights strictly.
@@ -145,21 +137,22 @@ def model_from_checkpoint(payload: Mapping, overrides: Mapping | None = None, *,
     name (``model``, ``model_depth``, ``resnet_shortcut``, ...; see MODEL_FLAGS), the ones a user gave.
     ``model``/``model_depth`` default to the file's ``arch``, ``n_classes`` to its classifier's size and
     the rest to the flags' defaults. ``source`` names the file in error messages. ``weights`` 'ema' loads
-    the EMA average of a checkpoint trained with --ema_decay (see `eval_state_dict`), 'raw' its trained weights.
+    the EMA average of a checkpoint trained with --ema_decay (see `Checkpoint.eval_weights`), 'raw' its trained
+    weights.
     """
-    state_dict, chosen = eval_state_dict(payload, weights)
+    payload = Checkpoint(payload)  # any mapping of schema keys, e.g. one assembled in memory
+    state_dict, chosen = payload.eval_weights(weights)
     state_dict = strip_wrapper_prefixes(state_dict)
-    stored_arch = payload.get("arch") if isinstance(payload.get("arch"), str) else None
-    if stored_arch and isinstance(payload.get("model_kwargs"), Mapping):
-        arch, kwargs = stored_arch, dict(payload["model_kwargs"])
+    stored_arch = payload.arch
+    if stored_arch and payload.model_kwargs is not None:
+        arch, kwargs = stored_arch, payload.model_kwargs
     else:
         arch, kwargs = _description_from_flags(dict(overrides or {}), stored_arch, state_dict, source)
     net = build_model_from_checkpoint_info(arch, kwargs)
     load_state_dict_compat(net, state_dict, source=source, source_arch=stored_arch)
-    names = payload.get("class_names")
     if chosen == "ema":
         logger.info("%s: using its EMA weights (--eval_weights raw for the raw ones)", source)
-    return LoadedModel(net.eval(), arch, kwargs, list(names) if names else None, chosen)
+    return LoadedModel(net.eval(), arch, kwargs, payload.class_names, chosen)
 
 
 def _description_from_flags(flags: dict, stored_arch: str | None, state_dict: Mapping,
@@ -193,8 +186,8 @@ def load_state_dict_compat(
     ``source``, ``class_flag`` and ``source_arch`` only shape that message.
     """
     model = unwrap_model(model)
-    if isinstance(state_dict.get("state_dict"), Mapping):  # the whole checkpoint dict was passed
-        state_dict = state_dict["state_dict"]
+    if isinstance(state_dict, Checkpoint):  # the whole checkpoint was passed
+        state_dict = state_dict.state_dict
     found = strip_wrapper_prefixes(state_dict)
     expected = model.state_dict()
     for key, value in expected.items():
@@ -288,7 +281,7 @@ def load_pretrained_model(model: nn.Module, pretrain_path: str | os.PathLike, n_
     logger.info("loading pretrained model %s", pretrain_path)
     checkpoint = load_checkpoint(pretrain_path)
     source = f"pretrained file {pretrain_path}"
-    state_dict, chosen = eval_state_dict(checkpoint)
+    state_dict, chosen = checkpoint.eval_weights()
     if chosen == "ema":
         logger.info("%s: using its EMA weights", source)
     torchvision_arch = detect_torchvision_arch(state_dict)
@@ -300,7 +293,7 @@ def load_pretrained_model(model: nn.Module, pretrain_path: str | os.PathLike, n_
             state_dict,
             source=source,
             class_flag="--n_pretrain_classes",
-            source_arch=checkpoint.get("arch") if isinstance(checkpoint.get("arch"), str) else None,
+            source_arch=checkpoint.arch,
         )
     unwrap_model(model).reset_classifier(n_finetune_classes)
     return model
@@ -359,14 +352,12 @@ def model_for_run(opt: argparse.Namespace, dist, resume: Resume | None) -> nn.Mo
         else:  # the resumed weights replace the pretrained ones anyway; only the head shape matters
             net.reset_classifier(opt.n_finetune_classes)
     if resume is not None:
-        arch = resume.payload.get("arch")
+        arch = resume.payload.arch
         if arch is not None and arch != opt.arch:
             raise UserError(f"{resume.path} holds a {arch} model but the flags ask for {opt.arch} "
                             "(check --model and --model_depth)")
         # Training resumes the raw weights (the EMA has its own copy); evaluating only takes --eval_weights.
-        state_dict, chosen = resume.payload["state_dict"], "raw"
-        if opt.no_train:
-            state_dict, chosen = eval_state_dict(resume.payload, opt.eval_weights)
+        state_dict, chosen = resume.payload.eval_weights(opt.eval_weights if opt.no_train else "raw")
         load_state_dict_compat(net, state_dict, source=f"checkpoint {resume.path}", source_arch=arch)
         logger.info("loaded %sweights of epoch %d from %s", "EMA " if chosen == "ema" else "", resume.epoch,
                     resume.path)
@@ -414,7 +405,6 @@ __all__ = [
     "MODEL_FLAGS",
     "build_model_from_checkpoint_info",
     "describe_model",
-    "eval_state_dict",
     "generate_model",
     "get_fine_tuning_parameters",
     "load_pretrained_model",

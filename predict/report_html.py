@@ -250,7 +250,7 @@ def write_report(path: Path, entries: Sequence[VideoEntry], **kwargs) -> Path:
 
 def entries_from_predictions(predictions: dict, *, thumbnails: dict | None = None, problems: dict | None = None,
                              annotated: dict | None = None) -> list[VideoEntry]:
-    """Page entries of a predictions dict (predict.py's {"results": {video_id: {...}}}) and what the decoding
+    """Page entries of a predictions dict (predict.runner's {"results": {video_id: {...}}}) and what the decoding
     pass collected per video id."""
     thumbnails, problems, annotated = thumbnails or {}, problems or {}, annotated or {}
     return [VideoEntry(vid, float(r.get("duration", 0.0)), list(r.get("result", [])), list(r.get("segments", [])),

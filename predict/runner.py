@@ -63,7 +63,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from checkpoint import load_checkpoint
+from checkpoint import Checkpoint, load_checkpoint
 from datasets.factory import build_input_normalizer
 from datasets.layout import VIDEO_EXTENSIONS, has_video_extension
 from datasets.spatial_transforms import get_spatial_transform
@@ -112,9 +112,9 @@ def read_class_names(path: Path) -> list[str]:
     return names
 
 
-def take_clip_settings(opt: argparse.Namespace, payload: dict) -> None:
+def take_clip_settings(opt: argparse.Namespace, payload: Checkpoint) -> None:
     """Give `opt` the clip settings of the checkpoint's options that the command line did not set; the input is RGB."""
-    stored = payload.get("options") or {}
+    stored = payload.options
     taken = {k: stored[k] for k in CLIP_OPTIONS if k in stored and k not in opt.explicit_flags}
     if taken:
         log.info("from the checkpoint's options: %s", ", ".join(f"{k}={v}" for k, v in taken.items()))
@@ -124,10 +124,10 @@ def take_clip_settings(opt: argparse.Namespace, payload: dict) -> None:
     resolve_input(opt)
 
 
-def load_predictor(opt: argparse.Namespace, payload: dict, source: Path) -> tuple[nn.Module, list[str]]:
+def load_predictor(opt: argparse.Namespace, payload: Checkpoint, source: Path) -> tuple[nn.Module, list[str]]:
     """The model with the checkpoint's weights (eval mode, CPU) and its class names."""
     flags = {name: getattr(opt, name) for name in model_lib.MODEL_FLAGS if name in opt.explicit_flags}
-    if not payload.get("arch"):  # nothing in the file names the model: the flags' (default) one
+    if not payload.arch:  # nothing in the file names the model: the flags' (default) one
         flags.update(model=opt.model, model_depth=opt.model_depth)
     loaded = model_lib.model_from_checkpoint(payload, flags, source=f"checkpoint {source}", weights=opt.eval_weights)
     names = _class_names(opt, loaded.class_names, loaded.model.get_classifier().out_features)

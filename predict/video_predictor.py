@@ -1,5 +1,5 @@
 """Streaming prediction of one video file: one sequential decode, a bounded window of frames, clips scored in
-batches as soon as their frames have arrived (the listener API is described in predict.py).
+batches as soon as their frames have arrived (the listener API is described in predict/runner.py).
 
 Each video is decoded once, front to back (`stream_frames`). Only the frames some clip uses are kept, already
 scaled (in swscale) to the size the spatial transform needs and cut into every view, and only until the last

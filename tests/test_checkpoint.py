@@ -1,17 +1,29 @@
-"""checkpoint.py: atomic writes, safe loads (no code execution), prefix clean-up, unwrapping."""
+"""checkpoint.py: the key schema, atomic writes, safe loads (no code execution), prefix clean-up, unwrapping."""
 
 from __future__ import annotations
 
 import errno
 import os
 import pickle
+import re
 
 import pytest
 import torch
 from torch import nn
 
-from checkpoint import find_resume, load_checkpoint, save_checkpoint, strip_wrapper_prefixes, unwrap_model
+from checkpoint import (
+    FIELDS,
+    FORMAT_VERSION,
+    Checkpoint,
+    find_resume,
+    load_checkpoint,
+    make_checkpoint,
+    save_checkpoint,
+    strip_wrapper_prefixes,
+    unwrap_model,
+)
 from errors import UserError
+from tests.conftest import ROOT, dataset_args, run_main
 
 
 def small_state() -> dict:
@@ -179,3 +191,59 @@ def test_auto_resume_takes_the_checkpoint_furthest_on(tmp_path):
     assert find_resume("auto", tmp_path).path.name == "save_3.pth"
     (tmp_path / "save_3.pth").write_bytes(b"torn")  # unreadable: the next best one
     assert find_resume("auto", tmp_path).path.name == "latest.pth"
+
+
+# ---- the schema: every key a checkpoint holds is defined once, in checkpoint.FIELDS ----------------------------
+
+PRODUCT_DIRS = ("datasets", "models", "engine", "predict", "util_scripts", "benchmarks")
+CHECKPOINT_ONLY_KEYS = sorted(set(FIELDS) - {"epoch", "arch", "options", "class_names"})  # also log/option names
+
+
+def test_a_training_run_writes_only_schema_keys_of_their_types(tiny_dataset, tmp_path):
+    proc = run_main([*dataset_args(tiny_dataset, tmp_path), "--n_epochs", 1, "--checkpoint", 1, "--ema_decay", 0.5])
+    assert proc.returncode == 0, proc.stderr
+    saved = load_checkpoint(tmp_path / "save_1.pth")
+    assert isinstance(saved, Checkpoint) and set(saved) <= set(FIELDS)
+    assert all(isinstance(value, FIELDS[key].type) for key, value in saved.items())
+    assert saved.format_version == FORMAT_VERSION and not saved.is_original_format
+    assert saved.epoch == 1 and saved.arch == "resnet-10" and saved.optimizer_steps > 0 and saved.ema_updates > 0
+    assert saved.eval_weights("ema")[1] == "ema" and saved.eval_weights("raw")[0] is saved.state_dict
+
+
+def test_make_checkpoint_refuses_keys_outside_the_schema_and_wrong_types():
+    made = make_checkpoint(epoch=2, state_dict=small_state(), scaler=None)
+    assert set(made) == {"epoch", "state_dict", "format_version"}  # None values are left out
+    with pytest.raises(ValueError, match="best_prec1"):
+        make_checkpoint(state_dict=small_state(), best_prec1=0.5)
+    with pytest.raises(ValueError, match="epoch"):
+        make_checkpoint(state_dict=small_state(), epoch="2")
+
+
+def test_older_files_read_through_the_schema(tmp_path):
+    original = tmp_path / "original.pth"  # what 3D-ResNets-PyTorch's main.py wrote
+    save_checkpoint(original, {"epoch": 200, "arch": "resnet-50", "state_dict": small_state(), "optimizer": {},
+                               "scheduler": {}})
+    loaded = load_checkpoint(original)
+    assert loaded.is_original_format and loaded.format_version == 0 and loaded.epoch == 200
+    assert loaded.options == {} and loaded.class_names is None and loaded.model_kwargs is None
+    assert loaded.eval_weights("ema")[1] == "raw"  # no EMA in the file: its raw weights
+    ours_v2 = tmp_path / "v2.pth"  # before format_version was written: the newest key says at least 2
+    save_checkpoint(ours_v2, {"epoch": 1, "state_dict": small_state(), "options": {}, "rng": {},
+                              "mid_epoch": {"batch": 3}})
+    assert load_checkpoint(ours_v2).format_version == 2 and load_checkpoint(ours_v2).mid_epoch == {"batch": 3}
+    bare = tmp_path / "bare.pth"
+    torch.save(small_state(), bare)
+    assert load_checkpoint(bare).format_version == 0 and load_checkpoint(bare).arch is None
+    foreign = tmp_path / "foreign.pth"  # a value of another type reads as absent, as the model loader expects
+    save_checkpoint(foreign, {"state_dict": small_state(), "arch": 50, "epoch": "ten"})
+    assert load_checkpoint(foreign).arch is None and load_checkpoint(foreign).epoch == 0
+
+
+def test_no_product_module_reads_checkpoint_keys_by_name():
+    """Everything outside checkpoint.py asks the Checkpoint's properties (one reader)."""
+    keys = "|".join(CHECKPOINT_ONLY_KEYS)
+    pattern = re.compile(rf"""(\[|\.get\()["']({keys})["']""")
+    files = [p for d in PRODUCT_DIRS for p in (ROOT / d).rglob("*.py")] + list(ROOT.glob("*.py"))
+    hits = [f"{p.relative_to(ROOT)}: {m.group(0)}" for p in files if p.name != "checkpoint.py"
+            for m in pattern.finditer(p.read_text())]
+    assert hits == []

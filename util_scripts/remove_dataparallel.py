@@ -20,10 +20,9 @@ from util_scripts.common import run_cli
 def remove_prefixes(src: Path, dst: Path) -> int:
     """Write ``src`` with cleaned state_dict keys to ``dst``; return how many keys changed."""
     checkpoint = load_checkpoint(src)
-    state_dict = checkpoint["state_dict"]
+    state_dict = checkpoint.state_dict
     cleaned = strip_wrapper_prefixes(state_dict)
-    checkpoint["state_dict"] = cleaned
-    save_checkpoint(dst, checkpoint)
+    save_checkpoint(dst, {**checkpoint, "state_dict": cleaned})  # every other key as it was, foreign ones too
     return sum(old != new for old, new in zip(state_dict, cleaned))
 
 

@@ -1,4 +1,4 @@
-"""dataset.py: DataLoaders from options, with 0 and 2 workers, sharding, seeding and normalisation."""
+"""datasets/factory.py: DataLoaders from options, with 0 and 2 workers, sharding, seeding and normalisation."""
 
 import sys
 from types import SimpleNamespace

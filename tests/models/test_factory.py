@@ -1,4 +1,4 @@
-"""model.py: building from options and checkpoint info, pretrained loading, fine-tune selection, FLOPs."""
+"""models/factory.py: building from options and checkpoint info, pretrained loading, fine-tune selection, FLOPs."""
 
 from __future__ import annotations
 
