@@ -1,0 +1,89 @@
+"""datasets.clip_spec: one frozen clip spec, built from the options, saved in checkpoints and read back (also from
+checkpoints made before it existed)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+
+import pytest
+import torch
+
+from checkpoint import load_checkpoint, save_checkpoint
+from datasets.clip_spec import CLIP_OPTIONS, DEFAULT_OPTIONS, ClipSpec
+from datasets.spatial_transforms import MEAN_STD
+from errors import UserError
+from opts import build_parser, opts_to_plain, parse_opts
+
+
+def _opts(*flags) -> object:
+    return parse_opts(["--result_path", "r", "--no_cuda", *map(str, flags)])
+
+
+def test_defaults_are_main_pys():
+    defaults = vars(build_parser().parse_args([]))
+    assert DEFAULT_OPTIONS == {name: defaults[name] for name in CLIP_OPTIONS}
+
+
+def test_round_trip_through_save_and_load(tmp_path):
+    spec = ClipSpec.from_options(_opts("--input_type", "flow", "--file_type", "hdf5", "--multi_label",
+                                       "--temporal_sampling", "segment", "--value_scale", 255, "--no_mean_norm"),
+                                 ["a", "b", "c"])
+    assert spec.input_shape == (2, 16, 112, 112) and spec.mean == (0.0, 0.0) and spec.multi_label
+    save_checkpoint(tmp_path / "c.pth", {"state_dict": {"w": torch.zeros(1)}, "clip_spec": spec.to_dict()})
+    loaded = load_checkpoint(tmp_path / "c.pth")
+    assert ClipSpec.from_checkpoint(loaded) == spec
+    assert json.loads(json.dumps(loaded["clip_spec"])) == loaded["clip_spec"]  # plain types only
+    assert ClipSpec.from_dict(spec.to_dict()) == spec
+
+
+def test_checkpoint_with_options_only_gets_the_spec_they_imply(tmp_path):
+    opt = _opts("--sample_size", 64, "--sample_duration", 4, "--multi_label", "--temporal_sampling", "segment",
+                "--mean_dataset", "activitynet", "--no_mean_norm", "--inference_stride", 4)
+    save_checkpoint(tmp_path / "old.pth", {"state_dict": {"w": torch.zeros(1)}, "options": opts_to_plain(opt),
+                                           "class_names": ["x", "y"]})
+    spec = ClipSpec.from_checkpoint(load_checkpoint(tmp_path / "old.pth"))
+    assert spec == ClipSpec.from_options(opt, ["x", "y"])
+    assert spec.mean == (0.0, 0.0, 0.0) and spec.std == MEAN_STD["activitynet"][1]  # not opts.json's mean
+    # an option the older version did not store takes main.py's default
+    partial = ClipSpec.from_checkpoint({"state_dict": {}, "options": {"sample_size": 64, "dataset": "kinetics"}})
+    assert partial == ClipSpec.from_options(_opts("--sample_size", 64))
+
+
+def test_original_format_checkpoint_gets_the_defaults():
+    spec = ClipSpec.from_checkpoint({"state_dict": {}, "epoch": 200, "arch": "resnet-50", "scheduler": {}})
+    assert spec == ClipSpec.from_options(_opts())
+    assert (spec.sample_size, spec.sample_duration, spec.temporal_sampling, spec.multi_label) == (112, 16, "dense",
+                                                                                                  False)
+    assert spec.mean == MEAN_STD["kinetics"][0] and spec.class_names == ()
+
+
+def test_frozen():
+    spec = ClipSpec.from_options(_opts())
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.sample_size = 224
+    assert hash(spec) == hash(ClipSpec.from_options(_opts()))
+
+
+@pytest.mark.parametrize("bad", [{"sample_size": "big"}, {"temporal_sampling": "sparse"}, {"mean": [0.5]},
+                                 {"class_names": "abc"}, {"multi_label": 1}])
+def test_malformed_spec_is_a_user_error(bad):
+    stored = {**ClipSpec.from_options(_opts()).to_dict(), **bad}
+    with pytest.raises(UserError, match="clip spec"):
+        ClipSpec.from_checkpoint({"state_dict": {}, "clip_spec": stored})
+
+
+def test_apply_to_takes_the_spec_except_typed_flags(caplog):
+    stored = dataclasses.replace(ClipSpec.from_options(_opts("--sample_duration", 8, "--multi_label")),
+                                 mean=(0.1, 0.2, 0.3))  # numbers a checkpoint keeps even if the table changed
+    opt = _opts("--sample_size", 64)
+    with caplog.at_level(logging.INFO, logger="datasets.clip_spec"):
+        spec = stored.apply_to(opt, source="checkpoint c.pth")
+    assert (opt.sample_size, opt.sample_duration, opt.multi_label) == (64, 8, True)
+    assert spec == dataclasses.replace(stored, sample_size=64)  # the stored mean is kept
+    assert "clip spec of checkpoint c.pth" in caplog.text and "overrides it: sample_size=64" in caplog.text
+    # a typed normalisation flag resolves mean and std again; the input fields follow the input type
+    opt = _opts("--mean_dataset", "0.5")
+    spec = dataclasses.replace(stored, input_type="flow", mean=(0.1, 0.2), std=(0.3, 0.4)).apply_to(opt, source="c")
+    assert spec.mean == spec.std == (0.5, 0.5) and opt.n_input_channels == 2 and opt.mean == [0.5, 0.5]
