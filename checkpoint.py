@@ -235,9 +235,11 @@ def _epoch_of(path: Path) -> int:
 
 
 def training_payload(epoch: int, *, model: nn.Module, arch: str, model_kwargs: Mapping, optimizer, scheduler,
-                     scaler, class_names: Sequence[str], options: Mapping, mid_epoch: Mapping | None = None) -> dict:
+                     scaler, class_names: Sequence[str], options: Mapping, clip_spec: Mapping,
+                     mid_epoch: Mapping | None = None) -> dict:
     """What save_{epoch}.pth holds: weights, optimiser/scheduler/scaler/RNG state to resume exactly, and the
-    model description (``arch``, ``model_kwargs`` with the actual head size), class names and options.
+    model description (``arch``, ``model_kwargs`` with the actual head size), class names, options and the clip
+    spec (``datasets.clip_spec.ClipSpec.to_dict()``).
 
     ``epoch`` is the number of completed epochs. ``mid_epoch`` (latest.pth of a run stopped inside epoch
     ``epoch + 1``): {batch: batches done, world_size, process_batch_size, meters: per rank [loss sum,
@@ -246,7 +248,8 @@ def training_payload(epoch: int, *, model: nn.Module, arch: str, model_kwargs: M
     kwargs = {**model_kwargs, "n_classes": bare.get_classifier().out_features}
     payload = {"epoch": epoch, "arch": arch, "state_dict": strip_wrapper_prefixes(bare.state_dict()),
                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": capture_rng_state(),
-               "model_kwargs": kwargs, "class_names": list(class_names), "options": dict(options)}
+               "model_kwargs": kwargs, "class_names": list(class_names), "options": dict(options),
+               "clip_spec": dict(clip_spec)}
     if scaler is not None:
         payload["scaler"] = scaler.state_dict()
     if mid_epoch is not None:

@@ -1,5 +1,5 @@
-"""datasets.clip_spec: one frozen clip spec, built from the options, saved in checkpoints and read back (also from
-checkpoints made before it existed)."""
+"""datasets.clip_spec: one frozen clip spec, built from the options, saved in every checkpoint and read back
+(also from checkpoints made before it existed)."""
 
 from __future__ import annotations
 
@@ -15,15 +15,39 @@ from datasets.clip_spec import CLIP_OPTIONS, DEFAULT_OPTIONS, ClipSpec
 from datasets.spatial_transforms import MEAN_STD
 from errors import UserError
 from opts import build_parser, opts_to_plain, parse_opts
+from tests.conftest import dataset_args, run_main
+
+SEGMENT = ["--temporal_sampling", "segment", "--mean_dataset", "0.5", "--no_std_norm"]
+CLASSES = ["class_0", "class_1"]
 
 
 def _opts(*flags) -> object:
     return parse_opts(["--result_path", "r", "--no_cuda", *map(str, flags)])
 
 
+@pytest.fixture(scope="module")
+def trained(tiny_dataset, tmp_path_factory):
+    """One tiny epoch of segment-sampled clips with 0.5 mean and unit std: a spec far from the defaults."""
+    out = tmp_path_factory.mktemp("run")
+    args = [*dataset_args(tiny_dataset, out), "--n_epochs", 1, "--checkpoint", 1, "--no_val", *SEGMENT]
+    proc = run_main(args)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return out, [str(a) for a in args]
+
+
 def test_defaults_are_main_pys():
     defaults = vars(build_parser().parse_args([]))
     assert DEFAULT_OPTIONS == {name: defaults[name] for name in CLIP_OPTIONS}
+
+
+def test_main_py_checkpoint_holds_the_spec_of_its_options(trained):
+    out, args = trained
+    payload = load_checkpoint(out / "save_1.pth")  # weights_only
+    spec = ClipSpec.from_checkpoint(payload)
+    assert spec == ClipSpec.from_options(parse_opts(args), CLASSES)
+    assert (spec.sample_size, spec.sample_duration, spec.temporal_sampling, spec.n_segments) == (32, 8, "segment", 8)
+    assert spec.mean == (0.5, 0.5, 0.5) and spec.std == (1.0, 1.0, 1.0) and spec.class_names == tuple(CLASSES)
+    assert payload["clip_spec"] == spec.to_dict()
 
 
 def test_round_trip_through_save_and_load(tmp_path):
