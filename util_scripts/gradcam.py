@@ -4,7 +4,7 @@
         [--layer layer4] [--no_cuda] [clip options of main.py, e.g. --sample_size 112 --sample_duration 16]
 
 The video is cut into consecutive windows of --sample_duration frames taken every --sample_t_stride frames
-(clip options default to the checkpoint's stored ones, as with --predict); each window's clip goes through
+(clip options default to the checkpoint's clip spec, as with --predict); each window's clip goes through
 the model, and the gradient of the class score (the window's predicted class, or --target_class) weights
 the channels of --layer's output (Grad-CAM: ReLU of the gradient-weighted sum of activations). The map is
 upsampled (trilinear) to the clip's time and space size, then laid over the frames the clip was taken from:
@@ -28,8 +28,6 @@ from torch import nn
 from tqdm import tqdm
 
 from checkpoint import load_checkpoint
-from datasets.factory import build_input_normalizer
-from datasets.spatial_transforms import get_spatial_transform
 from datasets.video_files import probe_video, stream_frames, upright_array
 from engine.forward import prepare_batch
 from errors import UserError
@@ -245,8 +243,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     opt = parse_opts(["--predict", str(args.video), "--resume_path", str(args.resume_path), *rest,
                       *(["--no_cuda"] if args.no_cuda else [])])
     payload = load_checkpoint(args.resume_path)
-    predict.take_clip_settings(opt, payload)
-    model, class_names = predict.load_predictor(opt, payload, args.resume_path)
+    spec = predict.checkpoint_clip_spec(opt, payload, args.resume_path)
+    model, class_names = predict.load_predictor(opt, payload, args.resume_path, spec)
     target = None
     if args.target_class is not None:
         if args.target_class not in class_names:
@@ -256,10 +254,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = torch.device("cuda" if torch.cuda.is_available() and not args.no_cuda else "cpu")
     model = model.to(device).eval()
     cam = VideoGradCam(model, find_layer(model, args.layer),
-                       spatial=get_spatial_transform("inference", sample_size=opt.sample_size,
-                                                     inference_crop=opt.inference_crop),
-                       normalizer=build_input_normalizer(opt), device=device, duration=opt.sample_duration,
-                       t_stride=opt.sample_t_stride, class_names=class_names, target=target)
+                       spatial=spec.spatial_transform("inference", inference_crop=opt.inference_crop),
+                       normalizer=spec.normalizer(), device=device, duration=spec.sample_duration,
+                       t_stride=spec.sample_t_stride, class_names=class_names, target=target)
     video_path, png = run_video(cam, args.video, args.output)
     for w in cam.windows:
         print(f"frames from {w['start_frame']}: {w['class']} {w['score']:.3f}")
