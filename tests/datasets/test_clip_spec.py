@@ -1,5 +1,5 @@
 """datasets.clip_spec: one frozen clip spec, built from the options, saved in every checkpoint and read back
-(also from checkpoints made before it existed)."""
+(also from checkpoints made before it existed); main.py --no_train evaluates with the checkpoint's."""
 
 from __future__ import annotations
 
@@ -111,3 +111,16 @@ def test_apply_to_takes_the_spec_except_typed_flags(caplog):
     opt = _opts("--mean_dataset", "0.5")
     spec = dataclasses.replace(stored, input_type="flow", mean=(0.1, 0.2), std=(0.3, 0.4)).apply_to(opt, source="c")
     assert spec.mean == spec.std == (0.5, 0.5) and opt.n_input_channels == 2 and opt.mean == [0.5, 0.5]
+
+
+def test_no_train_evaluates_with_the_checkpoints_spec(trained, tiny_dataset, tmp_path):
+    out, _ = trained
+    proc = run_main([*dataset_args(tiny_dataset, tmp_path), "--no_train", "--no_val", "--inference",
+                     "--inference_no_average", "--resume_path", out / "save_1.pth"])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"clip spec of checkpoint {out / 'save_1.pth'}: 32x32 px, 8 segments" in proc.stdout
+    results = json.loads((tmp_path / "val.json").read_text())["results"]
+    # one clip of the 8 segment centres spanning the 12 frames (dense would be windows [1, 9] and [9, 13])
+    assert all([e["segment"] for e in entries] == [[1, 13]] for entries in results.values())
+    saved = json.loads((tmp_path / "opts.json").read_text())
+    assert (saved["temporal_sampling"], saved["mean_dataset"], saved["no_std_norm"]) == ("segment", "0.5", True)
