@@ -199,7 +199,7 @@ def _check_options(options: Mapping) -> None:
     for name, value in options.items():
         expected = type(DEFAULT_OPTIONS[name])
         if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-            raise UserError(f"the clip spec's {name} is {value!r}, not a {expected.__name__}")
+            raise UserError(f"the clip spec's {name} is {value!r}, not of type {expected.__name__}")
         if name in _CHOICES and value not in _CHOICES[name]:
             raise UserError(f"the clip spec's {name} is {value!r}, not one of {', '.join(_CHOICES[name])}")
 
