@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from datasets.clip_spec import ClipSpec
 from errors import UserError
 from opts import RESUME_AUTO
 from utils import capture_rng_state, new_file_mode
@@ -112,6 +113,11 @@ class Checkpoint(dict):
     @property
     def clip_spec(self) -> dict | None:
         return self.field("clip_spec")
+
+    @property
+    def clip(self) -> ClipSpec:
+        """The clip the model was trained on; for files before format 4, derived from their options."""
+        return ClipSpec.from_stored(self.clip_spec, self.options, self.class_names or ())
 
     @property
     def format_version(self) -> int:
@@ -350,10 +356,11 @@ def _epoch_of(path: Path) -> int:
 
 
 def training_payload(epoch: int, *, model: nn.Module, arch: str, model_kwargs: Mapping, optimizer, scheduler,
-                     scaler, class_names: Sequence[str], options: Mapping, mid_epoch: Mapping | None = None,
-                     **recipe) -> Checkpoint:
+                     scaler, class_names: Sequence[str], options: Mapping, clip_spec: Mapping,
+                     mid_epoch: Mapping | None = None, **recipe) -> Checkpoint:
     """What save_{epoch}.pth holds: weights, optimiser/scheduler/scaler/RNG state to resume exactly, and the
-    model description (``arch``, ``model_kwargs`` with the actual head size), class names and options.
+    model description (``arch``, ``model_kwargs`` with the actual head size), class names, options and the clip
+    spec (``datasets.clip_spec.ClipSpec.to_dict()``).
 
     ``epoch`` is the number of completed epochs; ``mid_epoch`` and ``recipe`` (the EMA, optimiser steps) are
     further schema fields (see FIELDS)."""
@@ -362,7 +369,7 @@ def training_payload(epoch: int, *, model: nn.Module, arch: str, model_kwargs: M
     return make_checkpoint(epoch=epoch, arch=arch, state_dict=strip_wrapper_prefixes(bare.state_dict()),
                            optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), rng=capture_rng_state(),
                            model_kwargs=kwargs, class_names=list(class_names), options=dict(options),
-                           scaler=scaler.state_dict() if scaler is not None else None,
+                           clip_spec=dict(clip_spec), scaler=scaler.state_dict() if scaler is not None else None,
                            mid_epoch=dict(mid_epoch) if mid_epoch is not None else None, **recipe)
 
 

@@ -117,6 +117,8 @@ def _run(opt: argparse.Namespace, dist: DistInfo) -> None:
     dataset.check_data_paths(opt)
     _share_per_process(opt, dist)
     resume = find_resume(opt.resume_path, opt.result_path)
+    if opt.no_train and resume is not None:  # evaluate on clips like those the checkpoint was trained on
+        resume.payload.clip.apply_to(opt, source=f"checkpoint {resume.path}")
     net = model_lib.model_for_run(opt, dist, resume)
     check_same_setup({"options": setup_options(opt), "model": model_fingerprint(net)}, dist)
     dataset.check_class_count(opt, net.get_classifier().out_features)

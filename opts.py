@@ -20,9 +20,10 @@ from pathlib import Path
 
 import torch
 
+from datasets.clip_spec import resolve_input
 from datasets.file_types import FILE_READERS, file_types, flow_file_types
 from datasets.layout import DATASETS, MULTI_LABEL_DATASETS, SUBSET_NAMES
-from datasets.spatial_transforms import MEAN_STD, get_mean_std
+from datasets.spatial_transforms import MEAN_STD
 from datasets.temporal_transforms import TEMPORAL_SAMPLINGS
 
 # Kept in sync with models.MODEL_FAMILIES by tests/test_opts.py; a static tuple keeps `-h` free of model imports.
@@ -398,16 +399,6 @@ def _resolve(opt: argparse.Namespace) -> None:
     opt.arch = f"{opt.model}-{opt.model_depth}"
     opt.begin_epoch = 1  # not read here; kept because the original's opts.json has it
     resolve_input(opt)
-
-
-def resolve_input(opt: argparse.Namespace) -> None:
-    """Set ``n_input_channels`` and the per-channel ``mean``/``std`` from --input_type, --mean_dataset and
-    --value_scale (again after a tool changes those, as --predict does with a checkpoint's settings)."""
-    opt.mean, opt.std = get_mean_std(opt.value_scale, opt.mean_dataset)
-    opt.n_input_channels = 3
-    if opt.input_type == "flow":
-        opt.n_input_channels = 2
-        opt.mean, opt.std = opt.mean[:2], opt.std[:2]
 
 
 def opts_to_plain(opt: argparse.Namespace) -> dict:

@@ -20,15 +20,15 @@ from torch.utils.data import DataLoader
 
 from datasets.annotations import class_names, load_annotation, read_records
 from datasets.clip_loader import ClipLoader
+from datasets.clip_spec import ClipSpec, normalisation_stats
 from datasets.file_reader import FileReader
 from datasets.file_types import FILE_READERS, flow_file_types
 from datasets.layout import SUBSET_NAMES
 from datasets.problems import DataProblems
 from datasets.readers import check_frames_fit
 from datasets.sampling import EpochShardSampler
-from datasets.spatial_transforms import ClipNormalizer, get_mean_std, get_spatial_transform
+from datasets.spatial_transforms import ClipNormalizer
 from datasets.targets import direction_flip
-from datasets.temporal_transforms import get_temporal_transform
 from datasets.video_dataset import VideoClipDataset, collate_clips
 from errors import UserError
 
@@ -46,14 +46,8 @@ def seed_worker(worker_id: int) -> None:
 
 
 def build_input_normalizer(opt) -> ClipNormalizer:
-    """mean/std of --mean_dataset scaled by --value_scale, honouring --no_mean_norm/--no_std_norm and flow (2 ch)."""
-    mean, std = get_mean_std(opt.value_scale, opt.mean_dataset)
-    n_channels = 2 if opt.input_type == "flow" else 3
-    if opt.no_mean_norm:
-        mean = [0.0] * 3
-    if opt.no_std_norm:
-        std = [1.0] * 3
-    return ClipNormalizer(mean[:n_channels], std[:n_channels], opt.value_scale)
+    """The clip spec's normaliser, from the normalisation options alone (`clip_spec.normalisation_stats`)."""
+    return ClipNormalizer(*normalisation_stats(opt), opt.value_scale)
 
 
 def get_class_names(opt) -> list[str]:
@@ -78,21 +72,19 @@ def build_dataset(opt, split: str, *, problems: DataProblems | None = None) -> V
     subset = SUBSET_NAMES[opt.inference_subset] if split == "inference" else SUBSET_NAMES[split]
     records, _ = read_records(opt.annotation_path, opt.video_path, dataset=opt.dataset, subset=subset,
                               file_type=opt.file_type, untrimmed=split == "inference")
-    spatial = get_spatial_transform(
-        split, sample_size=opt.sample_size, train_crop=opt.train_crop,
-        train_crop_min_scale=opt.train_crop_min_scale, train_crop_min_ratio=opt.train_crop_min_ratio,
-        hflip=not opt.no_hflip, colorjitter=opt.colorjitter, inference_crop=opt.inference_crop,
-        inference_n_crops=opt.inference_n_crops)
-    temporal = get_temporal_transform(
-        split, sample_duration=opt.sample_duration, sample_t_stride=opt.sample_t_stride,
-        train_t_crop=opt.train_t_crop, n_val_samples=opt.n_val_samples, inference_stride=opt.inference_stride,
-        inference_n_clips=opt.inference_n_clips, sampling=opt.temporal_sampling)
+    spec = ClipSpec.from_options(opt)
+    spatial = spec.spatial_transform(
+        split, train_crop=opt.train_crop, train_crop_min_scale=opt.train_crop_min_scale,
+        train_crop_min_ratio=opt.train_crop_min_ratio, hflip=not opt.no_hflip, colorjitter=opt.colorjitter,
+        inference_crop=opt.inference_crop, inference_n_crops=opt.inference_n_crops)
+    temporal = spec.temporal_transform(split, train_t_crop=opt.train_t_crop, n_val_samples=opt.n_val_samples,
+                                       inference_n_clips=opt.inference_n_clips)
     problems = problems or DataProblems(max_workers=_per_process(opt, "n_threads"))
     reader = _reader(opt)
-    check_frames_fit(reader, records, opt.sample_size)
+    check_frames_fit(reader, records, spec.sample_size)
     loader = ClipLoader(reader, spatial, problems, draft=not opt.exact_decode)
-    normalizer = build_input_normalizer(opt) if opt.normalize_in_workers else None
-    multi_label = opt.multi_label
+    normalizer = spec.normalizer() if opt.normalize_in_workers else None
+    multi_label = spec.multi_label
     target = "video_segment" if split == "inference" else "multi_hot" if multi_label else "label"
     flips = _direction_flip(opt) if split == "train" and not opt.no_hflip and not multi_label else None
     return VideoClipDataset(records, loader, temporal, target=target, normalizer=normalizer, seed=opt.manual_seed,

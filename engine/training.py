@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from checkpoint import LATEST_NAME, Checkpoint, Resume, save_checkpoint, training_payload, unwrap_model
 from datasets import factory as dataset
+from datasets.clip_spec import ClipSpec
 from engine.distributed import DistInfo, all_reduce_sum, gather_objects
 from engine.ema import build_ema, ema_payload, restore_ema
 from engine.forward import autocast, prepare_batch
@@ -338,6 +339,7 @@ class Trainer:
             self._restore(resume)
         self.train_logger = self.batch_logger = None
         self.class_names = dataset.get_class_names(opt)
+        self.clip_spec = ClipSpec.from_options(opt, self.class_names)  # saved in every checkpoint
 
     def open_logs(self) -> None:
         """train.log and train_batch.log: new, or kept up to the resumed position."""
@@ -505,8 +507,8 @@ class Trainer:
         return training_payload(epoch, model=self.model, arch=self.opt.arch,
                                 model_kwargs=model_lib.model_kwargs_from_opts(self.opt), optimizer=self.optimizer,
                                 scheduler=self.scheduler, scaler=self.scaler, class_names=self.class_names,
-                                options=opts_to_plain(self.opt), optimizer_steps=self.optimizer_steps + steps_in_epoch,
-                                **ema_payload(self.ema), **extra)
+                                options=opts_to_plain(self.opt), clip_spec=self.clip_spec.to_dict(),
+                                optimizer_steps=self.optimizer_steps + steps_in_epoch, **ema_payload(self.ema), **extra)
 
 
 def signal_name(signum: int) -> str:

@@ -10,8 +10,10 @@ from the frames' timestamps) are printed and written to OUT/predictions.json and
 
 The model is rebuilt from the checkpoint's arch and model_kwargs (checkpoints of this toolkit) or
 from the flags (released checkpoints: only --model/--model_depth style flags; the class count is
-read from the weights). Clip settings (size, duration, stride, normalisation) not given on the
-command line are taken from the checkpoint's stored options when it has them.
+read from the weights). The clips are cut, normalised and scored by the checkpoint's clip spec
+(`datasets.clip_spec`: size, frames, stride, sampling, normalisation, multi-label; derived from its stored
+options for checkpoints made before the spec, the defaults for released ones); clip flags given on the
+command line override it.
 
 A long job: each video is decoded once, front to back, through a bounded window of frames
 (`video_predictor.VideoPredictor`), with a progress bar in seconds of video. Both files are rewritten
@@ -64,25 +66,22 @@ from torch import nn
 from tqdm import tqdm
 
 from checkpoint import Checkpoint, load_checkpoint
-from datasets.factory import build_input_normalizer
+from datasets.clip_spec import CLIP_OPTIONS, ClipSpec
 from datasets.layout import VIDEO_EXTENSIONS, has_video_extension
-from datasets.spatial_transforms import get_spatial_transform
-from datasets.temporal_transforms import get_temporal_transform
 from datasets.video_files import NoVideoStream, announced_seconds, probe_video
 from errors import UserError
 from models import factory as model_lib
-from opts import RESUME_AUTO, resolve_input
+from opts import RESUME_AUTO
 from predict.outputs import PredictOutputs, clips_per_batch_for_annotation
 from predict.video_predictor import PredictionListener, VideoInfo, VideoPredictor, VideoResult
 from utils import atomic_file
 
 log = logging.getLogger(__name__)
 
-# Clip settings a checkpoint's stored options supply unless they are given on the command line.
-CLIP_OPTIONS = ("sample_size", "sample_duration", "sample_t_stride", "inference_stride", "mean_dataset", "value_scale",
-                "no_mean_norm", "no_std_norm", "temporal_sampling", "multi_label")
-# Settings that make results comparable: a rerun only reuses results made with the same ones.
-RESULT_SETTINGS = (*CLIP_OPTIONS, "inference_n_clips", "inference_n_crops", "inference_crop", "class_names")
+# Settings that make results comparable: a rerun only reuses results made with the same ones. The input type is
+# always rgb here (videos are RGB), and leaving it out keeps predictions.json files of earlier versions resumable.
+RESULT_SETTINGS = (*(name for name in CLIP_OPTIONS if name != "input_type"), "inference_n_clips", "inference_n_crops",
+                   "inference_crop", "class_names")
 CSV_HEADER = ["video", "scope", "start_s", "end_s", "rank", "label", "score", "decoded_seconds", "duration_seconds",
               "problems"]
 PREDICTIONS_JSON, PREDICTIONS_CSV = "predictions.json", "predictions.csv"
@@ -112,33 +111,31 @@ def read_class_names(path: Path) -> list[str]:
     return names
 
 
-def take_clip_settings(opt: argparse.Namespace, payload: Checkpoint) -> None:
-    """Give `opt` the clip settings of the checkpoint's options that the command line did not set; the input is RGB."""
-    stored = payload.options
-    taken = {k: stored[k] for k in CLIP_OPTIONS if k in stored and k not in opt.explicit_flags}
-    if taken:
-        log.info("from the checkpoint's options: %s", ", ".join(f"{k}={v}" for k, v in taken.items()))
-    for name, value in taken.items():
-        setattr(opt, name, value)
-    opt.input_type = "rgb"
-    resolve_input(opt)
+def checkpoint_clip_spec(opt: argparse.Namespace, payload: Checkpoint, source: Path) -> ClipSpec:
+    """The checkpoint's clip spec with the clip flags of the command line on top, also set on `opt`; RGB only."""
+    spec = payload.clip.apply_to(opt, source=f"checkpoint {source}")
+    if spec.input_type != "rgb":
+        raise UserError(f"checkpoint {source} takes {spec.input_type} input, but videos are read as RGB frames")
+    return spec
 
 
-def load_predictor(opt: argparse.Namespace, payload: Checkpoint, source: Path) -> tuple[nn.Module, list[str]]:
-    """The model with the checkpoint's weights (eval mode, CPU) and its class names."""
+def load_predictor(opt: argparse.Namespace, payload: Checkpoint, source: Path,
+                   spec: ClipSpec) -> tuple[nn.Module, list[str]]:
+    """The model with the checkpoint's weights (eval mode, CPU) and its class names (--class_names, else the
+    clip spec's)."""
     flags = {name: getattr(opt, name) for name in model_lib.MODEL_FLAGS if name in opt.explicit_flags}
     if not payload.arch:  # nothing in the file names the model: the flags' (default) one
         flags.update(model=opt.model, model_depth=opt.model_depth)
     loaded = model_lib.model_from_checkpoint(payload, flags, source=f"checkpoint {source}", weights=opt.eval_weights)
-    names = _class_names(opt, loaded.class_names, loaded.model.get_classifier().out_features)
+    names = _class_names(opt, spec.class_names, loaded.model.get_classifier().out_features)
     return loaded.model, names
 
 
-def _class_names(opt: argparse.Namespace, stored: list[str] | None, n_classes: int) -> list[str]:
+def _class_names(opt: argparse.Namespace, stored: Sequence[str], n_classes: int) -> list[str]:
     if opt.class_names is not None:
         names = read_class_names(opt.class_names)
     elif stored:
-        names = stored
+        names = list(stored)
     else:
         log.warning("the checkpoint has no class names and no --class_names file was given: labels are indices")
         return [str(i) for i in range(n_classes)]
@@ -320,18 +317,16 @@ def format_entry(vid: str, entry: dict) -> str:
     return "\n".join(lines)
 
 
-def build_predictor(net: nn.Module, opt: argparse.Namespace, *, class_names: Sequence[str], topk: int,
-                    device: torch.device) -> VideoPredictor:
-    """The streaming predictor with the inference transforms of the (checkpoint-completed) options."""
-    spatial = get_spatial_transform("inference", sample_size=opt.sample_size, inference_crop=opt.inference_crop,
-                                    inference_n_crops=opt.inference_n_crops)
-    temporal = get_temporal_transform("inference", sample_duration=opt.sample_duration,
-                                      sample_t_stride=opt.sample_t_stride, inference_stride=opt.inference_stride,
-                                      inference_n_clips=opt.inference_n_clips, sampling=opt.temporal_sampling)
+def build_predictor(net: nn.Module, opt: argparse.Namespace, spec: ClipSpec, *, class_names: Sequence[str],
+                    topk: int, device: torch.device) -> VideoPredictor:
+    """The streaming predictor: the clip spec's inference clips, normalisation and scores, the views of `opt`."""
+    spatial = spec.spatial_transform("inference", inference_crop=opt.inference_crop,
+                                     inference_n_crops=opt.inference_n_crops)
+    temporal = spec.temporal_transform("inference", inference_n_clips=opt.inference_n_clips)
     return VideoPredictor(net, class_names=class_names, spatial=spatial, temporal=temporal,
-                          batch_size=opt.inference_batch_size, device=device, normalizer=build_input_normalizer(opt),
+                          batch_size=opt.inference_batch_size, device=device, normalizer=spec.normalizer(),
                           precision=opt.precision, topk=topk, threads=max(1, opt.n_threads),
-                          multi_label=opt.multi_label)
+                          multi_label=spec.multi_label)
 
 
 def run(opt: argparse.Namespace, listeners: Sequence[PredictionListener] = ()) -> int:
@@ -350,8 +345,8 @@ def _run(opt: argparse.Namespace, listeners: Sequence[PredictionListener]) -> in
     out_dir = prepare_result_dir(Path(opt.result_path or "."))
     paths = find_videos(Path(opt.predict))
     payload = load_checkpoint(opt.resume_path)
-    take_clip_settings(opt, payload)
-    net, class_names = load_predictor(opt, payload, Path(opt.resume_path))
+    spec = checkpoint_clip_spec(opt, payload, Path(opt.resume_path))
+    net, class_names = load_predictor(opt, payload, Path(opt.resume_path), spec)
     # --output_topk <= 0 means all classes of the checkpoint's model (opts leaves it unresolved for --predict).
     topk = opt.output_topk if opt.output_topk > 0 else len(class_names)
     store = PredictionStore(out_dir, result_settings(opt, topk))
@@ -363,12 +358,12 @@ def _run(opt: argparse.Namespace, listeners: Sequence[PredictionListener]) -> in
         store.write(complete=True)
         raise UserError(f"none of the {len(paths)} video(s) could be used ({next(iter(store.unusable.values()))})")
     device = torch.device("cuda" if torch.cuda.is_available() and not opt.no_cuda else "cpu")
-    predictor = build_predictor(net, opt, class_names=class_names, topk=topk, device=device)
+    predictor = build_predictor(net, opt, spec, class_names=class_names, topk=topk, device=device)
     log.info("predicting %d video(s) with %s on %s", len(videos), opt.resume_path, device)
     if opt.output_video and videos:  # labels drawn on time: a batch's segments must come while its frames wait
         clips = clips_per_batch_for_annotation(max(v.meta.width * v.meta.height for v in videos),
-                                               clip_frames=opt.sample_duration * opt.sample_t_stride,
-                                               stride=opt.inference_stride)
+                                               clip_frames=spec.sample_duration * spec.sample_t_stride,
+                                               stride=spec.inference_stride)
         if clips * opt.inference_n_crops < predictor.batch_size:
             log.info("--output_video: %d clips per inference batch (frames wait in memory for their labels)", clips)
             predictor.batch_size = max(clips * opt.inference_n_crops, opt.inference_n_crops)

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 import torch
 
-from checkpoint import save_checkpoint
+from checkpoint import make_checkpoint, save_checkpoint
+from datasets.clip_spec import ClipSpec
 from models import MODEL_DEPTHS, build_model
 from models import factory as model_lib
 from opts import opts_to_plain, parse_opts
@@ -96,10 +97,11 @@ def smallest_family_model(family: str) -> torch.nn.Module:
 
 
 def save_model_checkpoint(path: Path, net: torch.nn.Module, opt: argparse.Namespace, class_names) -> Path:
-    """``net`` saved as main.py saves it (arch, model_kwargs, class names, options), as epoch 1."""
-    return save_checkpoint(path, {"epoch": 1, "arch": opt.arch, "state_dict": net.state_dict(),
-                                  "class_names": list(class_names), "options": opts_to_plain(opt),
-                                  "model_kwargs": model_lib.model_kwargs_from_opts(opt)})
+    """``net`` saved as main.py saves it (arch, model_kwargs, class names, options, clip spec), as epoch 1."""
+    return save_checkpoint(path, make_checkpoint(epoch=1, arch=opt.arch, state_dict=net.state_dict(),
+                                                 class_names=list(class_names), options=opts_to_plain(opt),
+                                                 model_kwargs=model_lib.model_kwargs_from_opts(opt),
+                                                 clip_spec=ClipSpec.from_options(opt, class_names).to_dict()))
 
 
 def random_model_checkpoint(folder: Path, flags: list[str], class_names) -> Path:

@@ -42,7 +42,7 @@ def test_checkpoint_is_self_describing(trained):
     assert not (out / "save_1.pth").exists()
     ckpt = load_checkpoint(out / "save_2.pth")  # weights_only load succeeds
     assert {"epoch", "arch", "state_dict", "optimizer", "scheduler", "rng", "model_kwargs", "class_names",
-            "options"} <= set(ckpt)
+            "options", "clip_spec"} <= set(ckpt)
     assert ckpt["epoch"] == 2 and ckpt["arch"] == "resnet-10" and ckpt["class_names"] == ["class_0", "class_1"]
     assert "conv1.weight" in ckpt["state_dict"] and not any(k.startswith("module.") for k in ckpt["state_dict"])
     assert ckpt["model_kwargs"]["n_classes"] == 2 and ckpt["options"]["result_path"] == str(out)

@@ -5,6 +5,9 @@ Usage: ``python -m util_scripts.export_model CHECKPOINT [--output_dir DIR] [--fo
 The architecture comes from the checkpoint when it stores ``arch`` and ``model_kwargs`` (our own
 checkpoints); for files in the original's format give the model flags (``--model``,
 ``--model_depth``, ``--resnet_shortcut`` ...). The class count is read from the file's classifier.
+The example clip has the checkpoint's clip size and frame count (its clip spec, see ``datasets.clip_spec``;
+the original's 16 frames of 112 x 112 for files without one) unless ``--sample_duration``/``--sample_size``
+say otherwise.
 Each exported file is reloaded and run on a fresh random clip; the maximum absolute difference to
 the eager model is printed and the command fails when it exceeds ``--atol``.
 """
@@ -21,6 +24,7 @@ import torch
 from torch import nn
 
 from checkpoint import load_checkpoint
+from datasets.clip_spec import ClipSpec
 from errors import UserError
 from models.factory import MODEL_FLAGS, model_from_checkpoint
 from opts import add_architecture_args
@@ -35,8 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("checkpoint", type=Path, help="checkpoint or pretrained file (.pth)")
     parser.add_argument("--output_dir", type=Path, default=None, help="where to write (default: next to checkpoint)")
     parser.add_argument("--formats", nargs="+", choices=FORMATS, default=list(FORMATS), help="what to export")
-    parser.add_argument("--sample_duration", type=int, default=16, help="frames of the example clip")
-    parser.add_argument("--sample_size", type=int, default=112, help="height and width of the example clip")
+    parser.add_argument("--sample_duration", type=int, default=None,
+                        help="frames of the example clip (default: the checkpoint's clip spec)")
+    parser.add_argument("--sample_size", type=int, default=None,
+                        help="height and width of the example clip (default: the checkpoint's clip spec)")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset version")
     parser.add_argument("--eval_weights", default="ema", choices=("ema", "raw"),
                         help="a checkpoint trained with --ema_decay: export its EMA average (ema) or raw weights")
@@ -48,12 +54,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_model(args: argparse.Namespace) -> tuple[nn.Module, str, dict]:
-    """Rebuild the checkpoint's model (from its own description, else from the flags) and load its weights."""
+def load_model(args: argparse.Namespace, payload: dict | None = None) -> tuple[nn.Module, str, dict]:
+    """Rebuild the checkpoint's model (from its own description, else from the flags) and load its weights;
+    `payload`: the loaded checkpoint (read from args.checkpoint when None)."""
     flags = {name: getattr(args, name) for name in MODEL_FLAGS if getattr(args, name, None) is not None}
-    loaded = model_from_checkpoint(load_checkpoint(args.checkpoint), flags, source=f"checkpoint {args.checkpoint}",
-                                   weights=args.eval_weights)
+    payload = load_checkpoint(args.checkpoint) if payload is None else payload
+    loaded = model_from_checkpoint(payload, flags, source=f"checkpoint {args.checkpoint}", weights=args.eval_weights)
     return loaded.model, loaded.arch, loaded.model_kwargs
+
+
+def example_shape(args: argparse.Namespace, spec: ClipSpec, model_kwargs: dict) -> tuple[int, int, int, int, int]:
+    """(1, C, T, H, W) of the example clip: the clip spec's frames and size unless the flags give them, and the
+    channels the model takes."""
+    duration = spec.sample_duration if args.sample_duration is None else args.sample_duration
+    size = spec.sample_size if args.sample_size is None else args.sample_size
+    return 1, model_kwargs.get("n_input_channels", spec.n_channels), duration, size, size
 
 
 def export_torchscript(model: nn.Module, example: torch.Tensor, path: Path) -> Path:
@@ -107,8 +122,9 @@ def parity_onnx(path: Path, model: nn.Module, x: torch.Tensor) -> float:
 
 def export_all(args: argparse.Namespace) -> dict[str, tuple[Path, float]]:
     """Export every requested format; return {format: (path, max abs diff)}."""
-    model, arch, kwargs = load_model(args)
-    shape = (1, kwargs.get("n_input_channels", 3), args.sample_duration, args.sample_size, args.sample_size)
+    payload = load_checkpoint(args.checkpoint)
+    model, arch, kwargs = load_model(args, payload)
+    shape = example_shape(args, payload.clip, kwargs)
     example = torch.randn(shape)
     # A different clip and batch size for the check, so a graph frozen to the example would show.
     check = torch.randn((2, *shape[1:]), generator=torch.Generator().manual_seed(1))
@@ -122,7 +138,7 @@ def export_all(args: argparse.Namespace) -> dict[str, tuple[Path, float]]:
     if "onnx" in args.formats:
         path = export_onnx(model, example, out_dir / f"{stem}.onnx", opset=args.opset)
         results["onnx"] = (path, parity_onnx(path, model, check))
-    logger.info("exported %s with %s", arch, kwargs)
+    logger.info("exported %s with %s on example clips of %s", arch, kwargs, "x".join(map(str, shape[1:])))
     return results
 
 

@@ -3,21 +3,24 @@
     python -m util_scripts.gradcam --resume_path CKPT --video FILE --output DIR [--target_class NAME]
         [--layer layer4] [--no_cuda] [clip options of main.py, e.g. --sample_size 112 --sample_duration 16]
 
-The video is cut into consecutive windows of --sample_duration frames taken every --sample_t_stride frames
-(clip options default to the checkpoint's stored ones, as with --predict); each window's clip goes through
-the model, and the gradient of the class score (the window's predicted class, or --target_class) weights
-the channels of --layer's output (Grad-CAM: ReLU of the gradient-weighted sum of activations). The map is
-upsampled (trilinear) to the clip's time and space size, then laid over the frames the clip was taken from:
-the crop the model saw (--inference_crop: center, or nocrop for the whole frame) gets the heat map, the
-rest of the frame is dimmed. Writes DIR/<video>_gradcam.mp4 (upright, the input's frame timing) and
-DIR/<video>_gradcam.png (a strip of evenly spaced overlay frames).
+The clips are the checkpoint's (its clip spec, as with --predict; clip flags on the command line override it).
+Dense sampling: the video is cut into consecutive windows of --sample_duration frames taken every
+--sample_t_stride frames. Segment sampling (TSN-style): the clips --predict takes, --sample_duration segments of
+the whole video, one frame each (the centres, or --inference_n_clips offset views); every frame of the video
+then shows the map of the clip frame nearest to it in time. Each clip goes through the model, and the gradient of
+the class score (the clip's top class, or --target_class) weights the channels of --layer's output (Grad-CAM:
+ReLU of the gradient-weighted sum of activations). Scores are a softmax, or per-class sigmoids for a multi-label
+checkpoint. The map is upsampled (trilinear) to the clip's time and space size, then laid over the frames: the
+crop the model saw (--inference_crop: center, or nocrop for the whole frame) gets the heat map, the rest of the
+frame is dimmed. Writes DIR/<video>_gradcam.mp4 (upright, the input's frame timing) and DIR/<video>_gradcam.png
+(a strip of evenly spaced overlay frames).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -28,9 +31,8 @@ from torch import nn
 from tqdm import tqdm
 
 from checkpoint import load_checkpoint
-from datasets.factory import build_input_normalizer
-from datasets.spatial_transforms import get_spatial_transform
-from datasets.video_files import probe_video, stream_frames, upright_array
+from datasets.temporal_transforms import TemporalTransform
+from datasets.video_files import VideoMeta, probe_video, stream_frames, upright_array
 from engine.forward import prepare_batch
 from errors import UserError
 from opts import parse_opts
@@ -54,12 +56,13 @@ def find_layer(model: nn.Module, name: str) -> nn.Module:
     return modules[name]
 
 
-def grad_cam(model: nn.Module, clips: torch.Tensor, layer: nn.Module,
-             target: int | Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def grad_cam(model: nn.Module, clips: torch.Tensor, layer: nn.Module, target: int | Sequence[int] | None = None,
+             *, multi_label: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Grad-CAM maps of normalised clips (N, C, T, H, W) for `target` (a class index per clip or for all; None:
-    each clip's predicted class).
+    each clip's top class, the same for softmax and sigmoid scores).
 
-    Returns (maps (N, T, H, W) in [0, 1] at the clip's size, target classes (N,), softmax scores (N, classes)).
+    Returns (maps (N, T, H, W) in [0, 1] at the clip's size, target classes (N,), scores (N, classes): softmax, or
+    per-class sigmoids with `multi_label`).
     """
     captured: dict[str, torch.Tensor] = {}
 
@@ -84,7 +87,9 @@ def grad_cam(model: nn.Module, clips: torch.Tensor, layer: nn.Module,
     cam = F.relu((weights * act).sum(dim=1, keepdim=True))
     cam = F.interpolate(cam.float(), size=clips.shape[2:], mode="trilinear", align_corners=False)[:, 0]
     peak = cam.flatten(1).amax(dim=1).clamp_min(1e-12)[:, None, None, None]
-    return cam / peak, targets.detach().cpu(), torch.softmax(logits.detach().float(), dim=1).cpu()
+    logits = logits.detach().float()
+    scores = torch.sigmoid(logits) if multi_label else torch.softmax(logits, dim=1)
+    return cam / peak, targets.detach().cpu(), scores.cpu()
 
 
 def heat_colors(values: np.ndarray) -> np.ndarray:
@@ -131,14 +136,15 @@ def window_clip(start: int, frames: dict[int, object], *, duration: int, t_strid
 
 
 class VideoGradCam:
-    """Grad-CAM of one video, window by window (see the module docstring)."""
+    """Grad-CAM of one video's clips (see the module docstring); `windows` records each clip's class and score."""
 
     def __init__(self, model: nn.Module, layer: nn.Module, *, spatial, normalizer, device: torch.device,
-                 duration: int, t_stride: int, class_names: Sequence[str], target: int | None = None):
+                 duration: int, t_stride: int, class_names: Sequence[str], target: int | None = None,
+                 multi_label: bool = False):
         self.model, self.layer, self.spatial, self.normalizer = model, layer, spatial, normalizer
         self.device, self.duration, self.t_stride = device, duration, t_stride
-        self.class_names, self.target = list(class_names), target
-        self.windows: list[dict] = []  # per window: start frame, class, score
+        self.class_names, self.target, self.multi_label = list(class_names), target, multi_label
+        self.windows: list[dict] = []  # per clip: start frame (and the frames of a sampled clip), class, score
 
     def model_input(self, arrays: Sequence[np.ndarray]) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
         """The normalised clip (1, C, T, h, w) the model sees and the pixel box of the frames it covers."""
@@ -151,20 +157,26 @@ class VideoGradCam:
         clips, _ = prepare_batch(clip, None, self.device, self.normalizer)
         return clips, box
 
-    def window(self, start: int, frames: dict[int, tuple[float, object, np.ndarray]]) -> list:
-        """(number, seconds, source frame, overlay array) of a window's frames, in order."""
-        clip = window_clip(start, frames, duration=self.duration, t_stride=self.t_stride)
-        clips, box = self.model_input([frames[n][2] for n in clip])
-        cams, targets, probs = grad_cam(self.model, clips, self.layer, self.target)
+    def explain(self, arrays: Sequence[np.ndarray], record: dict) -> tuple[np.ndarray, tuple[int, int, int, int], str]:
+        """Grad-CAM of the clip of these frames: maps (T, h, w), the pixel box they cover and the caption (class and
+        score); `record` joined by the class and score goes into `windows`."""
+        clips, box = self.model_input(arrays)
+        cams, targets, scores = grad_cam(self.model, clips, self.layer, self.target, multi_label=self.multi_label)
         cls = int(targets[0])
         name = self.class_names[cls] if cls < len(self.class_names) else str(cls)
-        self.windows.append({"start_frame": start, "class": name, "score": float(probs[0, cls])})
-        caption = f"{name} {float(probs[0, cls]):.2f}"
+        score = float(scores[0, cls])
+        self.windows.append({**record, "class": name, "score": score})
+        return cams[0].cpu().numpy(), box, f"{name} {score:.2f}"
+
+    def window(self, start: int, frames: dict[int, tuple[float, object, np.ndarray]]) -> list:
+        """(number, seconds, source frame, overlay array) of a dense window's frames, in order."""
+        clip = window_clip(start, frames, duration=self.duration, t_stride=self.t_stride)
+        cams, box, caption = self.explain([frames[n][2] for n in clip], {"start_frame": start})
         out = []
         for number in sorted(frames):
             seconds, source, array = frames[number]
             k = min((number - start) // self.t_stride, self.duration - 1)
-            out.append((number, seconds, source, overlay(array, cams[0, k].cpu().numpy(), box, caption)))
+            out.append((number, seconds, source, overlay(array, cams[k], box, caption)))
         return out
 
 
@@ -179,8 +191,62 @@ def strip_image(frames: Sequence[np.ndarray], height: int = STRIP_HEIGHT) -> Ima
     return strip
 
 
-def run_video(cam: VideoGradCam, video: Path, out_dir: Path) -> tuple[Path, Path]:
-    """Write the overlay video and the PNG strip of one video."""
+def _decoded(video: Path, meta: VideoMeta, desc: str = "grad-cam"):
+    return tqdm(stream_frames(video, meta), total=meta.n_frames, desc=desc, unit="frame", leave=False)
+
+
+def dense_overlays(cam: VideoGradCam, video: Path, meta: VideoMeta) -> Iterator[tuple]:
+    """(number, seconds, source frame, overlay array) of every frame, window by window in one decode pass."""
+    span = cam.duration * cam.t_stride
+    pending: dict[int, tuple] = {}
+    start = 0
+    for number, seconds, frame in _decoded(video, meta):
+        if pending and number >= start + span:
+            yield from cam.window(start, pending)
+            pending = {}
+        if not pending:
+            start = number - number % span
+        pending[number] = (seconds, frame, upright_array(frame))
+    if pending:
+        yield from cam.window(start, pending)
+
+
+def gather_frames(video: Path, meta: VideoMeta, wanted: Iterable[int]) -> dict[int, np.ndarray]:
+    """Upright arrays of the frames numbered `wanted`, in one decode pass; a number that does not decode (lost to
+    damage, or past the end) takes the nearest earlier frame that does (else the first one), as `window_clip`."""
+    todo, found, previous = sorted(set(wanted)), {}, None
+    for number, _, frame in _decoded(video, meta, desc="grad-cam: clip frames"):
+        while todo and todo[0] <= number:
+            found[todo[0]] = upright_array(frame if todo[0] == number or previous is None else previous)
+            todo.pop(0)
+        if not todo:
+            break
+        previous = frame
+    if previous is None and todo:
+        raise UserError(f"{video}: no frame decodes")
+    for missing in todo:
+        found[missing] = upright_array(previous)
+    return found
+
+
+def sampled_overlays(cam: VideoGradCam, video: Path, meta: VideoMeta, temporal: TemporalTransform) -> Iterator[tuple]:
+    """The overlays of clips that span the video (segment sampling, cut by `temporal` as --predict cuts them): one
+    decode pass gathers the clips' frames and explains the clips, a second lays over every frame the map of the clip
+    frame nearest to it in time."""
+    clips = temporal(list(range(meta.n_frames)))
+    frames = gather_frames(video, meta, (n for clip in clips for n in clip))
+    explained = [cam.explain([frames[n] for n in clip], {"start_frame": clip[0], "frames": list(clip)})
+                 for clip in clips]
+    positions = sorted((number, j, k) for j, clip in enumerate(clips) for k, number in enumerate(clip))
+    for number, seconds, frame in _decoded(video, meta):
+        _, j, k = min(positions, key=lambda p: abs(p[0] - number))
+        cams, box, caption = explained[j]
+        yield number, seconds, frame, overlay(upright_array(frame), cams[k], box, caption)
+
+
+def run_video(cam: VideoGradCam, video: Path, out_dir: Path, temporal: TemporalTransform | None = None
+              ) -> tuple[Path, Path]:
+    """Write the overlay video and the PNG strip of one video: dense windows, or the clips `temporal` cuts."""
     meta = probe_video(video)
     if meta.n_frames < 1:
         raise UserError(f"{video}: no video frames")
@@ -189,29 +255,14 @@ def run_video(cam: VideoGradCam, video: Path, out_dir: Path) -> tuple[Path, Path
     encoder = FrameEncoder(out_dir / f"{stem}_gradcam.mp4", fps=meta.fps)
     strip_at = sorted({int((k + 0.5) * meta.n_frames / STRIP_FRAMES) for k in range(min(STRIP_FRAMES, meta.n_frames))})
     strip: list[np.ndarray] = []
-    span = cam.duration * cam.t_stride
-    pending: dict[int, tuple] = {}
-    start = 0
-
-    def flush():
-        for number, seconds, source, array in cam.window(start, pending):
+    overlays = dense_overlays(cam, video, meta) if temporal is None else sampled_overlays(cam, video, meta, temporal)
+    try:
+        for number, seconds, source, array in overlays:
             encoder.write(array, seconds, source)
             if strip_at and number >= strip_at[0]:
                 strip.append(array)
                 while strip_at and strip_at[0] <= number:
                     strip_at.pop(0)
-        pending.clear()
-
-    try:
-        for number, seconds, frame in tqdm(stream_frames(video, meta), total=meta.n_frames, desc="grad-cam",
-                                           unit="frame", leave=False):
-            if pending and number >= start + span:
-                flush()
-            if not pending:
-                start = number - number % span
-            pending[number] = (seconds, frame, upright_array(frame))
-        if pending:
-            flush()
         video_path = encoder.close()
     except BaseException:
         encoder.abort()
@@ -226,16 +277,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0],
         epilog="Other options are main.py's clip and model options (e.g. --sample_size, --sample_duration, "
-               "--sample_t_stride, --inference_crop, --mean_dataset); unset ones come from the checkpoint.")
+               "--sample_t_stride, --inference_crop, --inference_n_clips, --mean_dataset); unset clip options come "
+               "from the checkpoint's clip spec.")
     parser.add_argument("--resume_path", type=Path, required=True, help="the trained checkpoint (.pth)")
     parser.add_argument("--video", type=Path, required=True, help="the video file")
     parser.add_argument("--output", type=Path, required=True, help="where the overlay video and PNG strip go")
     parser.add_argument("--target_class", default=None,
-                        help="class name to explain (default: each window's predicted class)")
+                        help="class name to explain (default: each clip's top class)")
     parser.add_argument("--layer", default="layer4",
                         help="module whose output is weighted (ResNets: layer1..layer4; DenseNet: features)")
     parser.add_argument("--no_cuda", action="store_true", help="run on the CPU")
     return parser
+
+
+def _target_index(name: str | None, class_names: Sequence[str]) -> int | None:
+    if name is None:
+        return None
+    if name not in class_names:
+        raise UserError(f"--target_class {name!r} is not a class of the model "
+                        f"({', '.join(class_names[:10])}{', ...' if len(class_names) > 10 else ''})")
+    return list(class_names).index(name)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -245,24 +306,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     opt = parse_opts(["--predict", str(args.video), "--resume_path", str(args.resume_path), *rest,
                       *(["--no_cuda"] if args.no_cuda else [])])
     payload = load_checkpoint(args.resume_path)
-    predict.take_clip_settings(opt, payload)
-    model, class_names = predict.load_predictor(opt, payload, args.resume_path)
-    target = None
-    if args.target_class is not None:
-        if args.target_class not in class_names:
-            raise UserError(f"--target_class {args.target_class!r} is not a class of the model "
-                            f"({', '.join(class_names[:10])}{', ...' if len(class_names) > 10 else ''})")
-        target = class_names.index(args.target_class)
+    spec = predict.checkpoint_clip_spec(opt, payload, args.resume_path)
+    model, class_names = predict.load_predictor(opt, payload, args.resume_path, spec)
+    target = _target_index(args.target_class, class_names)
     device = torch.device("cuda" if torch.cuda.is_available() and not args.no_cuda else "cpu")
     model = model.to(device).eval()
     cam = VideoGradCam(model, find_layer(model, args.layer),
-                       spatial=get_spatial_transform("inference", sample_size=opt.sample_size,
-                                                     inference_crop=opt.inference_crop),
-                       normalizer=build_input_normalizer(opt), device=device, duration=opt.sample_duration,
-                       t_stride=opt.sample_t_stride, class_names=class_names, target=target)
-    video_path, png = run_video(cam, args.video, args.output)
+                       spatial=spec.spatial_transform("inference", inference_crop=opt.inference_crop),
+                       normalizer=spec.normalizer(), device=device, duration=spec.sample_duration,
+                       t_stride=spec.sample_t_stride, class_names=class_names, target=target,
+                       multi_label=spec.multi_label)
+    # Segment clips span the whole video: cut them as --predict does, not as dense windows the model never saw.
+    temporal = (spec.temporal_transform("inference", inference_n_clips=opt.inference_n_clips)
+                if spec.temporal_sampling == "segment" else None)
+    video_path, png = run_video(cam, args.video, args.output, temporal)
     for w in cam.windows:
-        print(f"frames from {w['start_frame']}: {w['class']} {w['score']:.3f}")
+        where = f"frames {', '.join(map(str, w['frames']))}" if "frames" in w else f"frames from {w['start_frame']}"
+        print(f"{where}: {w['class']} {w['score']:.3f}")
     print(f"wrote {video_path} and {png}")
     return 0
 

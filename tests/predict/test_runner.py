@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import importlib.util
 import json
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 import torch
 
 import main
+from checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from tests.conftest import run_main
 from tests.datagen import frame_image, write_video_file
 from tests.predict.conftest import CLASSES, MODEL
@@ -84,6 +86,28 @@ def test_flags_override_the_checkpoint_and_three_crops(checkpoint, videos, tmp_p
     _check_predictions(entry, duration=2.3, k=2)
     # 12 sampled frames (every 2nd), windows of 8 every 4 -> starts at frames 0, 8 (loop-padded), 16 (padded).
     assert [s["segment"] for s in entry["segments"]] == [[0.0, 1.6], [0.8, 2.3], [1.6, 2.3]]
+
+
+def test_the_checkpoints_clip_spec_decides_and_older_checkpoints_use_their_options(checkpoint, videos, tmp_path,
+                                                                                   capsys):
+    payload = load_checkpoint(checkpoint)
+    spec = Checkpoint(payload).clip
+    assert (spec.sample_duration, spec.inference_stride) == (8, 8)  # as its options say
+    payload["clip_spec"] = dataclasses.replace(spec, sample_duration=4, inference_stride=4).to_dict()
+    windows_of_4 = save_checkpoint(tmp_path / "spec.pth", payload)
+    del payload["clip_spec"]
+    older = save_checkpoint(tmp_path / "older.pth", payload)
+    segments = {}
+    for ckpt in (windows_of_4, older):
+        out = tmp_path / ckpt.stem
+        code, _ = _predict(["--predict", videos / "a.mp4", "--resume_path", ckpt, "--result_path", out,
+                            "--n_threads", 0], capsys)
+        assert code == 0
+        entry = json.loads((out / "predictions.json").read_text())["results"][str(videos / "a.mp4")]
+        segments[ckpt] = [s["segment"] for s in entry["segments"]]
+    # 23 frames at 10 fps: windows of 4 frames every 4 (the stored spec), of 8 every 8 (the older one's options)
+    assert segments[windows_of_4] == [[0.0, 0.4], [0.4, 0.8], [0.8, 1.2], [1.2, 1.6], [1.6, 2.0], [2.0, 2.3]]
+    assert segments[older] == [[0.0, 0.8], [0.8, 1.6], [1.6, 2.3]]
 
 
 def test_released_checkpoint_with_class_names_file(checkpoint, videos, tmp_path, capsys):

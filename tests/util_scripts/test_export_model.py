@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
 from pathlib import Path
 
 import pytest
 import torch
 
-from checkpoint import save_checkpoint
+from checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from errors import UserError
 from models import build_model
+from tests.conftest import random_model_checkpoint
 from tests.support import run_tool
 from util_scripts import export_model
 
@@ -82,3 +84,23 @@ def test_cli_reports_user_errors_in_one_line(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error:") and "not found" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_example_clip_has_the_checkpoints_clip_spec(tmp_path, caplog):
+    flags = ["--model", "resnet", "--model_depth", "10", "--resnet_widen_factor", "0.125", "--n_classes", "3",
+             "--sample_duration", "8", "--sample_size", "32"]
+    ckpt = random_model_checkpoint(tmp_path, flags, ["a", "b", "c"])
+    with caplog.at_level(logging.INFO, logger="util_scripts.export_model"):
+        assert export_model.main([str(ckpt), "--formats", "torchscript"]) == 0
+    assert "on example clips of 3x8x32x32" in caplog.text
+
+    def shape(payload, *flags):
+        args = export_model.build_parser().parse_args(["x.pth", *flags])
+        return export_model.example_shape(args, Checkpoint(payload).clip, {"n_input_channels": 3})
+
+    payload = load_checkpoint(ckpt)
+    assert shape(payload) == (1, 3, 8, 32, 32)
+    assert shape(payload, "--sample_duration", "4") == (1, 3, 4, 32, 32)  # the flags override
+    del payload["clip_spec"]
+    assert shape(payload) == (1, 3, 8, 32, 32)  # an older checkpoint: from its options
+    assert shape({"state_dict": {}}) == (1, 3, 16, 112, 112)  # the original's format: its defaults

@@ -1,4 +1,5 @@
-"""util_scripts.gradcam: maps at the clip's time and space size that peak on the object that decides the class."""
+"""util_scripts.gradcam: maps at the clip's time and space size that peak on the object that decides the class; a
+segment-sampling multi-label checkpoint is explained on its own clips with sigmoid scores."""
 
 from __future__ import annotations
 
@@ -7,13 +8,14 @@ import pytest
 import torch
 from PIL import Image
 
+from checkpoint import load_checkpoint, save_checkpoint
 from datasets.factory import build_input_normalizer
 from datasets.video_files import probe_video
 from engine.forward import prepare_batch
 from errors import UserError
 from models import factory as model_lib
 from opts import parse_opts
-from tests.conftest import save_model_checkpoint
+from tests.conftest import random_model_checkpoint, save_model_checkpoint
 from tests.video_corpus import corpus_frame, write_video
 from util_scripts import gradcam
 
@@ -125,3 +127,47 @@ def test_bad_target_class_is_a_one_line_error(trained, tmp_path):
     with pytest.raises(UserError, match="not a layer"):
         gradcam.main(["--resume_path", str(ckpt), "--video", str(video), "--output", str(tmp_path),
                       "--layer", "layer9"])
+
+
+SEGMENT_FLAGS = ["--model", "resnet", "--model_depth", "10", "--resnet_widen_factor", "0.125", "--sample_size", "32",
+                 "--sample_duration", "4", "--n_classes", "3", "--multi_label", "--temporal_sampling", "segment"]
+
+
+@pytest.mark.parametrize(("stored_spec", "extra", "clips"), [
+    (True, [], [[2, 7, 12, 17]]),  # the centres of 4 segments of the 20 frames, as --predict takes them
+    (False, ["--inference_n_clips", "2", "--target_class", "cup"], [[1, 6, 11, 16], [3, 8, 13, 18]]),
+])
+def test_segment_multi_label_checkpoint_is_explained_on_its_own_clips(tmp_path, monkeypatch, capsys, stored_spec,
+                                                                      extra, clips):
+    ckpt = random_model_checkpoint(tmp_path, SEGMENT_FLAGS, ["sit", "stand", "cup"])
+    if not stored_spec:  # a checkpoint made before the clip spec: derived from its stored options
+        payload = load_checkpoint(ckpt)
+        del payload["clip_spec"]
+        save_checkpoint(ckpt, payload)
+    video = write_video(tmp_path / "v.mp4", [np.full((32, 40, 3), 10 * i, np.uint8) for i in range(20)])
+    seen = []
+
+    def recording(model, clips, layer, target=None, *, multi_label=False):
+        result = gradcam_grad_cam(model, clips, layer, target, multi_label=multi_label)
+        with torch.no_grad():
+            seen.append((clips.detach().clone(), model(clips), result[2]))
+        return result
+
+    gradcam_grad_cam = gradcam.grad_cam
+    monkeypatch.setattr(gradcam, "grad_cam", recording)
+    assert gradcam.main(["--resume_path", str(ckpt), "--video", str(video), "--output", str(tmp_path / "cam"),
+                         "--no_cuda", *extra]) == 0
+    out = capsys.readouterr().out
+    # the model saw the segment-sampled frames (frame i is grey level 10 i), not dense windows of 4
+    opt = parse_opts(["--result_path", "r"])
+    mean, std = torch.tensor(opt.mean)[:, None, None], torch.tensor(opt.std)[:, None, None]
+    levels = [((x[0].flatten(2) * std + mean) * 255).mean(dim=(0, 2)) for x, _, _ in seen]
+    assert [(level / 10).round().int().tolist() for level in levels] == clips
+    for (_, logits, scores), clip in zip(seen, clips):
+        torch.testing.assert_close(scores, torch.sigmoid(logits))  # sigmoids of the logits, not a softmax
+        assert abs(float(scores.sum()) - 1) > 0.05
+        target = 2 if extra else int(logits.argmax())
+        assert f"frames {', '.join(map(str, clip))}: {['sit', 'stand', 'cup'][target]} " \
+               f"{float(scores[0, target]):.3f}" in out
+    assert probe_video(tmp_path / "cam" / "v_gradcam.mp4").n_frames == 20
+    assert (tmp_path / "cam" / "v_gradcam.png").is_file()
