@@ -108,11 +108,12 @@ def build_database(
     Rows are kept in the given order (the dataset, hence the inference output, follows it).
     """
     videos = list(videos)
-    database, n_missing = {}, 0
+    database = {}
     for video_id, subset, label in tqdm(videos, desc=desc, unit="video", mininterval=0.5, disable=len(videos) < 2000):
         segment = find_segment(video_path, TEST_DIR if label is None else label, video_id, video_type)
-        n_missing += segment is None
         database[video_id] = make_entry(subset, label, segment)
+    # counted over the entries, not the rows: a video listed twice is one entry
+    n_missing = sum("segment" not in entry["annotations"] for entry in database.values())
     return database, n_missing
 
 

@@ -236,6 +236,7 @@ def test_ucf101_json_video_in_both_lists_is_named(ucf_splits, tmp_path, capsys):
     assert "v_ApplyEyeMakeup_g08_c01 for training (" in line and "trainlist01.txt:1) and for validation (" in line
     assert "testlist01.txt:2)" in line and "as its last listing says (validation)" in line
     assert "remove the extra listing" in line
+    assert "warning: 3 of 3 videos have no converted frames" in err  # the video listed twice counts once
 
 
 def test_hmdb51_json_video_in_both_subsets_is_named(tmp_path, capsys):
