@@ -113,13 +113,30 @@ def activitynet_class_names(data: dict[str, Any], path: Path | str) -> list[str]
         raise UserError(f"malformed taxonomy in {path}: {e!r}") from None
 
 
+def check_unique_names(names: list[str], *, where: str) -> None:
+    """UserError naming the first class name `names` lists twice, and both places (1-based).
+
+    A name listed twice is two outputs of the model for one class: videos of that class train only the later
+    one, and predictions show the name twice.
+    """
+    first: dict[str, int] = {}
+    for position, name in enumerate(names, start=1):
+        if name in first:
+            raise UserError(f"{where} names class {name!r} twice (entries {first[name]} and {position}): each class "
+                            "needs a name of its own; remove or rename one")
+        first[name] = position
+
+
 def class_names(data: dict[str, Any], *, dataset: str, path: Path | str) -> list[str]:
     """Index -> class name for `dataset`."""
     if dataset == "activitynet":
-        return activitynet_class_names(data, path)
+        names = activitynet_class_names(data, path)
+        check_unique_names(names, where=f"the taxonomy of annotation file {path}")
+        return names
     labels = data.get("labels")
     if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
         raise UserError(f"annotation file {path} has no 'labels' list of strings")
+    check_unique_names(labels, where=f"'labels' of annotation file {path}")
     return labels
 
 

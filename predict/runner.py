@@ -64,6 +64,7 @@ from torch import nn
 from tqdm import tqdm
 
 from checkpoint import Checkpoint, load_checkpoint
+from datasets.annotations import check_unique_names
 from datasets.factory import build_input_normalizer
 from datasets.layout import VIDEO_EXTENSIONS, has_video_extension
 from datasets.spatial_transforms import get_spatial_transform
@@ -109,6 +110,7 @@ def read_class_names(path: Path) -> list[str]:
     names = [n for n in names if n]
     if not names:
         raise UserError(f"--class_names {path} holds no names")
+    check_unique_names(names, where=f"--class_names {path}")
     return names
 
 

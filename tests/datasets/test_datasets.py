@@ -128,6 +128,7 @@ def test_entry_video_path_is_used_verbatim(tmp_path):
         (lambda p, d: d["database"]["kinetics_c0_v0"]["annotations"].update(label="nope"), "'nope'"),
         (lambda p, d: d["database"]["kinetics_c0_v0"]["annotations"].update(segment="x"), "segment"),
         (lambda p, d: d.pop("labels"), "labels"),
+        (lambda p, d: d["labels"].append(d["labels"][0]), r"'labels' of .* class 'class_0' twice \(entries 1 and 3\)"),
     ],
 )
 def test_bad_annotation_files_raise_user_errors_naming_the_file(tmp_path, mutate, message):

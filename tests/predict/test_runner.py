@@ -104,6 +104,11 @@ def test_released_checkpoint_with_class_names_file(checkpoint, videos, tmp_path,
     code = main.main([str(a) for a in ["--predict", videos / "a.mp4", "--resume_path", bare, "--class_names", names,
                                        "--result_path", tmp_path, "--n_threads", 0, *MODEL]])
     assert code == 2 and "2 class names but the model has 3 classes" in capsys.readouterr().err
+    names.write_text("alpha\nbeta\nalpha\n")
+    code = main.main([str(a) for a in ["--predict", videos / "a.mp4", "--resume_path", bare, "--class_names", names,
+                                       "--result_path", tmp_path, "--n_threads", 0, *MODEL]])
+    err = capsys.readouterr().err
+    assert code == 2 and f"error: --class_names {names} names class 'alpha' twice (entries 1 and 3)" in err
 
 
 def test_user_errors_are_one_line(checkpoint, tmp_path, capsys):

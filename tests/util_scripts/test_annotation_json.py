@@ -176,6 +176,9 @@ def test_ucf101_json_errors(ucf_splits, tmp_path):
     (ucf_splits / "testlist01.txt").unlink()
     with pytest.raises(UserError, match="no split found"):
         ucf101_json.main(args)
+    (ucf_splits / "classInd.txt").write_text("1 Biking\n2 ApplyEyeMakeup\n3 Biking\n")
+    with pytest.raises(UserError, match=r"classInd.txt names class 'Biking' twice \(entries 1 and 3\)"):
+        ucf101_json.main(args)
     (ucf_splits / "classInd.txt").write_text("ApplyEyeMakeup\n")
     with pytest.raises(UserError, match=r"classInd.txt:1: expected '<index> <ClassName>'"):
         ucf101_json.main(args)
@@ -272,6 +275,9 @@ def test_mit_json(tmp_path):
     }
     (meta / "validationSet.csv").write_text("walking/yt-val.mp4\n")
     with pytest.raises(UserError, match=r"validationSet.csv:1: expected '<label>/<file>.mp4,<label>"):
+        mit_json.main([str(meta), str(videos), str(tmp_path / "mit.json")])
+    (meta / "moments_categories.txt").write_text("walking,0\nbarking,1\nwalking,2\n")
+    with pytest.raises(UserError, match=r"moments_categories.txt names class 'walking' twice \(entries 1 and 3\)"):
         mit_json.main([str(meta), str(videos), str(tmp_path / "mit.json")])
     (meta / "moments_categories.txt").unlink()
     with pytest.raises(UserError, match="Moments in Time category file not found"):

@@ -258,6 +258,17 @@ def test_list_json_bad_lines(tmp_path, train, extra, message):
     assert not (tmp_path / "o.json").exists()
 
 
+def test_list_json_class_names_file_with_a_name_twice_is_refused(tmp_path):
+    (tmp_path / "t.txt").write_text("a 0\n")
+    (tmp_path / "v.txt").write_text("c 0\n")
+    (tmp_path / "names.txt").write_text("zero\none\nzero\n")
+    proc = run_tool("list_json", tmp_path / "t.txt", tmp_path / "v.txt", tmp_path, tmp_path / "o.json",
+                    "--class_names", tmp_path / "names.txt")
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+    assert "names.txt names class 'zero' twice (entries 1 and 3)" in proc.stderr
+    assert not (tmp_path / "o.json").exists()
+
+
 # ---------------------------------------------------------------- ssv2_json
 
 SSV2_LABELS = {"Approaching something with your camera": "1", "Putting something on something": "0",
@@ -382,5 +393,8 @@ def test_charades_json_errors(charades_files, tmp_path):
         charades_json.main([str(cdir), str(videos), str(tmp_path / "o.json")])
     csv.write_text("id,actions\nYSKX3,\n")
     with pytest.raises(UserError, match="missing column.*length"):
+        charades_json.main([str(cdir), str(videos), str(tmp_path / "o.json")])
+    (cdir / "Charades_v1_classes.txt").write_text("c000 Holding some clothes\nc001 Holding some clothes\n")
+    with pytest.raises(UserError, match=r"Charades_v1_classes.txt names class 'Holding some clothes' twice"):
         charades_json.main([str(cdir), str(videos), str(tmp_path / "o.json")])
     assert not (tmp_path / "o.json").exists()
