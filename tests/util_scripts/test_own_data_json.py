@@ -172,6 +172,25 @@ def test_folder_json_frame_folders(tmp_path):
         ("cat/sub/y", root / "cat/sub/y", (1, 8)), ("cat/x", root / "cat/x", (1, 6)), ("dog/w", root / "dog/w", (1, 3))]
 
 
+def test_folder_json_names_class_folders_left_without_videos(tmp_path):
+    root = tmp_path / "frames"
+    for folder in ("cat/x", "dog/y"):
+        make_frame_folder(root / folder, 3)
+        Image.new("RGB", (8, 8)).save(root / folder / "image_00001.jpg")
+    make_frame_folder(root / "owl" / "z", 2)  # no first frame: unreadable, so owl has no video either
+    (root / "bird").mkdir()
+    (root / "emu").mkdir()
+    (root / "emu" / "notes.txt").write_text("not a video")
+    (root / ".cache").mkdir()  # hidden: no class folder
+    out = tmp_path / "frames.json"
+    proc = run_tool("folder_json", root, out, "--file_type", "jpg")
+    assert proc.returncode == 1, proc.stderr  # written; owl/z was unreadable
+    assert json.loads(out.read_text())["labels"] == ["cat", "dog"]
+    line = next(line for line in proc.stderr.splitlines() if "class folder" in line)
+    assert line == (f"warning: 3 class folders of {root} hold no readable frame folders and are left out of the "
+                    f"classes: bird, emu, owl; put videos into them or remove them ({out} has 2 classes)")
+
+
 def test_folder_json_errors(tmp_path):
     (tmp_path / "empty" / "cls").mkdir(parents=True)
     proc = run_tool("folder_json", tmp_path / "empty", tmp_path / "o.json")
