@@ -21,7 +21,8 @@ webm, ..., in any letter case: datasets.layout.VIDEO_EXTENSIONS); frames are the
 
 Deviations from the original: testing entries without a label load (label -1); ActivityNet works
 (its class was broken); an ActivityNet segment may end at the last frame (the original's
-min(..., n_frames) dropped it); no "dataset loading [i/n]" print (crashed below 5 videos).
+min(..., n_frames) dropped it); no "dataset loading [i/n]" print (crashed below 5 videos); a class name
+listed twice is refused (the original silently trained only its later index).
 """
 
 from __future__ import annotations
