@@ -21,7 +21,8 @@ webm, ..., in any letter case: datasets.layout.VIDEO_EXTENSIONS); frames are the
 
 Deviations from the original: testing entries without a label load (label -1); ActivityNet works
 (its class was broken); an ActivityNet segment may end at the last frame (the original's
-min(..., n_frames) dropped it); no "dataset loading [i/n]" print (crashed below 5 videos).
+min(..., n_frames) dropped it); no "dataset loading [i/n]" print (crashed below 5 videos); a class name
+listed twice is refused (the original silently trained only its later index).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,23 @@ class VideoRecord:
         return list(range(*self.segment))
 
 
+@dataclass
+class Skipped:
+    """Entries of a subset that give no record, by reason (video ids, in file order).
+
+    Attributes:
+        missing: the video is not on disk.
+        unlabelled: an entry of a labelled subset without a label: looked up as a test video (<root>/test/<id>,
+            <root>/<id>) and not found there; telling the user it is missing would send them looking for a file.
+    """
+
+    missing: list[str] = field(default_factory=list)
+    unlabelled: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.missing) + len(self.unlabelled)
+
+
 def load_annotation(path: Path | str) -> dict[str, Any]:
     """Read an annotation JSON; UserError naming the file when it is missing or malformed."""
     path = Path(path)
@@ -96,13 +114,30 @@ def activitynet_class_names(data: dict[str, Any], path: Path | str) -> list[str]
         raise UserError(f"malformed taxonomy in {path}: {e!r}") from None
 
 
+def check_unique_names(names: list[str], *, where: str) -> None:
+    """UserError naming the first class name `names` lists twice, and both places (1-based).
+
+    A name listed twice is two outputs of the model for one class: videos of that class train only the later
+    one, and predictions show the name twice.
+    """
+    first: dict[str, int] = {}
+    for position, name in enumerate(names, start=1):
+        if name in first:
+            raise UserError(f"{where} names class {name!r} twice (entries {first[name]} and {position}): each class "
+                            "needs a name of its own; remove or rename one")
+        first[name] = position
+
+
 def class_names(data: dict[str, Any], *, dataset: str, path: Path | str) -> list[str]:
     """Index -> class name for `dataset`."""
     if dataset == "activitynet":
-        return activitynet_class_names(data, path)
+        names = activitynet_class_names(data, path)
+        check_unique_names(names, where=f"the taxonomy of annotation file {path}")
+        return names
     labels = data.get("labels")
     if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
         raise UserError(f"annotation file {path} has no 'labels' list of strings")
+    check_unique_names(labels, where=f"'labels' of annotation file {path}")
     return labels
 
 
@@ -152,10 +187,10 @@ class _Locator:
 
 
 def _standard_records(data: dict, names: list[str], *, root: Path, subset: str, locator: _Locator,
-                      dataset: str, path: Path) -> tuple[list[VideoRecord], list[str]]:
-    """Records of the kinetics-style schema, plus the ids whose video is missing."""
+                      dataset: str, path: Path) -> tuple[list[VideoRecord], Skipped]:
+    """Records of the kinetics-style schema, plus the entries skipped for want of a video or of a label."""
     class_to_idx = {name: i for i, name in enumerate(names)}
-    records, missing, no_fps = [], [], []
+    records, skipped, no_fps = [], Skipped(), []
     for video_id, entry in data["database"].items():
         if not isinstance(entry, dict) or entry.get("subset") != subset:
             continue
@@ -166,7 +201,8 @@ def _standard_records(data: dict, names: list[str], *, root: Path, subset: str, 
         video = locator.find(candidate_paths(root, video_id, entry, label, dataset=dataset,
                                               file_type=locator.file_type))
         if video is None:
-            missing.append(video_id)
+            looked_up_as_test = label is None and subset != "testing" and not _own_location(entry, dataset)
+            (skipped.unlabelled if looked_up_as_test else skipped.missing).append(video_id)
             continue
         begin, end = _frame_segment(video_id, entry, ann, video, locator=locator, path=path, no_fps=no_fps)
         if end <= begin:
@@ -178,7 +214,12 @@ def _standard_records(data: dict, names: list[str], *, root: Path, subset: str, 
         logger.warning("%d '%s' entries of %s have segment_seconds but no frame rate (e.g. %s): they cover their "
                        "whole video; add an 'fps' field to them or read the video files (--file_type video)",
                        len(no_fps), subset, path, no_fps[0])
-    return records, missing
+    return records, skipped
+
+
+def _own_location(entry: dict, dataset: str) -> bool:
+    """Whether the entry's video is found without its label: it names its video_path, or the dataset is flat."""
+    return "video_path" in entry or dataset in FLAT_DATASETS
 
 
 def _frame_segment(video_id: str, entry: dict, ann: dict, video: Path, *, locator: _Locator, path: Path,
@@ -251,17 +292,17 @@ def _actions(video_id: str, entry: dict, ann: dict, video: Path, class_to_idx: d
 
 
 def _activitynet_records(data: dict, names: list[str], *, root: Path, subset: str, locator: _Locator,
-                         untrimmed: bool, path: Path) -> tuple[list[VideoRecord], list[str]]:
+                         untrimmed: bool, path: Path) -> tuple[list[VideoRecord], Skipped]:
     class_to_idx = {name: i for i, name in enumerate(names)}
     base = locator.base
-    records, missing = [], []
+    records, skipped = [], Skipped()
     for video_id, entry in data["database"].items():
         if not isinstance(entry, dict) or entry.get("subset") != subset:
             continue
         video = locator.find(candidate_paths(root, video_id, entry, None, dataset="activitynet",
                                               file_type=locator.file_type))
         if video is None:
-            missing.append(video_id)
+            skipped.missing.append(video_id)
             continue
         n_frames = locator.n_frames(video)
         annotations = entry.get("annotations") or []
@@ -283,7 +324,7 @@ def _activitynet_records(data: dict, names: list[str], *, root: Path, subset: st
             end = min(math.floor(t1 * fps) + base, n_frames + base)
             if end - begin >= ACTIVITYNET_MIN_FRAMES:
                 records.append(VideoRecord(video_id, video, label, (begin, end), float(fps)))
-    return records, missing
+    return records, skipped
 
 
 def read_records(
@@ -297,8 +338,9 @@ def read_records(
 ) -> tuple[list[VideoRecord], list[str]]:
     """Parse the annotation file once into records of `subset`, and return them with the class names.
 
-    Videos missing on disk are skipped and reported in one warning. UserError when the file is
-    missing or malformed, a label is unknown, or no video of the subset exists on disk.
+    Videos missing on disk are skipped and reported in one warning, and so are entries of a labelled subset
+    without a label whose video is not where test videos are. UserError when the file is missing or
+    malformed, a label is unknown, or no entry of the subset gives a record.
     `untrimmed` (ActivityNet only): one record per whole video instead of one per annotated segment.
     """
     if dataset not in DATASETS:
@@ -311,26 +353,36 @@ def read_records(
     locator = _Locator(file_type, annotation_path)
     try:
         if dataset == "activitynet":
-            records, missing = _activitynet_records(data, names, root=root, subset=subset, locator=locator,
+            records, skipped = _activitynet_records(data, names, root=root, subset=subset, locator=locator,
                                                     untrimmed=untrimmed, path=annotation_path)
         else:
-            records, missing = _standard_records(data, names, root=root, subset=subset, locator=locator,
+            records, skipped = _standard_records(data, names, root=root, subset=subset, locator=locator,
                                                  dataset=dataset, path=annotation_path)
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise UserError(f"malformed entry in annotation file {annotation_path}: {e!r}") from None
     locator.reader.save_cache()
-    _report_missing(missing, records, annotation_path=annotation_path, root=root, subset=subset)
+    _report_skipped(skipped, records, annotation_path=annotation_path, root=root, subset=subset)
     return records, names
 
 
-def _report_missing(missing: list[str], records: list[VideoRecord], *, annotation_path: Path, root: Path,
+def _report_skipped(skipped: Skipped, records: list[VideoRecord], *, annotation_path: Path, root: Path,
                     subset: str) -> None:
+    missing, unlabelled = skipped.missing, skipped.unlabelled
     if not records:
+        if unlabelled and not missing:
+            raise UserError(f"none of the {len(unlabelled)} '{subset}' entries of {annotation_path} has a label "
+                            f"(e.g. {unlabelled[0]}): give each an annotations.label, or make them 'testing' entries")
         if missing:
+            no_label = f"; {len(unlabelled)} more entries have no label" if unlabelled else ""
             raise UserError(f"none of the {len(missing)} '{subset}' videos of {annotation_path} exist under {root} "
-                            f"(e.g. {missing[0]}); check --video_path, --file_type and the <label>/<id> layout")
+                            f"(e.g. {missing[0]}); check --video_path, --file_type and the <label>/<id> layout"
+                            + no_label)
         raise UserError(f"annotation file {annotation_path} has no usable '{subset}' videos")
+    n_listed = len(skipped) + len(records)
+    if unlabelled:
+        logger.warning("%d of %d '%s' entries of %s have no label and are skipped (e.g. %s): give them an "
+                       "annotations.label (entries without one are looked up as test videos, in %s/test/<id>)",
+                       len(unlabelled), n_listed, subset, annotation_path, ", ".join(unlabelled[:5]), root)
     if missing:
         logger.warning("%d of %d '%s' videos listed in %s are missing under %s and are skipped (e.g. %s)",
-                       len(missing), len(missing) + len(records), subset, annotation_path, root,
-                       ", ".join(missing[:5]))
+                       len(missing), n_listed, subset, annotation_path, root, ", ".join(missing[:5]))

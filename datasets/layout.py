@@ -13,7 +13,8 @@ annotation generators, the benchmarks) asks this module instead of spelling the 
   ``<base>`` is ``<root>/<label>/<video id>`` (see datasets.annotations).
 - Raw video files: `VIDEO_EXTENSIONS`, matched in any letter case (cameras write ``.MP4``/``.MOV``)
   by `has_video_extension` and `VideoFileFinder`; `RAW_VIDEO_EXTENSION` is the one extension the
-  frame/HDF5 extraction scripts take per dataset (the original scripts' filter).
+  frame/HDF5 extraction scripts take per dataset by default (the original scripts' filter; their
+  --video_extensions takes others too).
 """
 
 from __future__ import annotations

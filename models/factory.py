@@ -20,6 +20,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from checkpoint import Checkpoint, Resume, load_checkpoint, strip_wrapper_prefixes, unwrap_model
 from errors import UserError
 from models import MODEL_DEPTHS, MODEL_FAMILIES, build_model
+from models.common import STAGE_WIDTHS
 from models.torchvision_weights import TorchvisionArch, convert_torchvision_state_dict, detect_torchvision_arch
 
 logger = logging.getLogger(__name__)
@@ -222,16 +223,17 @@ def _describe_mismatch(
         details = []
         if reshaped:
             k = reshaped[0]
+            hint = _shape_hint(k, found[k], expected[k]) or _width_hint(model_arch, found, expected)
             details.append(
                 f"{k} has shape {tuple(found[k].shape)} in the file but {tuple(expected[k].shape)} in the "
-                f"model{_shape_hint(k, found[k], expected[k])}"
+                f"model{hint}"
             )
         if missing or unexpected:
             details.append(f"file: {_layout(found)}; model: {_layout(expected)}")
             details.append(f"missing keys {_first(missing)}, unexpected keys {_first(unexpected)}")
         return (
             f"{source}{arch_note} does not match the model {model_arch} (check --model, --model_depth, "
-            f"--resnet_shortcut and the stem options): " + "; ".join(details)
+            f"--resnet_shortcut, --resnet_widen_factor and the stem options): " + "; ".join(details)
         )
     if head is not None and found[head].shape != expected[head].shape:
         return (
@@ -248,6 +250,33 @@ def _shape_hint(key: str, found: torch.Tensor, expected: torch.Tensor) -> str:
     if first_conv and found.ndim == 5 and found.shape[2] != expected.shape[2]:
         return f" (the file was trained with --conv1_t_size {found.shape[2]})"
     return ""
+
+
+def _width_hint(model_arch: str, found: Mapping, expected: Mapping) -> str:
+    """' (... the file was trained with --resnet_widen_factor F)' when the file's stages are wider or narrower.
+
+    F is read from the last stage, whose width is int(512 * F): F = width / 512 rebuilds every stage exactly
+    (int(64 * F) = int(width / 8), ...), also for factors like 0.3 whose stem alone would round differently.
+    """
+    family = model_arch.rsplit("-", 1)[0]
+    family_opts = _FAMILY_OPTS.get(family, {})
+    flag = family_opts.get("widen_factor") or family_opts.get("k")  # densenet, resnext: no width flag
+    widths = _last_stage_width(found), _last_stage_width(expected)
+    if flag is None or None in widths or widths[0] == widths[1]:
+        return ""
+    factor = widths[0] / STAGE_WIDTHS[-1]
+    value = int(factor) if factor.is_integer() else factor
+    return (f" (its last stage is {widths[0]} channels wide, the model's {widths[1]}: the file was trained with "
+            f"--{flag} {value})")
+
+
+def _last_stage_width(state_dict: Mapping) -> int | None:
+    """Output channels of the first conv of layer4's first block: the stage's width (planes) in every ResNet
+    family ((2+1)D basic blocks: of its temporal half, conv1_t; conv1_s has the factorised middle width)."""
+    for key in ("layer4.0.conv1_t.weight", "layer4.0.conv1.weight"):
+        if key in state_dict:
+            return state_dict[key].shape[0]
+    return None
 
 
 def _first(keys: list[str], n: int = 3) -> str:

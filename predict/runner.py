@@ -20,8 +20,10 @@ A long job: each video is decoded once, front to back, through a bounded window 
 atomically after every video, with "complete": false until the last one; Ctrl-C keeps the finished videos
 (exit status 130), and running the same command again skips every video already in predictions.json with
 the same path, size and modification time (results of other settings or another checkpoint are refused,
-not mixed). Damaged, truncated, rotated and variable-frame-rate videos are predicted from the frames that
-decode; each entry says how many seconds were decoded and lists its `problems`. Inputs that cannot be used
+not mixed; another --output_topk only changes what is listed: the stored lists are cut to it, and the videos
+whose stored list is too short are predicted again, as only the listed labels are stored). Damaged,
+truncated, rotated and variable-frame-rate videos are predicted from the frames that decode; each entry
+says how many seconds were decoded and lists its `problems`. Inputs that cannot be used
 (no video stream, no decodable frame) are skipped with a warning and listed under "unusable".
 
 The same pass also makes OUT/predictions.html (every video: thumbnails, segment timeline, top-k bars,
@@ -66,6 +68,7 @@ from torch import nn
 from tqdm import tqdm
 
 from checkpoint import Checkpoint, load_checkpoint
+from datasets.annotations import check_unique_names
 from datasets.clip_spec import CLIP_OPTIONS, ClipSpec
 from datasets.layout import VIDEO_EXTENSIONS, has_video_extension
 from datasets.video_files import NoVideoStream, announced_seconds, probe_video
@@ -108,6 +111,7 @@ def read_class_names(path: Path) -> list[str]:
     names = [n for n in names if n]
     if not names:
         raise UserError(f"--class_names {path} holds no names")
+    check_unique_names(names, where=f"--class_names {path}")
     return names
 
 
@@ -176,13 +180,18 @@ def result_settings(opt: argparse.Namespace, topk: int) -> dict:
 
 class PredictionStore:
     """predictions.json / .csv of one result directory: earlier results are loaded, each finished video is
-    added and both files are rewritten atomically (temporary file + rename)."""
+    added and both files are rewritten atomically (temporary file + rename).
 
-    def __init__(self, out_dir: Path, settings: dict):
+    `n_classes`: the model's; a stored list of that many labels holds every class, whatever --output_topk asks.
+    """
+
+    def __init__(self, out_dir: Path, settings: dict, *, n_classes: int):
         self.json_path, self.csv_path = out_dir / PREDICTIONS_JSON, out_dir / PREDICTIONS_CSV
         self.settings = settings
+        self.n_classes = n_classes
         self.results: dict[str, dict] = {}
         self.unusable: dict[str, str] = {}
+        self.short_lists: set[str] = set()  # stored videos listing fewer labels than asked: predicted again
         if self.json_path.is_file():
             self._load()
 
@@ -193,20 +202,38 @@ class PredictionStore:
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise UserError(f"{self.json_path} exists but is not a predictions file ({e}); move it away or "
                             "give another --result_path") from None
-        old = data.get("settings")
-        if old is not None and old != self.settings:
-            changed = sorted(k for k in set(old) | set(self.settings) if old.get(k) != self.settings.get(k))
+        old = data.get("settings") or {}  # none in files of early versions: nothing to compare
+        changed = sorted(k for k in set(old) | set(self.settings) if old.get(k) != self.settings.get(k)) if old else []
+        if set(changed) - {"output_topk"}:  # another --output_topk only changes what is listed (_fit_lists)
             raise UserError(f"{self.json_path} holds predictions made with other settings ({', '.join(changed)}); "
                             "move it away or give another --result_path")
         self.results = dict(results)
+        self._fit_lists(old.get("output_topk"))
+
+    def _fit_lists(self, stored_topk: int | None) -> None:
+        """Cut the stored lists to --output_topk; a video whose list is too short (the file keeps only the
+        listed labels, not all scores) is predicted again. Checked per video, so a rerun interrupted while
+        predicting them again goes on with the rest. Says what happened when --output_topk changed."""
+        topk = self.settings["output_topk"]
+        wanted = min(topk, self.n_classes)
+        for entry in self.results.values():
+            for listing in [entry, *entry.get("segments", [])]:
+                listing["result"] = listing.get("result", [])[:topk]
+        self.short_lists = {vid for vid, entry in self.results.items() if 0 < len(entry["result"]) < wanted}
+        if stored_topk is not None and stored_topk != topk:
+            why = " (only the listed labels are stored, not all scores)" if self.short_lists else ""
+            log.info("--output_topk %d (%s was listed with %d): %d stored video(s) re-listed from their stored labels, "
+                     "%d predicted again%s", topk, self.json_path.name, stored_topk,
+                     len(self.results) - len(self.short_lists), len(self.short_lists), why)
 
     def done(self, video_id: str, path: Path) -> bool:
         """The video is in the results with the file's current size and modification time."""
         entry = self.results.get(video_id)
-        return entry is not None and entry.get("file") == file_stamp(path)
+        return entry is not None and entry.get("file") == file_stamp(path) and video_id not in self.short_lists
 
     def add(self, video_id: str, entry: dict) -> None:
         self.unusable.pop(video_id, None)
+        self.short_lists.discard(video_id)
         self.results[video_id] = entry
 
     def write(self, *, complete: bool) -> None:
@@ -349,7 +376,7 @@ def _run(opt: argparse.Namespace, listeners: Sequence[PredictionListener]) -> in
     net, class_names = load_predictor(opt, payload, Path(opt.resume_path), spec)
     # --output_topk <= 0 means all classes of the checkpoint's model (opts leaves it unresolved for --predict).
     topk = opt.output_topk if opt.output_topk > 0 else len(class_names)
-    store = PredictionStore(out_dir, result_settings(opt, topk))
+    store = PredictionStore(out_dir, result_settings(opt, topk), n_classes=len(class_names))
     todo = [p for p in paths if not store.done(str(p), p)]
     if len(todo) < len(paths):
         log.info("%d of %d video(s) already in %s: skipped", len(paths) - len(todo), len(paths), store.json_path)

@@ -108,11 +108,12 @@ def build_database(
     Rows are kept in the given order (the dataset, hence the inference output, follows it).
     """
     videos = list(videos)
-    database, n_missing = {}, 0
+    database = {}
     for video_id, subset, label in tqdm(videos, desc=desc, unit="video", mininterval=0.5, disable=len(videos) < 2000):
         segment = find_segment(video_path, TEST_DIR if label is None else label, video_id, video_type)
-        n_missing += segment is None
         database[video_id] = make_entry(subset, label, segment)
+    # counted over the entries, not the rows: a video listed twice is one entry
+    n_missing = sum("segment" not in entry["annotations"] for entry in database.values())
     return database, n_missing
 
 
@@ -143,15 +144,40 @@ def write_annotation_json(dst: Path, labels: list[str], database: dict, *, n_mis
         )
 
 
+def warn_listed_twice(rows: Sequence[tuple[str, str, str | None, str]], *, dst: Path) -> None:
+    """One stderr line when (video_id, subset, label, where) rows list a video more than once.
+
+    The database holds one entry per id, so the last listing silently wins (a video of both the train and the
+    test list ends up in validation only); the line names an example, preferring one listed in two subsets.
+    """
+    first: dict[str, tuple[str, str]] = {}
+    repeats = []  # (video_id, (subset, where) of its first listing, (subset, where) of a later one)
+    for video_id, subset, _, where in rows:
+        if video_id in first:
+            repeats.append((video_id, first[video_id], (subset, where)))
+        else:
+            first[video_id] = (subset, where)
+    if not repeats:
+        return
+    n_videos = len({video_id for video_id, _, _ in repeats})
+    video_id, (subset_a, where_a), (subset_b, where_b) = max(repeats, key=lambda r: r[1][0] != r[2][0])
+    last_subset = next(subset for vid, subset, _, _ in reversed(rows) if vid == video_id)
+    print(f"warning: {dst}: {n_videos} {'video is' if n_videos == 1 else 'videos are'} listed more than once, "
+          f"e.g. {video_id} for {subset_a} ({where_a}) and for {subset_b} ({where_b}); each is kept once, as its "
+          f"last listing says ({last_subset}): remove the extra listings", file=sys.stderr)
+
+
 def write_split_json(
     dst: Path, labels: list[str], rows: list[tuple[str, str, str | None, str]], *, video_path: Path, video_type: str,
     desc: str
 ) -> None:
     """The JSON of (video_id, subset, label or None, where) rows of videos converted under ``video_path``.
 
-    Checks every label against the class list, finds each converted video's segment and writes the file.
+    Checks every label against the class list, warns about videos listed twice, finds each converted video's
+    segment and writes the file.
     """
     check_labels(((label, where) for _, _, label, where in rows if label is not None), labels)
+    warn_listed_twice(rows, dst=dst)
     database, n_missing = build_database(
         [row[:3] for row in rows], video_path=video_path, video_type=video_type, desc=desc
     )

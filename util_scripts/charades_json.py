@@ -18,6 +18,7 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
+from datasets.annotations import check_unique_names
 from errors import UserError
 from util_scripts.annotations import annotation_tool_parser, make_entry, read_csv_rows, read_lines, write_located_json
 from util_scripts.common import run_cli
@@ -28,13 +29,15 @@ CLASSES_FILE = "Charades_v1_classes.txt"
 
 def read_classes(path: Path) -> dict[str, str]:
     """Class code ('c000') -> name, in file order."""
-    classes = {}
+    pairs = []
     for line_no, line in enumerate(read_lines(path, what="Charades class list"), start=1):
         parts = line.split(maxsplit=1)
         if len(parts) != 2:
             raise UserError(f"{path}:{line_no}: expected '<code> <class name>', got {line!r}")
-        classes[parts[0]] = parts[1]
-    return classes
+        pairs.append((parts[0], parts[1]))
+    for column in zip(*pairs):  # a code or a name twice would merge two classes
+        check_unique_names(list(column), where=str(path))
+    return dict(pairs)
 
 
 def parse_actions(text: str, classes: dict[str, str], where: str) -> list[dict]:

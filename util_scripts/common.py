@@ -23,6 +23,7 @@ import os
 import shutil
 import sys
 import tempfile
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,34 +74,79 @@ class ItemResult:
     details: dict | None = None  # tool-specific findings (e.g. check_videos' scan)
 
 
-def find_videos(src_dir: Path, dataset: str) -> list[VideoItem]:
-    """All videos of ``src_dir`` in the layout of ``dataset``, sorted.
+def find_videos(src_dir: Path, dataset: str, extensions: Sequence[str] | None = None) -> list[VideoItem]:
+    """All videos of ``src_dir`` in the layout of ``dataset`` whose extension is one of ``extensions`` (any
+    letter case, dot optional; default: the dataset's own, as the original scripts took), sorted.
 
     ActivityNet, SSv2 and Charades keep every video directly in ``src_dir`` (output ``<stem>``); the other
     datasets have one sub-folder per class, ``test`` included (output ``<class>/<stem>``).
-    Hidden files and files with another extension are ignored.
+    Hidden files and files that are no video are ignored; video files of another extension are counted in one
+    warning that says how to take them too (a download tool often saves some videos as .webm or .mkv).
     """
     if dataset not in RAW_VIDEO_EXTENSION:
         raise UserError(f"unknown dataset '{dataset}'; choose one of {', '.join(DATASETS)}")
     src_dir = Path(src_dir)
     if not src_dir.is_dir():
         raise UserError(f"video folder not found: {src_dir}")
-    ext = RAW_VIDEO_EXTENSION[dataset]
+    wanted = _normalized_extensions(extensions) if extensions else (RAW_VIDEO_EXTENSION[dataset],)
     if dataset in FLAT_DATASETS:
-        items = [VideoItem(p, Path(p.stem)) for p in _video_files(src_dir, ext)]
-        layout = f"{src_dir}/<video>{ext}"
+        folders = [(src_dir, Path())]
+        layout = f"{src_dir}/<video>{wanted[0]}"
     else:
         class_dirs = sorted(d for d in src_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
-        items = [VideoItem(p, Path(d.name, p.stem)) for d in class_dirs for p in _video_files(d, ext)]
-        layout = f"{src_dir}/<class>/<video>{ext}"
+        folders = [(d, Path(d.name)) for d in class_dirs]
+        layout = f"{src_dir}/<class>/<video>{wanted[0]}"
+    items, others = [], []
+    for folder, rel in folders:
+        for path in _visible_files(folder):
+            if has_video_extension(path, wanted):
+                items.append(VideoItem(path, rel / path.stem))
+            elif has_video_extension(path):
+                others.append(path)
     if not items:
-        raise UserError(f"no {ext} videos found for dataset '{dataset}' (expected layout: {layout})")
+        found = f"; found {_count_by_extension(others)}: add {_extensions_flag(wanted, others)}" if others else ""
+        raise UserError(f"no {'/'.join(wanted)} videos found for dataset '{dataset}' "
+                        f"(expected layout: {layout}{found})")
+    _check_one_video_per_output(items)
+    if others:
+        _warn_other_extensions(src_dir, wanted, others)
     return items
 
 
-def _video_files(folder: Path, ext: str) -> list[Path]:
-    return sorted(p for p in folder.iterdir()
-                  if p.is_file() and has_video_extension(p, (ext,)) and not p.name.startswith("."))
+def _visible_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+
+
+def _normalized_extensions(extensions: Sequence[str]) -> tuple[str, ...]:
+    """'MKV', '.mp4' -> ('.mkv', '.mp4'): lower case with a dot, as has_video_extension compares them."""
+    return tuple(dict.fromkeys("." + e.lower().lstrip(".") for e in extensions))
+
+
+def _count_by_extension(paths: Sequence[Path]) -> str:
+    """'2 .mkv, 1 .webm': how many of the paths have each extension (lower case), by extension."""
+    counts = Counter(p.suffix.lower() for p in paths)
+    return ", ".join(f"{counts[ext]} {ext}" for ext in sorted(counts))
+
+
+def _extensions_flag(wanted: Sequence[str], others: Sequence[Path]) -> str:
+    """The --video_extensions option that takes the wanted extensions and those of the other videos."""
+    return "--video_extensions " + " ".join(dict.fromkeys([*wanted, *sorted(p.suffix.lower() for p in others)]))
+
+
+def _warn_other_extensions(src_dir: Path, wanted: Sequence[str], others: Sequence[Path]) -> None:
+    are = "are" if len(others) > 1 else "is"
+    print(f"warning: {len(others)} video file{'s' if len(others) > 1 else ''} in {src_dir} {are} not "
+          f"{'/'.join(wanted)} and {are} not converted ({_count_by_extension(others)}; e.g. {others[0]}): to convert "
+          f"them too, give {_extensions_flag(wanted, others)}", file=sys.stderr)
+
+
+def _check_one_video_per_output(items: Sequence[VideoItem]) -> None:
+    """UserError when two videos (x.mp4 and x.mkv) would be converted into the same output."""
+    seen: dict[Path, Path] = {}
+    for item in items:
+        if item.rel in seen:
+            raise UserError(f"{seen[item.rel]} and {item.src} would both become {item.rel}: keep one of them")
+        seen[item.rel] = item.src
 
 
 def scaled_size(width: int, height: int, size: int) -> tuple[int, int]:
@@ -295,6 +341,9 @@ def build_conversion_parser(description: str):
     parser.add_argument("dir_path", type=Path, help="folder of the raw videos")
     parser.add_argument("dst_path", type=Path, help="output folder (created if missing)")
     parser.add_argument("dataset", choices=DATASETS, help="folder layout and video extension")
+    own = ", ".join(f"{name} {ext}" for name, ext in RAW_VIDEO_EXTENSION.items())
+    parser.add_argument("--video_extensions", nargs="+", default=None, metavar="EXT",
+                        help=f"extensions of the videos to convert, any letter case (default: the dataset's: {own})")
     parser.add_argument("--n_jobs", type=int, default=-1, help="parallel processes over videos (-1: all CPU cores)")
     parser.add_argument("--fps", type=float, default=-1, help="output frame rate (-1: keep every frame)")
     parser.add_argument("--size", type=int, default=240, help="length of the SHORTER side in pixels (-1: keep)")
@@ -318,7 +367,7 @@ def run_conversion(argv: Sequence[str] | None, convert_video: Callable[..., Item
     """
     args = build_conversion_parser(description).parse_args(argv)
     check_conversion_args(args)
-    items = find_videos(args.dir_path, args.dataset)
+    items = find_videos(args.dir_path, args.dataset, args.video_extensions)
     worker = functools.partial(
         convert_video,
         dst_root=args.dst_path,

@@ -8,7 +8,8 @@ is a folder of frames ``image_00001.jpg ...`` instead. Every video is opened (Py
 first frame for folders); unreadable ones are listed and left out (exit status 1 then).
 Each entry carries its path relative to ROOT, so
 ``main.py --video_path ROOT --annotation_path OUT.json --file_type video`` trains on it directly.
-Entry ids are those relative paths; classes are the class folders' names, sorted.
+Entry ids are those relative paths; classes are the class folders' names, sorted (a class folder without a
+readable video is no class: a warning names it).
 """
 
 from __future__ import annotations
@@ -57,6 +58,24 @@ def scan_tree(root: Path, file_type: str) -> tuple[list[tuple[str, str]], list[s
             else:
                 items.append((rel.parts[0], rel.as_posix()))
     return sorted(items, key=lambda item: item[1]), stray
+
+
+def class_folders(root: Path, stray: list[str]) -> list[str]:
+    """The visible folders directly in ROOT that are not videos themselves (a frame folder in ROOT is stray)."""
+    return sorted(d.name for d in root.iterdir() if d.is_dir() and _visible(d.name) and d.name not in stray)
+
+
+def warn_classes_left_out(root: Path, labels: list[str], stray: list[str], *, file_type: str, dst: Path) -> None:
+    """One stderr line naming the class folders that give no class: empty, or holding only unreadable videos.
+
+    A class folder dropped without a word leaves a model with fewer outputs than the folders the user sees.
+    """
+    left_out = [name for name in class_folders(root, stray) if name not in labels]
+    if left_out:
+        what = FILE_READERS[file_type].stored_as
+        print(f"warning: {len(left_out)} class folder{'s' if len(left_out) > 1 else ''} of {root} hold no readable "
+              f"{what} and {'are' if len(left_out) > 1 else 'is'} left out of the classes: {', '.join(left_out)}; "
+              f"put videos into them or remove them ({dst} has {len(labels)} classes)", file=sys.stderr)
 
 
 def check_readable(root: Path, rels: list[str], file_type: str) -> list[str | None]:
@@ -132,6 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     subsets = split_by_class(items, args.val_fraction, args.seed)
     database = build_database(args.root, items, subsets, args.file_type)
     write_annotation_json(args.dst_path, labels, database, n_missing=0, video_path=args.root)
+    warn_classes_left_out(args.root, labels, stray, file_type=args.file_type, dst=args.dst_path)
     if unreadable:
         print(f"warning: {len(unreadable)} unreadable videos were left out", file=sys.stderr)
         return 1

@@ -1,6 +1,7 @@
 """Store every video as one HDF5 file ``DST/<class>/<video>.hdf5`` of JPEG-encoded frames.
 
-Usage: ``python -m util_scripts.generate_video_hdf5 SRC DST DATASET [--size 240] [--fps -1] [--n_jobs -1]``
+Usage: ``python -m util_scripts.generate_video_hdf5 SRC DST DATASET [--size 240] [--fps -1] [--n_jobs -1]
+[--video_extensions EXT ...]``
 
 The file holds one dataset, ``video``: a 1-D array of variable-length uint8 arrays, element i
 being the complete JPEG file of frame i+1 (the layout the original loader reads). Frames are

@@ -1,6 +1,7 @@
 """Extract the frames of every video into ``DST/<class>/<video>/image_00001.jpg, ...``.
 
-Usage: ``python -m util_scripts.generate_video_jpgs SRC DST DATASET [--size 240] [--fps -1] [--n_jobs -1]``
+Usage: ``python -m util_scripts.generate_video_jpgs SRC DST DATASET [--size 240] [--fps -1] [--n_jobs -1]
+[--video_extensions EXT ...]``
 
 A video whose output folder already holds frames is skipped, and folders are written under a
 hidden temporary name and renamed when complete, so rerunning after an interruption converts

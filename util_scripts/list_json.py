@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from datasets.annotations import check_unique_names
 from errors import UserError
 from util_scripts.annotations import annotation_tool_parser, make_entry, read_lines, write_located_json
 from util_scripts.common import run_cli
@@ -126,9 +127,7 @@ def build_database(rows: list[tuple[ListItem, str, str]]) -> dict:
 
 def read_class_names(path: Path) -> list[str]:
     names = read_lines(path, what="class names file")
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise UserError(f"{path}: class name {duplicates[0]!r} appears more than once")
+    check_unique_names(names, where=str(path))
     return names
 
 

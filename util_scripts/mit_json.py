@@ -15,6 +15,7 @@ import csv
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
+from datasets.annotations import check_unique_names
 from errors import UserError
 from util_scripts.annotations import (
     annotation_tool_parser,
@@ -29,7 +30,9 @@ SPLITS = (("trainingSet.csv", "training"), ("validationSet.csv", "validation"), 
 
 def read_categories(path: Path) -> list[str]:
     """Labels in file order (first comma-separated column)."""
-    return [line.split(",")[0].strip() for line in read_lines(path, what="Moments in Time category file")]
+    labels = [line.split(",")[0].strip() for line in read_lines(path, what="Moments in Time category file")]
+    check_unique_names(labels, where=str(path))
+    return labels
 
 
 def read_split(path: Path, subset: str) -> list[tuple[str, str, str | None, str]]:

@@ -14,6 +14,7 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
+from datasets.annotations import check_unique_names
 from errors import UserError
 from util_scripts.annotations import (
     annotation_tool_parser,
@@ -33,6 +34,7 @@ def read_class_index(path: Path) -> list[str]:
         if len(parts) != 2 or not parts[0].isdigit():
             raise UserError(f"{path}:{line_no}: expected '<index> <ClassName>', got {line!r}")
         labels.append(parts[1])
+    check_unique_names(labels, where=str(path))
     return labels
 
 

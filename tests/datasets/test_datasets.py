@@ -128,6 +128,7 @@ def test_entry_video_path_is_used_verbatim(tmp_path):
         (lambda p, d: d["database"]["kinetics_c0_v0"]["annotations"].update(label="nope"), "'nope'"),
         (lambda p, d: d["database"]["kinetics_c0_v0"]["annotations"].update(segment="x"), "segment"),
         (lambda p, d: d.pop("labels"), "labels"),
+        (lambda p, d: d["labels"].append(d["labels"][0]), r"'labels' of .* class 'class_0' twice \(entries 1 and 3\)"),
     ],
 )
 def test_bad_annotation_files_raise_user_errors_naming_the_file(tmp_path, mutate, message):
@@ -162,6 +163,39 @@ def test_missing_videos_are_skipped_with_one_warning(tmp_path, caplog):
     assert len(records) == 4
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "2 of 6" in warnings[0] and gone[0] in warnings[0]
+
+
+def _drop_labels(ds, video_ids) -> None:
+    data = json.loads(ds.annotation_path.read_text())
+    for vid in video_ids:
+        del data["database"][vid]["annotations"]["label"]
+    ds.annotation_path.write_text(json.dumps(data))
+
+
+def test_entries_without_a_label_are_named_as_such_not_as_missing(tmp_path, caplog):
+    ds = make_frame_dataset(tmp_path, n_classes=2, videos_per_class=3, n_frames=3)
+    unlabelled, elsewhere = ds.ids("training")[:2], ds.ids("training")[2]
+    _drop_labels(ds, [*unlabelled, elsewhere])
+    data = json.loads(ds.annotation_path.read_text())
+    data["database"][elsewhere]["video_path"] = "nowhere/x"  # found without its label: it is missing
+    ds.annotation_path.write_text(json.dumps(data))
+    with caplog.at_level(logging.WARNING):
+        records, _ = read_records(ds.annotation_path, ds.video_path, dataset="kinetics", subset="training")
+    assert sorted(r.video_id for r in records) == sorted(ds.ids("training")[3:])
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2
+    assert f"2 of 6 'training' entries of {ds.annotation_path} have no label" in warnings[0]
+    assert unlabelled[0] in warnings[0] and "give them an annotations.label" in warnings[0]
+    assert "missing" not in warnings[0] and elsewhere not in warnings[0]
+    assert warnings[1].startswith("1 of 6 'training' videos listed in") and elsewhere in warnings[1]
+
+
+def test_a_subset_whose_entries_have_no_label_is_an_error_that_says_so(tmp_path):
+    ds = make_frame_dataset(tmp_path, n_classes=2, videos_per_class=2, n_frames=3)
+    _drop_labels(ds, ds.ids("training"))
+    with pytest.raises(UserError, match=r"none of the 4 'training' entries .* has a label") as err:
+        read_records(ds.annotation_path, ds.video_path, dataset="kinetics", subset="training")
+    assert "exist under" not in str(err.value)
 
 
 def test_corrupt_and_missing_frames_are_replaced_and_counted(tmp_path, caplog):

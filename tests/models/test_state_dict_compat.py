@@ -182,3 +182,22 @@ def test_family_mismatch_is_named(r10_state):
 def test_input_channel_mismatch_is_named(r10_state):
     with pytest.raises(UserError, match="3 input channels"):
         load_state_dict_compat(fresh_r10(n_input_channels=2), r10_state)
+
+
+@pytest.mark.parametrize(("family", "depth", "file_width", "model_width", "hint"), [
+    ("resnet", 10, {"widen_factor": 1.0}, {"widen_factor": 0.5}, "--resnet_widen_factor 1"),
+    ("resnet", 18, {"widen_factor": 0.3}, {}, "--resnet_widen_factor 0.298828125"),  # int(512 * 0.3) = 153 wide
+    ("resnet2p1d", 50, {"widen_factor": 0.25}, {}, "--resnet_widen_factor 0.25"),
+    ("mc3", 10, {"widen_factor": 2.0}, {}, "--resnet_widen_factor 2"),
+    ("preresnet", 10, {"widen_factor": 0.125}, {}, "--resnet_widen_factor 0.125"),
+    ("wideresnet", 50, {"k": 1}, {"k": 2}, "--wide_resnet_k 1"),
+])
+def test_width_mismatch_names_the_width_the_file_was_trained_with(family, depth, file_width, model_width, hint):
+    found = meta_model(family, depth, n_classes=5, **file_width).state_dict()
+    with pytest.raises(UserError, match="--resnet_widen_factor") as err:
+        load_state_dict_compat(meta_model(family, depth, n_classes=5, **model_width), found)
+    assert f"the file was trained with {hint})" in str(err.value)
+    # the hinted value rebuilds exactly the file's shapes (stage widths are truncated products)
+    value = float(hint.split()[1])
+    rebuilt = meta_model(family, depth, n_classes=5, **{next(iter(file_width)): value}).state_dict()
+    assert {k: v.shape for k, v in rebuilt.items()} == {k: v.shape for k, v in found.items()}

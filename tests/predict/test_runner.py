@@ -13,6 +13,7 @@ import torch
 
 import main
 from checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from predict.runner import PredictionStore, file_stamp
 from tests.conftest import run_main
 from tests.datagen import frame_image, write_video_file
 from tests.predict.conftest import CLASSES, MODEL
@@ -128,6 +129,11 @@ def test_released_checkpoint_with_class_names_file(checkpoint, videos, tmp_path,
     code = main.main([str(a) for a in ["--predict", videos / "a.mp4", "--resume_path", bare, "--class_names", names,
                                        "--result_path", tmp_path, "--n_threads", 0, *MODEL]])
     assert code == 2 and "2 class names but the model has 3 classes" in capsys.readouterr().err
+    names.write_text("alpha\nbeta\nalpha\n")
+    code = main.main([str(a) for a in ["--predict", videos / "a.mp4", "--resume_path", bare, "--class_names", names,
+                                       "--result_path", tmp_path, "--n_threads", 0, *MODEL]])
+    err = capsys.readouterr().err
+    assert code == 2 and f"error: --class_names {names} names class 'alpha' twice (entries 1 and 3)" in err
 
 
 def test_user_errors_are_one_line(checkpoint, tmp_path, capsys):
@@ -156,3 +162,19 @@ def test_real_footage_bikes(checkpoint, tmp_path):
     assert f"{bikes} (10.00 s):" in proc.stdout
     with open(tmp_path / "predictions.csv", newline="") as f:
         assert sum(1 for _ in csv.reader(f)) == 1 + (1 + 16) * 3
+
+
+def test_a_store_left_half_relisted_predicts_again_only_the_videos_with_too_short_lists(tmp_path):
+    """An interrupted rerun with a larger --output_topk leaves entries of both lengths under the new setting."""
+    full, short, empty = (tmp_path / f"{name}.mp4" for name in ("full", "short", "empty"))
+    for path in (full, short, empty):
+        path.write_bytes(b"video")
+    top = [{"label": name, "score": 0.3} for name in CLASSES]
+    entries = {str(full): top[:2], str(short): top[:1], str(empty): []}  # empty: a video with no scored clip
+    results = {vid: {"result": listed, "segments": [{"segment": [0, 1], "result": listed}],
+                     "file": file_stamp(Path(vid))} for vid, listed in entries.items()}
+    (tmp_path / "predictions.json").write_text(json.dumps({"results": results, "settings": {"output_topk": 2}}))
+    store = PredictionStore(tmp_path, {"output_topk": 2}, n_classes=len(CLASSES))
+    assert [store.done(str(path), path) for path in (full, short, empty)] == [True, False, True]
+    store.add(str(short), {**results[str(full)], "file": file_stamp(short)})  # predicted again
+    assert store.done(str(short), short)

@@ -284,6 +284,42 @@ def test_a_rerun_with_other_settings_is_refused(corpus, checkpoint, tmp_path, ca
     assert "holds predictions made with other settings (inference_stride)" in err
 
 
+def _cut(entry: dict, k: int) -> dict:
+    """The entry with its video and segment lists cut to the first k labels."""
+    return {**entry, "result": entry["result"][:k],
+            "segments": [{**seg, "result": seg["result"][:k]} for seg in entry["segments"]]}
+
+
+def test_a_rerun_that_changes_only_output_topk_relists_or_predicts_again(corpus, checkpoint, tmp_path,  # noqa: F811
+                                                                         capsys):
+    video = str(corpus.upright)
+    args = ["--predict", video, "--resume_path", str(checkpoint), "--result_path", str(tmp_path), "--n_threads", "0"]
+    results = tmp_path / "predictions.json"
+    assert main.main([*args, "--output_topk", "3"]) == 0
+    first = json.loads(results.read_text())["results"][video]
+    assert len(first["result"]) == 3 and len(first["segments"]) > 1
+    capsys.readouterr()
+
+    assert main.main([*args, "--output_topk", "1"]) == 0  # fewer labels: cut from the stored lists
+    out = capsys.readouterr().out
+    assert ("--output_topk 1 (predictions.json was listed with 3): 1 stored video(s) re-listed from their stored "
+            "labels, 0 predicted again") in out
+    assert f"{video} (" not in out  # not predicted (nor printed) again
+    data = json.loads(results.read_text())
+    assert data["results"][video] == _cut(first, 1)
+    assert data["settings"]["output_topk"] == 1 and data["complete"] is True
+    rows = (tmp_path / "predictions.csv").read_text().splitlines()[1:]
+    assert len(rows) == 1 + len(first["segments"]) and all(row.split(",")[4] == "1" for row in rows)
+
+    assert main.main([*args, "--output_topk", "2"]) == 0  # more labels than stored: the scores are not stored
+    out = capsys.readouterr().out
+    assert ("--output_topk 2 (predictions.json was listed with 1): 0 stored video(s) re-listed from their stored "
+            "labels, 1 predicted again (only the listed labels are stored, not all scores)") in out
+    assert f"{video} (" in out
+    again = json.loads(results.read_text())["results"][video]
+    assert again == {**_cut(first, 2), "file": again["file"]}
+
+
 # --- real footage ----------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", ["vtest.avi", "tree.avi"])

@@ -115,6 +115,18 @@ def test_kinetics_json_errors(kinetics_csvs, tmp_path):
     assert result.stderr.startswith("error: Kinetics training CSV not found:") and result.stderr.count("\n") == 1
 
 
+def test_kinetics_json_video_in_two_csv_files_is_named(kinetics_csvs, tmp_path):
+    with open(kinetics_csvs / "kinetics-400_val.csv", "a") as f:
+        f.write("zumba,zz2,0,10,val\n")  # also in the train CSV
+    result = run_tool("kinetics_json", kinetics_csvs, 400, tmp_path, "jpg", tmp_path / "k.json")
+    assert result.returncode == 0, result.stderr
+    assert load(tmp_path / "k.json")["database"]["zz2_000000_000010"]["subset"] == "validation"
+    line = next(line for line in result.stderr.splitlines() if "more than once" in line)
+    assert line.startswith("warning: ") and "1 video is listed more than once" in line
+    assert "zz2_000000_000010 for training (" in line and "kinetics-400_train.csv:4) and for validation (" in line
+    assert "kinetics-400_val.csv:3)" in line and "kept once, as its last listing says (validation)" in line
+
+
 # ---------------------------------------------------------------- UCF-101
 
 
@@ -164,6 +176,9 @@ def test_ucf101_json_errors(ucf_splits, tmp_path):
     (ucf_splits / "testlist01.txt").unlink()
     with pytest.raises(UserError, match="no split found"):
         ucf101_json.main(args)
+    (ucf_splits / "classInd.txt").write_text("1 Biking\n2 ApplyEyeMakeup\n3 Biking\n")
+    with pytest.raises(UserError, match=r"classInd.txt names class 'Biking' twice \(entries 1 and 3\)"):
+        ucf101_json.main(args)
     (ucf_splits / "classInd.txt").write_text("ApplyEyeMakeup\n")
     with pytest.raises(UserError, match=r"classInd.txt:1: expected '<index> <ClassName>'"):
         ucf101_json.main(args)
@@ -212,6 +227,32 @@ def test_hmdb51_json_errors(tmp_path):
         hmdb51_json.main([str(splits), str(tmp_path), str(tmp_path / "out")])
 
 
+def test_ucf101_json_video_in_both_lists_is_named(ucf_splits, tmp_path, capsys):
+    with open(ucf_splits / "testlist01.txt", "ab") as f:
+        f.write(b"ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi\r\n")  # also in the train list
+    assert ucf101_json.main([str(ucf_splits), str(tmp_path), str(tmp_path / "out")]) == 0
+    db = load(tmp_path / "out" / "ucf101_01.json")["database"]
+    assert db["v_ApplyEyeMakeup_g08_c01"]["subset"] == "validation" and len(db) == 3
+    err = capsys.readouterr().err
+    line = next(line for line in err.splitlines() if "more than once" in line)
+    assert line.startswith("warning: ") and "ucf101_01.json: 1 video is listed more than once" in line
+    assert "v_ApplyEyeMakeup_g08_c01 for training (" in line and "trainlist01.txt:1) and for validation (" in line
+    assert "testlist01.txt:2)" in line and "as its last listing says (validation)" in line
+    assert "remove the extra listing" in line
+    assert "warning: 3 of 3 videos have no converted frames" in err  # the video listed twice counts once
+
+
+def test_hmdb51_json_video_in_both_subsets_is_named(tmp_path, capsys):
+    splits = tmp_path / "splits"
+    splits.mkdir()
+    (splits / "run_test_split1.txt").write_text("a.avi 1\nb.avi 2\na.avi 2\n")
+    assert hmdb51_json.main([str(splits), str(tmp_path), str(tmp_path / "out")]) == 0
+    assert load(tmp_path / "out" / "hmdb51_1.json")["database"]["a"]["subset"] == "validation"
+    err = capsys.readouterr().err
+    assert "hmdb51_1.json: 1 video is listed more than once, e.g. a for training (" in err
+    assert "run_test_split1.txt:1) and for validation (" in err and "run_test_split1.txt:3)" in err
+
+
 # ---------------------------------------------------------------- Moments in Time
 
 
@@ -234,6 +275,9 @@ def test_mit_json(tmp_path):
     }
     (meta / "validationSet.csv").write_text("walking/yt-val.mp4\n")
     with pytest.raises(UserError, match=r"validationSet.csv:1: expected '<label>/<file>.mp4,<label>"):
+        mit_json.main([str(meta), str(videos), str(tmp_path / "mit.json")])
+    (meta / "moments_categories.txt").write_text("walking,0\nbarking,1\nwalking,2\n")
+    with pytest.raises(UserError, match=r"moments_categories.txt names class 'walking' twice \(entries 1 and 3\)"):
         mit_json.main([str(meta), str(videos), str(tmp_path / "mit.json")])
     (meta / "moments_categories.txt").unlink()
     with pytest.raises(UserError, match="Moments in Time category file not found"):

@@ -172,6 +172,25 @@ def test_folder_json_frame_folders(tmp_path):
         ("cat/sub/y", root / "cat/sub/y", (1, 8)), ("cat/x", root / "cat/x", (1, 6)), ("dog/w", root / "dog/w", (1, 3))]
 
 
+def test_folder_json_names_class_folders_left_without_videos(tmp_path):
+    root = tmp_path / "frames"
+    for folder in ("cat/x", "dog/y"):
+        make_frame_folder(root / folder, 3)
+        Image.new("RGB", (8, 8)).save(root / folder / "image_00001.jpg")
+    make_frame_folder(root / "owl" / "z", 2)  # no first frame: unreadable, so owl has no video either
+    (root / "bird").mkdir()
+    (root / "emu").mkdir()
+    (root / "emu" / "notes.txt").write_text("not a video")
+    (root / ".cache").mkdir()  # hidden: no class folder
+    out = tmp_path / "frames.json"
+    proc = run_tool("folder_json", root, out, "--file_type", "jpg")
+    assert proc.returncode == 1, proc.stderr  # written; owl/z was unreadable
+    assert json.loads(out.read_text())["labels"] == ["cat", "dog"]
+    line = next(line for line in proc.stderr.splitlines() if "class folder" in line)
+    assert line == (f"warning: 3 class folders of {root} hold no readable frame folders and are left out of the "
+                    f"classes: bird, emu, owl; put videos into them or remove them ({out} has 2 classes)")
+
+
 def test_folder_json_errors(tmp_path):
     (tmp_path / "empty" / "cls").mkdir(parents=True)
     proc = run_tool("folder_json", tmp_path / "empty", tmp_path / "o.json")
@@ -255,6 +274,17 @@ def test_list_json_bad_lines(tmp_path, train, extra, message):
     extra = [*extra, str(tmp_path / "names.txt")] if extra else []
     proc = run_tool("list_json", tmp_path / "t.txt", tmp_path / "v.txt", tmp_path, tmp_path / "o.json", *extra)
     assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "o.json").exists()
+
+
+def test_list_json_class_names_file_with_a_name_twice_is_refused(tmp_path):
+    (tmp_path / "t.txt").write_text("a 0\n")
+    (tmp_path / "v.txt").write_text("c 0\n")
+    (tmp_path / "names.txt").write_text("zero\none\nzero\n")
+    proc = run_tool("list_json", tmp_path / "t.txt", tmp_path / "v.txt", tmp_path, tmp_path / "o.json",
+                    "--class_names", tmp_path / "names.txt")
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+    assert "names.txt names class 'zero' twice (entries 1 and 3)" in proc.stderr
     assert not (tmp_path / "o.json").exists()
 
 
@@ -382,5 +412,8 @@ def test_charades_json_errors(charades_files, tmp_path):
         charades_json.main([str(cdir), str(videos), str(tmp_path / "o.json")])
     csv.write_text("id,actions\nYSKX3,\n")
     with pytest.raises(UserError, match="missing column.*length"):
+        charades_json.main([str(cdir), str(videos), str(tmp_path / "o.json")])
+    (cdir / "Charades_v1_classes.txt").write_text("c000 Holding some clothes\nc001 Holding some clothes\n")
+    with pytest.raises(UserError, match=r"Charades_v1_classes.txt names class 'Holding some clothes' twice"):
         charades_json.main([str(cdir), str(videos), str(tmp_path / "o.json")])
     assert not (tmp_path / "o.json").exists()

@@ -195,6 +195,42 @@ def test_cli_reports_user_errors_in_one_line(tmp_path):
         generate_video_jpgs.main([str(tmp_path / "empty"), str(tmp_path / "out"), "ucf101"])
 
 
+def test_videos_of_another_extension_are_named_and_converted_when_asked(tmp_path):
+    src, dst = tmp_path / "src", tmp_path / "jpg"
+    write_video(src / "a" / "x.mp4", n_frames=3)
+    write_video(src / "a" / "y.webm", n_frames=4, codec="libvpx")
+    write_video(src / "b" / "z.MKV", n_frames=5)
+    (src / "b" / "notes.txt").write_text("not a video")
+    result = run_tool("generate_video_jpgs", src, dst, "kinetics", "--n_jobs", 1)
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.relative_to(dst).as_posix() for p in dst.glob("*/*")) == ["a/x"]
+    assert (f"warning: 2 video files in {src} are not .mp4 and are not converted (1 .mkv, 1 .webm; e.g. "
+            f"{src / 'a' / 'y.webm'}): to convert them too, give --video_extensions .mp4 .mkv .webm") in result.stderr
+
+    result = run_tool("generate_video_hdf5", src, tmp_path / "h5", "kinetics", "--n_jobs", 1,
+                      "--video_extensions", ".mp4", "MKV", ".webm")
+    assert result.returncode == 0, result.stderr
+    assert "warning" not in result.stderr and "3 converted" in result.stdout
+    assert sorted(p.relative_to(tmp_path / "h5").as_posix() for p in (tmp_path / "h5").glob("*/*")) == [
+        "a/x.hdf5", "a/y.hdf5", "b/z.hdf5"]
+    with h5py.File(tmp_path / "h5" / "a" / "y.hdf5") as f:
+        assert len(f["video"]) == 4
+
+
+def test_two_videos_of_one_name_are_refused(tmp_path):
+    src = tmp_path / "src"
+    write_video(src / "a" / "x.mp4", n_frames=3)
+    write_video(src / "a" / "x.mkv", n_frames=3)
+    with pytest.raises(common.UserError, match=r"a/x.mkv and .*a/x.mp4 would both become a/x: keep one of them"):
+        generate_video_jpgs.main([str(src), str(tmp_path / "dst"), "kinetics", "--video_extensions", "mp4", "mkv"])
+    write_video(src / "b" / "only.mkv", n_frames=3)
+    (src / "a" / "x.mp4").unlink()
+    (src / "a" / "x.mkv").unlink()
+    with pytest.raises(common.UserError, match=r"no .mp4 videos found .*; found 1 .mkv: add --video_extensions "
+                                               r"\.mp4 \.mkv\)"):
+        generate_video_jpgs.main([str(src), str(tmp_path / "dst"), "kinetics"])
+
+
 def test_real_footage_frame_count_and_short_side(tmp_path):
     bikes = real_footage()
     src = tmp_path / "src" / "ride"
