@@ -511,6 +511,21 @@ def stream_frames(path: Path, meta: VideoMeta | None = None, *, threads: int = 1
                 continue
             last = number
             yield number, meta.frame_time(number), frame
+    if threads != 1 and last < meta.n_frames - 1:
+        # With several threads PyAV stops draining the decoder at the end of the file when a frame there fails
+        # (a cut file), and the good frames still inside are lost: decode the end again with one thread.
+        for number, frame in _frames_after(path, meta, last, counts):
+            yield number, meta.frame_time(number), frame
+
+
+def _frames_after(path: Path, meta: VideoMeta, last: int, counts: DecodeCounts) -> list[tuple[int, object]]:
+    """(number, frame) of the frames after frame `last` that decode, in order, decoded with one thread. Packets
+    that fail again count once (by byte position) in `counts`."""
+    with av.open(str(path)) as container:
+        stream = decoding_stream(container, threads=1)
+        run = list(range(last + 1, meta.n_frames))
+        found = _decode_run(container, stream, FrameNumbers(meta), run, seek=meta.seekable, counts=counts)
+    return [(number, found[number]) for number in sorted(found)]
 
 
 def _numbered(frames, meta: VideoMeta, counts: DecodeCounts) -> Iterator[tuple[int, object]]:
