@@ -109,6 +109,16 @@ def drop_every_third_pts(k: int, packet) -> None:
         packet.pts = None  # the muxer then writes neither pts nor dts
 
 
+def restart_clock_at(frame: int):
+    """An edit for `remux`: the frames shown before `frame` get pts 10 s later, so the clock goes back at `frame`,
+    as in two clips joined without fixing their timestamps (decoding times stay in order, as muxers require)."""
+    def edit(k: int, packet) -> None:
+        tick = round(1 / (FPS * packet.time_base))
+        if packet.pts < frame * tick:
+            packet.pts += 100 * tick
+    return edit
+
+
 def ffmpeg_vfr_with_duplicate_pts(path: Path, frames, *extra: str) -> Path:
     """The issue's command line on the corpus frames: 30 then 15 fps, passthrough, libx264 (two packets share a pts)."""
     raw = np.stack(frames).tobytes()
@@ -193,6 +203,7 @@ def make_timestamp_corpus(root: Path) -> dict[str, Path]:
       15 fps, one pts carried by two packets (only when the ffmpeg binary is installed);
     - gaps.mp4: 10 fps with holes in time;
     - missing_pts.ts: every third packet without timestamps;
+    - clock_restart.mkv: the pts of frames 20-29 are 10 s earlier than those of frames 0-19;
     - no_pts.h264: a raw H.264 stream, no timestamps at all;
     - b_frames.avi: H.264 with B-frames in AVI: the timestamps follow decoding order, so the decoder's pictures come
       out with non-monotonic pts;
@@ -210,6 +221,7 @@ def make_timestamp_corpus(root: Path) -> dict[str, Path]:
     files["gaps.mp4"] = write_video(root / "gaps.mp4", frames, pts_ms=gap_pts_ms(N_FRAMES))
     source = write_video(root / ".source.tmp.mp4", frames)
     files["missing_pts.ts"] = remux(source, root / "missing_pts.ts", drop_every_third_pts)
+    files["clock_restart.mkv"] = remux(source, root / "clock_restart.mkv", restart_clock_at(20))
     source.unlink()
     files["no_pts.h264"] = write_video(root / "no_pts.h264", frames)
     files["b_frames.avi"] = write_video(root / "b_frames.avi", frames)
