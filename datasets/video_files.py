@@ -3,24 +3,33 @@
 The rules every reader of video files in the project follows (`--file_type video`, the frame
 extraction scripts, `--predict`, `util_scripts.check_videos`):
 
-- Frame i (0-based) is the i-th displayed frame in presentation order: the container's packets of
-  the video stream sorted by presentation timestamp (pts). Its time is its pts (seconds after frame 0).
-  Nothing is duplicated or dropped to reach a constant frame rate.
+- Frame i (0-based) is the i-th displayed frame. Nothing is duplicated or dropped to reach a constant frame rate.
+  When the container's presentation timestamps (pts) can tell the display order (every packet has one, no two
+  are equal, and they do not merely repeat the decoding order), frames are numbered by pts: the packets sorted by
+  pts, found by a demux without decoding. Otherwise (duplicate or missing pts, pts in decoding order as AVI keeps
+  them for B-frames, pts that jump backwards) the probe decodes the file once and frames are numbered in the
+  order the decoder shows them, as the ffmpeg command line does; each decoded frame is then recognised by the
+  byte position of its packet (it travels with the frame as `frame.opaque`), so numbers survive seeks.
+- A frame's time is its pts (seconds after frame 0); with unusable timestamps, the sorted pts of the decoded
+  frames, or i / fps when some frame has none.
 - Frames are upright: a rotation stored in the display matrix (phone videos) is applied, so widths,
   heights and crops are those of the displayed picture.
 - Damage is contained: a packet that fails to decode loses only the frames it carries; decoding goes
   on with the next packet.
 
 API:
-- `probe_video(path) -> VideoMeta`: frame count, displayed size, rotation and the frame timing
-  (`VideoMeta.frame_pts(i)`, `frame_index(pts)`, `frame_time(i)`).
+- `probe_video(path) -> VideoMeta`: frame count, displayed size, rotation, how frames are numbered
+  (`VideoMeta.numbering`, `timestamp_fault`) and the frame timing (`frame_pts(i)`, `frame_time(i)`).
+- `FrameNumbers(meta)`: the frame number of each decoded frame of one decode pass.
 - `VideoMetaCache`: probe results kept in a JSON file beside the annotation file.
-- `decode_frames(container, stream)`: every decodable frame, packet by packet, in presentation order.
+- `decoding_stream(container, threads=)`: the video stream, set up for decoding by these rules.
+- `decode_frames(container, stream)`: every decodable frame, packet by packet, in the decoder's order.
 - `upright_array(frame, size)` / `upright_image(frame, min_size)`: an av.VideoFrame as an upright RGB
   array / PIL image, scaled by swscale (in the stored orientation) before it is turned.
 - `VideoFileReader` (--file_type video, a datasets.file_reader.FileReader): `fetch(path, indices)` gives the
   av.VideoFrames of given frame numbers, seeking per clip; frame counts and timings come from the probe cache.
-- `stream_frames(path, meta)`: (frame number, seconds, av.VideoFrame) of every frame in one sequential pass.
+- `stream_frames(path, meta)`: (frame number, seconds, av.VideoFrame) of every frame in one sequential pass
+  (what `--predict`, the extraction scripts and `check_videos` decode).
 - `scan_video(path) -> VideoScan`: decodes everything and reports damage (for check_videos).
 - `announced_seconds(path)` / `is_truncated(announced, found, fps)`: the container's own duration, and
   whether the frames found fall short of it.
@@ -52,8 +61,13 @@ SEEK_MARGIN_FRAMES = 2  # seek this many frames before the first wanted one
 REORDER_SLACK_FRAMES = 16  # frames decoded past a run's end before its missing frames are given up
 CFR_TOLERANCE = 0.25  # a stream is constant-rate when every pts is within this fraction of a frame of its grid
 MAX_DEMUX_ERRORS = 16  # consecutive demuxer errors after which the rest of a file is given up
-CACHE_VERSION = 2  # bump when VideoMeta changes meaning: older cache entries are probed again
+CACHE_VERSION = 3  # bump when VideoMeta changes meaning: older cache entries are probed again
 TRUNCATION_SLACK = 0.05  # a video is truncated when more than 5 % (and 2 frames) of the announced length is gone
+
+# How the frames of a file are numbered (VideoMeta.numbering); frame i is the i-th displayed frame either way.
+BY_TIMESTAMPS = "timestamps"  # by the frame's pts: the packets sorted by pts are the frames in display order
+BY_PACKET = "packet"  # in the decoder's order, each frame recognised by its packet's byte position (seeks work)
+BY_COUNT = "count"  # in the decoder's order, counted from the start (packets without distinct positions: no seeks)
 
 
 class NoVideoStream(ValueError):
@@ -70,6 +84,18 @@ def video_stream(container, path: Path | str = ""):
     return container.streams.video[0]
 
 
+def decoding_stream(container, *, threads: int = 1):
+    """The first video stream, ready to decode with `threads` decoder threads (0: as many as FFmpeg likes; 1 when
+    one process per core runs). Each decoded frame keeps what `decode_frames` attached to its packet (its byte
+    position, `frame.opaque`): the one thing that tells frames apart when their timestamps cannot."""
+    stream = video_stream(container)
+    if threads != 1:
+        stream.thread_type = "AUTO"
+    stream.codec_context.thread_count = max(0, threads)
+    stream.codec_context.copy_opaque = True
+    return stream
+
+
 def normalized_rotation(degrees) -> int:
     """0, 90, 180 or 270: counter-clockwise turn that makes the stored picture upright."""
     return int(round(float(degrees or 0) / 90)) * 90 % 360
@@ -77,10 +103,13 @@ def normalized_rotation(degrees) -> int:
 
 @dataclass(frozen=True)
 class VideoMeta:
-    """What probing a video file tells: frame count, displayed geometry and frame timing.
+    """What probing a video file tells: frame count, displayed geometry, how frames are numbered and their timing.
 
-    Timing: constant-rate streams keep `start_pts` and `pts_step` (frame i at start_pts + round(i * pts_step));
-    variable-rate ones keep the pts of every frame in `pts`. All pts are in the stream's time base.
+    Timing: frame i at start_pts + round(i * pts_step) when the times fill a constant-rate grid, else at `pts[i]`
+    (the times of all frames, sorted). All pts are in the stream's time base (`time_base`; 0 when the frames have
+    no times: frame i is then at i / fps).
+    Numbering (see the module docstring): BY_TIMESTAMPS finds a decoded frame's number from its pts; BY_PACKET from
+    the byte position of its packet (`packet_pos[i]`: frame i's); BY_COUNT by counting from the start of the file.
     """
 
     n_frames: int
@@ -91,16 +120,22 @@ class VideoMeta:
     start_pts: int = 0
     pts_step: float = 1.0
     time_base: float = 0.0  # seconds per pts tick (0: unknown, times then come from fps)
-    pts: tuple[int, ...] | None = None  # variable frame rate: pts of every frame, sorted
+    pts: tuple[int, ...] | None = None  # times of every frame, sorted, when they are not a full constant-rate grid
+    vfr: bool = False  # the times are not on a constant-rate grid (holes left by a cut at the end do not count)
+    numbering: str = BY_TIMESTAMPS
+    packet_pos: tuple[int, ...] | None = None  # BY_PACKET: byte position of the packet of each frame
+    timestamp_fault: str = ""  # why the container's timestamps cannot number the frames ('' when they can)
     _index: dict = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self):
-        if self.pts is not None:
-            object.__setattr__(self, "pts", tuple(self.pts))
+        for name in ("pts", "packet_pos"):  # lists when read back from the JSON cache
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, tuple(getattr(self, name)))
 
     @property
-    def vfr(self) -> bool:
-        return self.pts is not None
+    def seekable(self) -> bool:
+        """Frames can be reached by a seek (needs times to seek to and frames recognisable afterwards)."""
+        return self.numbering != BY_COUNT and self.time_base > 0
 
     def frame_pts(self, i: int) -> int:
         """Presentation timestamp of frame i (clamped to the last frame)."""
@@ -110,15 +145,22 @@ class VideoMeta:
         return self.start_pts + round(i * self.pts_step)
 
     def frame_index(self, pts: int | None) -> int | None:
-        """Frame number of a decoded frame's pts; None when it is not a frame of the table."""
+        """BY_TIMESTAMPS: frame number of a decoded frame's pts; None when it is not a frame of the table."""
         if pts is None:
             return None
         if self.pts is not None:
-            if self._index is None:
-                object.__setattr__(self, "_index", {p: k for k, p in enumerate(self.pts)})
-            return self._index.get(pts)
+            return self._lookup(self.pts).get(pts)
         k = round((pts - self.start_pts) / self.pts_step)
         return k if 0 <= k < self.n_frames and abs(pts - self.frame_pts(k)) <= self.pts_step / 2 else None
+
+    def packet_index(self, pos: int | None) -> int | None:
+        """BY_PACKET: frame number of the frame decoded from the packet at byte `pos`; None when not listed."""
+        return None if pos is None or self.packet_pos is None else self._lookup(self.packet_pos).get(pos)
+
+    def _lookup(self, keys: tuple[int, ...]) -> dict[int, int]:
+        if self._index is None:  # built once: readers ask for every decoded frame
+            object.__setattr__(self, "_index", {key: k for k, key in enumerate(keys)})
+        return self._index
 
     def frame_time(self, i: int) -> float:
         """Seconds from frame 0 to frame i (its presentation time)."""
@@ -139,21 +181,31 @@ class VideoMeta:
         return d
 
 
-def frame_timing(pts: Sequence[int]) -> tuple[int, float, tuple[int, ...] | None]:
-    """(start_pts, pts_step, table): table is None when the sorted `pts` lie on a constant-rate grid."""
+def frame_timing(pts: Sequence[int]) -> tuple[int, float, tuple[int, ...] | None, bool]:
+    """(start_pts, pts_step, table, vfr) of sorted `pts`: table is None when they fill a constant-rate grid."""
     if not pts:
-        return 0, 1.0, None
+        return 0, 1.0, None, False
     start = pts[0]
     if len(pts) == 1:
-        return start, 1.0, None
+        return start, 1.0, None, False
     step = (pts[-1] - start) / (len(pts) - 1)
     if step > 0 and all(abs(p - start - k * step) <= CFR_TOLERANCE * step for k, p in enumerate(pts)):
-        return start, step, None
-    return start, step or 1.0, tuple(pts)
+        return start, step, None, False
+    return start, step or 1.0, tuple(pts), not constant_rate_cut_short(pts)
 
 
-def packet_time(packet) -> int | None:
-    return packet.pts if packet.pts is not None else packet.dts
+def constant_rate_cut_short(pts: Sequence[int]) -> bool:
+    """Sorted `pts` on a constant-rate grid whose only holes are among the last REORDER_SLACK_FRAMES frames: a file
+    cut in the middle of a group of pictures keeps its last reference frames but loses frames displayed before
+    them. Checked frame to frame (no drift on millisecond time bases), at the typical frame interval."""
+    gaps = np.diff(np.asarray(pts, dtype=np.float64))
+    if not (gaps > 0).all():
+        return False
+    step = float(np.median(gaps))
+    slots = np.round(gaps / step)
+    if (np.abs(gaps - slots * step) > CFR_TOLERANCE * step).any():
+        return False
+    return bool((slots[:-REORDER_SLACK_FRAMES] == 1).all())
 
 
 def holds_frame(packet) -> bool:
@@ -179,19 +231,58 @@ def demux_packets(container, stream) -> Iterator:
 
 
 @dataclass
-class DecodeCounts:
-    """What `decode_frames` went through: packets with data, frames out, packets that failed to decode."""
+class PacketLog:
+    """The pts of the packets with a frame, as demuxed (no decoding), in file order."""
 
-    packets: int = 0
-    frames: int = 0
-    errors: int = 0
-    pts: list[int] = field(default_factory=list)  # of the packets, in file order
+    pts: list[int | None] = field(default_factory=list)
 
-    def add_packet(self, packet) -> None:
+    def add(self, packet) -> None:
         if holds_frame(packet):
-            self.packets += 1
-            if (t := packet_time(packet)) is not None:
-                self.pts.append(t)
+            self.pts.append(packet.pts)
+
+    @property
+    def n_packets(self) -> int:
+        return len(self.pts)
+
+    @property
+    def missing_pts(self) -> int:
+        """Packets without a pts."""
+        return self.pts.count(None)
+
+    @property
+    def duplicate_pts(self) -> int:
+        """Packets whose pts an earlier packet already has."""
+        known = [p for p in self.pts if p is not None]
+        return len(known) - len(set(known))
+
+    def timestamp_fault(self, *, decoder_reorders: bool) -> str:
+        """Why the pts cannot number the frames ('' when they can). `decoder_reorders`: the codec shows pictures
+        in another order than it decodes them (B-frames)."""
+        n = self.n_packets
+        if self.missing_pts:
+            return f"{self.missing_pts} of {n} frames have no timestamp"
+        if self.duplicate_pts:
+            return f"{self.duplicate_pts} of {n} frames repeat the timestamp of another"
+        # A stable sort: order[r] is the file position of the packet displayed r-th.
+        order = np.argsort(np.asarray(self.pts, dtype=np.int64), kind="stable")
+        if decoder_reorders and n > 2 and (order == np.arange(n)).all():
+            return "the timestamps follow the decoding order, not the display order (B-frames)"
+        if n and np.abs(order - np.arange(n)).max() > REORDER_SLACK_FRAMES:
+            return "the timestamps jump backwards (they leave the decoding order by more than a few frames)"
+        return ""
+
+
+@dataclass
+class DecodeCounts:
+    """What a decode pass went through: packets that failed to decode, frames no number fits."""
+
+    failed: set = field(default_factory=set)  # byte positions of the packets whose decoding reported an error
+    unnumbered: int = 0  # decoded frames the probe's numbering does not place (lost to every reader)
+
+    @property
+    def errors(self) -> int:
+        """Packets that failed to decode."""
+        return len(self.failed)
 
 
 def decode_packet(packet, counts: DecodeCounts | None = None) -> list:
@@ -200,67 +291,121 @@ def decode_packet(packet, counts: DecodeCounts | None = None) -> list:
         frames = packet.decode()
     except av.error.FFmpegError:
         if counts is not None:
-            counts.errors += 1
+            counts.failed.add(packet.pos if packet.pos is not None else object())  # no position: always a new one
         return []
-    if counts is not None:
-        counts.frames += len(frames)
     return frames
 
 
 def decode_frames(container, stream, counts: DecodeCounts | None = None) -> Iterator:
-    """Every decodable frame of `stream` from the current position, packet by packet, in presentation order."""
+    """Every decodable frame of `stream` from the current position, packet by packet, in the decoder's order. Each
+    frame carries its packet's byte position as `frame.opaque` (with a stream from `decoding_stream`)."""
     for packet in demux_packets(container, stream):
-        if counts is not None:
-            counts.add_packet(packet)
+        packet.opaque = packet.pos
         yield from decode_packet(packet, counts)
 
 
-def in_presentation_order(frames, depth: int = REORDER_SLACK_FRAMES) -> Iterator:
-    """`frames` sorted by pts within a window of `depth` frames.
+class FrameNumbers:
+    """The frame number of each decoded frame of one decode pass, as the probe (`meta`) numbers them; None for a
+    frame it does not list. Call `seeked()` after a seek: counting from the start (BY_COUNT) then stops."""
 
-    A no-op for well-formed streams (decoders output presentation order); for files whose timestamps
-    disagree with the decoder's output order (e.g. AVI with packed B-frames) it makes a sequential
-    decode number frames exactly as `VideoFileReader` does, by pts.
+    def __init__(self, meta: VideoMeta):
+        self.meta = meta
+        self.decoded: int | None = 0  # frames since the start of the file
+
+    def seeked(self) -> None:
+        self.decoded = None
+
+    def __call__(self, frame) -> int | None:
+        if self.meta.numbering == BY_TIMESTAMPS:
+            return self.meta.frame_index(frame.pts)
+        if self.meta.numbering == BY_PACKET:
+            return self.meta.packet_index(frame.opaque)
+        if self.decoded is None:
+            return None
+        number, self.decoded = self.decoded, self.decoded + 1
+        return number if number < self.meta.n_frames else None
+
+
+def in_number_order(numbered, depth: int = REORDER_SLACK_FRAMES) -> Iterator[tuple[int, object]]:
+    """(number, frame) pairs sorted by number within a window of `depth` frames.
+
+    A no-op where the decoder shows frames in the order of their pts; for files whose pts disagree with the
+    decoder's output order within a few frames, it makes a sequential decode number frames exactly as
+    `VideoFileReader` does.
     """
     heap: list = []
-    for k, frame in enumerate(frames):
-        heapq.heappush(heap, (frame.pts if frame.pts is not None else -1, k, frame))
+    for k, (number, frame) in enumerate(numbered):
+        heapq.heappush(heap, (number, k, frame))
         if len(heap) > depth:
-            yield heapq.heappop(heap)[2]
+            number, _, frame = heapq.heappop(heap)
+            yield number, frame
     while heap:
-        yield heapq.heappop(heap)[2]
+        number, _, frame = heapq.heappop(heap)
+        yield number, frame
 
 
 def probe_video(path: Path) -> VideoMeta:
-    """Frame count and timing (demuxing every packet, no decoding), rotation and size (decoding the first frame).
+    """Frame count, numbering and timing (demuxing every packet; decoding every frame only when the timestamps
+    cannot number them), rotation and size (from the first frame).
 
     Raises NoVideoStream, or av.error.FFmpegError / OSError when the file cannot be opened.
     """
+    return _probe(path)[0]
+
+
+def _probe(path: Path) -> tuple[VideoMeta, PacketLog]:
     with av.open(str(path)) as container:
-        stream = video_stream(container, path)
-        stream.codec_context.thread_count = 1
-        counts, first = DecodeCounts(), None
+        stream = decoding_stream(container)
+        log, first = PacketLog(), None
         for packet in demux_packets(container, stream):
-            counts.add_packet(packet)
+            log.add(packet)
             if first is None:
                 first = next(iter(decode_packet(packet)), None)
-        return _meta(stream, counts, first)
+        fault = log.timestamp_fault(decoder_reorders=bool(stream.codec_context.has_b_frames))
+        if not fault:
+            return _timestamp_meta(stream, log, first), log
+    return _decode_order_meta(path, fault), log
 
 
-def _meta(stream, counts: DecodeCounts, first) -> VideoMeta:
-    pts = sorted(set(counts.pts))
-    n = len(pts) if len(pts) == counts.packets else counts.packets  # no timestamps: frames are numbered as decoded
-    start, step, table = frame_timing(pts) if len(pts) == n else (0, 1.0, None)
+def _timestamp_meta(stream, log: PacketLog, first) -> VideoMeta:
+    """BY_TIMESTAMPS: the packets' pts, sorted, are the frames' times."""
+    start, step, table, vfr = frame_timing(sorted(log.pts))
     tb = float(stream.time_base or 0)
-    fps = float(stream.average_rate or stream.guessed_rate or 0)
-    if not fps and table is None and tb and step:
-        fps = 1 / (step * tb)
+    fps = _nominal_fps(stream) or (1 / (step * tb) if table is None and tb and step else 0)
+    return VideoMeta(log.n_packets, fps or 25.0, *_geometry(stream, first), start_pts=start, pts_step=step,
+                     time_base=tb, pts=table, vfr=vfr)
+
+
+def _decode_order_meta(path: Path, fault: str) -> VideoMeta:
+    """BY_PACKET / BY_COUNT: decode the whole file once; frame i is the i-th frame the decoder shows, and the
+    frames' pts, sorted, are their times (missing ones leave only the frame rate)."""
+    with av.open(str(path)) as container:
+        stream = decoding_stream(container)
+        positions, times, first = [], [], None
+        for frame in decode_frames(container, stream):
+            first = first or frame
+            positions.append(frame.opaque)
+            times.append(frame.pts)
+        timed = None not in times
+        start, step, table, vfr = frame_timing(sorted(times)) if timed else (0, 1.0, None, False)
+        # Each frame from a packet of its own (not so where a packet holds two pictures, as packed B-frames do).
+        by_packet = None not in positions and len(set(positions)) == len(positions)
+        return VideoMeta(len(positions), _nominal_fps(stream) or 25.0, *_geometry(stream, first), start_pts=start,
+                         pts_step=step, time_base=float(stream.time_base or 0) if timed else 0.0, pts=table,
+                         vfr=vfr, numbering=BY_PACKET if by_packet else BY_COUNT,
+                         packet_pos=tuple(positions) if by_packet else None, timestamp_fault=fault)
+
+
+def _nominal_fps(stream) -> float:
+    return float(stream.average_rate or stream.guessed_rate or 0)
+
+
+def _geometry(stream, first) -> tuple[int, int, int]:
+    """(width, height, rotation) as displayed, from the first decoded frame (the stream's size without one)."""
     rotation = normalized_rotation(first.rotation) if first is not None else 0
     width, height = (first.width, first.height) if first is not None else (stream.codec_context.width,
                                                                            stream.codec_context.height)
-    if rotation in (90, 270):
-        width, height = height, width
-    return VideoMeta(int(n), fps or 25.0, width, height, rotation, start, step, tb if len(pts) == n else 0.0, table)
+    return (height, width, rotation) if rotation in (90, 270) else (width, height, rotation)
 
 
 class VideoMetaCache:
@@ -349,31 +494,57 @@ def upright_image(frame, min_size: tuple[int, int] | None = None, *, rotation: i
     return Image.fromarray(upright_array(frame, size, rotation=rotation))
 
 
-def stream_frames(path: Path, meta: VideoMeta | None = None, *,
-                  threads: int = 1) -> Iterator[tuple[int, float, object]]:
+def stream_frames(path: Path, meta: VideoMeta | None = None, *, threads: int = 1,
+                  counts: DecodeCounts | None = None) -> Iterator[tuple[int, float, object]]:
     """Every decodable frame of a video in one sequential pass: (frame number, seconds, av.VideoFrame), in
-    presentation order. Numbers follow the module's rule, so they match `VideoFileReader.fetch`; frames lost
-    to damage are skipped (numbers then jump). `meta`: the video's probe result (probed when None)."""
+    number order. Numbers follow the module's rule, so they match `VideoFileReader.fetch`; frames lost to damage
+    are skipped (numbers then jump). `meta`: the video's probe result (probed when None); `counts`: filled with
+    what the pass went through (frames no number fits are counted there, and skipped)."""
     meta = meta or probe_video(path)
+    counts = counts if counts is not None else DecodeCounts()
     with av.open(str(path)) as container:
-        stream = video_stream(container)
-        if threads != 1:
-            stream.thread_type = "AUTO"
-        stream.codec_context.thread_count = max(0, threads)
-        expected = 0
-        for frame in in_presentation_order(decode_frames(container, stream)):
-            index = meta.frame_index(frame.pts) if frame.pts is not None else expected  # no timestamps: count
-            if index is None:
+        stream = decoding_stream(container, threads=threads)
+        last = -1
+        for number, frame in in_number_order(_numbered(decode_frames(container, stream, counts), meta, counts)):
+            if number <= last:  # a second frame for one number, or one too late for the window: no place for it
+                counts.unnumbered += 1
                 continue
-            expected = index + 1
-            yield index, meta.frame_time(index), frame
+            last = number
+            yield number, meta.frame_time(number), frame
+    if threads != 1 and last < meta.n_frames - 1:
+        # With several threads PyAV stops draining the decoder at the end of the file when a frame there fails
+        # (a cut file), and the good frames still inside are lost: decode the end again with one thread.
+        for number, frame in _frames_after(path, meta, last, counts):
+            yield number, meta.frame_time(number), frame
 
 
-def _runs(indices: Sequence[int]) -> list[list[int]]:
-    """Sorted unique indices split where the gap is large enough to make a new seek worthwhile."""
+def _frames_after(path: Path, meta: VideoMeta, last: int, counts: DecodeCounts) -> list[tuple[int, object]]:
+    """(number, frame) of the frames after frame `last` that decode, in order, decoded with one thread. Packets
+    that fail again count once (by byte position) in `counts`."""
+    with av.open(str(path)) as container:
+        stream = decoding_stream(container, threads=1)
+        run = list(range(last + 1, meta.n_frames))
+        found = _decode_run(container, stream, FrameNumbers(meta), run, seek=meta.seekable, counts=counts)
+    return [(number, found[number]) for number in sorted(found)]
+
+
+def _numbered(frames, meta: VideoMeta, counts: DecodeCounts) -> Iterator[tuple[int, object]]:
+    """(number, frame) of the frames of a pass from the start of the file; frames without a number are counted."""
+    numbers = FrameNumbers(meta)
+    for frame in frames:
+        number = numbers(frame)
+        if number is None:
+            counts.unnumbered += 1
+        else:
+            yield number, frame
+
+
+def _runs(indices: Sequence[int], meta: VideoMeta) -> list[list[int]]:
+    """Sorted unique indices split where the gap is large enough to make a new seek worthwhile (one run, decoded
+    from the start, when the file cannot be seeked)."""
     runs: list[list[int]] = []
     for i in sorted(set(indices)):
-        if runs and i - runs[-1][-1] <= SEEK_GAP_FRAMES:
+        if runs and (i - runs[-1][-1] <= SEEK_GAP_FRAMES or not meta.seekable):
             runs[-1].append(i)
         else:
             runs.append([i])
@@ -427,10 +598,11 @@ class VideoFileReader(FileReader):
             raise ReadError(f"cannot decode {path}: {e}") from None
         found: dict[int, object] = {}
         with container:
-            stream = video_stream(container, path)
-            stream.codec_context.thread_count = 1  # one decode thread per DataLoader worker
-            for k, run in enumerate(_runs(i for i in indices if 0 <= i < meta.n_frames)):
-                found.update(_decode_run(container, stream, meta, run, seek=k > 0 or run[0] > SEEK_GAP_FRAMES))
+            stream = decoding_stream(container, threads=1)  # one decode thread per DataLoader worker
+            numbers = FrameNumbers(meta)
+            for k, run in enumerate(_runs([i for i in indices if 0 <= i < meta.n_frames], meta)):
+                seek = meta.seekable and (k > 0 or run[0] > SEEK_GAP_FRAMES)
+                found.update(_decode_run(container, stream, numbers, run, seek=seek))
         return [found.get(i) for i in indices]
 
     @classmethod
@@ -452,10 +624,13 @@ class VideoFileReader(FileReader):
             return f"cannot decode: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
 
 
-def _decode_run(container, stream, meta: VideoMeta, run: list[int], *, seek: bool) -> dict[int, object]:
+def _decode_run(container, stream, numbers: FrameNumbers, run: list[int], *, seek: bool,
+                counts: DecodeCounts | None = None) -> dict[int, object]:
     """Seek to the keyframe before run[0] (unless decoding from the start is as cheap), then decode forward
-    until run[-1]; frames are identified by their pts."""
+    until run[-1]; frames are recognised by `numbers`."""
+    meta = numbers.meta
     if seek:
+        numbers.seeked()
         # A few frames early: some demuxers (AVI) seek by decoding timestamp, which runs ahead of the pts.
         target = meta.frame_pts(run[0] - SEEK_MARGIN_FRAMES)
         try:
@@ -467,8 +642,8 @@ def _decode_run(container, stream, meta: VideoMeta, run: list[int], *, seek: boo
             except av.error.FFmpegError:
                 return {}  # the run's frames are missing (repaired and counted by the clip loader)
     wanted, out = set(run), {}
-    for frame in decode_frames(container, stream):
-        index = meta.frame_index(frame.pts)
+    for frame in decode_frames(container, stream, counts):
+        index = numbers(frame)
         if index is None:
             continue
         if index in wanted:
@@ -504,14 +679,19 @@ def is_truncated(announced: float, found: float, fps: float) -> bool:
 
 @dataclass
 class VideoScan:
-    """The result of decoding a whole video file (`scan_video`)."""
+    """The result of decoding a whole video file (`scan_video`) the way every reader does."""
 
     path: str
     error: str = ""  # why the file cannot be used at all ('' when it opens and has a video stream)
     no_video_stream: bool = False
-    n_frames: int = 0  # frames in the container (packets with data)
-    n_decoded: int = 0
+    n_frames: int = 0  # frames the readers number (packets with data; decodable frames when numbered by decoding)
+    n_decoded: int = 0  # frames a reader gets
     decode_errors: int = 0  # packets that failed to decode
+    unnumbered: int = 0  # frames that decode but that no reader can place (they are lost to every reader)
+    numbering: str = BY_TIMESTAMPS  # how frames are numbered (VideoMeta.numbering)
+    timestamp_fault: str = ""  # why the timestamps cannot number the frames ('' when they can)
+    missing_pts: int = 0  # packets without a timestamp
+    duplicate_pts: int = 0  # packets repeating the timestamp of another
     claimed_frames: int = 0  # the container's frame count (0: unknown)
     claimed_duration: float = 0.0  # seconds, the container's
     duration: float = 0.0  # seconds covered by the frames found
@@ -523,21 +703,18 @@ class VideoScan:
 
 
 def scan_video(path: Path, *, threads: int = 1) -> VideoScan:
-    """Open and decode every packet of `path`; never raises for a bad file (the reason is in `error`).
+    """Probe `path` and decode it in one sequential pass, as the readers do; never raises for a bad file (the
+    reason is in `error`).
 
     `threads`: decoder threads (0: as many as FFmpeg likes; 1 when one process per core runs).
     """
     scan = VideoScan(str(path))
     try:
+        meta, log = _probe(path)
+        counts = DecodeCounts()
+        scan.n_decoded = sum(1 for _ in stream_frames(path, meta, threads=threads, counts=counts))
         with av.open(str(path)) as container:
-            stream = video_stream(container, path)
-            if threads != 1:
-                stream.thread_type = "AUTO"
-            stream.codec_context.thread_count = max(0, threads)
-            counts, first = DecodeCounts(), None
-            for frame in decode_frames(container, stream, counts):
-                first = first or frame
-            meta = _meta(stream, counts, first)
+            stream = video_stream(container)
             scan.claimed_duration = announced_duration(container, stream)
             scan.claimed_frames = int(stream.frames or 0)
     except NoVideoStream:
@@ -546,7 +723,9 @@ def scan_video(path: Path, *, threads: int = 1) -> VideoScan:
     except Exception as e:  # noqa: BLE001 - PyAV raises many error types for broken files
         scan.error = str(e).splitlines()[0] if str(e) else type(e).__name__
         return scan
-    scan.n_frames, scan.n_decoded, scan.decode_errors = meta.n_frames, counts.frames, counts.errors
+    scan.n_frames, scan.decode_errors, scan.unnumbered = meta.n_frames, counts.errors, counts.unnumbered
+    scan.numbering, scan.timestamp_fault = meta.numbering, meta.timestamp_fault
+    scan.missing_pts, scan.duplicate_pts = log.missing_pts, log.duplicate_pts
     scan.duration, scan.fps, scan.vfr = meta.duration, meta.fps, meta.vfr
     scan.width, scan.height, scan.rotation = meta.width, meta.height, meta.rotation
     return scan

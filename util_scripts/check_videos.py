@@ -10,7 +10,12 @@ does. Each video is decoded completely (in parallel, with a progress bar) and fl
 - unusable: missing, unreadable, with no video stream, or with no decodable frame;
 - damaged (packets that fail to decode), truncated (fewer frames or seconds than the container
   announces), rotated (a display matrix: frames are turned upright when read), of variable frame rate,
+  with timestamps that cannot number the frames (duplicate or missing pts, pts in decoding order: frames
+  are then numbered in the order the decoder shows them), with decoded frames no reader can number (lost),
   or shorter than ``--sample_duration`` frames (clips are then padded by repetition): warnings.
+
+Each video is decoded the way the readers decode it (``datasets.video_files.stream_frames``), so the frame
+count is what extraction, ``--file_type video`` and ``--predict`` get.
 
 Flagged videos are printed as a table and every video is written to the JSON report. Exit status:
 1 when any video is unusable, 0 otherwise (warnings do not fail), 2 for bad arguments.
@@ -128,6 +133,12 @@ def assess(scan: dict, *, sample_duration: int) -> tuple[list[str], list[str]]:
                                  f"{scan['width']}x{scan['height']})"))
     if scan["vfr"]:
         found.append(("vfr", f"variable frame rate (average {scan['fps']:.2f} fps)"))
+    if scan["timestamp_fault"]:
+        found.append(("timestamps", f"timestamps: {scan['timestamp_fault']}; frames are numbered in the order the "
+                                    f"decoder shows them"))
+    if scan["unnumbered"]:
+        found.append(("lost_frames", f"lost frames: {scan['unnumbered']} decoded frame(s) fit no frame number and "
+                                     f"are skipped by every reader"))
     if n_decoded < sample_duration:
         found.append(("short", f"shorter than --sample_duration ({n_decoded} < {sample_duration} frames)"))
     return [k for k, _ in found], [p for _, p in found]

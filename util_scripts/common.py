@@ -34,12 +34,13 @@ from tqdm import tqdm
 
 from datasets.layout import DATASETS, FLAT_DATASETS, RAW_VIDEO_EXTENSION, has_video_extension
 from datasets.video_files import (
+    BY_TIMESTAMPS,
     DecodeCounts,
-    decode_frames,
-    in_presentation_order,
+    VideoMeta,
     normalized_rotation,
+    probe_video,
+    stream_frames,
     upright_image,
-    video_stream,
 )
 from errors import UserError
 from utils import PARTIAL_MARK, atomic_file, new_file_mode  # noqa: F401 (atomic_file: the tools import it from here)
@@ -169,36 +170,40 @@ def iter_frames(path: Path, *, size: int, fps: float = -1, threads: int = 1) -> 
     """Decode ``path`` and yield PIL RGB images as displayed, resized so the short side is ``size``.
 
     Frames come out upright (a rotation in the display matrix, as phones record, is applied, as the
-    ffmpeg command line does) and in presentation order, one image per frame: image i is the frame
-    that ``--file_type video`` calls frame i (see datasets.video_files). ``size <= 0`` keeps the
-    original resolution. ``fps > 0`` resamples the frame rate with libavfilter's ``fps`` filter (the
-    same frame selection as ``ffmpeg -vf fps=N``). Packets that fail to decode are skipped, as the
-    ffmpeg command line does; a file that cannot be opened raises ``av.error.FFmpegError``, one with no
-    video stream ``datasets.video_files.NoVideoStream`` (a ValueError).
+    ffmpeg command line does) and in display order, one image per frame: image i is the frame that
+    ``--file_type video`` calls frame i, whatever the file's timestamps look like (see datasets.video_files:
+    this is its sequential pass, ``stream_frames``). ``size <= 0`` keeps the original resolution. ``fps > 0``
+    resamples the frame rate with libavfilter's ``fps`` filter (the same frame selection as ``ffmpeg -vf fps=N``).
+    Packets that fail to decode are skipped, as the ffmpeg command line does; a file that cannot be opened raises
+    ``av.error.FFmpegError``, one with no video stream ``datasets.video_files.NoVideoStream`` (a ValueError).
     """
-    with av.open(str(path)) as container:
-        stream = video_stream(container)
-        if threads != 1:  # with one process per core, extra decoder threads only add contention
-            stream.thread_type = "AUTO"
-            stream.codec_context.thread_count = max(0, threads)
-        graph = rotation = None
-        counts = DecodeCounts()
-        for frame in in_presentation_order(decode_frames(container, stream, counts)):
-            if graph is None:
-                rotation = normalized_rotation(frame.rotation)  # filtered frames may lose the side data
-                graph = _build_graph(stream, frame, size=size, fps=fps, rotation=rotation)
-            graph.push(frame)
-            yield from _drain(graph, rotation)
-        if graph is not None:
-            graph.push(None)
-            yield from _drain(graph, rotation)
-        if counts.errors:
-            logger.warning("%s: skipped %d undecodable packets", path, counts.errors)
+    meta = probe_video(path)
+    graph = rotation = None
+    counts = DecodeCounts()
+    for number, _, frame in stream_frames(path, meta, threads=threads, counts=counts):
+        if graph is None:
+            rotation = normalized_rotation(frame.rotation)  # filtered frames may lose the side data
+            graph = _build_graph(frame, size=size, fps=fps, rotation=rotation)
+        graph.push(_on_probe_clock(frame, meta, number))
+        yield from _drain(graph, rotation)
+    if graph is not None:
+        graph.push(None)
+        yield from _drain(graph, rotation)
+    if counts.errors:
+        logger.warning("%s: skipped %d undecodable packets", path, counts.errors)
 
 
-def _build_graph(stream, first_frame, *, size: int, fps: float, rotation: int):
+def _on_probe_clock(frame, meta: VideoMeta, number: int):
+    """The frame with the time the probe gives its number, when the file's own timestamps do not number frames:
+    they may repeat, be missing or run backwards, and the ``fps`` filter would pick frames by them."""
+    if meta.numbering != BY_TIMESTAMPS:
+        frame.pts = round(meta.frame_time(number) / frame.time_base)
+    return frame
+
+
+def _build_graph(first_frame, *, size: int, fps: float, rotation: int):
     graph = av.filter.Graph()
-    chain = [graph.add_buffer(template=stream)]
+    chain = [graph.add_buffer(template=first_frame)]  # its size, pixel format and time base
     if fps > 0:
         chain.append(graph.add("fps", f"{fps}"))
     if size > 0:

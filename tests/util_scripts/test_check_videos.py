@@ -10,8 +10,9 @@ import pytest
 
 from errors import UserError
 from tests.support import run_tool
-from tests.video_corpus import make_corpus
+from tests.video_corpus import DUP_PTS_FRAMES, N_FRAMES, make_corpus, make_timestamp_corpus
 from util_scripts import check_videos
+from util_scripts.common import VideoItem
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +34,7 @@ def test_the_corpus_is_flagged_kind_by_kind_and_fails(corpus, tmp_path, capsys):
     assert kinds["rotated.mp4"] == ["rotated"] and kinds["vfr.mp4"] == ["vfr"] and kinds["short.mp4"] == ["short"]
     assert "damaged" in kinds["corrupt.mp4"] and rows["corrupt.mp4"]["status"] == "warning"
     assert "truncated" in kinds["truncated.mp4"] and rows["truncated.mp4"]["status"] == "warning"
+    assert "vfr" not in kinds["truncated.mp4"]  # a cut constant-rate file, not a variable rate
     assert rows["rotated.mp4"]["width"] == 48 and rows["rotated.mp4"]["height"] == 64
     table = capsys.readouterr().out
     assert "audio_only.mp4  UNUSABLE" in table and "no video stream" in table and "clean.mp4" not in table
@@ -83,3 +85,38 @@ def test_command_line_exit_codes(corpus, tmp_path):
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("error: ")
     unusable = run(corpus.audio_only, "--output", tmp_path / "r.json")
     assert unusable.returncode == 1 and "no video stream" in unusable.stdout
+
+
+def test_timestamps_that_cannot_number_frames_are_reported_and_no_frame_is_lost(tmp_path):
+    odd = make_timestamp_corpus(tmp_path / "odd")
+    folder = tmp_path / "videos"  # the files with a video extension, as a user's folder
+    folder.mkdir()
+    for name, path in odd.items():
+        if path.suffix in (".mp4", ".mkv", ".avi"):
+            shutil.copy(path, folder / name)
+    out = tmp_path / "r.json"
+    assert check_videos.main([str(folder), "--n_jobs", "1", "--output", str(out)]) == 0
+    rows = report(out)
+    for name in ("dup_pts.mp4", "dup_pts.mkv", "dup_pts_tb30.mp4"):
+        if name in rows:  # made by the ffmpeg binary
+            row = rows[name]
+            assert row["kinds"] == ["vfr", "timestamps"] and row["numbering"] == "packet"
+            assert (row["n_decoded"], row["n_frames"], row["unnumbered"]) == (DUP_PTS_FRAMES, DUP_PTS_FRAMES, 0)
+            assert (row["duplicate_pts"], row["missing_pts"]) == (1, 0)
+            assert f"timestamps: 1 of {DUP_PTS_FRAMES} frames repeat the timestamp of another; frames are numbered " \
+                   f"in the order the decoder shows them" in row["problems"]
+    avi = rows["b_frames.avi"]
+    assert avi["kinds"] == ["timestamps"] and "decoding order" in avi["problems"][0] and avi["n_decoded"] == N_FRAMES
+    assert rows["gaps.mp4"]["kinds"] == ["vfr"] and rows["gaps.mp4"]["numbering"] == "timestamps"
+    restart = rows["clock_restart.mkv"]
+    assert {"vfr", "timestamps"} <= set(restart["kinds"]) and restart["numbering"] == "packet"
+    assert any("timestamps: the timestamps jump backwards" in problem for problem in restart["problems"])
+    assert (restart["n_decoded"], restart["unnumbered"]) == (N_FRAMES, 0)
+    truncated = rows["truncated.mp4"]["kinds"]
+    assert "truncated" in truncated and "vfr" not in truncated and "timestamps" not in truncated
+    assert rows["truncated.mp4"]["n_decoded"] == 9  # one decoder thread per core or FFmpeg's threads: the same
+    # Files the folder scan does not list (no video extension) are checked by the same worker.
+    for name, missing in (("missing_pts.ts", 10), ("no_pts.h264", N_FRAMES)):
+        details = check_videos.check_video(VideoItem(odd[name], Path(name)), sample_duration=16).details
+        assert details["kinds"] == ["timestamps"] and details["missing_pts"] == missing
+        assert (details["n_decoded"], details["unnumbered"]) == (N_FRAMES, 0)
