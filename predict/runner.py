@@ -352,7 +352,7 @@ def _run(opt: argparse.Namespace, listeners: Sequence[PredictionListener]) -> in
     payload = load_checkpoint(opt.resume_path)
     take_clip_settings(opt, payload)
     net, class_names = load_predictor(opt, payload, Path(opt.resume_path))
-    # --output_topk <= 0 means all classes of the checkpoint's model (opts leaves it unresolved for --predict).
+    # --output_topk 0 means all classes of the checkpoint's model (opts leaves it unresolved for --predict).
     topk = opt.output_topk if opt.output_topk > 0 else len(class_names)
     store = PredictionStore(out_dir, result_settings(opt, topk))
     todo = [p for p in paths if not store.done(str(p), p)]

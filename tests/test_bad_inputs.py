@@ -133,6 +133,15 @@ CASES = [
      "--wide_resnet_k must be >= 1"),
     ("negative_checkpoint_minutes", lambda ds, t: ["--checkpoint_minutes", "-1"], "--checkpoint_minutes must be"),
     ("no_phase_selected", lambda ds, t: ["--no_train", "--no_val"], "nothing to do"),
+    ("nan_checkpoint_minutes", lambda ds, t: ["--checkpoint_minutes", "nan"],
+     "--checkpoint_minutes must be a finite number (got nan)"),
+    ("nan_cutmix_alpha", lambda ds, t: ["--cutmix_alpha", "nan"], "--cutmix_alpha must be a finite number"),
+    ("negative_output_topk", lambda ds, t: ["--output_topk", "-1"], "--output_topk must be >= 0 (got -1)"),
+    ("negative_milestone", lambda ds, t: ["--multistep_milestones", "10", "-5"],
+     "--multistep_milestones must be >= 1 (got -5)"),
+    ("nan_lr", lambda ds, t: ["--learning_rate", "nan"], "--learning_rate must be a finite number (got nan)"),
+    ("inf_lr", lambda ds, t: ["--learning_rate", "inf"], "--learning_rate must be a finite number (got inf)"),
+    ("negative_seed", lambda ds, t: ["--manual_seed", "-1"], "--manual_seed must be in [0, 4294967295]"),
 ]
 
 
