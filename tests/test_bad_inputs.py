@@ -141,6 +141,8 @@ CASES = [
      "--multistep_milestones must be >= 1 (got -5)"),
     ("nan_lr", lambda ds, t: ["--learning_rate", "nan"], "--learning_rate must be a finite number (got nan)"),
     ("inf_lr", lambda ds, t: ["--learning_rate", "inf"], "--learning_rate must be a finite number (got inf)"),
+    ("batch_of_one_on_tiny_maps", lambda ds, t: ["--batch_size", "1"],
+     "--batch_size 1 cannot train resnet-10 on 4x16x16 clips: BatchNorm layer layer3.0.bn1 would normalise"),
     ("negative_seed", lambda ds, t: ["--manual_seed", "-1"], "--manual_seed must be in [0, 4294967295]"),
 ]
 
@@ -183,3 +185,11 @@ def test_frames_of_exactly_sample_size_are_fine(ds, tmp_path, capsys):
             "--n_classes", "2", *TINY, "--sample_size", "20", "--no_val"]
     assert main.main([str(a) for a in argv]) == 0, capsys.readouterr().err
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_batch_of_one_trains_when_every_feature_map_has_several_values(ds, tmp_path, capsys):
+    # 16 frames without the stem's max-pool leave layer4 a 2x1x1 map: BatchNorm sees two values per channel.
+    argv = ["--video_path", ds.video_path, "--annotation_path", ds.annotation_path, "--result_path", tmp_path,
+            "--n_classes", "2", *TINY, "--batch_size", "1", "--sample_duration", "16", "--no_max_pool", "--no_val"]
+    assert main.main([str(a) for a in argv]) == 0, capsys.readouterr().err
+    assert "4 optimiser steps" in capsys.readouterr().out  # every training video, one per batch
