@@ -75,6 +75,12 @@ CASES = [
      "has label 'zebra', which is not in 'labels'"),
     ("malformed_segment", lambda ds, t: ["--annotation_path", _annotation(
         ds, t, lambda d: _first_training_entry(d)["annotations"].update(segment="abc"))], "malformed segment"),
+    ("absurd_segment", lambda ds, t: ["--annotation_path", _annotation(
+        ds, t, lambda d: _first_training_entry(d)["annotations"].update(segment=[1, 1e9]))],
+     "has segment [1, 1000000000], but"),
+    ("infinite_segment", lambda ds, t: ["--annotation_path", _annotation(
+        ds, t, lambda d: _first_training_entry(d)["annotations"].update(segment=[1, float("inf")]))],
+     "malformed segment [1, inf]"),
     ("annotations_not_object", lambda ds, t: ["--annotation_path", _annotation(
         ds, t, lambda d: _first_training_entry(d).update(annotations=[1]))], "malformed entry in annotation file"),
     ("no_training_videos", lambda ds, t: ["--annotation_path", _annotation(
