@@ -212,6 +212,30 @@ def atomic_dir(final: Path) -> Iterator[Path]:
         raise
 
 
+def check_writable_file(path: Path, *, what: str) -> None:
+    """UserError, before any long work, when the output file ``path`` cannot be written: it is a folder, or its
+    folder is a file or read-only. Creates the missing folders (the output goes there anyway)."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{what} {path} is a folder; name a file")
+    reason = _unwritable_folder_reason(path.parent)
+    if reason is not None:
+        raise UserError(f"cannot write {what} {path}: {reason}")
+
+
+def _unwritable_folder_reason(folder: Path) -> str | None:
+    """Why no file can be written into ``folder`` (created with its parents when missing), or None."""
+    if folder.exists() and not folder.is_dir():
+        return f"{folder} is a file, not a folder"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):  # the one sure test: permissions, read-only mounts, quotas
+            pass
+    except OSError as e:
+        return f"{folder}: {e.strerror or e}"
+    return None
+
+
 def resolve_n_jobs(n_jobs: int) -> int:
     """-1 (or any value < 1) means one process per CPU core."""
     return n_jobs if n_jobs >= 1 else (os.cpu_count() or 1)

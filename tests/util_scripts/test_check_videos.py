@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from errors import UserError
-from tests.support import run_tool
+from tests.support import read_only_folder, run_tool
 from tests.video_corpus import make_corpus
 from util_scripts import check_videos
 
@@ -83,3 +83,16 @@ def test_command_line_exit_codes(corpus, tmp_path):
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("error: ")
     unusable = run(corpus.audio_only, "--output", tmp_path / "r.json")
     assert unusable.returncode == 1 and "no video stream" in unusable.stdout
+
+
+@pytest.mark.parametrize("where, message", [
+    (lambda t: t, "is a folder; name a file"),
+    (lambda t: read_only_folder(t) / "r.json", "cannot write --output"),
+    (lambda t: t / "file.txt" / "r.json", "file.txt is a file, not a folder"),
+], ids=["folder", "read_only", "under_a_file"])
+def test_an_unwritable_output_is_refused_before_any_decoding(corpus, tmp_path, where, message):
+    (tmp_path / "file.txt").write_text("")
+    result = run_tool("check_videos", corpus.root, "--n_jobs", "1", "--output", where(tmp_path))
+    assert result.returncode == 2 and result.stdout == ""  # no video decoded, no table printed
+    assert result.stderr.startswith("error: ") and len(result.stderr.splitlines()) == 1, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
