@@ -3,8 +3,8 @@
 ``parse_opts(argv)`` parses and then resolves once: paths are joined onto ``--root_path``, derived
 fields (``arch``, ``mean``, ``std``, ``n_input_channels``, ``n_finetune_classes``, ...) are added, every
 number is checked against its range in ``NUMBER_BOUNDS`` (nan and inf never pass) and impossible combinations
-are rejected with ``parser.error``. It also records ``explicit_flags``: the
-names of the options given on the command line (so a tool can tell a default from a choice).
+are rejected with ``parser.error``. It also records ``explicit_flags``: the names of the options given on the
+command line (so a tool can tell a default from a choice).
 
 ``batch_size`` and ``n_threads`` are totals over all processes; once a process knows the world size,
 ``share_per_process`` adds its share as ``process_batch_size`` and ``process_n_threads`` (what the data
