@@ -1,9 +1,10 @@
 """Command-line options of main.py: every flag of the original (same spelling, type, default) plus ours.
 
 ``parse_opts(argv)`` parses and then resolves once: paths are joined onto ``--root_path``, derived
-fields (``arch``, ``mean``, ``std``, ``n_input_channels``, ``n_finetune_classes``, ...) are added and
-impossible combinations are rejected with ``parser.error``. It also records ``explicit_flags``: the
-names of the options given on the command line (so a tool can tell a default from a choice).
+fields (``arch``, ``mean``, ``std``, ``n_input_channels``, ``n_finetune_classes``, ...) are added, every
+number is checked against its range in ``NUMBER_BOUNDS`` (nan and inf never pass) and impossible combinations
+are rejected with ``parser.error``. It also records ``explicit_flags``: the names of the options given on the
+command line (so a tool can tell a default from a choice).
 
 ``batch_size`` and ``n_threads`` are totals over all processes; once a process knows the world size,
 ``share_per_process`` adds its share as ``process_batch_size`` and ``process_n_threads`` (what the data
@@ -15,7 +16,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -34,6 +37,91 @@ _ROOTED_PATHS = ("video_path", "annotation_path", "result_path", "resume_path", 
 RESUME_AUTO = "auto"
 # Fields that describe this run's processes rather than options (not written to opts.json or checkpoints).
 RUNTIME_FIELDS = ("explicit_flags", "process_batch_size", "process_n_threads")
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The values a number option accepts: from ``low`` to ``high`` (None: no bound), each end included unless
+    ``*_open``. Every value must also be finite: argparse's float() takes 'nan' and 'inf', which no option means."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def problem(self, value: float) -> str | None:
+        """Why ``value`` is refused ('must be ... (got ...)'), or None when it is accepted."""
+        if not math.isfinite(value):
+            return f"must be a finite number (got {value})"
+        below = self.low is not None and (value < self.low or (self.low_open and value == self.low))
+        above = self.high is not None and (value > self.high or (self.high_open and value == self.high))
+        return f"must be {self.describe()} (got {value})" if below or above else None
+
+    def describe(self) -> str:
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {self.low}"
+        if self.low is None:
+            return f"{'<' if self.high_open else '<='} {self.high}"
+        return f"in {'(' if self.low_open else '['}{self.low}, {self.high}{')' if self.high_open else ']'}"
+
+
+ANY = Bounds()  # only finite; the option is checked elsewhere (e.g. against the model family's depths)
+AT_LEAST_0 = Bounds(low=0)
+AT_LEAST_1 = Bounds(low=1)
+POSITIVE = Bounds(low=0, low_open=True)
+PROBABILITY = Bounds(low=0, high=1)
+BELOW_1 = Bounds(low=0, high=1, high_open=True)  # a fraction that must leave something (smoothing, decay)
+NONZERO_FRACTION = Bounds(low=0, high=1, low_open=True)  # a fraction that must keep something (crop area, ratio)
+
+# The accepted range of every int and float option of main.py, in one table (tests/test_opts.py checks that
+# each number option has its row). A number option missing here is still refused when not finite.
+NUMBER_BOUNDS: dict[str, Bounds] = {
+    "n_classes": AT_LEAST_1,
+    "n_threads": AT_LEAST_0,
+    "sample_size": AT_LEAST_1,
+    "sample_duration": AT_LEAST_1,
+    "sample_t_stride": AT_LEAST_1,
+    "train_crop_min_scale": NONZERO_FRACTION,
+    "train_crop_min_ratio": NONZERO_FRACTION,
+    "value_scale": AT_LEAST_1,
+    "model_depth": ANY,  # models.factory names the family's valid depths
+    "conv1_t_size": AT_LEAST_1,
+    "conv1_t_stride": AT_LEAST_1,
+    "resnet_widen_factor": POSITIVE,
+    "conv1_mid_planes": AT_LEAST_0,  # 0: derived
+    "wide_resnet_k": AT_LEAST_1,
+    "resnext_cardinality": AT_LEAST_1,
+    "n_pretrain_classes": AT_LEAST_0,  # 0: no pretrained model (--pretrain_path asks for > 0)
+    "learning_rate": AT_LEAST_0,
+    "momentum": AT_LEAST_0,
+    "dampening": AT_LEAST_0,
+    "weight_decay": AT_LEAST_0,
+    "multistep_milestones": AT_LEAST_1,  # epochs are numbered from 1
+    "plateau_patience": AT_LEAST_0,
+    "warmup_epochs": AT_LEAST_0,
+    "batch_size": AT_LEAST_1,
+    "n_epochs": AT_LEAST_1,
+    "label_smoothing": BELOW_1,
+    "mixup_alpha": AT_LEAST_0,  # 0: off
+    "cutmix_alpha": AT_LEAST_0,  # 0: off
+    "mix_prob": PROBABILITY,
+    "mix_switch_prob": PROBABILITY,
+    "clip_grad_norm": AT_LEAST_0,  # 0: off
+    "ema_decay": BELOW_1,  # 0: off
+    "accumulate_grad_batches": AT_LEAST_1,
+    "n_val_samples": AT_LEAST_1,
+    "checkpoint": AT_LEAST_1,
+    "checkpoint_minutes": AT_LEAST_0,  # 0: off
+    "manual_seed": Bounds(low=0, high=2**32 - 1),  # what NumPy's global seed accepts
+    "log_interval": AT_LEAST_1,
+    "inference_stride": AT_LEAST_1,
+    "inference_batch_size": AT_LEAST_0,  # 0: --batch_size
+    "output_topk": AT_LEAST_0,  # 0: every class
+    "inference_n_clips": AT_LEAST_0,  # 0: sliding windows
+    "inference_n_crops": ANY,  # argparse choices
+    "world_size": Bounds(low=-1),  # nodes; -1 (the original's default) and 0 mean one
+    "dist_timeout": AT_LEAST_1,
+}
 
 
 def _add_data_args(parser: argparse.ArgumentParser) -> None:
@@ -209,7 +297,7 @@ def _add_inference_args(parser: argparse.ArgumentParser) -> None:
                         "video to an HDF5 file: {subset}_features.h5 with --inference, features.h5 with --predict")
     g.add_argument("--inference_batch_size", default=0, type=int,
                    help="Videos per inference batch per process; 0 = --batch_size")
-    g.add_argument("--output_topk", default=5, type=int, help="Top-k labels per video; <= 0 means all classes")
+    g.add_argument("--output_topk", default=5, type=int, help="Top-k labels per video; 0 means all classes")
     g.add_argument("--inference_n_clips", default=0, type=int,
                    help="Multi-view testing: this many evenly spaced clips per video; 0 = sliding windows "
                         "every --inference_stride frames")
@@ -290,7 +378,7 @@ def _cuda_wanted(opt: argparse.Namespace) -> bool:
 
 
 def _check(parser: argparse.ArgumentParser, opt: argparse.Namespace) -> None:
-    problems = []
+    problems = number_problems(parser, opt)
     if opt.result_path is None and opt.predict is None:
         problems.append("--result_path is required")
     if opt.predict is not None and opt.resume_path is None:
@@ -299,24 +387,18 @@ def _check(parser: argparse.ArgumentParser, opt: argparse.Namespace) -> None:
         problems.append("--output_video needs --predict (the videos to annotate)")
     if opt.save_features and opt.predict is None and not opt.inference:
         problems.append("--save_features needs --predict or --inference (the clips to embed)")
-    if opt.inference_n_clips < 0:
-        problems.append(f"--inference_n_clips must be >= 0 (got {opt.inference_n_clips})")
     if opt.inference_n_crops == 3 and opt.inference_crop != "center":
         problems.append("--inference_n_crops 3 needs --inference_crop center")
     if opt.lr_scheduler == "plateau" and opt.no_val:
         problems.append("--lr_scheduler plateau needs validation losses; remove --no_val")
     if opt.pretrain_path is not None and opt.n_pretrain_classes <= 0:
         problems.append("--pretrain_path needs --n_pretrain_classes (the class count of the pretrained model)")
-    if opt.conv1_mid_planes < 0:
-        problems.append(f"--conv1_mid_planes must be >= 0 (got {opt.conv1_mid_planes})")
     if opt.ft_begin_module and opt.pretrain_path is None:
         problems.append("--ft_begin_module only applies when fine-tuning; add --pretrain_path")
     if opt.input_type == "flow" and not FILE_READERS[opt.file_type].holds_flow:
         problems.append(f"--input_type flow needs --file_type {' or '.join(flow_file_types())}")
     if opt.warmup_epochs and opt.lr_scheduler != "cosine":
         problems.append("--warmup_epochs is only used with --lr_scheduler cosine")
-    if opt.warmup_epochs < 0:
-        problems.append("--warmup_epochs must be >= 0")
     if opt.precision == "fp16" and not _cuda_wanted(opt):
         problems.append("--precision fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
     if opt.batchnorm_sync and not (opt.distributed or "WORLD_SIZE" in os.environ):
@@ -326,30 +408,33 @@ def _check(parser: argparse.ArgumentParser, opt: argparse.Namespace) -> None:
     if opt.overwrite_milestones and opt.lr_scheduler != "multistep":
         problems.append("--overwrite_milestones only applies to --lr_scheduler multistep")
     problems += _recipe_problems(opt)
-    positive = ("n_classes", "sample_size", "sample_duration", "sample_t_stride", "batch_size", "n_epochs",
-                "n_val_samples", "checkpoint", "inference_stride", "log_interval", "value_scale", "dist_timeout")
-    problems += [f"--{name} must be >= 1 (got {getattr(opt, name)})" for name in positive if getattr(opt, name) < 1]
-    if opt.n_threads < 0 or opt.inference_batch_size < 0:
-        problems.append("--n_threads and --inference_batch_size must be >= 0")
-    if not 0.0 < opt.train_crop_min_scale <= 1.0 or not 0.0 < opt.train_crop_min_ratio <= 1.0:
-        problems.append("--train_crop_min_scale and --train_crop_min_ratio must be in (0, 1]")
     problems += _optimizer_and_model_problems(opt)
     if problems:
         parser.error("; ".join(problems))
 
 
+def number_problems(parser: argparse.ArgumentParser, opt: argparse.Namespace) -> list[str]:
+    """Every int and float option checked against its NUMBER_BOUNDS row (every value of a list option), as
+    messages; a number option without a row must still be finite."""
+    problems = []
+    for action in parser._actions:  # argparse has no public list of a parser's options
+        if action.type not in (int, float):
+            continue
+        bounds = NUMBER_BOUNDS.get(action.dest, ANY)
+        given = getattr(opt, action.dest)
+        for value in given if isinstance(given, list) else [given]:
+            problem = None if value is None else bounds.problem(value)
+            if problem is not None:
+                problems.append(f"{action.option_strings[0]} {problem}")
+                break
+    return problems
+
+
 def _optimizer_and_model_problems(opt: argparse.Namespace) -> list[str]:
-    """Values the optimiser or the model constructors would reject with a traceback, as messages."""
-    problems = [f"--{name} must be >= 0 (got {getattr(opt, name)})"
-                for name in ("learning_rate", "momentum", "dampening", "weight_decay", "checkpoint_minutes")
-                if getattr(opt, name) < 0]
+    """Combinations the optimiser would reject with a traceback, or that leave nothing to do, as messages."""
+    problems = []
     if opt.nesterov and opt.momentum <= 0:
         problems.append("--nesterov needs --momentum > 0")
-    if opt.resnet_widen_factor <= 0:
-        problems.append(f"--resnet_widen_factor must be > 0 (got {opt.resnet_widen_factor})")
-    problems += [f"--{name} must be >= 1 (got {getattr(opt, name)})"
-                 for name in ("conv1_t_size", "conv1_t_stride", "wide_resnet_k", "resnext_cardinality")
-                 if getattr(opt, name) < 1]
     if opt.no_train and opt.no_val and not opt.inference and opt.predict is None:
         problems.append("nothing to do: --no_train and --no_val without --inference; add --inference or drop one")
     return problems
@@ -359,16 +444,6 @@ def _recipe_problems(opt: argparse.Namespace) -> list[str]:
     problems = []
     if opt.optimizer != "sgd" and (opt.nesterov or opt.dampening):
         problems.append("--nesterov and --dampening apply to --optimizer sgd only")
-    if not 0.0 <= opt.label_smoothing < 1.0:
-        problems.append(f"--label_smoothing must be in [0, 1) (got {opt.label_smoothing})")
-    if opt.mixup_alpha < 0 or opt.cutmix_alpha < 0 or opt.clip_grad_norm < 0:
-        problems.append("--mixup_alpha, --cutmix_alpha and --clip_grad_norm must be >= 0")
-    if not (0.0 <= opt.mix_prob <= 1.0 and 0.0 <= opt.mix_switch_prob <= 1.0):
-        problems.append("--mix_prob and --mix_switch_prob must be in [0, 1]")
-    if not 0.0 <= opt.ema_decay < 1.0:
-        problems.append(f"--ema_decay must be in [0, 1) (got {opt.ema_decay})")
-    if opt.accumulate_grad_batches < 1:
-        problems.append(f"--accumulate_grad_batches must be >= 1 (got {opt.accumulate_grad_batches})")
     multi_label = opt.multi_label or opt.dataset in MULTI_LABEL_DATASETS
     if multi_label and (opt.label_smoothing or opt.mixup_alpha or opt.cutmix_alpha):
         problems.append("--label_smoothing, --mixup_alpha and --cutmix_alpha apply to single-label training; "
@@ -386,7 +461,7 @@ def _resolve(opt: argparse.Namespace) -> None:
         # The model is built with the pretrained class count first, then its head is replaced.
         opt.n_finetune_classes = opt.n_classes
         opt.n_classes = opt.n_pretrain_classes
-    if opt.output_topk <= 0 and opt.predict is None:  # --predict: all classes of the checkpoint's model
+    if opt.output_topk == 0 and opt.predict is None:  # --predict: all classes of the checkpoint's model
         opt.output_topk = opt.n_classes
     if opt.inference_batch_size == 0:
         opt.inference_batch_size = opt.batch_size

@@ -22,7 +22,8 @@ webm, ..., in any letter case: datasets.layout.VIDEO_EXTENSIONS); frames are the
 Deviations from the original: testing entries without a label load (label -1); ActivityNet works
 (its class was broken); an ActivityNet segment may end at the last frame (the original's
 min(..., n_frames) dropped it); no "dataset loading [i/n]" print (crashed below 5 videos); a class name
-listed twice is refused (the original silently trained only its later index).
+listed twice is refused (the original silently trained only its later index); a frame segment of more than
+CHECKED_SEGMENT_FRAMES frames must lie within its video (a UserError, not a MemoryError at [1, 1e9]).
 """
 
 from __future__ import annotations
@@ -42,6 +43,10 @@ from errors import UserError
 logger = logging.getLogger(__name__)
 
 ACTIVITYNET_MIN_FRAMES = 8  # the original skipped shorter ActivityNet segments
+# A frame segment up to this long is taken as written (one that runs past its video is padded and its missing
+# frames counted, as the loaders always did); a longer one is checked against the video's frame count once, as a
+# segment such as [1, 1e9] would otherwise fill the memory with frame numbers at the first clip drawn from it.
+CHECKED_SEGMENT_FRAMES = 10_000
 
 
 @dataclass(frozen=True)
@@ -232,8 +237,10 @@ def _frame_segment(video_id: str, entry: dict, ann: dict, video: Path, *, locato
         segment = locator.whole_video(video)
     try:
         begin, end = int(segment[0]), int(segment[1])
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):  # OverflowError: JSON's Infinity
         raise UserError(f"video {video_id} in {path} has a malformed segment {segment!r}") from None
+    if end - begin > CHECKED_SEGMENT_FRAMES:
+        _check_within_video(video_id, begin, end, video, locator=locator, path=path)
     seconds = ann.get("segment_seconds")
     if seconds is None or end <= begin:
         return begin, end
@@ -243,6 +250,16 @@ def _frame_segment(video_id: str, entry: dict, ann: dict, video: Path, *, locato
             no_fps.append(video_id)
         return begin, end
     return _seconds_to_frames(seconds, fps, begin, end, what=f"segment_seconds of video {video_id} in {path}")
+
+
+def _check_within_video(video_id: str, begin: int, end: int, video: Path, *, locator: _Locator, path: Path) -> None:
+    """UserError when the frame segment [begin, end) reaches outside the frames of ``video``."""
+    n_frames = locator.n_frames(video)
+    first, end_of_video = locator.base, locator.base + n_frames
+    if begin < first or end > end_of_video:
+        raise UserError(f"video {video_id} in {path} has segment [{begin}, {end}], but {video} has {n_frames} frames "
+                        f"(segment [{first}, {end_of_video}] at most); fix the segment, or remove it to use the "
+                        "whole video")
 
 
 def _entry_fps(entry: dict, video: Path, *, n_frames: int, locator: _Locator) -> float | None:
@@ -320,7 +337,7 @@ def _activitynet_records(data: dict, names: list[str], *, root: Path, subset: st
             raise UserError(f"video {video_id} in {path} has no 'fps' (run util_scripts.add_fps_into_activitynet_json)")
         for ann, label in zip(annotations, labels):
             t0, t1 = ann["segment"]
-            begin = math.floor(t0 * fps) + base
+            begin = max(math.floor(t0 * fps), 0) + base  # a start before the video (-0.2 s) starts with it
             end = min(math.floor(t1 * fps) + base, n_frames + base)
             if end - begin >= ACTIVITYNET_MIN_FRAMES:
                 records.append(VideoRecord(video_id, video, label, (begin, end), float(fps)))
@@ -358,7 +375,7 @@ def read_records(
         else:
             records, skipped = _standard_records(data, names, root=root, subset=subset, locator=locator,
                                                  dataset=dataset, path=annotation_path)
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as e:
         raise UserError(f"malformed entry in annotation file {annotation_path}: {e!r}") from None
     locator.reader.save_cache()
     _report_skipped(skipped, records, annotation_path=annotation_path, root=root, subset=subset)

@@ -322,6 +322,7 @@ class Trainer:
     """
 
     def __init__(self, opt: argparse.Namespace, net: nn.Module, dist: DistInfo, *, resume: Resume | None):
+        model_lib.check_batch_norm_can_train(net, opt)
         self.opt, self.dist = opt, dist
         self.optimizer = build_optimizer(net, opt)  # before wrapping: fine-tuning freezes the bare model's stages
         self.ema = build_ema(net, opt.ema_decay)

@@ -416,15 +416,63 @@ def describe_model(model: nn.Module, sample_shape: tuple[int, ...]) -> dict:
     shape = tuple(sample_shape)
     if len(shape) == 4:
         shape = (1, *shape)
-    meta_state = {name: torch.empty_like(t, device="meta") for name, t in bare.state_dict(keep_vars=True).items()}
-    x = torch.empty(shape, device="meta")
     counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        torch.func.functional_call(bare, meta_state, (x,))
+    with counter:
+        _meta_forward(bare, shape)
     return {
         "n_params": sum(p.numel() for p in bare.parameters()),
         "gflops": counter.get_total_flops() / shape[0] / 1e9,
     }
+
+
+def _meta_forward(bare: nn.Module, shape: tuple[int, ...]) -> None:
+    """Run ``bare`` on a meta tensor of ``shape``: shapes and FLOPs only, weights and statistics untouched."""
+    meta_state = {name: torch.empty_like(t, device="meta") for name, t in bare.state_dict(keep_vars=True).items()}
+    with torch.no_grad():
+        torch.func.functional_call(bare, meta_state, (torch.empty(shape, device="meta"),))
+
+
+def fewest_norm_values(model: nn.Module, clip_shape: tuple[int, int, int, int]) -> tuple[str, int] | None:
+    """(name, values per channel) of the BatchNorm layer that sees the fewest values per channel of one clip of
+    ``clip_shape`` (C, T, H, W), i.e. the smallest feature map a BatchNorm normalises; None without BatchNorm."""
+    bare = unwrap_model(model)
+    seen: dict[str, int] = {}
+
+    def record(name: str):
+        def hook(_module, inputs):
+            seen[name] = inputs[0].numel() // inputs[0].shape[1]  # a batch of one clip: values per channel
+        return hook
+
+    handles = [m.register_forward_pre_hook(record(name)) for name, m in bare.named_modules()
+               if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    was_training = bare.training
+    try:
+        bare.eval()  # train-mode BatchNorm would refuse the one-value maps this looks for
+        _meta_forward(bare, (1, *clip_shape))
+    finally:
+        bare.train(was_training)
+        for handle in handles:
+            handle.remove()
+    return min(seen.items(), key=lambda item: item[1]) if seen else None
+
+
+def check_batch_norm_can_train(net: nn.Module, opt: argparse.Namespace) -> None:
+    """UserError before training when a batch would give a BatchNorm layer a single value per channel (batches
+    of one clip whose feature map shrinks to 1x1x1): train-mode BatchNorm cannot normalise one value (PyTorch
+    raises at the first batch, and the layer's output would carry nothing of the input anyway)."""
+    # SyncBatchNorm normalises over every process's clips; plain BatchNorm over this process's share.
+    clips = opt.batch_size if opt.batchnorm_sync else getattr(opt, "process_batch_size", opt.batch_size)
+    if clips > 1:
+        return  # a last batch of one clip is dropped by the training loader
+    clip = (opt.n_input_channels, opt.sample_duration, opt.sample_size, opt.sample_size)
+    fewest = fewest_norm_values(net, clip)
+    if fewest is None or fewest[1] > 1:
+        return
+    share = "" if clips == opt.batch_size else f" ({clips} clip per process: it is the total over all processes)"
+    raise UserError(f"--batch_size {opt.batch_size}{share} cannot train {opt.arch} on "
+                    f"{opt.sample_duration}x{opt.sample_size}x{opt.sample_size} clips: BatchNorm layer {fewest[0]} "
+                    "would normalise a single value per channel; use --batch_size 2 or more (lower "
+                    "--accumulate_grad_batches to keep the step size) or larger --sample_size/--sample_duration")
 
 
 __all__ = [
@@ -433,7 +481,9 @@ __all__ = [
     "LoadedModel",
     "MODEL_FLAGS",
     "build_model_from_checkpoint_info",
+    "check_batch_norm_can_train",
     "describe_model",
+    "fewest_norm_values",
     "generate_model",
     "get_fine_tuning_parameters",
     "load_pretrained_model",

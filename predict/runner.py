@@ -374,7 +374,7 @@ def _run(opt: argparse.Namespace, listeners: Sequence[PredictionListener]) -> in
     payload = load_checkpoint(opt.resume_path)
     spec = checkpoint_clip_spec(opt, payload, Path(opt.resume_path))
     net, class_names = load_predictor(opt, payload, Path(opt.resume_path), spec)
-    # --output_topk <= 0 means all classes of the checkpoint's model (opts leaves it unresolved for --predict).
+    # --output_topk 0 means all classes of the checkpoint's model (opts leaves it unresolved for --predict).
     topk = opt.output_topk if opt.output_topk > 0 else len(class_names)
     store = PredictionStore(out_dir, result_settings(opt, topk), n_classes=len(class_names))
     todo = [p for p in paths if not store.done(str(p), p)]

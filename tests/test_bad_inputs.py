@@ -75,6 +75,12 @@ CASES = [
      "has label 'zebra', which is not in 'labels'"),
     ("malformed_segment", lambda ds, t: ["--annotation_path", _annotation(
         ds, t, lambda d: _first_training_entry(d)["annotations"].update(segment="abc"))], "malformed segment"),
+    ("absurd_segment", lambda ds, t: ["--annotation_path", _annotation(
+        ds, t, lambda d: _first_training_entry(d)["annotations"].update(segment=[1, 1e9]))],
+     "has segment [1, 1000000000], but"),
+    ("infinite_segment", lambda ds, t: ["--annotation_path", _annotation(
+        ds, t, lambda d: _first_training_entry(d)["annotations"].update(segment=[1, float("inf")]))],
+     "malformed segment [1, inf]"),
     ("annotations_not_object", lambda ds, t: ["--annotation_path", _annotation(
         ds, t, lambda d: _first_training_entry(d).update(annotations=[1]))], "malformed entry in annotation file"),
     ("no_training_videos", lambda ds, t: ["--annotation_path", _annotation(
@@ -133,6 +139,17 @@ CASES = [
      "--wide_resnet_k must be >= 1"),
     ("negative_checkpoint_minutes", lambda ds, t: ["--checkpoint_minutes", "-1"], "--checkpoint_minutes must be"),
     ("no_phase_selected", lambda ds, t: ["--no_train", "--no_val"], "nothing to do"),
+    ("nan_checkpoint_minutes", lambda ds, t: ["--checkpoint_minutes", "nan"],
+     "--checkpoint_minutes must be a finite number (got nan)"),
+    ("nan_cutmix_alpha", lambda ds, t: ["--cutmix_alpha", "nan"], "--cutmix_alpha must be a finite number"),
+    ("negative_output_topk", lambda ds, t: ["--output_topk", "-1"], "--output_topk must be >= 0 (got -1)"),
+    ("negative_milestone", lambda ds, t: ["--multistep_milestones", "10", "-5"],
+     "--multistep_milestones must be >= 1 (got -5)"),
+    ("nan_lr", lambda ds, t: ["--learning_rate", "nan"], "--learning_rate must be a finite number (got nan)"),
+    ("inf_lr", lambda ds, t: ["--learning_rate", "inf"], "--learning_rate must be a finite number (got inf)"),
+    ("batch_of_one_on_tiny_maps", lambda ds, t: ["--batch_size", "1"],
+     "--batch_size 1 cannot train resnet-10 on 4x16x16 clips: BatchNorm layer layer3.0.bn1 would normalise"),
+    ("negative_seed", lambda ds, t: ["--manual_seed", "-1"], "--manual_seed must be in [0, 4294967295]"),
 ]
 
 
@@ -174,3 +191,11 @@ def test_frames_of_exactly_sample_size_are_fine(ds, tmp_path, capsys):
             "--n_classes", "2", *TINY, "--sample_size", "20", "--no_val"]
     assert main.main([str(a) for a in argv]) == 0, capsys.readouterr().err
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_batch_of_one_trains_when_every_feature_map_has_several_values(ds, tmp_path, capsys):
+    # 16 frames without the stem's max-pool leave layer4 a 2x1x1 map: BatchNorm sees two values per channel.
+    argv = ["--video_path", ds.video_path, "--annotation_path", ds.annotation_path, "--result_path", tmp_path,
+            "--n_classes", "2", *TINY, "--batch_size", "1", "--sample_duration", "16", "--no_max_pool", "--no_val"]
+    assert main.main([str(a) for a in argv]) == 0, capsys.readouterr().err
+    assert "4 optimiser steps" in capsys.readouterr().out  # every training video, one per batch

@@ -145,3 +145,47 @@ def test_per_process_share_stays_out_of_opts_json(tmp_path):
     assert (opt.batch_size, opt.process_batch_size, opt.n_threads, opt.process_n_threads) == (10, 2, 5, 3)
     saved = json.loads(save_opts(opt, tmp_path).read_text())
     assert saved["batch_size"] == 10 and not {"process_batch_size", "process_n_threads", "explicit_flags"} & set(saved)
+
+
+NUMBER_ACTIONS = [a for a in build_parser()._actions if a.type in (int, float)]
+
+
+def test_every_number_option_has_a_range():
+    # A new int/float flag must get its row in opts.NUMBER_BOUNDS (and a row must name a real option).
+    assert {a.dest for a in NUMBER_ACTIONS} == set(opts.NUMBER_BOUNDS)
+
+
+def _refused_and_accepted(action) -> tuple[list[str], list[str]]:
+    """Values just outside each end of the option's range (plus nan/inf for floats), and the included ends."""
+    bounds = opts.NUMBER_BOUNDS[action.dest]
+    refused = ["nan", "inf", "-inf"] if action.type is float else []
+    accepted = []
+    for end, open_, step in ((bounds.low, bounds.low_open, -1), (bounds.high, bounds.high_open, 1)):
+        if end is None:
+            continue
+        refused.append(str(end if open_ else end + step))
+        if not open_:
+            accepted.append(str(end))
+    return refused, accepted
+
+
+@pytest.mark.parametrize("action", NUMBER_ACTIONS, ids=[a.dest for a in NUMBER_ACTIONS])
+def test_every_number_option_refuses_values_outside_its_range(action, capsys):
+    flag = action.option_strings[0]
+    refused, accepted = _refused_and_accepted(action)
+    for value in refused:
+        with pytest.raises(SystemExit) as e:
+            parse_opts(["--result_path", "r", flag, value])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and len(err.strip().splitlines()) == 1, (value, err)
+        assert flag in err, (value, err)
+    for value in accepted:
+        parse_opts(["--result_path", "r", flag, value])  # no SystemExit (resolution may then change the value)
+
+
+def test_a_number_option_without_a_range_must_still_be_finite(monkeypatch):
+    monkeypatch.delitem(opts.NUMBER_BOUNDS, "learning_rate")
+    assert opts.number_problems(build_parser(), parse_opts(["--result_path", "r"])) == []
+    opt = parse_opts(["--result_path", "r", "--learning_rate", "-3"])  # no range: any finite value
+    opt.learning_rate = float("nan")
+    assert opts.number_problems(build_parser(), opt) == ["--learning_rate must be a finite number (got nan)"]

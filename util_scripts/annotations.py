@@ -15,7 +15,9 @@ separators; see each script for the extra fields it writes.
 from __future__ import annotations
 
 import argparse
+import codecs
 import csv
+import io
 import json
 import sys
 from collections.abc import Iterable, Sequence
@@ -26,30 +28,37 @@ from tqdm import tqdm
 from datasets.file_types import FILE_READERS
 from datasets.layout import CONVERTED_FILE_TYPES, find_video_file
 from errors import UserError
-from util_scripts.common import atomic_file
+from util_scripts.common import atomic_file, check_writable_file
 
 TEST_DIR = "test"  # where the generators expect unlabelled test videos: <video_path>/test/<id>
-def read_lines(path: Path, *, what: str) -> list[str]:
-    """Non-empty, stripped lines of a text file (any line ending); UserError if it is missing."""
+def read_text(path: Path, *, what: str) -> str:
+    """The text of a UTF-8 file (a byte-order mark is dropped; line endings kept); UserError if it is missing
+    or not UTF-8, naming the line of the first bad byte."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{what} not found: {path}")
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        return [line.strip() for line in f.read().splitlines() if line.strip()]
+    data = path.read_bytes().removeprefix(codecs.BOM_UTF8)  # as Excel and Notepad save UTF-8
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise UserError(f"{path}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x}); save the {what} as UTF-8") \
+            from None
+
+
+def read_lines(path: Path, *, what: str) -> list[str]:
+    """Non-empty, stripped lines of a text file (any line ending); UserError if it is missing or not UTF-8."""
+    return [line.strip() for line in read_text(path, what=what).splitlines() if line.strip()]
 
 
 def read_csv_rows(path: Path, *, what: str, required: Iterable[str]) -> list[dict[str, str]]:
-    """Rows of a CSV file with a header line; UserError if missing or a required column is absent."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{what} not found: {path}")
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        reader = csv.DictReader(f)
-        columns = [c.strip() for c in reader.fieldnames or []]
-        missing = [c for c in required if c not in columns]
-        if missing:
-            raise UserError(f"{path}: missing column(s) {', '.join(missing)} in header {columns}")
-        return [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
+    """Rows of a CSV file with a header line; UserError if missing, not UTF-8 or a required column is absent."""
+    reader = csv.DictReader(io.StringIO(read_text(path, what=what), newline=""))
+    columns = [c.strip() for c in reader.fieldnames or []]
+    missing = [c for c in required if c not in columns]
+    if missing:
+        raise UserError(f"{path}: missing column(s) {', '.join(missing)} in header {columns}")
+    return [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
 
 
 def find_segment(video_path: Path, label_dir: str, video_id: str, video_type: str) -> list[int] | None:
@@ -128,9 +137,12 @@ def check_labels(labels_seen: Iterable[tuple[str, str]], labels: list[str]) -> N
 def write_annotation_json(dst: Path, labels: list[str], database: dict, *, n_missing: int, video_path: Path) -> None:
     """Write the JSON atomically and print one summary line (plus a warning for missing videos)."""
     dst = Path(dst)
-    with atomic_file(dst) as tmp:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump({"labels": labels, "database": database}, f)
+    try:
+        with atomic_file(dst) as tmp:
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump({"labels": labels, "database": database}, f)
+    except OSError as e:  # checked before the work where it is long; this catches the rest (a disk filled up)
+        raise UserError(f"cannot write {dst}: {e.strerror or e}") from None
     subsets = {}
     for entry in database.values():
         subsets[entry["subset"]] = subsets.get(entry["subset"], 0) + 1
@@ -177,6 +189,7 @@ def write_split_json(
     segment and writes the file.
     """
     check_labels(((label, where) for _, _, label, where in rows if label is not None), labels)
+    check_writable_file(dst, what="output file")  # before counting the frames of every video
     warn_listed_twice(rows, dst=dst)
     database, n_missing = build_database(
         [row[:3] for row in rows], video_path=video_path, video_type=video_type, desc=desc
@@ -186,6 +199,7 @@ def write_split_json(
 
 def write_located_json(dst: Path, labels: list[str], database: dict, *, video_path: Path) -> None:
     """The JSON of a database whose entries name their own ``video_path``; warns about videos not found."""
+    check_writable_file(dst, what="output file")  # before looking for every video
     n_missing = count_missing(video_path, database, desc="checking videos")
     write_annotation_json(dst, labels, database, n_missing=0, video_path=video_path)
     warn_missing(n_missing, len(database), video_path)

@@ -36,7 +36,14 @@ from datasets.layout import find_video_file
 from datasets.layout import has_video_extension as is_video_file
 from datasets.video_files import TRUNCATION_SLACK, is_truncated, scan_video
 from errors import UserError
-from util_scripts.common import ItemResult, VideoItem, atomic_file, run_cli, run_over_videos
+from util_scripts.common import (
+    ItemResult,
+    VideoItem,
+    atomic_file,
+    check_writable_file,
+    run_cli,
+    run_over_videos,
+)
 
 UNUSABLE = ("missing", "unreadable", "no_video_stream", "no_decodable_frame")
 
@@ -177,6 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.sample_duration < 1:
         raise UserError(f"--sample_duration must be at least 1, got {args.sample_duration}")
     items = find_items(args.path, args.video_path)
+    check_writable_file(args.output, what="--output")  # before decoding every video, not after
     worker = functools.partial(check_video, sample_duration=args.sample_duration,
                                threads=0 if args.n_jobs == 1 else 1)  # one process: let FFmpeg use every core
     results = run_over_videos(worker, items, n_jobs=args.n_jobs, desc="check")

@@ -6,7 +6,8 @@
 - JPEG encoding, atomic output folders and files,
 - a process pool with a progress bar that reports failed videos instead of stopping
   (:func:`run_over_videos`),
-- the entry-point wrapper that turns :class:`errors.UserError` into one line and exit code 2.
+- the entry-point wrapper that turns :class:`errors.UserError` into one line and exit code 2, and Ctrl-C into
+  one line and exit code 130.
 
 Everything runs in-process: no ``ffmpeg``/``ffprobe`` executable is needed.
 """
@@ -21,6 +22,7 @@ import logging
 import multiprocessing
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from collections import Counter
@@ -263,19 +265,51 @@ def atomic_dir(final: Path) -> Iterator[Path]:
         raise
 
 
+def check_writable_file(path: Path, *, what: str) -> None:
+    """UserError, before any long work, when the output file ``path`` cannot be written: it is a folder, or its
+    folder is a file or read-only. Creates the missing folders (the output goes there anyway)."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{what} {path} is a folder; name a file")
+    reason = _unwritable_folder_reason(path.parent)
+    if reason is not None:
+        raise UserError(f"cannot write {what} {path}: {reason}")
+
+
+def _unwritable_folder_reason(folder: Path) -> str | None:
+    """Why no file can be written into ``folder`` (created with its parents when missing), or None."""
+    if folder.exists() and not folder.is_dir():
+        return f"{folder} is a file, not a folder"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):  # the one sure test: permissions, read-only mounts, quotas
+            pass
+    except OSError as e:
+        return f"{folder}: {e.strerror or e}"
+    return None
+
+
 def resolve_n_jobs(n_jobs: int) -> int:
     """-1 (or any value < 1) means one process per CPU core."""
     return n_jobs if n_jobs >= 1 else (os.cpu_count() or 1)
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C stopped :func:`run_over_videos` (its workers stopped, their unfinished outputs removed); the
+    message says how far it got. Still a KeyboardInterrupt, so code that stops on one stops on it."""
+
+
 def run_over_videos(
-    worker: Callable[[VideoItem], ItemResult], items: Sequence[VideoItem], *, n_jobs: int, desc: str
+    worker: Callable[[VideoItem], ItemResult], items: Sequence[VideoItem], *, n_jobs: int, desc: str,
+    rerun_hint: str = "",
 ) -> list[ItemResult]:
     """Run ``worker`` on every item, in ``n_jobs`` processes, with a progress bar.
 
     ``worker`` must be picklable (a module-level function or a ``functools.partial`` of one)
     and should return a 'failed' result rather than raise; an exception that escapes it is
-    still caught and reported for that video only.
+    still caught and reported for that video only. Ctrl-C stops every worker (each removes the
+    temporary output of its current video) and raises :class:`Interrupted`, whose message counts
+    the finished videos and ends with ``rerun_hint``.
     """
     n_jobs = min(resolve_n_jobs(n_jobs), max(1, len(items)))
     safe = _Guarded(worker)
@@ -285,7 +319,7 @@ def run_over_videos(
             mapped = map(safe, items)
             pool = None
         else:
-            pool = multiprocessing.get_context().Pool(n_jobs)
+            pool = multiprocessing.get_context().Pool(n_jobs, initializer=_leave_stopping_to_the_parent)
             mapped = pool.imap_unordered(safe, items, chunksize=1)
         try:
             for result in mapped:
@@ -293,11 +327,35 @@ def run_over_videos(
                 bar.update()
                 if result.status == "failed":
                     bar.write(f"failed: {result.item.src}: {result.message}", file=sys.stderr)
+        except KeyboardInterrupt:
+            interrupted = True
+        else:
+            interrupted = False
         finally:
             if pool is not None:
-                pool.terminate()
+                pool.terminate()  # SIGTERM: see _leave_stopping_to_the_parent
                 pool.join()
+    if interrupted:
+        raise Interrupted(_progress_note(results, len(items)) + (f"; {rerun_hint}" if rerun_hint else "")) from None
     return sorted(results, key=lambda r: str(r.item.rel))
+
+
+def _leave_stopping_to_the_parent() -> None:
+    """In each pool worker: Ctrl-C (which the terminal sends to every process) is left to the parent, which then
+    stops the pool with SIGTERM; that unwinds the current video like an exception, so its temporary output is
+    removed (atomic_dir, atomic_file) instead of left behind, and the worker exits without a traceback."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _exit_now)
+
+
+def _exit_now(signum: int, _frame) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _progress_note(results: Sequence[ItemResult], total: int) -> str:
+    counts = {status: sum(r.status == status for r in results) for status in ("done", "skipped", "failed")}
+    return (f"stopped after {len(results)} of {total} videos ({counts['done']} done, {counts['skipped']} already "
+            f"complete, {counts['failed']} failed); the unfinished ones left no output")
 
 
 class _Guarded:
@@ -330,13 +388,17 @@ def summarize(results: Sequence[ItemResult], *, what: str) -> int:
 
 
 def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> None:
-    """Call ``main(argv)``, print a UserError as ``error: ...`` and exit 2, else exit with its code."""
+    """Call ``main(argv)``, print a UserError as ``error: ...`` and exit 2, Ctrl-C as ``interrupted: ...`` and exit
+    130, else exit with its code."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     try:
         code = main(argv)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt as e:  # Ctrl-C: one line, and the status a shell gives a job killed by SIGINT
+        print(f"interrupted: {e}" if str(e) else "interrupted", file=sys.stderr)
+        sys.exit(130)
     sys.exit(code or 0)
 
 
@@ -381,5 +443,6 @@ def run_conversion(argv: Sequence[str] | None, convert_video: Callable[..., Item
         quality=args.quality,
         threads=0 if args.n_jobs == 1 else 1,  # one process: let FFmpeg use every core
     )
-    results = run_over_videos(worker, items, n_jobs=args.n_jobs, desc=desc)
+    results = run_over_videos(worker, items, n_jobs=args.n_jobs, desc=desc,
+                              rerun_hint="rerun the same command to convert the rest (finished videos are skipped)")
     return summarize(results, what=what.format(dst=args.dst_path))

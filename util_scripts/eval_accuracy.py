@@ -10,7 +10,8 @@ the mean over classes of the average precision and each class's AP. Classes with
 have no AP and are left out of the mean. --save writes ``map.txt``.
 
 Prints the original's lines ("load ground truth", ..., "top-k accuracy: <acc>"), then the mean
-class accuracy. Ground-truth videos missing from the results count as wrong unless --ignore.
+class accuracy. Ground-truth videos missing from the results count as wrong unless --ignore; a subset none of
+whose videos has a result is an error (its score would measure nothing but the missing results).
 ``--subset`` accepts the CLI spellings too (val/train/test). --save writes the accuracy to
 ``<RESULT_JSON's folder>/top<k>.txt``; --confusion_matrix writes ``OUT_PREFIX.csv`` (and
 ``OUT_PREFIX.png`` when matplotlib is installed) of top-1 predictions.
@@ -96,6 +97,15 @@ def load_results(path: Path, labels: list[str], k: int) -> dict[str, list[int]]:
     return top
 
 
+def _require_results(present: list[str], gt: dict, *, n_results: int, result_path: Path, subset: str) -> None:
+    """UserError when no video of the subset has a result: the score would only measure the missing results
+    (top-1 0.0, or the mAP of all-zero scores), e.g. after evaluating another subset than inference ran on."""
+    if not present:
+        raise UserError(f"{result_path} has no result for any of the {len(gt)} '{subset}' videos (its {n_results} "
+                        "results are of other videos); evaluate the subset its inference ran on (--subset) or run "
+                        "inference on this one (--inference_subset)")
+
+
 def evaluate(gt_path: Path, result_path: Path, *, subset: str = "validation", k: int = 1, ignore: bool = False) -> dict:
     """Top-k accuracy, per-class accuracy, mean class accuracy and the top-1 confusion matrix.
 
@@ -106,9 +116,11 @@ def evaluate(gt_path: Path, result_path: Path, *, subset: str = "validation", k:
     """
     if k < 1:
         raise UserError(f"-k must be at least 1, got {k}")
-    labels, gt = load_ground_truth(gt_path, subset_name(subset))
+    subset = subset_name(subset)
+    labels, gt = load_ground_truth(gt_path, subset)
     top = load_results(result_path, labels, k)
     present = [v for v in gt if v in top]
+    _require_results(present, gt, n_results=len(top), result_path=result_path, subset=subset)
     evaluated = present if ignore else list(gt)
     hits = {v: v in top and gt[v] in top[v] for v in evaluated}
     n_classes = len(labels)
@@ -172,12 +184,12 @@ def evaluate_map(gt_path: Path, result_path: Path, *, subset: str = "validation"
     """Multi-label mAP of video scores. Returns a dict: map (over the classes with a positive video),
     per_class_ap ({name: AP or None without positives}), n_ground_truth, n_result, n_evaluated. Ground-truth
     videos without results score 0 for every class unless ``ignore``."""
-    labels, gt = load_multi_label_ground_truth(gt_path, subset_name(subset))
+    subset = subset_name(subset)
+    labels, gt = load_multi_label_ground_truth(gt_path, subset)
     scores = load_scores(result_path, labels)
     present = [v for v in gt if v in scores]
+    _require_results(present, gt, n_results=len(scores), result_path=result_path, subset=subset)
     evaluated = present if ignore else list(gt)
-    if not evaluated:
-        raise UserError(f"{result_path}: none of the {len(gt)} ground-truth videos has a result")
     targets = [[int(c in gt[v]) for c in range(len(labels))] for v in evaluated]
     rows = [scores.get(v, [0.0] * len(labels)) for v in evaluated]
     value, per_class = mean_average_precision(rows, targets)

@@ -8,7 +8,7 @@ being the complete JPEG file of frame i+1 (the layout the original loader reads)
 encoded in memory in a single pass and the file is written under a hidden temporary name,
 then renamed, so an existing ``.hdf5`` is always complete and is skipped on a rerun. Exit code:
 0 when every video was converted or skipped, 1 if some could not be decoded (listed at the end),
-2 for bad arguments.
+2 for bad arguments, 130 after Ctrl-C (the files in progress are removed).
 """
 
 from __future__ import annotations

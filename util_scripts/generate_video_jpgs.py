@@ -6,7 +6,9 @@ Usage: ``python -m util_scripts.generate_video_jpgs SRC DST DATASET [--size 240]
 A video whose output folder already holds frames is skipped, and folders are written under a
 hidden temporary name and renamed when complete, so rerunning after an interruption converts
 only what is missing. Videos that cannot be decoded are listed at the end; the exit code is
-then 1 (0 when every video was converted or already complete, 2 for bad arguments).
+then 1 (0 when every video was converted or already complete, 2 for bad arguments). Ctrl-C stops
+every worker, removes the folders of the videos in progress, says in one line how many videos
+were finished and exits with 130.
 """
 
 from __future__ import annotations

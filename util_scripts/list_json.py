@@ -20,7 +20,13 @@ from pathlib import Path
 
 from datasets.annotations import check_unique_names
 from errors import UserError
-from util_scripts.annotations import annotation_tool_parser, make_entry, read_lines, write_located_json
+from util_scripts.annotations import (
+    annotation_tool_parser,
+    make_entry,
+    read_lines,
+    read_text,
+    write_located_json,
+)
 from util_scripts.common import run_cli
 
 # first column names that mark a CSV header line
@@ -70,10 +76,7 @@ def parse_line(fields: list[str], where: str) -> ListItem:
 
 def read_list(path: Path) -> list[ListItem]:
     """Items of a list file, in file order."""
-    if not path.is_file():
-        raise UserError(f"list file not found: {path}")
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        lines = f.read().splitlines()
+    lines = read_text(path, what="list file").splitlines()
     items, first = [], True
     for line_no, line in enumerate(lines, start=1):
         line = line.strip()

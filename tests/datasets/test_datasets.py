@@ -142,6 +142,28 @@ def test_bad_annotation_files_raise_user_errors_naming_the_file(tmp_path, mutate
     assert str(ds.annotation_path) in str(err.value)
 
 
+@pytest.mark.parametrize("file_type, first", [("jpg", 1), ("hdf5", 0)])
+def test_a_long_segment_must_lie_within_its_video(tmp_path, file_type, first):
+    ds = make_frame_dataset(tmp_path, n_frames=3, file_type=file_type)
+    vid = ds.ids("training")[0]
+
+    def records_with_segment(segment):
+        data = json.loads(ds.annotation_path.read_text())
+        data["database"][vid]["annotations"]["segment"] = segment
+        ds.annotation_path.write_text(json.dumps(data))
+        return read_records(ds.annotation_path, ds.video_path, dataset="kinetics", subset="training",
+                            file_type=file_type)[0]
+
+    # A short overrun is taken as written: the loaders pad the clip and count the missing frames, as before.
+    assert next(r for r in records_with_segment([first, 100]) if r.video_id == vid).segment == (first, 100)
+    for segment in ([first, 10**9], [-10**9, first + 3]):  # [1, 1e9] used to fill the memory at the first clip
+        with pytest.raises(UserError, match=rf"^video {vid} in .* has segment \[{segment[0]}, {segment[1]}\], but "
+                                            rf".*{vid}\S* has 3 frames \(segment \[{first}, {first + 3}\] at most\)"):
+            records_with_segment(segment)
+    with pytest.raises(UserError, match="malformed segment"):
+        records_with_segment([first, float("inf")])  # JSON's Infinity
+
+
 def test_no_existing_video_is_a_user_error_naming_the_file(tmp_path):
     ds = make_frame_dataset(tmp_path, n_frames=3)
     with pytest.raises(UserError, match="none of the 4 'training' videos") as err:

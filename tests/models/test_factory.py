@@ -11,7 +11,9 @@ from checkpoint import save_checkpoint
 from errors import UserError
 from models.factory import (
     build_model_from_checkpoint_info,
+    check_batch_norm_can_train,
     describe_model,
+    fewest_norm_values,
     generate_model,
     get_fine_tuning_parameters,
     load_pretrained_model,
@@ -203,6 +205,32 @@ def test_describe_model_counts_params_and_flops_without_touching_weights():
     assert torch.equal(model.conv1.weight, before)
     dense = describe_model(generate_model(make_opt(model="densenet", model_depth=121)), (3, 16, 112, 112))
     assert dense["n_params"] == 11_696_528 and dense["gflops"] > 1
+
+
+def test_fewest_norm_values_is_the_smallest_feature_map_of_one_clip():
+    model = generate_model(make_opt(model_depth=10, resnet_widen_factor=0.125, n_classes=2)).train()
+    # 16x112x112 -> layer4 maps of 1x4x4; 4x16x16 -> layer3 already 1x1x1 (its first conv has stride 2).
+    assert fewest_norm_values(model, (3, 16, 112, 112))[1] == 16
+    assert fewest_norm_values(model, (3, 4, 16, 16)) == ("layer3.0.bn1", 1)
+    assert model.training  # left as it was
+
+
+def _tiny_batch_opt(**overrides) -> argparse.Namespace:
+    return make_opt(**{"model_depth": 10, "resnet_widen_factor": 0.125, "n_classes": 2, "sample_size": 16,
+                       "sample_duration": 4, "arch": "resnet-10", **overrides})
+
+
+def test_batch_norm_over_one_value_per_channel_is_refused_before_training():
+    model = generate_model(_tiny_batch_opt())
+    with pytest.raises(UserError, match=r"^--batch_size 1 cannot train resnet-10 on 4x16x16 clips: BatchNorm layer "
+                                        r"layer3.0.bn1 would normalise a single value per channel; use --batch_size 2"):
+        check_batch_norm_can_train(model, _tiny_batch_opt(batch_size=1))
+    # The share of each process counts (--batch_size is a total) unless SyncBatchNorm pools the processes' clips.
+    with pytest.raises(UserError, match=r"--batch_size 2 \(1 clip per process"):
+        check_batch_norm_can_train(model, _tiny_batch_opt(batch_size=2, process_batch_size=1))
+    check_batch_norm_can_train(model, _tiny_batch_opt(batch_size=2, process_batch_size=1, batchnorm_sync=True))
+    check_batch_norm_can_train(model, _tiny_batch_opt(batch_size=2))
+    check_batch_norm_can_train(model, _tiny_batch_opt(batch_size=1, sample_size=112, sample_duration=16))
 
 
 def test_model_from_checkpoint_self_described_and_from_flags(tmp_path):

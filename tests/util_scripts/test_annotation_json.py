@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from errors import UserError
-from tests.support import run_tool
+from tests.support import read_only_folder, run_tool
 from util_scripts import add_fps_into_activitynet_json, hmdb51_json, kinetics_json, mit_json, ucf101_json
 
 
@@ -182,6 +182,28 @@ def test_ucf101_json_errors(ucf_splits, tmp_path):
     (ucf_splits / "classInd.txt").write_text("ApplyEyeMakeup\n")
     with pytest.raises(UserError, match=r"classInd.txt:1: expected '<index> <ClassName>'"):
         ucf101_json.main(args)
+
+
+def test_ucf101_json_non_utf8_split_file_is_one_line(ucf_splits, tmp_path):
+    (ucf_splits / "testlist01.txt").write_bytes(b"Biking/v_Biking_g01_c01.avi\nBiking/v_Biking_\xe9t\xe9.avi\n")
+    result = run_tool("ucf101_json", ucf_splits, tmp_path, tmp_path / "out")
+    assert result.returncode == 2
+    assert result.stderr == (f"error: {ucf_splits / 'testlist01.txt'}:2: not UTF-8 text (byte 0xe9); save the "
+                             "UCF-101 validation list as UTF-8\n")
+    (ucf_splits / "classInd.txt").write_bytes(b"\xef\xbb\xbf1 ApplyEyeMakeup\n2 Biking\xff\n")  # a BOM is fine
+    with pytest.raises(UserError, match=r"classInd.txt:2: not UTF-8 text \(byte 0xff\)"):
+        ucf101_json.main([str(ucf_splits), str(tmp_path), str(tmp_path / "out")])
+
+
+@pytest.mark.parametrize("output, message", [
+    (lambda t: t / "a_file", "a_file/ucf101_01.json: {t}/a_file is a file, not a folder"),
+    (lambda t: read_only_folder(t) / "out", "cannot write output file"),
+], ids=["a_file", "read_only"])
+def test_ucf101_json_unwritable_output_folder_is_one_line(ucf_splits, tmp_path, output, message):
+    (tmp_path / "a_file").write_text("")
+    result = run_tool("ucf101_json", ucf_splits, tmp_path, output(tmp_path))
+    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1, result.stderr
+    assert result.stderr.startswith("error: ") and message.format(t=tmp_path) in result.stderr
 
 
 # ---------------------------------------------------------------- HMDB-51

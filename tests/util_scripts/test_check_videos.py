@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from errors import UserError
-from tests.support import run_tool
+from tests.support import read_only_folder, run_tool
 from tests.video_corpus import DUP_PTS_FRAMES, N_FRAMES, make_corpus, make_timestamp_corpus
 from util_scripts import check_videos
 from util_scripts.common import VideoItem
@@ -120,3 +120,16 @@ def test_timestamps_that_cannot_number_frames_are_reported_and_no_frame_is_lost(
         details = check_videos.check_video(VideoItem(odd[name], Path(name)), sample_duration=16).details
         assert details["kinds"] == ["timestamps"] and details["missing_pts"] == missing
         assert (details["n_decoded"], details["unnumbered"]) == (N_FRAMES, 0)
+
+
+@pytest.mark.parametrize("where, message", [
+    (lambda t: t, "is a folder; name a file"),
+    (lambda t: read_only_folder(t) / "r.json", "cannot write --output"),
+    (lambda t: t / "file.txt" / "r.json", "file.txt is a file, not a folder"),
+], ids=["folder", "read_only", "under_a_file"])
+def test_an_unwritable_output_is_refused_before_any_decoding(corpus, tmp_path, where, message):
+    (tmp_path / "file.txt").write_text("")
+    result = run_tool("check_videos", corpus.root, "--n_jobs", "1", "--output", where(tmp_path))
+    assert result.returncode == 2 and result.stdout == ""  # no video decoded, no table printed
+    assert result.stderr.startswith("error: ") and len(result.stderr.splitlines()) == 1, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr

@@ -61,8 +61,20 @@ def test_evaluate_ignore_top2_and_subset_aliases(gt_and_results):
     assert report["accuracy"] == pytest.approx(2 / 3)
     assert report["per_class_accuracy"] == {"cat": 1.0, "dog": 0.0, "eel": None}
     assert report["mean_class_accuracy"] == 0.5
-    assert evaluate(gt, res, subset="train")["n_ground_truth"] == 1
-    assert evaluate(gt, res, subset="training")["n_result"] == 0
+    with pytest.raises(UserError, match="any of the 1 'training' videos"):  # 'train' is the training subset
+        evaluate(gt, res, subset="train")
+
+
+@pytest.mark.parametrize("metric", ["accuracy", "map"])
+@pytest.mark.parametrize("ignore", [[], ["--ignore"]])
+def test_eval_of_a_subset_without_results_is_an_error(gt_and_results, metric, ignore):
+    # Results of the validation videos evaluated as 'training': no number (top-1 0.0, mAP of zeros) but an error.
+    gt, res = gt_and_results
+    result = run_tool("eval_accuracy", gt, res, "--subset", "train", "--metric", metric, *ignore)
+    assert result.returncode == 2 and result.stdout.count("accuracy:") == 0 and "mAP" not in result.stdout
+    assert result.stderr == (f"error: {res} has no result for any of the 1 'training' videos (its 4 results are of "
+                             "other videos); evaluate the subset its inference ran on (--subset) or run inference on "
+                             "this one (--inference_subset)\n")
 
 
 def test_eval_cli_prints_original_lines_and_saves(gt_and_results, capsys, tmp_path):

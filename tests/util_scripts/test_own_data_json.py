@@ -266,9 +266,10 @@ def test_list_json_names_without_class_file(tmp_path):
     ("a 0\nb 1 3 2\n", [], "t.txt:2: segment needs 0 <= start < end"),
     ("a 0\na 1\n", [], "t.txt:2: 'a' is listed twice (also at"),
     ("a 0\nb 7\n", ["--class_names"], "t.txt:2: label '7' is neither a class name nor an index 0..1"),
+    (b"a 0\nb\xe9 1\n", [], "t.txt:2: not UTF-8 text (byte 0xe9); save the list file as UTF-8"),
 ])
 def test_list_json_bad_lines(tmp_path, train, extra, message):
-    (tmp_path / "t.txt").write_text(train)
+    (tmp_path / "t.txt").write_bytes(train if isinstance(train, bytes) else train.encode())
     (tmp_path / "v.txt").write_text("c 0\n")
     (tmp_path / "names.txt").write_text("zero\none\n")
     extra = [*extra, str(tmp_path / "names.txt")] if extra else []

@@ -2,6 +2,10 @@
 
 import io
 import os
+import signal
+import subprocess
+import sys
+import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -11,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.support import real_footage, run_tool
+from tests.support import REPO, real_footage, run_tool
 from util_scripts import common, generate_video_hdf5, generate_video_jpgs
 from util_scripts.common import scaled_size
 
@@ -140,6 +144,42 @@ def test_jpgs_interrupted_video_leaves_no_folder(ucf_videos, tmp_path, monkeypat
     with pytest.raises(KeyboardInterrupt):
         generate_video_jpgs.main([str(ucf_videos), str(tmp_path / "jpg"), "ucf101", "--size", "24", "--n_jobs", "1"])
     assert os.listdir(tmp_path / "jpg" / "Jump") == []  # neither a final nor a partial folder
+
+
+def _partial_with_frames(folder: Path) -> bool:
+    """Whether a video's temporary folder in ``folder`` holds frames yet (it may vanish while we look)."""
+    try:
+        return any(common.PARTIAL_MARK in entry.name and any(os.scandir(entry)) for entry in os.scandir(folder))
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.parametrize("n_jobs", ["1", "2"])
+def test_jpgs_ctrl_c_stops_the_workers_keeps_only_complete_videos_and_says_so(tmp_path, n_jobs):
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    for k in range(4):  # long enough that a busy machine still sees a video half-written
+        write_video(src / "walk" / f"v{k}.mp4", width=96, height=64, n_frames=400)
+    command = [sys.executable, "-m", "util_scripts.generate_video_jpgs", str(src), str(dst), "kinetics", "--size", "-1",
+               "--n_jobs", n_jobs]
+    # Its own process group, so that the signal reaches every process, as Ctrl-C in a terminal does.
+    proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not _partial_with_frames(dst / "walk") and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGINT)  # in the middle of a video
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("interrupted: stopped after ") and " of 4 videos (" in last, err
+    assert last.endswith("; rerun the same command to convert the rest (finished videos are skipped)"), last
+    assert not [p for p in dst.rglob("*") if common.PARTIAL_MARK in p.name]  # no half-written folder left
+    folders = sorted(os.listdir(dst / "walk"))
+    assert len(folders) < 4  # it did stop early
+    assert all(frame_files(dst / "walk" / name) == expected_names(400) for name in folders)  # the rest are complete
+    assert run_tool("generate_video_jpgs", src, dst, "kinetics", "--size", "-1").returncode == 0  # a rerun finishes
+    assert all(frame_files(dst / "walk" / f"v{k}") == expected_names(400) for k in range(4))
 
 
 def test_jpgs_unreadable_video_is_reported_and_others_converted(ucf_videos, tmp_path, capsys):
