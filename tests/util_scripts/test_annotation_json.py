@@ -165,23 +165,26 @@ def test_ucf101_json(ucf_splits, tmp_path, capsys):
     assert capsys.readouterr().err == ""
 
 
+UCF101_SPLIT_ERRORS = [  # (file, its new content or None to remove it, the error it must give)
+    ("testlist01.txt", "Skiing/v_Skiing_g01_c01.avi\n", r"testlist01.txt:1: label 'Skiing' is not in the class list"),
+    ("testlist01.txt", "v_Biking_g01_c01.avi\n", r"testlist01.txt:1: expected '<Class>/<video>.avi'"),
+    ("testlist01.txt", None, "no split found"),
+    ("classInd.txt", "1 Biking\n2 ApplyEyeMakeup\n3 Biking\n",
+     r"classInd.txt names class 'Biking' twice \(entries 1 and 3\)"),
+    ("classInd.txt", "ApplyEyeMakeup\n", r"classInd.txt:1: expected '<index> <ClassName>'"),
+]
+
+
 def test_ucf101_json_errors(ucf_splits, tmp_path):
+    """Each change to the split files (applied one after another) gives its one-line error."""
     args = [str(ucf_splits), str(tmp_path), str(tmp_path / "out")]
-    (ucf_splits / "testlist01.txt").write_text("Skiing/v_Skiing_g01_c01.avi\n")
-    with pytest.raises(UserError, match=r"testlist01.txt:1: label 'Skiing' is not in the class list"):
-        ucf101_json.main(args)
-    (ucf_splits / "testlist01.txt").write_text("v_Biking_g01_c01.avi\n")
-    with pytest.raises(UserError, match=r"testlist01.txt:1: expected '<Class>/<video>.avi'"):
-        ucf101_json.main(args)
-    (ucf_splits / "testlist01.txt").unlink()
-    with pytest.raises(UserError, match="no split found"):
-        ucf101_json.main(args)
-    (ucf_splits / "classInd.txt").write_text("1 Biking\n2 ApplyEyeMakeup\n3 Biking\n")
-    with pytest.raises(UserError, match=r"classInd.txt names class 'Biking' twice \(entries 1 and 3\)"):
-        ucf101_json.main(args)
-    (ucf_splits / "classInd.txt").write_text("ApplyEyeMakeup\n")
-    with pytest.raises(UserError, match=r"classInd.txt:1: expected '<index> <ClassName>'"):
-        ucf101_json.main(args)
+    for name, content, message in UCF101_SPLIT_ERRORS:
+        if content is None:
+            (ucf_splits / name).unlink()
+        else:
+            (ucf_splits / name).write_text(content)
+        with pytest.raises(UserError, match=message):
+            ucf101_json.main(args)
 
 
 def test_ucf101_json_non_utf8_split_file_is_one_line(ucf_splits, tmp_path):
