@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from checkpoint import LATEST_NAME, Checkpoint, Resume, save_checkpoint, training_payload, unwrap_model
 from datasets import factory as dataset
+from engine.compiled import CompiledModel, compiled_part
 from engine.distributed import DistInfo, all_reduce_sum, gather_objects
 from engine.ema import build_ema, ema_payload, restore_ema
 from engine.forward import autocast, prepare_batch
@@ -185,15 +186,32 @@ class _Stepper:
             labels = targets.argmax(dim=1)  # the dominant label of each mixed clip
         skip_sync = not last_of_group and hasattr(self.model, "no_sync")  # DDP: all-reduce on the step's batch only
         with self.model.no_sync() if skip_sync else contextlib.nullcontext():
-            with autocast(self.device, self.precision):
-                outputs = self.model(clips)
-                loss = self.criterion(outputs, targets)
-            scaled = loss / group_size if group_size > 1 else loss
-            (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+            loss, outputs = self._forward_backward(clips, targets, group_size)
         if last_of_group:
             self._step()
         self.stepped = last_of_group
         return loss, outputs, labels
+
+    def _forward_backward(self, clips: torch.Tensor, targets: torch.Tensor, group_size: int):
+        """Forward, loss and backward of one batch. A --compile model that fails in them goes back to eager and
+        the batch is run again: the failed attempt changed no gradient and (restored by ``fall_back``) no
+        BatchNorm statistic, so the batch counts exactly once (see engine.compiled)."""
+        compiled = compiled_part(self.model)
+        if compiled is None or not compiled.active:
+            return self._forward_backward_once(clips, targets, group_size)
+        try:
+            return self._forward_backward_once(clips, targets, group_size)
+        except Exception as error:  # noqa: BLE001 - a compiled backward fails with whatever inductor raised
+            compiled.fall_back(error)
+        return self._forward_backward_once(clips, targets, group_size)
+
+    def _forward_backward_once(self, clips: torch.Tensor, targets: torch.Tensor, group_size: int):
+        with autocast(self.device, self.precision):
+            outputs = self.model(clips)
+            loss = self.criterion(outputs, targets)
+        scaled = loss / group_size if group_size > 1 else loss
+        (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+        return loss, outputs
 
     def _step(self) -> None:
         if self.clip_grad_norm > 0:
@@ -358,7 +376,7 @@ class Trainer:
 
     def _wrap(self, net: nn.Module) -> nn.Module:
         if self.opt.compile:
-            net = torch.compile(net)
+            net = CompiledModel(net)
         if self.dist.distributed:
             device_ids = [self.dist.device] if self.dist.device.type == "cuda" else None
             net = nn.parallel.DistributedDataParallel(net, device_ids=device_ids)
