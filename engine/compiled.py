@@ -1,4 +1,5 @@
-"""--compile: the model under torch.compile, with the eager model as the way back.
+"""--compile: the model under torch.compile, with the eager model as the way back, and a compile cache that
+outlives the job.
 
 A compile, or a compiled call, that fails (dynamo, AOTAutograd or inductor; at the first call or at a later
 recompile, in training, validation or inference) costs one warning line, never the run: :class:`CompiledModel`
@@ -8,16 +9,37 @@ by the trainer (``engine.training``), after :meth:`CompiledModel.fall_back` has 
 to what they were before that step's forward. The gradients need nothing: the model is compiled as one graph
 (``fullgraph=True``), so its backward is a single autograd node and a failure inside it has accumulated no
 gradient yet (and the optimiser steps only after a backward that succeeded).
+
+Inductor's own caches (the FX graph cache and the AOTAutograd cache, both on by default) are kept in
+``<result_path>/compile_cache`` (see :func:`use_compile_cache`) rather than in /tmp, which a requeued job on
+another node does not find: a resumed run loads its compiled graphs instead of compiling them from zero.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 
 import torch
 from torch import nn
 
 log = logging.getLogger(__name__)
+
+CACHE_DIR_NAME = "compile_cache"
+CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"  # torch's variable: inductor, AOTAutograd and triton keep their files there
+# Read when this module is imported, before torch._dynamo is: importing that fills the variable with torch's
+# default (/tmp/torchinductor_$USER), after which a folder the user chose can no longer be told apart.
+USER_CACHE_DIR = os.environ.get(CACHE_ENV)
+
+
+def use_compile_cache(result_path: str | os.PathLike) -> Path:
+    """Point torch's compile caches at ``<result_path>/compile_cache``, or at the TORCHINDUCTOR_CACHE_DIR the user
+    set, and return the folder; inductor reads the variable at each cache lookup."""
+    folder = USER_CACHE_DIR or str(Path(result_path).resolve() / CACHE_DIR_NAME)
+    os.environ[CACHE_ENV] = folder
+    return Path(folder)
+
 
 class CompiledModel(nn.Module):
     """``net`` under ``torch.compile(fullgraph=True)`` until a compile or a compiled call fails, then ``net`` itself.
@@ -80,3 +102,35 @@ def first_line(error: BaseException) -> str:
     lines = str(error).strip().splitlines()
     return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
 
+
+class CompileReport:
+    """Compile time and cache use since the last report, from torch's own counters, as one log line."""
+
+    KEYS = {"graph cache hits": ("inductor", "fxgraph_cache_hit"),
+            "graph cache misses": ("inductor", "fxgraph_cache_miss"),
+            "autograd cache hits": ("aot_autograd", "autograd_cache_hit"),
+            "autograd cache misses": ("aot_autograd", "autograd_cache_miss")}
+
+    def __init__(self, cache_dir: Path):
+        self.cache_dir = cache_dir
+        self.last = self._now()
+
+    @classmethod
+    def _now(cls) -> dict[str, float]:
+        # torch._dynamo is reached as an attribute (torch imports it on first use), not imported at the top:
+        # importing it takes seconds that a run without --compile should not pay.
+        utils = torch._dynamo.utils
+        now = {name: utils.counters[group][key] for name, (group, key) in cls.KEYS.items()}
+        now["seconds"] = utils.calculate_time_spent().get("total_wall_time", 0.0)
+        return now
+
+    def log_new(self) -> dict[str, float] | None:
+        """Log what was compiled since the last call (nothing when nothing was); returns those numbers."""
+        now = self._now()
+        new = {name: now[name] - self.last[name] for name in now}
+        self.last = now
+        if not any(new.values()):
+            return None
+        lookups = ", ".join(f"{int(new[name])} {name}" for name in self.KEYS if new[name]) or "no cache lookups"
+        log.info("compiled in %.1f s: %s (cache %s)", new["seconds"], lookups, self.cache_dir)
+        return new

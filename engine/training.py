@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from checkpoint import LATEST_NAME, Checkpoint, Resume, save_checkpoint, training_payload, unwrap_model
 from datasets import factory as dataset
-from engine.compiled import CompiledModel, compiled_part
+from engine.compiled import CompiledModel, CompileReport, compiled_part, use_compile_cache
 from engine.distributed import DistInfo, all_reduce_sum, gather_objects
 from engine.ema import build_ema, ema_payload, restore_ema
 from engine.forward import autocast, prepare_batch
@@ -344,6 +344,7 @@ class Trainer:
         self.ema = build_ema(net, opt.ema_decay)
         self.mixer = mixer_from_opts(opt, unwrap_model(net).get_classifier().out_features)
         self.optimizer_steps = 0  # over the whole run; with --accumulate_grad_batches N, one per N batches
+        self.compile_report = None  # with --compile: logs compile time and cache use once per epoch
         self.model = self._wrap(net)
         self.scheduler = build_scheduler(self.optimizer, opt)
         self.scaler = torch.amp.GradScaler(dist.device.type) if opt.precision == "fp16" else None
@@ -376,6 +377,7 @@ class Trainer:
 
     def _wrap(self, net: nn.Module) -> nn.Module:
         if self.opt.compile:
+            self.compile_report = CompileReport(use_compile_cache(self.opt.result_path))
             net = CompiledModel(net)
         if self.dist.distributed:
             device_ids = [self.dist.device] if self.dist.device.type == "cuda" else None
@@ -478,6 +480,8 @@ class Trainer:
         A stop signal that came during validation (or a due rolling checkpoint) is acted on here.
         """
         step_scheduler(self.scheduler, val_loss)
+        if self.compile_report is not None:
+            self.compile_report.log_new()  # the epoch's training and validation graphs
         saved = None
         if epoch % self.opt.checkpoint == 0:
             saved = self._save(f"save_{epoch}.pth", self.payload(epoch))

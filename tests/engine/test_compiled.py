@@ -1,14 +1,17 @@
 """--compile (engine.compiled): a compile or compiled call that fails sends the model back to eager, with one
-warning line, and the run ends exactly as an eager run does.
+warning line, and the run ends exactly as an eager run does; compiled graphs are cached in a folder a resumed run
+finds again.
 
 For the fallback, torch.compile is replaced (in this process only) by a module that runs the model it wraps but
 fails at its first call like inductor's assert_size_stride did on an H200: in the forward, or in the backward after
-a forward that already updated the BatchNorm statistics. No compiler runs there, so those tests take seconds.
+a forward that already updated the BatchNorm statistics. No compiler runs there, so those tests take seconds; the
+cache test compiles a bias-free linear layer with inductor (matrix products only, no C++ kernel to build).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 
 import pytest
 import torch
@@ -17,6 +20,7 @@ from torch import nn
 
 import main
 from checkpoint import load_checkpoint
+from engine import compiled
 from engine.compiled import CompiledModel, first_line
 from tests.conftest import dataset_args, log_rows
 
@@ -91,6 +95,7 @@ def eager_run(tiny_dataset, tmp_path_factory):
 @pytest.mark.parametrize("fail_in", ["forward", "backward"])
 def test_failed_compile_continues_eagerly_with_the_eager_result(fail_in, failing_compile, eager_run, tiny_dataset,
                                                                  tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv(compiled.CACHE_ENV, "restored after the test")  # --compile points it at its cache folder
     made = failing_compile(fail_in)
     _main_in_process(_run_args(tiny_dataset, tmp_path, "--compile"))
     stdout = capsys.readouterr().out
@@ -160,3 +165,25 @@ def test_first_line_names_the_backend_error_under_dynamos_wrapper():
     except RuntimeError as error:
         assert first_line(error) == "AssertionError: " + INDUCTOR_LIKE.splitlines()[0]
 
+
+def test_a_second_compile_with_the_same_cache_folder_loads_from_it(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(compiled, "USER_CACHE_DIR", None)
+    monkeypatch.setenv(compiled.CACHE_ENV, "restored after the test")
+    folder = compiled.use_compile_cache(tmp_path)
+    assert folder == tmp_path.resolve() / "compile_cache" and os.environ[compiled.CACHE_ENV] == str(folder)
+    report = compiled.CompileReport(folder)
+    x = torch.randn(4, 8, generator=torch.Generator().manual_seed(1))
+    found = []
+    for _ in range(2):  # the second time as a requeued job: nothing compiled in memory, the cache folder kept
+        torch._dynamo.reset()
+        torch.manual_seed(0)
+        model = CompiledModel(nn.Linear(8, 3, bias=False))  # matrix products only: no C++ kernel to build
+        with caplog.at_level(logging.INFO):
+            model(x).square().mean().backward()
+            found.append(report.log_new())
+        assert model.active
+    assert found[0]["graph cache misses"] >= 1 and found[0]["graph cache hits"] == 0
+    assert found[1]["graph cache hits"] >= 1 and found[1]["graph cache misses"] == 0
+    assert found[1]["autograd cache hits"] == 1 and found[1]["autograd cache misses"] == 0
+    assert caplog.text.count(f"(cache {folder})") == 2 and "graph cache hits" in caplog.text
+    assert any(folder.iterdir())
