@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
+import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+import main
 from checkpoint import load_checkpoint
+from engine.distributed import DistInfo
 from models import factory as model_lib
 from tests.conftest import ROOT, dataset_args, log_rows, run_main
 from tests.datagen import make_frame_dataset
@@ -129,3 +134,18 @@ def test_corrupt_frames_are_counted_and_reported(tmp_path):
     proc = run_main([*dataset_args(ds, tmp_path / "out"), "--n_epochs", 1, "--no_val", "--train_t_crop", "center"])
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "train epoch 1: data problems" in proc.stdout
+
+
+def test_deterministic_applies_torchs_whole_recipe(monkeypatch):
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", "")  # so that the value main sets is undone afterwards
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG")
+    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+              torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
+    try:
+        main._configure_torch(SimpleNamespace(manual_seed=1, deterministic=True), DistInfo())
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"  # without it cuBLAS is not deterministic
+        assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
+        assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = before[2:]
