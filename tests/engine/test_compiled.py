@@ -22,7 +22,7 @@ import main
 from checkpoint import load_checkpoint
 from engine import compiled
 from engine.compiled import CompiledModel, first_line
-from tests.conftest import dataset_args, log_rows
+from tests.conftest import DEVICES, check_trained_run, dataset_args, device_args, log_rows, run_main
 
 INDUCTOR_LIKE = ("expected size 128==128, stride 27==1 at dim=1; expected size 3==3, stride 9==1152 at dim=2\n"
                  "Error in op: torch.ops.aten.convolution_backward.default")
@@ -187,3 +187,19 @@ def test_a_second_compile_with_the_same_cache_folder_loads_from_it(tmp_path, mon
     assert found[1]["autograd cache hits"] == 1 and found[1]["autograd cache misses"] == 0
     assert caplog.text.count(f"(cache {folder})") == 2 and "graph cache hits" in caplog.text
     assert any(folder.iterdir())
+
+
+# On the CPU, dynamo and AOTAutograd only (torch's own debug switch for the backend): a cold inductor build of this
+# run takes about 2 minutes on 2 cores. Inductor itself is compiled on the CPU above and in tests/models.
+CPU_BACKEND = {"TORCH_COMPILE_OVERRIDE_BACKENDS": ">=0:aot_eager"}
+
+
+@pytest.mark.compiles
+@pytest.mark.parametrize("device", DEVICES)
+def test_train_validate_infer_compiled(device, tiny_dataset, tmp_path):
+    proc = run_main(device_args(tiny_dataset, tmp_path, device, "--n_epochs", 1, "--checkpoint", 1, "--inference",
+                                "--compile"), timeout=600,
+                    env={compiled.CACHE_ENV: None, **(CPU_BACKEND if device == "cpu" else {})})
+    check_trained_run(tmp_path, tiny_dataset, proc, device, n_epochs=1)
+    assert "--compile failed" not in proc.stdout, proc.stdout  # it ran compiled, not eager after a failure
+    assert "compiled in " in proc.stdout and str(tmp_path / compiled.CACHE_DIR_NAME) in proc.stdout
