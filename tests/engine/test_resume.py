@@ -8,8 +8,12 @@ import shutil
 import pytest
 import torch
 
-from checkpoint import load_checkpoint
-from tests.conftest import DEVICES, dataset_args, device_args, log_rows, run_main
+from checkpoint import find_resume, load_checkpoint, save_checkpoint
+from datasets import factory as dataset
+from engine.distributed import DistInfo
+from engine.training import Trainer, build_criterion
+from models import factory as model_lib
+from tests.conftest import DEVICES, dataset_args, device_args, log_rows, make_opt, run_main
 
 # A decay right after the resume point: the original applied it one epoch late after resuming.
 SCHEDULE = ["--multistep_milestones", 2, 3, "--checkpoint", 2, "--manual_seed", 7, "--deterministic"]
@@ -50,6 +54,33 @@ def test_resumed_tensors_keep_the_layout_of_the_uninterrupted_run(straight_and_r
     assert {k: v.stride() for k, v in b["state_dict"].items()} == {k: v.stride() for k, v in a["state_dict"].items()}
     strides = [{i: s["momentum_buffer"].stride() for i, s in c["optimizer"]["state"].items()} for c in (a, b)]
     assert strides[0] == strides[1] and len(strides[0]) == len(a["optimizer"]["param_groups"][0]["params"])
+
+
+def _layouts(trainer: Trainer) -> tuple[list, list]:
+    params = [p for group in trainer.optimizer.param_groups for p in group["params"]]
+    return [p.stride() for p in params], [trainer.optimizer.state[p]["momentum_buffer"].stride() for p in params]
+
+
+def test_restore_into_a_channels_last_model_keeps_its_layout(tiny_dataset, tmp_path):
+    """What main.py does on CUDA, on the CPU: weights loaded into the built model, then channels_last_3d, then the
+    optimiser state restored; weights and momentum buffers end with the strides of the run that saved them."""
+    opt = make_opt(tiny_dataset, result_path=str(tmp_path), model_depth=10, resnet_widen_factor=0.25, n_classes=2,
+                   conv1_t_size=3, batch_size=4)  # one step of a small stem: channels_last_3d is slow on the CPU
+    cpu = DistInfo()
+
+    def channels_last_trainer(resume):
+        net = model_lib.model_for_run(opt, cpu, resume).to(memory_format=torch.channels_last_3d)
+        return Trainer(opt, net, cpu, resume=resume)
+
+    trained = channels_last_trainer(None)
+    trained.train_epoch(1, build_criterion(opt, train=True), dataset.build_input_normalizer(opt))
+    save_checkpoint(tmp_path / "save_1.pth", trained.payload(1))
+    restored = channels_last_trainer(find_resume(tmp_path / "save_1.pth", tmp_path))
+    assert restored.model.conv1.weight.is_contiguous(memory_format=torch.channels_last_3d)
+    assert _layouts(restored) == _layouts(trained)
+    for p, q in zip(trained.model.parameters(), restored.model.parameters()):
+        assert torch.equal(p, q) and torch.equal(trained.optimizer.state[p]["momentum_buffer"],
+                                                 restored.optimizer.state[q]["momentum_buffer"])
 
 
 def test_same_lr_every_epoch_and_logs_appended(straight_and_resumed):
