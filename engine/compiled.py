@@ -41,6 +41,21 @@ def use_compile_cache(result_path: str | os.PathLike) -> Path:
     return Path(folder)
 
 
+def compile_model(net: nn.Module) -> nn.Module:
+    """``CompiledModel(net)``, or ``net`` itself when torch.compile refuses at once (a Python version dynamo does
+    not support raises there, not at the first call)."""
+    try:
+        return CompiledModel(net)
+    except Exception as error:  # noqa: BLE001 - any refusal leaves the eager model, which always runs
+        _warn_compile_failed(error)
+        return net
+
+
+def _warn_compile_failed(error: BaseException) -> None:
+    log.warning("warning: --compile failed (%s); continuing without compiling, with the same weights and "
+                "optimiser state", first_line(error))
+
+
 class CompiledModel(nn.Module):
     """``net`` under ``torch.compile(fullgraph=True)`` until a compile or a compiled call fails, then ``net`` itself.
 
@@ -76,8 +91,7 @@ class CompiledModel(nn.Module):
         if self._buffers_before is not None:
             torch._foreach_copy_(list(self.eager.buffers()), self._buffers_before)
         self.active, self._buffers_before = False, None
-        log.warning("warning: --compile failed (%s); continuing without compiling, with the same weights and "
-                    "optimiser state", first_line(error))
+        _warn_compile_failed(error)
 
     def _remember_buffers(self) -> None:
         # One fused copy per step into tensors allocated once: the statistics a failed step must not change twice.

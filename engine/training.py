@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from checkpoint import LATEST_NAME, Checkpoint, Resume, save_checkpoint, training_payload, unwrap_model
 from datasets import factory as dataset
-from engine.compiled import CompiledModel, CompileReport, compiled_part, use_compile_cache
+from engine.compiled import CompileReport, compile_model, compiled_part, use_compile_cache
 from engine.distributed import DistInfo, all_reduce_sum, gather_objects
 from engine.ema import build_ema, ema_payload, restore_ema
 from engine.forward import autocast, prepare_batch
@@ -378,7 +378,7 @@ class Trainer:
     def _wrap(self, net: nn.Module) -> nn.Module:
         if self.opt.compile:
             self.compile_report = CompileReport(use_compile_cache(self.opt.result_path))
-            net = CompiledModel(net)
+            net = compile_model(net)
         if self.dist.distributed:
             device_ids = [self.dist.device] if self.dist.device.type == "cuda" else None
             net = nn.parallel.DistributedDataParallel(net, device_ids=device_ids)

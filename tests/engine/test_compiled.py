@@ -21,7 +21,7 @@ from torch import nn
 import main
 from checkpoint import load_checkpoint
 from engine import compiled
-from engine.compiled import CompiledModel, first_line
+from engine.compiled import CompiledModel, compile_model, first_line
 from tests.conftest import DEVICES, check_trained_run, dataset_args, device_args, log_rows, run_main
 
 INDUCTOR_LIKE = ("expected size 128==128, stride 27==1 at dim=1; expected size 3==3, stride 9==1152 at dim=2\n"
@@ -154,6 +154,17 @@ def test_ddp_continues_after_a_failed_compiled_backward(failing_compile, tmp_pat
             assert torch.equal(results[1][key], value), key
     finally:
         tdist.destroy_process_group()
+
+
+def test_a_torch_compile_that_refuses_at_once_leaves_the_eager_model(monkeypatch, caplog):
+    def refuse(net, **kwargs):
+        raise RuntimeError("torch.compile is not supported on Python 3.99+")
+
+    monkeypatch.setattr(torch, "compile", refuse)
+    net = _conv_bn_net()
+    with caplog.at_level(logging.WARNING):
+        assert compile_model(net) is net
+    assert "--compile failed (RuntimeError: torch.compile is not supported on Python 3.99+)" in caplog.text
 
 
 def test_first_line_names_the_backend_error_under_dynamos_wrapper():
