@@ -89,8 +89,13 @@ def _configure_logging(dist: DistInfo) -> None:
 def _configure_torch(opt: argparse.Namespace, dist: DistInfo) -> None:
     seed_everything(opt.manual_seed)
     if opt.deterministic:
+        # torch's reproducibility recipe in full, so the flag alone is enough: deterministic kernels where torch has
+        # them (a warning where it has none), cuDNN without autotuning and in its deterministic mode, and cuBLAS's
+        # fixed workspace, which cuBLAS reads when it starts: here, before any CUDA computation.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
     elif dist.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True

@@ -25,6 +25,7 @@ from tqdm import tqdm
 from checkpoint import LATEST_NAME, Checkpoint, Resume, save_checkpoint, training_payload, unwrap_model
 from datasets import factory as dataset
 from datasets.clip_spec import ClipSpec
+from engine.compiled import CompileReport, compile_model, compiled_part, use_compile_cache
 from engine.distributed import DistInfo, all_reduce_sum, gather_objects
 from engine.ema import build_ema, ema_payload, restore_ema
 from engine.forward import autocast, prepare_batch
@@ -186,15 +187,32 @@ class _Stepper:
             labels = targets.argmax(dim=1)  # the dominant label of each mixed clip
         skip_sync = not last_of_group and hasattr(self.model, "no_sync")  # DDP: all-reduce on the step's batch only
         with self.model.no_sync() if skip_sync else contextlib.nullcontext():
-            with autocast(self.device, self.precision):
-                outputs = self.model(clips)
-                loss = self.criterion(outputs, targets)
-            scaled = loss / group_size if group_size > 1 else loss
-            (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+            loss, outputs = self._forward_backward(clips, targets, group_size)
         if last_of_group:
             self._step()
         self.stepped = last_of_group
         return loss, outputs, labels
+
+    def _forward_backward(self, clips: torch.Tensor, targets: torch.Tensor, group_size: int):
+        """Forward, loss and backward of one batch. A --compile model that fails in them goes back to eager and
+        the batch is run again: the failed attempt changed no gradient and (restored by ``fall_back``) no
+        BatchNorm statistic, so the batch counts exactly once (see engine.compiled)."""
+        compiled = compiled_part(self.model)
+        if compiled is None or not compiled.active:
+            return self._forward_backward_once(clips, targets, group_size)
+        try:
+            return self._forward_backward_once(clips, targets, group_size)
+        except Exception as error:  # noqa: BLE001 - a compiled backward fails with whatever inductor raised
+            compiled.fall_back(error)
+        return self._forward_backward_once(clips, targets, group_size)
+
+    def _forward_backward_once(self, clips: torch.Tensor, targets: torch.Tensor, group_size: int):
+        with autocast(self.device, self.precision):
+            outputs = self.model(clips)
+            loss = self.criterion(outputs, targets)
+        scaled = loss / group_size if group_size > 1 else loss
+        (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+        return loss, outputs
 
     def _step(self) -> None:
         if self.clip_grad_norm > 0:
@@ -328,6 +346,7 @@ class Trainer:
         self.ema = build_ema(net, opt.ema_decay)
         self.mixer = mixer_from_opts(opt, unwrap_model(net).get_classifier().out_features)
         self.optimizer_steps = 0  # over the whole run; with --accumulate_grad_batches N, one per N batches
+        self.compile_report = None  # with --compile: logs compile time and cache use once per epoch
         self.model = self._wrap(net)
         self.scheduler = build_scheduler(self.optimizer, opt)
         self.scaler = torch.amp.GradScaler(dist.device.type) if opt.precision == "fp16" else None
@@ -361,7 +380,8 @@ class Trainer:
 
     def _wrap(self, net: nn.Module) -> nn.Module:
         if self.opt.compile:
-            net = torch.compile(net)
+            self.compile_report = CompileReport(use_compile_cache(self.opt.result_path))
+            net = compile_model(net)
         if self.dist.distributed:
             device_ids = [self.dist.device] if self.dist.device.type == "cuda" else None
             net = nn.parallel.DistributedDataParallel(net, device_ids=device_ids)
@@ -463,6 +483,8 @@ class Trainer:
         A stop signal that came during validation (or a due rolling checkpoint) is acted on here.
         """
         step_scheduler(self.scheduler, val_loss)
+        if self.compile_report is not None:
+            self.compile_report.log_new()  # the epoch's training and validation graphs
         saved = None
         if epoch % self.opt.checkpoint == 0:
             saved = self._save(f"save_{epoch}.pth", self.payload(epoch))

@@ -1,5 +1,5 @@
 """Helpers and fixtures shared by the test modules: running main.py on a tiny model, a tiny dataset, log rows,
-a free TCP port, and dataset options.
+a free TCP port, dataset options, and the device variants of a test (DEVICES, cuda_only, device_args).
 
 Fixtures defined here reach every test module; the helpers are imported with ``from tests.conftest import ...``.
 """
@@ -7,6 +7,8 @@ Fixtures defined here reach every test module; the helpers are imported with ``f
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import os
 import socket
 import subprocess
@@ -17,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from checkpoint import make_checkpoint, save_checkpoint
+from checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
 from datasets.clip_spec import ClipSpec
 from models import MODEL_DEPTHS, build_model
 from models import factory as model_lib
@@ -29,6 +31,31 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--model", "resnet", "--model_depth", "10", "--resnet_widen_factor", "0.25", "--sample_size", "32",
         "--sample_duration", "8", "--n_threads", "0", "--no_cuda", "--learning_rate", "0.01", "--batch_size", "2",
         "--n_val_samples", "2", "--inference_stride", "8"]
+
+
+# The devices a test body runs on: the CPU always, so no body rots where CI has no GPU, and CUDA, marked `gpu` and
+# skipped without a CUDA device (`pytest -m gpu` selects those variants; benchmarks/gpu_check.sh runs them on a GPU
+# machine). Use `@pytest.mark.parametrize("device", DEVICES)`; `@cuda_only` is for what truly needs CUDA (NCCL,
+# nvjpeg).
+NEEDS_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, NEEDS_CUDA])]
+
+
+def pytest_collection_modifyitems(items):
+    """Tests marked `compiles` last: the time-boxed GPU check (benchmarks/gpu_check.sh) then has every other verdict
+    before its slowest test, an inductor build."""
+    items.sort(key=lambda item: item.get_closest_marker("compiles") is not None)
+
+
+def cuda_only(test):
+    return pytest.mark.gpu(NEEDS_CUDA(test))
+
+
+def device_args(ds, result_path: Path, device: str, *extra) -> list:
+    """The tiny run of dataset_args on ``device``: on CUDA without --no_cuda, so with its defaults (bf16,
+    channels_last_3d); nothing else changes."""
+    args = dataset_args(ds, result_path)
+    return [*(a for a in args if device == "cpu" or a != "--no_cuda"), *extra]
 
 
 def run_main(args: list[str], *, launcher: list[str] | None = None, timeout: int = 240,
@@ -55,6 +82,21 @@ def log_rows(path: Path) -> list[list[str]]:
     raw = path.read_bytes().decode()
     assert raw.endswith("\r\n") and "\n" not in raw.replace("\r\n", "")  # CRLF like the original
     return [line.split("\t") for line in raw.split("\r\n")[:-1]]
+
+
+def check_trained_run(out: Path, ds, proc: subprocess.CompletedProcess, device: str, *, n_epochs: int) -> None:
+    """A finished training + validation + --inference run of main.py on ``device``: its default precision, one
+    row per epoch with finite losses, val.json over the validation videos, and a last checkpoint that loads on
+    the CPU without wrapper prefixes."""
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert json.loads((out / "opts.json").read_text())["precision"] == ("bf16" if device == "cuda" else "fp32")
+    epochs = [str(e) for e in range(1, n_epochs + 1)]
+    train, val = log_rows(out / "train.log"), log_rows(out / "val.log")
+    assert [r[0] for r in train[1:]] == epochs and [r[0] for r in val[1:]] == epochs
+    assert all(math.isfinite(float(r[1])) for r in train[1:] + val[1:])
+    assert list(json.loads((out / "val.json").read_text())["results"]) == ds.ids("validation")
+    ckpt = load_checkpoint(out / f"save_{n_epochs}.pth")
+    assert ckpt["epoch"] == n_epochs and not any(k.startswith(("module.", "_orig_mod.")) for k in ckpt["state_dict"])
 
 
 def free_port() -> int:

@@ -1,27 +1,81 @@
-"""End to end on the CPU: main.py trains, validates, checkpoints, infers, and reports user errors in one line."""
+"""End to end: main.py trains, validates, checkpoints, infers, and reports user errors in one line (on the CPU); a
+run with each device's defaults, and --predict and export from its checkpoint (on the CPU and, marked gpu, CUDA)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
+import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+import main
 from checkpoint import load_checkpoint
+from engine.distributed import DistInfo
 from models import factory as model_lib
-from tests.conftest import ROOT, dataset_args, log_rows, run_main
-from tests.datagen import make_frame_dataset
+from tests.conftest import DEVICES, ROOT, check_trained_run, dataset_args, device_args, log_rows, run_main
+from tests.datagen import frame_image, make_frame_dataset, write_video_file
+from util_scripts import export_model
+
+TRAINED = ["--n_epochs", 2, "--checkpoint", 2, "--inference", "--tensorboard", "--multistep_milestones", 1]
 
 
 @pytest.fixture(scope="module")
 def trained(tiny_dataset, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    proc = run_main([*dataset_args(tiny_dataset, out), "--n_epochs", 2, "--checkpoint", 2, "--inference",
-                     "--tensorboard", "--multistep_milestones", 1])
+    proc = run_main([*dataset_args(tiny_dataset, out), *TRAINED])
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return out, proc
+
+
+@pytest.fixture(scope="module", params=DEVICES)
+def device_run(request, tiny_dataset, tmp_path_factory):
+    """(device, folder, process) of `trained` on each device with its defaults; the CPU's is `trained` itself."""
+    if request.param == "cpu":
+        return "cpu", *request.getfixturevalue("trained")
+    out = tmp_path_factory.mktemp(f"{request.param}_run")
+    return request.param, out, run_main(device_args(tiny_dataset, out, request.param, *TRAINED))
+
+
+def test_train_validate_infer_with_the_device_defaults(device_run, tiny_dataset):
+    device, out, proc = device_run
+    check_trained_run(out, tiny_dataset, proc, device, n_epochs=2)
+
+
+def test_predict_from_a_run_on_its_device_and_on_the_cpu(device_run, tmp_path):
+    device, out, _ = device_run
+    video = tmp_path / "clip.mp4"
+    write_video_file(video, [frame_image("shapes", label=1, number=1, frame=k, size=(48, 32)) for k in range(1, 21)])
+    scores = {}
+    for name in dict.fromkeys([device, "cpu"]):  # once on the CPU
+        proc = run_main(["--predict", video, "--resume_path", out / "save_2.pth", "--result_path", tmp_path / name,
+                         "--n_threads", 0, *(["--no_cuda"] if name == "cpu" else [])])
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert f"on {name}" in proc.stdout
+        entry = json.loads((tmp_path / name / "predictions.json").read_text())["results"][str(video)]
+        assert entry["segments"]
+        scores[name] = {t["label"]: t["score"] for t in entry["result"]}
+    assert set(scores[device]) == set(scores["cpu"]) == {"class_0", "class_1"}
+    for label, score in scores["cpu"].items():  # bf16 on CUDA vs fp32 on the CPU
+        assert scores[device][label] == pytest.approx(score, abs=0.05)
+
+
+def test_export_a_run(device_run, tmp_path):
+    _, out, _ = device_run
+    formats = ["torchscript"] + (["onnx"] if all(importlib.util.find_spec(m) for m in ("onnx", "onnxruntime"))
+                                 else [])
+    args = export_model.build_parser().parse_args([str(out / "save_2.pth"), "--output_dir", str(tmp_path),
+                                                   "--sample_size", "32", "--sample_duration", "8",
+                                                   "--formats", *formats])
+    results = export_model.export_all(args)
+    assert set(results) == set(formats)
+    for path, diff in results.values():
+        assert path.is_file() and diff < 1e-4
 
 
 def test_logs_have_the_original_columns(trained):
@@ -129,3 +183,18 @@ def test_corrupt_frames_are_counted_and_reported(tmp_path):
     proc = run_main([*dataset_args(ds, tmp_path / "out"), "--n_epochs", 1, "--no_val", "--train_t_crop", "center"])
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "train epoch 1: data problems" in proc.stdout
+
+
+def test_deterministic_applies_torchs_whole_recipe(monkeypatch):
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", "")  # so that the value main sets is undone afterwards
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG")
+    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+              torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
+    try:
+        main._configure_torch(SimpleNamespace(manual_seed=1, deterministic=True), DistInfo())
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"  # without it cuBLAS is not deterministic
+        assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
+        assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = before[2:]

@@ -3,8 +3,8 @@
 Same crop box -> uint8 clip from the project's ClipLoader -> ClipNormalizer equals the reference
 (PIL full decode, crop, resize, flip, ToTensor, normalise per frame) within resampling noise;
 with JPEG draft decoding within a small tolerance. Also: workers do no float work, and the GPU-decode
-geometry of benchmarks/gpu_decode.py (plain torch, checked on the CPU) matches too. The reference is
-benchmarks/reference_loader.py.
+geometry of benchmarks/gpu_decode.py (plain torch, checked on the CPU) matches too, as does its nvjpeg decode on
+CUDA (marked gpu). The reference is benchmarks/reference_loader.py.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from benchmarks.data import SyntheticSpec, make_synthetic_dataset
-from benchmarks.gpu_decode import EncodedClipDataset, crop_resize_clip, nvjpeg_available
+from benchmarks.gpu_decode import EncodedClipDataset, crop_resize_clip, decode_batch, nvjpeg_available
 from benchmarks.reference_loader import build_reference_dataset, load_frame, reference_clip
 from datasets import factory as dataset
 from datasets.annotations import VideoRecord
@@ -28,7 +28,7 @@ from datasets.problems import DataProblems
 from datasets.readers import JpegDirReader, decode_jpeg
 from datasets.spatial_transforms import ClipNormalizer, ClipParams, get_mean_std
 from opts import parse_opts
-from tests.conftest import ROOT
+from tests.conftest import ROOT, cuda_only
 
 MEAN, STD = get_mean_std(1.0, "kinetics")
 LSB = 1 / 255 / min(STD)  # one uint8 step in normalised units (about 0.0145)
@@ -170,3 +170,30 @@ def test_nvjpeg_path_is_never_taken_on_cpu():
             "assert 'torchvision' not in sys.modules, 'torchvision imported on the CPU path'\n")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
     assert not nvjpeg_available(torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def photo_frames(tmp_path_factory) -> tuple[Path, Path]:
+    spec = SyntheticSpec(n_classes=2, train_per_class=2, val_per_class=1, n_frames=8)  # 320x240 JPEGs
+    return make_synthetic_dataset(tmp_path_factory.mktemp("photo"), spec)
+
+
+@cuda_only
+def test_nvjpeg_decode_matches_cpu_decode(photo_frames, tmp_path):
+    device = torch.device("cuda")
+    if not nvjpeg_available(device):
+        pytest.skip("torchvision.io (nvjpeg) is not available")
+    video_path, annotation_path = photo_frames
+    opt = parse_opts(["--video_path", str(video_path), "--annotation_path", str(annotation_path), "--result_path",
+                      str(tmp_path), "--n_classes", "2", "--sample_size", "112", "--sample_duration", "8",
+                      "--batch_size", "2", "--n_threads", "1", "--exact_decode"])
+    cpu_ds = dataset.build_dataset(opt, "train")
+    keys = [(i, 3) for i in range(len(cpu_ds))]  # epoch 3: some crops flipped, some not
+    clips, labels = decode_batch([EncodedClipDataset(cpu_ds)[k] for k in keys], device)
+    assert clips.device.type == device.type and clips.dtype == torch.uint8
+    for (clip, label), k in zip(zip(clips.cpu(), labels.cpu().tolist()), keys):
+        cpu_clip, cpu_label = cpu_ds[k]
+        assert label == cpu_label and clip.shape == cpu_clip.shape == (8, 112, 112, 3)
+        diff = (clip.float() - cpu_clip.float()).abs()
+        # Same frames, box and flip; nvjpeg vs libjpeg IDCT and torch vs PIL resampling differ by a level or two.
+        assert diff.mean().item() <= 2.0 and diff.quantile(0.99).item() <= 16

@@ -1,4 +1,5 @@
-"""datasets/factory.py: DataLoaders from options, with 0 and 2 workers, sharding, seeding and normalisation."""
+"""datasets/factory.py: DataLoaders from options, with 0 and 2 workers, sharding, seeding and normalisation; uint8
+batches, pinned for CUDA, that prepare_batch turns into normalised clips on the device (CPU and, marked gpu, CUDA)."""
 
 import sys
 from types import SimpleNamespace
@@ -8,7 +9,8 @@ import torch
 
 from datasets import factory as D
 from datasets.spatial_transforms import ClipNormalizer
-from tests.conftest import frame_numbers, make_opt
+from engine.forward import prepare_batch
+from tests.conftest import DEVICES, frame_numbers, make_opt
 from tests.datagen import make_frame_dataset
 
 CPU = SimpleNamespace(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"), is_main=True)
@@ -127,6 +129,22 @@ def test_class_names_and_cuda_pinning(small, tmp_path):
     assert D.get_class_names(make_opt(anet, dataset="activitynet")) == ["class_0", "class_1"]
     cuda = SimpleNamespace(rank=0, world_size=1, device=torch.device("cuda", 0))
     assert D.build_val_loader(make_opt(small), cuda).pin_memory
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_uint8_batches_pinned_for_cuda_become_normalised_clips_on_the_device(small, device):
+    opt = make_opt(small, n_threads=1)
+    loader, sampler = D.build_train_loader(opt, SimpleNamespace(rank=0, world_size=1, device=torch.device(device)))
+    sampler.set_epoch(1)
+    clips, targets = next(iter(loader))
+    assert clips.dtype == torch.uint8 and clips.shape == (4, 4, 16, 16, 3)
+    assert clips.is_pinned() == targets.is_pinned() == (device == "cuda")
+    normalizer = D.build_input_normalizer(opt)
+    on_device, on_targets = prepare_batch(clips, targets, torch.device(device), normalizer)
+    assert on_device.device.type == on_targets.device.type == device
+    assert on_device.dtype == torch.float32 and on_device.shape == (4, 3, 4, 16, 16)
+    torch.testing.assert_close(on_device.cpu(), normalizer(clips), atol=1e-5, rtol=0)
+    del loader  # stops its persistent worker
 
 
 def test_loaders_do_not_import_torchvision():

@@ -1,17 +1,24 @@
-"""DDP on the CPU (gloo): torchrun with 2 processes, and the original's --distributed launch without OpenMPI."""
+"""DDP on the CPU (gloo): torchrun with 2 processes, and the original's --distributed launch without OpenMPI;
+--batchnorm_sync under a one-process torchrun (CPU and, marked gpu, CUDA) and in a one-process NCCL group (CUDA)."""
 
 from __future__ import annotations
 
+import copy
 import json
 import sys
 
 import pytest
+import torch
+import torch.distributed as tdist
+from torch import nn
 
 from checkpoint import load_checkpoint
 from engine.features import read_features
-from tests.conftest import dataset_args, free_port, log_rows, run_main
+from models import build_model
+from tests.conftest import DEVICES, cuda_only, dataset_args, device_args, free_port, log_rows, run_main
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+TORCHRUN_ONE = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1"]
 
 
 @pytest.mark.slow
@@ -42,3 +49,42 @@ def test_distributed_flag_without_openmpi(tiny_dataset, tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "spawning 1 worker(s)" in proc.stdout
     assert len(log_rows(tmp_path / "train.log")) == 2
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_batchnorm_sync_under_torchrun_one_process(device, tiny_dataset, tmp_path):
+    proc = run_main(device_args(tiny_dataset, tmp_path, device, "--n_epochs", 1, "--checkpoint", 1, "--batchnorm_sync"),
+                    launcher=TORCHRUN_ONE)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    state = load_checkpoint(tmp_path / "save_1.pth")["state_dict"]
+    plain = build_model("resnet", 10, n_classes=2, widen_factor=0.25).state_dict()
+    assert set(state) == set(plain)  # SyncBatchNorm saves BatchNorm3d's keys: loadable without the flag
+    assert len(log_rows(tmp_path / "train.log")) == 2
+
+
+@cuda_only
+def test_sync_batchnorm_in_a_one_process_nccl_group(tmp_path):
+    # SyncBatchNorm refuses CPU tensors inside a process group: NCCL and CUDA only.
+    device = torch.device("cuda")
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False  # plain fp32 to compare
+    tdist.init_process_group("nccl", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        torch.manual_seed(0)
+        plain = build_model("resnet", 10, n_classes=3, widen_factor=0.25).to(device).train()
+        synced = nn.SyncBatchNorm.convert_sync_batchnorm(copy.deepcopy(plain))
+        ddp = nn.parallel.DistributedDataParallel(synced, device_ids=[device])
+        x = torch.randn(4, 3, 8, 32, 32, generator=torch.Generator().manual_seed(1)).to(device)
+        for net in (plain, ddp):
+            optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+            net(x).square().mean().backward()
+            optimizer.step()
+        assert isinstance(synced.bn1, nn.SyncBatchNorm)
+        torch.testing.assert_close(synced.bn1.running_mean, plain.bn1.running_mean, atol=1e-5, rtol=1e-4)
+        for (name, p), q in zip(plain.named_parameters(), synced.parameters()):
+            torch.testing.assert_close(q, p, atol=1e-4, rtol=1e-3, msg=name)
+        with torch.no_grad():
+            torch.testing.assert_close(ddp.module.eval()(x), plain.eval()(x), atol=1e-4, rtol=1e-3)
+    finally:
+        tdist.destroy_process_group()
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before

@@ -1,4 +1,5 @@
-"""Resume: 2 epochs + resume to 4 equals 4 straight epochs (same LR every epoch, same weights, appended logs)."""
+"""Resume: 2 epochs + resume to 4 equals 4 straight epochs (same LR every epoch, same weights, appended logs), on
+the CPU and, marked gpu, on CUDA with its defaults (bf16, channels_last_3d)."""
 
 from __future__ import annotations
 
@@ -7,23 +8,79 @@ import shutil
 import pytest
 import torch
 
-from checkpoint import load_checkpoint
-from tests.conftest import dataset_args, log_rows, run_main
+from checkpoint import find_resume, load_checkpoint, save_checkpoint
+from datasets import factory as dataset
+from engine.distributed import DistInfo
+from engine.training import Trainer, build_criterion
+from models import factory as model_lib
+from tests.conftest import DEVICES, dataset_args, device_args, log_rows, make_opt, run_main
 
 # A decay right after the resume point: the original applied it one epoch late after resuming.
 SCHEDULE = ["--multistep_milestones", 2, 3, "--checkpoint", 2, "--manual_seed", 7, "--deterministic"]
 
 
-@pytest.fixture(scope="module")
-def straight_and_resumed(tiny_dataset, tmp_path_factory):
-    straight, resumed = tmp_path_factory.mktemp("straight"), tmp_path_factory.mktemp("resumed")
-    runs = [run_main([*dataset_args(tiny_dataset, straight), "--n_epochs", 4, *SCHEDULE]),
-            run_main([*dataset_args(tiny_dataset, resumed), "--n_epochs", 2, *SCHEDULE]),
-            run_main([*dataset_args(tiny_dataset, resumed), "--n_epochs", 4, *SCHEDULE,
-                      "--resume_path", resumed / "save_2.pth"])]
+@pytest.fixture(scope="module", params=DEVICES)
+def straight_and_resumed(request, tiny_dataset, tmp_path_factory):
+    device = request.param
+    straight, resumed = tmp_path_factory.mktemp(f"straight_{device}"), tmp_path_factory.mktemp(f"resumed_{device}")
+    runs = [run_main(device_args(tiny_dataset, straight, device, "--n_epochs", 4, *SCHEDULE)),
+            run_main(device_args(tiny_dataset, resumed, device, "--n_epochs", 2, *SCHEDULE)),
+            run_main(device_args(tiny_dataset, resumed, device, "--n_epochs", 4, *SCHEDULE,
+                                 "--resume_path", resumed / "save_2.pth"))]
     for proc in runs:
         assert proc.returncode == 0, proc.stdout + proc.stderr
     return straight, resumed, runs[2]
+
+
+def _assert_same_checkpoint(a: dict, b: dict, why: str) -> None:
+    for key, value in a["state_dict"].items():
+        assert torch.equal(b["state_dict"][key], value), f"{key}: {why}"
+    for index, state in a["optimizer"]["state"].items():
+        assert torch.equal(b["optimizer"]["state"][index]["momentum_buffer"], state["momentum_buffer"]), why
+
+
+def test_two_runs_of_the_same_epochs_are_identical(straight_and_resumed):
+    """Resume can only be exact where the kernels are deterministic: epochs 1-2 of both runs, bit for bit."""
+    straight, resumed, _ = straight_and_resumed
+    _assert_same_checkpoint(load_checkpoint(straight / "save_2.pth"), load_checkpoint(resumed / "save_2.pth"),
+                            "two --deterministic runs differ before any resume: a kernel is not deterministic")
+
+
+def test_resumed_tensors_keep_the_layout_of_the_uninterrupted_run(straight_and_resumed):
+    """Weights and momentum buffers after the resume have the strides (channels_last_3d on CUDA) they have without
+    one; checkpoints keep the strides, so save_4.pth of both runs shows them."""
+    straight, resumed, _ = straight_and_resumed
+    a, b = load_checkpoint(straight / "save_4.pth"), load_checkpoint(resumed / "save_4.pth")
+    assert {k: v.stride() for k, v in b["state_dict"].items()} == {k: v.stride() for k, v in a["state_dict"].items()}
+    strides = [{i: s["momentum_buffer"].stride() for i, s in c["optimizer"]["state"].items()} for c in (a, b)]
+    assert strides[0] == strides[1] and len(strides[0]) == len(a["optimizer"]["param_groups"][0]["params"])
+
+
+def _layouts(trainer: Trainer) -> tuple[list, list]:
+    params = [p for group in trainer.optimizer.param_groups for p in group["params"]]
+    return [p.stride() for p in params], [trainer.optimizer.state[p]["momentum_buffer"].stride() for p in params]
+
+
+def test_restore_into_a_channels_last_model_keeps_its_layout(tiny_dataset, tmp_path):
+    """What main.py does on CUDA, on the CPU: weights loaded into the built model, then channels_last_3d, then the
+    optimiser state restored; weights and momentum buffers end with the strides of the run that saved them."""
+    opt = make_opt(tiny_dataset, result_path=str(tmp_path), model_depth=10, resnet_widen_factor=0.25, n_classes=2,
+                   conv1_t_size=3, batch_size=4)  # one step of a small stem: channels_last_3d is slow on the CPU
+    cpu = DistInfo()
+
+    def channels_last_trainer(resume):
+        net = model_lib.model_for_run(opt, cpu, resume).to(memory_format=torch.channels_last_3d)
+        return Trainer(opt, net, cpu, resume=resume)
+
+    trained = channels_last_trainer(None)
+    trained.train_epoch(1, build_criterion(opt, train=True), dataset.build_input_normalizer(opt))
+    save_checkpoint(tmp_path / "save_1.pth", trained.payload(1))
+    restored = channels_last_trainer(find_resume(tmp_path / "save_1.pth", tmp_path))
+    assert restored.model.conv1.weight.is_contiguous(memory_format=torch.channels_last_3d)
+    assert _layouts(restored) == _layouts(trained)
+    for p, q in zip(trained.model.parameters(), restored.model.parameters()):
+        assert torch.equal(p, q) and torch.equal(trained.optimizer.state[p]["momentum_buffer"],
+                                                 restored.optimizer.state[q]["momentum_buffer"])
 
 
 def test_same_lr_every_epoch_and_logs_appended(straight_and_resumed):
@@ -53,7 +110,7 @@ def test_overwrite_milestones(tiny_dataset, straight_and_resumed, tmp_path):
 
     shutil.copy(resumed / "save_2.pth", tmp_path / "save_2.pth")
     proc = run_main([*dataset_args(tiny_dataset, tmp_path), "--n_epochs", 4, "--checkpoint", 2, "--no_val",
-                     "--resume_path", "auto", "--multistep_milestones", 4, "--overwrite_milestones"])
+                     "--resume_path", "auto", "--multistep_milestones", 4, "--overwrite_milestones"])  # on the CPU
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lrs = [float(r[3]) for r in log_rows(tmp_path / "train.log")[1:]]
     # The checkpoint's LR (0.001 after the epoch-2 decay) stays; the old milestone 3 no longer applies.
