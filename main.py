@@ -6,11 +6,18 @@ functions, model factory and loaders live in their own modules.
 
 from __future__ import annotations
 
+import sys
+
+from engine import stop_signals
+
+if __name__ == "__main__":
+    # First thing, before the heavy imports: a SIGTERM/SIGUSR1 that comes while the process starts (a requeued
+    # job, a launcher signalling every task) is recorded and acted on, instead of killing the process on the spot.
+    stop_signals.install()
+
 import argparse
-import contextlib
 import logging
 import os
-import sys
 from pathlib import Path
 
 import torch
@@ -22,6 +29,7 @@ from engine.distributed import DistInfo, launch, mark_failed, parameters_in_sync
 from engine.inference import eval_view, infer_subset
 from engine.preemption import Preempted
 from engine.setup_check import check_same_setup, data_fingerprint, model_fingerprint, setup_options
+from engine.stop_signals import StopRequested, signal_name
 from engine.training import Trainer, build_criterion, report_data_problems, run_logger
 from engine.validation import evaluate
 from errors import UserError
@@ -39,6 +47,7 @@ from utils import (
 )
 
 log = logging.getLogger("main")
+RERUN = "rerun the same command"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,28 +55,39 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout, force=True)
     opt = None
     try:
-        opt = parse_opts(argv)
-        if opt.predict is not None:  # prediction on raw videos: one process, no annotation file
-
-            return predict.run(opt)
-        return launch(worker, opt)
+        with stop_signals.caught():
+            opt = parse_opts(argv)
+            if opt.predict is not None:  # prediction on raw videos: one process, no annotation file
+                return _predict(opt)
+            status = launch(worker, opt)
+            if status == 0 and stop_signals.received():
+                print(f"received {signal_name(stop_signals.received())} as the run ended; its work was done, "
+                      "nothing is left to do", file=sys.stderr)
+            return status
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except StopRequested as e:  # a signal before any work started
+        print(e, file=sys.stderr)
+        return e.exit_code
     except KeyboardInterrupt:
         print(f"interrupted: {newest_checkpoint_note(getattr(opt, 'result_path', None))}", file=sys.stderr)
         return 130
 
 
+def _predict(opt: argparse.Namespace) -> int:
+    """--predict; a SIGTERM/SIGUSR1 stops it as Ctrl-C does (finished videos kept), with 128 + the signal."""
+    with stop_signals.interruptible(f"before predicting; {RERUN}"):
+        status = predict.run(opt)
+    return 128 + stop_signals.received() if status == 130 and stop_signals.received() else status
+
+
 def worker(opt: argparse.Namespace, dist: DistInfo) -> int:
     """One process of the job (the only one outside distributed runs)."""
     _configure_logging(dist)
+    stop_signals.install()  # for the rest of the process: main() did it already, except in a spawned worker
     try:
-        _run(opt, dist)
-    except Preempted as e:  # every rank stopped after the same step; rank 0 saved the checkpoint
-        if dist.is_main:
-            print(e, file=sys.stderr)
-        return e.exit_code
+        return _run_until_stopped(opt, dist)
     except UserError as e:
         if dist.distributed:
             mark_failed(dist.rank, str(e))
@@ -77,6 +97,19 @@ def worker(opt: argparse.Namespace, dist: DistInfo) -> int:
         if not dist.distributed:
             raise
         return report_rank_failure(dist, e)
+
+
+def _run_until_stopped(opt: argparse.Namespace, dist: DistInfo) -> int:
+    """The run; a stop on a signal (every rank stopped after the same step, rank 0 saved the checkpoint) is one
+    line from rank 0."""
+    try:
+        _run(opt, dist)
+    except (Preempted, StopRequested) as e:
+        if dist.is_main:
+            print(e, file=sys.stderr)
+        if isinstance(e, StopRequested) and dist.distributed:  # the others may wait in a collective: name the cause
+            mark_failed(dist.rank, str(e))
+        return e.exit_code
     return 0
 
 
@@ -129,6 +162,11 @@ def _run(opt: argparse.Namespace, dist: DistInfo) -> None:
     val_loader = None if opt.no_val else dataset.build_val_loader(opt, dist)
     class_names = dataset.get_class_names(opt) if not (opt.no_train and opt.no_val) else None
     check_same_setup(data_fingerprint(class_names, trainer and trainer.loader, val_loader), dist)
+    # A signal during start-up stops the run before anything is written.
+    if trainer is not None:
+        trainer.stop_if_asked()
+    else:
+        stop_signals.raise_if_received(f"before the evaluation; nothing to save: {RERUN}")
     if _nothing_to_train(opt, trainer):
         return
     _start_outputs(opt, dist, trainer)  # the run is known to start: only now is anything written
@@ -140,7 +178,9 @@ def _run(opt: argparse.Namespace, dist: DistInfo) -> None:
     last = opt.n_epochs if trainer is not None else begin  # without training, validate once
     val_columns = ["epoch", "loss", "acc", "map"] if opt.multi_label else ["epoch", "loss", "acc"]
     val_logger = run_logger(opt, dist, "val.log", val_columns, resume if trainer else None)
-    with trainer.stop_signals() if trainer is not None else contextlib.nullcontext():
+    # Training acts on a stop signal at its step boundaries; an evaluation alone has nothing to save: it stops.
+    with trainer.stop_signals() if trainer is not None else stop_signals.interruptible(
+            f"during the evaluation; nothing of it is saved: {RERUN}"):
         for epoch in range(begin, last + 1):
             metrics = trainer.train_epoch(epoch, train_criterion, normalizer) if trainer is not None else {}
             if val_loader is not None:
@@ -155,7 +195,9 @@ def _run(opt: argparse.Namespace, dist: DistInfo) -> None:
     if trainer is not None and dist.distributed:
         _check_ranks_in_sync(trainer.model, dist)
     if opt.inference:
-        infer_subset(opt, trainer.eval_model if trainer else net, dist, normalizer)
+        then = f"training is done and saved: {RERUN} with --resume_path auto" if trainer is not None else RERUN
+        with stop_signals.interruptible(f"at the inference; {then} to run it"):
+            infer_subset(opt, trainer.eval_model if trainer else net, dist, normalizer)
     if writer is not None:
         writer.close()
 
