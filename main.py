@@ -16,6 +16,7 @@ if __name__ == "__main__":
     stop_signals.install()
 
 import argparse
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -25,7 +26,15 @@ from torch import nn
 
 from checkpoint import LATEST_NAME, find_resume, newest_checkpoint_note
 from datasets import factory as dataset
-from engine.distributed import DistInfo, launch, mark_failed, parameters_in_sync, report_rank_failure
+from engine import run_folder
+from engine.distributed import (
+    DistInfo,
+    gather_objects,
+    launch,
+    mark_failed,
+    parameters_in_sync,
+    report_rank_failure,
+)
 from engine.inference import eval_view, infer_subset
 from engine.preemption import Preempted
 from engine.setup_check import check_same_setup, data_fingerprint, model_fingerprint, setup_options
@@ -87,7 +96,8 @@ def worker(opt: argparse.Namespace, dist: DistInfo) -> int:
     _configure_logging(dist)
     stop_signals.install()  # for the rest of the process: main() did it already, except in a spawned worker
     try:
-        return _run_until_stopped(opt, dist)
+        with _result_folder_held(opt, dist):
+            return _run_until_stopped(opt, dist)
     except UserError as e:
         if dist.distributed:
             mark_failed(dist.rank, str(e))
@@ -111,6 +121,26 @@ def _run_until_stopped(opt: argparse.Namespace, dist: DistInfo) -> int:
             mark_failed(dist.rank, str(e))
         return e.exit_code
     return 0
+
+
+@contextlib.contextmanager
+def _result_folder_held(opt: argparse.Namespace, dist: DistInfo):
+    """Rank 0 holds the lock of --result_path for the run's lifetime; every rank stops when a live run holds it."""
+    lock, refusal = None, None
+    if dist.is_main:
+        try:
+            lock = run_folder.RunLock.take(Path(opt.result_path))
+        except UserError as e:
+            refusal = str(e)
+    if dist.distributed:
+        refusal = gather_objects(refusal)[0]
+    if refusal is not None:
+        raise UserError(refusal)
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def _configure_logging(dist: DistInfo) -> None:

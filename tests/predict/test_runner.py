@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import main
+from engine.run_folder import RunLock
 from tests.conftest import run_main
 from tests.datagen import frame_image, write_video_file
 from tests.predict.conftest import CLASSES, MODEL
@@ -46,6 +47,17 @@ def _check_predictions(entry: dict, *, duration: float, k: int) -> None:
         scores = [t["score"] for t in top]
         assert len(top) == k and scores == sorted(scores, reverse=True)
         assert {t["label"] for t in top} <= set(CLASSES)
+
+
+def test_predict_writes_into_the_folder_of_a_live_training_run(checkpoint, videos, tmp_path, capsys):
+    lock = RunLock.take(tmp_path)  # as a training run in this folder holds it; --predict takes no lock
+    try:
+        code, _ = _predict(["--predict", videos / "a.mp4", "--resume_path", checkpoint, "--result_path", tmp_path,
+                            "--n_threads", 0], capsys)
+    finally:
+        lock.release()
+    assert code == 0 and list(json.loads((tmp_path / "predictions.json").read_text())["results"]) == [
+        str(videos / "a.mp4")]
 
 
 def test_predict_a_directory(checkpoint, videos, tmp_path, capsys):
