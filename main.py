@@ -111,12 +111,13 @@ def worker(opt: argparse.Namespace, dist: DistInfo) -> int:
 
 def _run_until_stopped(opt: argparse.Namespace, dist: DistInfo) -> int:
     """The run; a stop on a signal (every rank stopped after the same step, rank 0 saved the checkpoint) is one
-    line from rank 0."""
+    line from rank 0 and the marker in --result_path that tells a launcher the job can be resumed."""
     try:
         _run(opt, dist)
     except (Preempted, StopRequested) as e:
         if dist.is_main:
             print(e, file=sys.stderr)
+            run_folder.mark_resumable_stop(Path(opt.result_path), e.exit_code, str(e))
         if isinstance(e, StopRequested) and dist.distributed:  # the others may wait in a collective: name the cause
             mark_failed(dist.rank, str(e))
         return e.exit_code

@@ -1,11 +1,16 @@
 """What a run keeps in --result_path besides its logs and checkpoints: the lock that makes it the folder's
-only live run.
+only live run, and the marker that tells a launcher it stopped resumably.
 
 ``run.lock``: rank 0 holds an ``fcntl.flock`` lock on it from start-up to exit, so a second run on the same
 folder is refused with one line instead of moving the live run's logs aside. The kernel drops an flock lock
 when its process ends, however it ends, so a lock file left behind by a killed run is no obstacle: the next
 run takes it over (and says so). The file holds the holder's pid, host and start time (first line, for the
 refusal message) and its command; a clean exit removes it.
+
+``stopped_resumable``: written by rank 0 when the run stops on a signal after saving what it had (first line:
+the exit status, 128 + the signal; second line: what it printed). torchrun reports 1 whatever its workers'
+exit status, so a job script reads this file to tell "stopped, resumable" from a failure (README: SLURM).
+A run removes it as soon as it holds the lock, so it always describes the folder's latest run.
 
 --predict and the tools of util_scripts write other files and take no lock.
 """
@@ -27,6 +32,7 @@ from utils import new_file_mode
 log = logging.getLogger(__name__)
 
 LOCK_NAME = "run.lock"
+STOPPED_NAME = "stopped_resumable"
 # File systems without flock support (some network mounts) answer with these: the run goes on, unprotected.
 _NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
 
@@ -41,7 +47,7 @@ class RunLock:
     @classmethod
     def take(cls, folder: Path) -> RunLock:
         """Lock ``folder`` (created if missing) for this run, or raise :class:`UserError` naming the live run
-        that holds it."""
+        that holds it. Clears the previous run's stop marker."""
         created = not folder.exists()
         try:
             folder.mkdir(parents=True, exist_ok=True)
@@ -51,6 +57,7 @@ class RunLock:
         lock = cls(folder, fd, created_folder=created)
         if fd is not None:
             lock._claim()
+        (folder / STOPPED_NAME).unlink(missing_ok=True)
         return lock
 
     def _claim(self) -> None:
@@ -116,3 +123,11 @@ def _same_file(fd: int, path: Path) -> bool:
 def _holder(fd: int) -> str:
     """The first line of a lock file: 'pid N on HOST since TIME' ('' for an empty file)."""
     return os.pread(fd, 2000, 0).decode(errors="replace").partition("\n")[0].strip()
+
+
+def mark_resumable_stop(folder: Path, exit_code: int, message: str) -> None:
+    """Leave ``stopped_resumable`` in ``folder``: the exit status, then the message (for job scripts)."""
+    try:
+        (folder / STOPPED_NAME).write_text(f"{exit_code}\n{message}\n")
+    except OSError as e:  # the stop itself went well; only the launcher's hint is missing
+        log.warning("could not write %s: %s", folder / STOPPED_NAME, e.strerror or e)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 
 import pytest
 
 from checkpoint import load_checkpoint
 from engine.features import read_features
-from tests.conftest import dataset_args, free_port, log_rows, run_main
+from tests.conftest import ROOT, dataset_args, free_port, log_rows, run_main
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 
@@ -42,3 +44,29 @@ def test_distributed_flag_without_openmpi(tiny_dataset, tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "spawning 1 worker(s)" in proc.stdout
     assert len(log_rows(tmp_path / "train.log")) == 2
+
+
+# The README's job script reads the stop marker when torchrun reports a failure (torchrun returns 1 whatever
+# status its workers exit with); this is its decision, with `requeue` for `scontrol requeue`.
+SBATCH_DECISION = """rc=$1
+if [ $rc -ne 0 ] && [ -f "$2/stopped_resumable" ]; then rc=$(head -n 1 "$2/stopped_resumable"); fi
+if [ $rc -eq 138 ] || [ $rc -eq 143 ]; then echo requeue; fi
+exit $rc"""
+
+
+@pytest.mark.slow
+def test_a_stop_under_torchrun_leaves_its_resumable_status_for_the_job_script(tiny_dataset, tmp_path):
+    args = [*dataset_args(tiny_dataset, tmp_path), "--n_epochs", 2, "--checkpoint", 2, "--batch_size", 4]
+    # Rank 1 alone receives SIGUSR1 at its first batch (tests/engine/window_main.py raises it there).
+    window = {"TOOLKIT_TEST_WINDOW": "batch", "TOOLKIT_TEST_ACTION": "SIGUSR1", "TOOLKIT_TEST_RANK": "1"}
+    proc = subprocess.run([*TORCHRUN, "tests/engine/window_main.py", *map(str, args)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1", **window})
+    assert proc.returncode != 0, proc.stdout + proc.stderr  # both workers exit 138; torchrun itself says 1
+    status, message = (tmp_path / "stopped_resumable").read_text().splitlines()
+    assert status == "138" and message.startswith("stopped by SIGUSR1 after batch 1 of epoch 1; saved "), message
+    decision = subprocess.run(["bash", "-c", SBATCH_DECISION, "job", str(proc.returncode), str(tmp_path)],
+                              capture_output=True, text=True, cwd=ROOT)
+    assert (decision.returncode, decision.stdout) == (138, "requeue\n")
+    rerun = run_main([*args, "--resume_path", "auto"], launcher=TORCHRUN)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert not (tmp_path / "stopped_resumable").exists() and (tmp_path / "save_2.pth").is_file()

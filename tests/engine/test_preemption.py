@@ -127,11 +127,12 @@ def _in_window(ds, out: Path, window: str, action: str, *, call: int = 1, extra=
 
 
 def _stopped(proc: subprocess.CompletedProcess, sig: int, out: Path, starts: str) -> str:
-    """The run stopped on `sig` with one line starting `starts`."""
+    """The run stopped on `sig` with one line starting `starts`, and left that status for a launcher."""
     assert proc.returncode == 128 + sig, proc.stdout + proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith(f"stopped by {signal.Signals(sig).name} {starts}"), proc.stderr
     assert "Traceback" not in proc.stderr, proc.stderr
+    assert (out / "stopped_resumable").read_text() == f"{128 + sig}\n{last}\n"
     return last
 
 
@@ -139,7 +140,7 @@ def test_a_stop_signal_in_every_window_of_a_run_stops_it_cleanly_and_resumes_exa
     out = tmp_path / "run"
     # During main.py's imports (before any set-up): nothing to save, nothing written but the marker.
     _stopped(_in_window(data, out, "imports", "SIGUSR1"), signal.SIGUSR1, out, "before training started")
-    assert not out.exists()
+    assert sorted(p.name for p in out.iterdir()) == ["stopped_resumable"]
     # During validation: the epoch is complete; the stop comes at its end.
     last = _stopped(_in_window(data, out, "validation", "SIGTERM"), signal.SIGTERM, out, "after epoch 1; saved")
     assert "latest.pth" in last and load_checkpoint(out / "latest.pth")["epoch"] == 1
@@ -154,6 +155,7 @@ def test_a_stop_signal_in_every_window_of_a_run_stops_it_cleanly_and_resumes_exa
     assert "save_2.pth" in last and load_checkpoint(out / "save_2.pth")["epoch"] == 2
     _finish(_start(data, out, ranks=1))
     _assert_same_run(reference, out, "stopped in every window")
+    assert not (out / "stopped_resumable").exists()  # the last run finished
 
 
 def test_a_signal_at_the_inference_stops_it_and_the_rerun_does_it(data, tmp_path):
@@ -165,7 +167,7 @@ def test_a_signal_at_the_inference_stops_it_and_the_rerun_does_it(data, tmp_path
     rerun = subprocess.run([sys.executable, "main.py", *_args(data, out, 2), "--resume_path", "auto", *extra],
                            cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=180)
     assert rerun.returncode == 0 and "nothing to train" in rerun.stdout, rerun.stdout + rerun.stderr
-    assert (out / "val.json").is_file()
+    assert (out / "val.json").is_file() and not (out / "stopped_resumable").exists()
 
 
 def test_a_signal_while_the_finished_run_tears_down_is_only_noted(data, tmp_path):
@@ -174,7 +176,7 @@ def test_a_signal_while_the_finished_run_tears_down_is_only_noted(data, tmp_path
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == ("received SIGTERM as the run ended; its work was done, nothing "
                                                     "is left to do")
-    assert load_checkpoint(out / "latest.pth")["epoch"] == 1
+    assert load_checkpoint(out / "latest.pth")["epoch"] == 1 and not (out / "stopped_resumable").exists()
 
 
 def test_an_evaluation_stops_at_once_with_nothing_to_save(data, reference, tmp_path):
