@@ -37,6 +37,7 @@ from engine.distributed import (
 )
 from engine.inference import eval_view, infer_subset
 from engine.preemption import Preempted
+from engine.resume_options import apply_resume_policy
 from engine.setup_check import check_same_setup, data_fingerprint, model_fingerprint, setup_options
 from engine.stop_signals import StopRequested, signal_name
 from engine.training import Trainer, build_criterion, report_data_problems, run_logger
@@ -177,10 +178,12 @@ def _share_per_process(opt: argparse.Namespace, dist: DistInfo) -> None:
 
 
 def _run(opt: argparse.Namespace, dist: DistInfo) -> None:
-    _configure_torch(opt, dist)
     dataset.check_data_paths(opt)
     _share_per_process(opt, dist)
     resume = find_resume(opt.resume_path, opt.result_path)
+    if resume is not None and not opt.no_train:  # before anything is built or seeded from the options
+        apply_resume_policy(opt, resume.payload.options, source=resume.path, report=dist.is_main)
+    _configure_torch(opt, dist)
     net = model_lib.model_for_run(opt, dist, resume)
     check_same_setup({"options": setup_options(opt), "model": model_fingerprint(net)}, dist)
     dataset.check_class_count(opt, net.get_classifier().out_features)
