@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
 from checkpoint import load_checkpoint
 from engine.features import read_features
-from tests.conftest import ROOT, dataset_args, free_port, log_rows, run_main
+from tests.conftest import ROOT, catches, dataset_args, free_port, log_rows, run_main
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 
@@ -70,3 +72,21 @@ def test_a_stop_under_torchrun_leaves_its_resumable_status_for_the_job_script(ti
     rerun = run_main([*args, "--resume_path", "auto"], launcher=TORCHRUN)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert not (tmp_path / "stopped_resumable").exists() and (tmp_path / "save_2.pth").is_file()
+
+
+def test_a_stop_signal_sent_to_the_distributed_launcher_alone_reaches_its_workers(tiny_dataset, tmp_path):
+    args = [*dataset_args(tiny_dataset, tmp_path), "--n_epochs", 20, "--no_val", "--log_interval", 1, "--distributed",
+            "--world_size", 1, "--dist_url", f"tcp://127.0.0.1:{free_port()}"]
+    env = {k: v for k, v in os.environ.items() if k not in ("OMPI_COMM_WORLD_RANK", "NODE_RANK", "RANK", "WORLD_SIZE")}
+    launcher = subprocess.Popen([sys.executable, "main.py", *map(str, args)], cwd=ROOT, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env={**env, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "train_batch.log").is_file() or len(log_rows(tmp_path / "train_batch.log")) < 2:
+        assert launcher.poll() is None and time.monotonic() < deadline, launcher.communicate()
+        time.sleep(0.05)
+    assert catches(launcher.pid, signal.SIGTERM)
+    launcher.send_signal(signal.SIGTERM)  # `kill PID`: the spawned worker is not signalled
+    stdout, stderr = launcher.communicate(timeout=120)
+    assert launcher.returncode == 143, stdout + stderr
+    assert stderr.strip().splitlines()[-1].startswith("stopped by SIGTERM after batch "), stderr
+    assert (tmp_path / "stopped_resumable").read_text().startswith("143\n")
