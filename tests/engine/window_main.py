@@ -18,6 +18,7 @@ TOOLKIT_TEST_WINDOW, the moment:
 - ``validation``: a validation pass (engine.validation.evaluate);
 - ``save``: half-way through writing a checkpoint file (torch.save);
 - ``inference``: the inference after the epochs (engine.inference.infer_subset);
+- ``predict``: --predict, as a video's result is stored (predict.runner.result_entry);
 - ``teardown``: leaving the process group as the process ends (engine.distributed.shutdown).
 """
 
@@ -98,10 +99,11 @@ def _arm() -> None:
 
     from engine import distributed, inference, training, validation
     from models import factory
+    from predict import runner
 
     targets = {"setup": (factory, "model_for_run"), "batch": (training, "prepare_batch"),
                "validation": (validation, "evaluate"), "inference": (inference, "infer_subset"),
-               "teardown": (distributed, "shutdown")}
+               "teardown": (distributed, "shutdown"), "predict": (runner, "result_entry")}
     if WINDOW == "save":
         torch.save = _half_way_save(torch.save)
     else:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +15,7 @@ import torch
 
 import main
 from engine.run_folder import RunLock
-from tests.conftest import run_main
+from tests.conftest import ROOT, run_main
 from tests.datagen import frame_image, write_video_file
 from tests.predict.conftest import CLASSES, MODEL
 
@@ -58,6 +61,19 @@ def test_predict_writes_into_the_folder_of_a_live_training_run(checkpoint, video
         lock.release()
     assert code == 0 and list(json.loads((tmp_path / "predictions.json").read_text())["results"]) == [
         str(videos / "a.mp4")]
+
+
+def test_sigterm_stops_predict_like_ctrl_c_with_its_own_status(checkpoint, videos, tmp_path):
+    args = ["--predict", videos, "--resume_path", checkpoint, "--result_path", tmp_path, "--n_threads", 0]
+    env = {**os.environ, "TOOLKIT_TEST_WINDOW": "predict", "TOOLKIT_TEST_ACTION": "SIGTERM", "TOOLKIT_TEST_CALL": "2"}
+    proc = subprocess.run([sys.executable, "tests/engine/window_main.py", *map(str, args)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=240)  # SIGTERM as the second video is stored
+    assert proc.returncode == 143, proc.stdout + proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("interrupted: 1 finished video(s) are in"), proc.stderr
+    saved = json.loads((tmp_path / "predictions.json").read_text())
+    assert list(saved["results"]) == [str(videos / "a.mp4")] and saved["complete"] is False
+    code = main.main([str(a) for a in args])  # the rerun predicts the rest
+    assert code == 0 and len(json.loads((tmp_path / "predictions.json").read_text())["results"]) == 2
 
 
 def test_predict_a_directory(checkpoint, videos, tmp_path, capsys):
