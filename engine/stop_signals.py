@@ -124,4 +124,5 @@ def _on_signal(signum: int, frame) -> None:
     if _catcher.listener is not None:
         _catcher.listener(signum)
     else:
-        log.warning("received %s: stopping at the next safe point", signal_name(signum))
+        hint = " (Ctrl-C again to stop at once)" if signum == signal.SIGINT else ""
+        log.warning("received %s: stopping at the next safe point%s", signal_name(signum), hint)

@@ -16,6 +16,8 @@ import pytest
 import torch
 
 from checkpoint import load_checkpoint, save_checkpoint
+from engine.run_folder import RunLock
+from errors import UserError
 from tests.conftest import ROOT, dataset_args, free_port, log_rows, run_main
 from tests.datagen import make_frame_dataset
 
@@ -67,6 +69,18 @@ def test_a_second_run_on_a_live_runs_result_path_is_refused(tiny_dataset, tmp_pa
     assert live.returncode == 0, stdout + stderr
     assert len(list(out.glob("previous_run_*"))) == 1 and len(log_rows(out / "train.log")) == 2
     assert not (out / "run.lock").exists()  # released at the end
+
+
+def test_the_lock_is_exclusive_and_a_refused_run_leaves_no_folder(tmp_path):
+    folder = tmp_path / "new" / "out"
+    first = RunLock.take(folder)
+    with pytest.raises(UserError, match=rf"in use by a live run \(pid {os.getpid()} on {socket.gethostname()} since "):
+        RunLock.take(folder)
+    first.release()
+    assert not folder.exists()  # created for the run, left empty: removed with the lock file
+    (folder / "keep").parent.mkdir(parents=True)
+    RunLock.take(folder).release()
+    assert folder.is_dir() and not any(folder.iterdir())  # a folder that was there stays
 
 
 def test_the_lock_of_a_killed_run_is_taken_over_with_a_note(tiny_dataset, tmp_path):
