@@ -45,7 +45,9 @@ def _held_at_first_batch(args: list, release: Path) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not Path(f"{release}.reached").exists():
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"the run never reached its first batch: {proc.communicate()}")
         time.sleep(0.05)
     return proc
 
@@ -55,17 +57,20 @@ def test_a_second_run_on_a_live_runs_result_path_is_refused(tiny_dataset, tmp_pa
     args = [*dataset_args(tiny_dataset, out), *SMALL, "--n_epochs", 1, "--checkpoint", 1]
     assert run_main(args).returncode == 0  # an earlier, finished run: the live one moved it aside
     live = _held_at_first_batch(args, tmp_path / "release")
-    before = sorted(p.name for p in out.iterdir())
-    for second in (args, [*args, "--resume_path", "auto"], [*args, "--no_train"]):
-        proc = run_main(second)
-        assert proc.returncode == 2, proc.stdout + proc.stderr
-        [line] = proc.stderr.splitlines()
-        assert line.startswith(f"error: --result_path {out} is in use by a live run (pid {live.pid} on "
-                               f"{socket.gethostname()} since "), line
-        assert line.endswith(f"; {out / 'run.lock'} names it): wait for it to end or give another --result_path")
-        assert sorted(p.name for p in out.iterdir()) == before  # nothing moved aside, written or removed
-    (tmp_path / "release").touch()
-    stdout, stderr = live.communicate(timeout=120)
+    try:
+        before = sorted(p.name for p in out.iterdir())
+        for second in (args, [*args, "--resume_path", "auto"], [*args, "--no_train"]):
+            proc = run_main(second)
+            assert proc.returncode == 2, proc.stdout + proc.stderr
+            [line] = proc.stderr.splitlines()
+            assert line.startswith(f"error: --result_path {out} is in use by a live run (pid {live.pid} on "
+                                   f"{socket.gethostname()} since "), line
+            assert line.endswith(f"; {out / 'run.lock'} names it): wait for it to end or give another --result_path")
+            assert sorted(p.name for p in out.iterdir()) == before  # nothing moved aside, written or removed
+        (tmp_path / "release").touch()
+        stdout, stderr = live.communicate(timeout=120)
+    finally:
+        live.kill()  # a no-op once it has ended; a failed check must not leave it waiting
     assert live.returncode == 0, stdout + stderr
     assert len(list(out.glob("previous_run_*"))) == 1 and len(log_rows(out / "train.log")) == 2
     assert not (out / "run.lock").exists()  # released at the end

@@ -8,7 +8,8 @@ TOOLKIT_TEST_RANK (default: any), the process does TOOLKIT_TEST_ACTION:
 
 - a signal name (SIGTERM, SIGUSR1, SIGINT): the process sends it to itself (``signal.raise_signal``), so it
   lands right there, every time;
-- ``wait:PATH``: create PATH.reached, then wait until PATH exists (a test holds the run in the window).
+- ``wait:PATH``: create PATH.reached, then wait until PATH exists (a test holds the run in the window); after
+  WAIT_LIMIT_S the process exits with status 97.
 
 TOOLKIT_TEST_WINDOW, the moment:
 
@@ -38,6 +39,7 @@ WINDOW = os.environ["TOOLKIT_TEST_WINDOW"]
 ACTION = os.environ["TOOLKIT_TEST_ACTION"]
 CALL = int(os.environ.get("TOOLKIT_TEST_CALL", "1"))
 RANK = os.environ.get("TOOLKIT_TEST_RANK")
+WAIT_LIMIT_S = 600
 _calls = 0
 
 
@@ -51,7 +53,10 @@ def _act() -> None:
     if ACTION.startswith("wait:"):
         release = Path(ACTION[len("wait:"):])
         Path(f"{release}.reached").touch()
+        deadline = time.monotonic() + WAIT_LIMIT_S
         while not release.exists():
+            if time.monotonic() > deadline:  # the test is gone: do not wait forever
+                os._exit(97)
             time.sleep(0.05)
         return
     signal.raise_signal(getattr(signal, ACTION))
