@@ -6,11 +6,19 @@ functions, model factory and loaders live in their own modules.
 
 from __future__ import annotations
 
+import sys
+
+from engine import stop_signals
+
+if __name__ == "__main__":
+    # First thing, before the heavy imports: a SIGTERM/SIGUSR1 that comes while the process starts (a requeued
+    # job, a launcher signalling every task) is recorded and acted on, instead of killing the process on the spot.
+    stop_signals.install()
+
 import argparse
 import contextlib
 import logging
 import os
-import sys
 from pathlib import Path
 
 import torch
@@ -18,10 +26,20 @@ from torch import nn
 
 from checkpoint import LATEST_NAME, find_resume, newest_checkpoint_note
 from datasets import factory as dataset
-from engine.distributed import DistInfo, launch, mark_failed, parameters_in_sync, report_rank_failure
+from engine import run_folder
+from engine.distributed import (
+    DistInfo,
+    gather_objects,
+    launch,
+    mark_failed,
+    parameters_in_sync,
+    report_rank_failure,
+)
 from engine.inference import eval_view, infer_subset
 from engine.preemption import Preempted
+from engine.resume_options import apply_resume_policy
 from engine.setup_check import check_same_setup, data_fingerprint, model_fingerprint, setup_options
+from engine.stop_signals import StopRequested, signal_name
 from engine.training import Trainer, build_criterion, report_data_problems, run_logger
 from engine.validation import evaluate
 from errors import UserError
@@ -39,6 +57,7 @@ from utils import (
 )
 
 log = logging.getLogger("main")
+RERUN = "rerun the same command"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,28 +65,40 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout, force=True)
     opt = None
     try:
-        opt = parse_opts(argv)
-        if opt.predict is not None:  # prediction on raw videos: one process, no annotation file
-
-            return predict.run(opt)
-        return launch(worker, opt)
+        with stop_signals.caught():
+            opt = parse_opts(argv)
+            if opt.predict is not None:  # prediction on raw videos: one process, no annotation file
+                return _predict(opt)
+            status = launch(worker, opt)
+            if status == 0 and stop_signals.received():
+                print(f"received {signal_name(stop_signals.received())} as the run ended; its work was done, "
+                      "nothing is left to do", file=sys.stderr)
+            return status
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except StopRequested as e:  # a signal before any work started
+        print(e, file=sys.stderr)
+        return e.exit_code
     except KeyboardInterrupt:
         print(f"interrupted: {newest_checkpoint_note(getattr(opt, 'result_path', None))}", file=sys.stderr)
         return 130
 
 
+def _predict(opt: argparse.Namespace) -> int:
+    """--predict; a SIGTERM/SIGUSR1 stops it as Ctrl-C does (finished videos kept), with 128 + the signal."""
+    with stop_signals.interruptible(f"before predicting; {RERUN}"):
+        status = predict.run(opt)
+    return 128 + stop_signals.received() if status == 130 and stop_signals.received() else status
+
+
 def worker(opt: argparse.Namespace, dist: DistInfo) -> int:
     """One process of the job (the only one outside distributed runs)."""
     _configure_logging(dist)
+    stop_signals.install()  # for the rest of the process: main() did it already, except in a spawned worker
     try:
-        _run(opt, dist)
-    except Preempted as e:  # every rank stopped after the same step; rank 0 saved the checkpoint
-        if dist.is_main:
-            print(e, file=sys.stderr)
-        return e.exit_code
+        with _result_folder_held(opt, dist):
+            return _run_until_stopped(opt, dist)
     except UserError as e:
         if dist.distributed:
             mark_failed(dist.rank, str(e))
@@ -77,7 +108,41 @@ def worker(opt: argparse.Namespace, dist: DistInfo) -> int:
         if not dist.distributed:
             raise
         return report_rank_failure(dist, e)
+
+
+def _run_until_stopped(opt: argparse.Namespace, dist: DistInfo) -> int:
+    """The run; a stop on a signal (every rank stopped after the same step, rank 0 saved the checkpoint) is one
+    line from rank 0 and the marker in --result_path that tells a launcher the job can be resumed."""
+    try:
+        _run(opt, dist)
+    except (Preempted, StopRequested) as e:
+        if dist.is_main:
+            print(e, file=sys.stderr)
+            run_folder.mark_resumable_stop(Path(opt.result_path), e.exit_code, str(e))
+        if isinstance(e, StopRequested) and dist.distributed:  # the others may wait in a collective: name the cause
+            mark_failed(dist.rank, str(e))
+        return e.exit_code
     return 0
+
+
+@contextlib.contextmanager
+def _result_folder_held(opt: argparse.Namespace, dist: DistInfo):
+    """Rank 0 holds the lock of --result_path for the run's lifetime; every rank stops when a live run holds it."""
+    lock, refusal = None, None
+    if dist.is_main:
+        try:
+            lock = run_folder.RunLock.take(Path(opt.result_path))
+        except UserError as e:
+            refusal = str(e)
+    if dist.distributed:
+        refusal = gather_objects(refusal)[0]
+    if refusal is not None:
+        raise UserError(refusal)
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def _configure_logging(dist: DistInfo) -> None:
@@ -118,12 +183,14 @@ def _share_per_process(opt: argparse.Namespace, dist: DistInfo) -> None:
 
 
 def _run(opt: argparse.Namespace, dist: DistInfo) -> None:
-    _configure_torch(opt, dist)
     dataset.check_data_paths(opt)
     _share_per_process(opt, dist)
     resume = find_resume(opt.resume_path, opt.result_path)
     if opt.no_train and resume is not None:  # evaluate on clips like those the checkpoint was trained on
         resume.payload.clip.apply_to(opt, source=f"checkpoint {resume.path}")
+    if resume is not None and not opt.no_train:  # before anything is built or seeded from the options
+        apply_resume_policy(opt, resume.payload.options, source=resume.path, report=dist.is_main)
+    _configure_torch(opt, dist)
     net = model_lib.model_for_run(opt, dist, resume)
     check_same_setup({"options": setup_options(opt), "model": model_fingerprint(net)}, dist)
     dataset.check_class_count(opt, net.get_classifier().out_features)
@@ -136,6 +203,11 @@ def _run(opt: argparse.Namespace, dist: DistInfo) -> None:
     val_loader = None if opt.no_val else dataset.build_val_loader(opt, dist)
     class_names = dataset.get_class_names(opt) if not (opt.no_train and opt.no_val) else None
     check_same_setup(data_fingerprint(class_names, trainer and trainer.loader, val_loader), dist)
+    # A signal during start-up stops the run before anything is written.
+    if trainer is not None:
+        trainer.stop_if_asked()
+    else:
+        stop_signals.raise_if_received(f"before the evaluation; nothing to save: {RERUN}")
     if _nothing_to_train(opt, trainer):
         return
     _start_outputs(opt, dist, trainer)  # the run is known to start: only now is anything written
@@ -147,7 +219,9 @@ def _run(opt: argparse.Namespace, dist: DistInfo) -> None:
     last = opt.n_epochs if trainer is not None else begin  # without training, validate once
     val_columns = ["epoch", "loss", "acc", "map"] if opt.multi_label else ["epoch", "loss", "acc"]
     val_logger = run_logger(opt, dist, "val.log", val_columns, resume if trainer else None)
-    with trainer.stop_signals() if trainer is not None else contextlib.nullcontext():
+    # Training acts on a stop signal at its step boundaries; an evaluation alone has nothing to save: it stops.
+    with trainer.stop_signals() if trainer is not None else stop_signals.interruptible(
+            f"during the evaluation; nothing of it is saved: {RERUN}"):
         for epoch in range(begin, last + 1):
             metrics = trainer.train_epoch(epoch, train_criterion, normalizer) if trainer is not None else {}
             if val_loader is not None:
@@ -162,7 +236,9 @@ def _run(opt: argparse.Namespace, dist: DistInfo) -> None:
     if trainer is not None and dist.distributed:
         _check_ranks_in_sync(trainer.model, dist)
     if opt.inference:
-        infer_subset(opt, trainer.eval_model if trainer else net, dist, normalizer)
+        then = f"training is done and saved: {RERUN} with --resume_path auto" if trainer is not None else RERUN
+        with stop_signals.interruptible(f"at the inference; {then} to run it"):
+            infer_subset(opt, trainer.eval_model if trainer else net, dist, normalizer)
     if writer is not None:
         writer.close()
 

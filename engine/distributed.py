@@ -18,8 +18,10 @@ The single-process path is the same code with world size 1 and no process group.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -30,6 +32,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from engine import stop_signals
 from errors import UserError
 
 log = logging.getLogger(__name__)
@@ -133,14 +136,31 @@ def launch(worker: Callable[[argparse.Namespace, DistInfo], int], opt: argparse.
     n_nodes = max(opt.world_size, 1)
     node_rank = _env_int("NODE_RANK", _env_int("OMPI_COMM_WORLD_RANK", 0))
     log.info("spawning %d worker(s) on node %d of %d (%s)", n_local, node_rank, n_nodes, opt.dist_url)
+    workers = torch.multiprocessing.spawn(_spawned, args=(worker, opt, n_local, n_nodes, node_rank), nprocs=n_local,
+                                          join=False)
+    stop_signals.on_first_signal(lambda signum: _pass_on(signum, workers.pids()))
     try:
-        torch.multiprocessing.spawn(_spawned, args=(worker, opt, n_local, n_nodes, node_rank), nprocs=n_local)
+        while not workers.join():
+            pass
     except torch.multiprocessing.ProcessExitedException as e:
         if e.exit_code and e.exit_code > 128:  # stopped on a signal after saving: keep 128 + signal for the caller
             return e.exit_code
         log.error("worker %d exited with status %s", e.error_index, e.exit_code)
         return 1
+    finally:
+        stop_signals.on_first_signal(None)
     return 0
+
+
+def _pass_on(signum: int, pids: list[int]) -> None:
+    """A stop signal sent to this launching process alone (``kill PID``) reaches its workers too. Not Ctrl-C:
+    the terminal sends it to every process already, and a second one would stop them at once."""
+    if signum == signal.SIGINT:
+        return
+    log.warning("received %s: passing it on to the %d worker(s)", signal.Signals(signum).name, len(pids))
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):  # that worker has just ended
+            os.kill(pid, signum)
 
 
 def _spawned(local_rank: int, worker: Callable, opt: argparse.Namespace, n_local: int, n_nodes: int,

@@ -10,7 +10,6 @@ import argparse
 import contextlib
 import logging
 import math
-import signal
 import sys
 import time
 from collections import Counter
@@ -31,6 +30,7 @@ from engine.ema import build_ema, ema_payload, restore_ema
 from engine.forward import autocast, prepare_batch
 from engine.mixing import mixer_from_opts
 from engine.preemption import Action, Preempted, StepControl
+from engine.stop_signals import signal_name
 from errors import UserError
 from models import factory as model_lib
 from opts import opts_to_plain
@@ -378,6 +378,21 @@ class Trainer:
         finally:
             self.control.uninstall()
 
+    def stop_if_asked(self) -> None:
+        """Before the first step (every rank together): a stop signal that came during start-up ends the run
+        here with :class:`Preempted`; nothing new to save, the checkpoint it resumed from (if any) holds it all."""
+        if not self.control.stop_requested():
+            return
+        signum = self.control.signum
+        if self.resume is None:
+            raise Preempted(signum, f"stopped by {signal_name(signum)} before training started; nothing to save; "
+                                    "rerun the same command to start")
+        where = (f"after batch {self.start.batch} of epoch {self.begin_epoch}" if self.start.batch
+                 else f"after epoch {self.begin_epoch - 1}")
+        raise Preempted(signum, f"stopped by {signal_name(signum)} {where}, before training went on; nothing new "
+                                f"to save ({self.resume.path} holds it all); rerun the same command with "
+                                "--resume_path auto to continue")
+
     def _wrap(self, net: nn.Module) -> nn.Module:
         if self.opt.compile:
             self.compile_report = CompileReport(use_compile_cache(self.opt.result_path))
@@ -533,6 +548,3 @@ class Trainer:
                                 options=opts_to_plain(self.opt), clip_spec=self.clip_spec.to_dict(),
                                 optimizer_steps=self.optimizer_steps + steps_in_epoch, **ema_payload(self.ema), **extra)
 
-
-def signal_name(signum: int) -> str:
-    return "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name

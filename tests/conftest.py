@@ -105,6 +105,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def catches(pid: int, sig: int) -> bool:
+    """Whether process ``pid`` has a handler for ``sig`` installed (Linux: the SigCgt mask of /proc/PID/status)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    caught = next(int(line.split()[1], 16) for line in status.splitlines() if line.startswith("SigCgt:"))
+    return bool(caught >> (sig - 1) & 1)
+
+
 def make_opt(ds, **overrides) -> argparse.Namespace:
     """Full options from the real parser (every field present), with small-clip, no-worker test values on top."""
     opt = vars(parse_opts(["--result_path", str(ds.video_path.parent / "results"), "--no_cuda"]))

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import signal
+import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -15,7 +19,17 @@ from torch import nn
 from checkpoint import load_checkpoint
 from engine.features import read_features
 from models import build_model
-from tests.conftest import DEVICES, cuda_only, dataset_args, device_args, free_port, log_rows, run_main
+from tests.conftest import (
+    DEVICES,
+    ROOT,
+    catches,
+    cuda_only,
+    dataset_args,
+    device_args,
+    free_port,
+    log_rows,
+    run_main,
+)
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 TORCHRUN_ONE = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1"]
@@ -88,3 +102,47 @@ def test_sync_batchnorm_in_a_one_process_nccl_group(tmp_path):
     finally:
         tdist.destroy_process_group()
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+
+
+# The README's job script reads the stop marker when torchrun reports a failure (torchrun returns 1 whatever
+# status its workers exit with); this is its decision, with `requeue` for `scontrol requeue`.
+SBATCH_DECISION = """rc=$1
+if [ $rc -ne 0 ] && [ -f "$2/stopped_resumable" ]; then rc=$(head -n 1 "$2/stopped_resumable"); fi
+if [ $rc -eq 138 ] || [ $rc -eq 143 ]; then echo requeue; fi
+exit $rc"""
+
+
+@pytest.mark.slow
+def test_a_stop_under_torchrun_leaves_its_resumable_status_for_the_job_script(tiny_dataset, tmp_path):
+    args = [*dataset_args(tiny_dataset, tmp_path), "--n_epochs", 2, "--checkpoint", 2, "--batch_size", 4]
+    # Rank 1 alone receives SIGUSR1 at its first batch (tests/engine/window_main.py raises it there).
+    window = {"TOOLKIT_TEST_WINDOW": "batch", "TOOLKIT_TEST_ACTION": "SIGUSR1", "TOOLKIT_TEST_RANK": "1"}
+    proc = subprocess.run([*TORCHRUN, "tests/engine/window_main.py", *map(str, args)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1", **window})
+    assert proc.returncode != 0, proc.stdout + proc.stderr  # both workers exit 138; torchrun itself says 1
+    status, message = (tmp_path / "stopped_resumable").read_text().splitlines()
+    assert status == "138" and message.startswith("stopped by SIGUSR1 after batch 1 of epoch 1; saved "), message
+    decision = subprocess.run(["bash", "-c", SBATCH_DECISION, "job", str(proc.returncode), str(tmp_path)],
+                              capture_output=True, text=True, cwd=ROOT)
+    assert (decision.returncode, decision.stdout) == (138, "requeue\n")
+    rerun = run_main([*args, "--resume_path", "auto"], launcher=TORCHRUN)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert not (tmp_path / "stopped_resumable").exists() and (tmp_path / "save_2.pth").is_file()
+
+
+def test_a_stop_signal_sent_to_the_distributed_launcher_alone_reaches_its_workers(tiny_dataset, tmp_path):
+    args = [*dataset_args(tiny_dataset, tmp_path), "--n_epochs", 20, "--no_val", "--log_interval", 1, "--distributed",
+            "--world_size", 1, "--dist_url", f"tcp://127.0.0.1:{free_port()}"]
+    env = {k: v for k, v in os.environ.items() if k not in ("OMPI_COMM_WORLD_RANK", "NODE_RANK", "RANK", "WORLD_SIZE")}
+    launcher = subprocess.Popen([sys.executable, "main.py", *map(str, args)], cwd=ROOT, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env={**env, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "train_batch.log").is_file() or len(log_rows(tmp_path / "train_batch.log")) < 2:
+        assert launcher.poll() is None and time.monotonic() < deadline, launcher.communicate()
+        time.sleep(0.05)
+    assert catches(launcher.pid, signal.SIGTERM)
+    launcher.send_signal(signal.SIGTERM)  # `kill PID`: the spawned worker is not signalled
+    stdout, stderr = launcher.communicate(timeout=120)
+    assert launcher.returncode == 143, stdout + stderr
+    assert stderr.strip().splitlines()[-1].startswith("stopped by SIGTERM after batch "), stderr
+    assert (tmp_path / "stopped_resumable").read_text().startswith("143\n")

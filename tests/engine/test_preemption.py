@@ -21,7 +21,7 @@ import torch
 from checkpoint import load_checkpoint
 from datasets.sampling import EpochShardSampler
 from engine.preemption import Action, StepControl
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT, catches, free_port
 from tests.datagen import make_frame_dataset
 
 N_EPOCHS = 2
@@ -67,9 +67,11 @@ def _batch_rows(out: Path) -> int:
 
 
 def _signal_after(procs: list[subprocess.Popen], out: Path, rows: int, sig: int, *, target: int = 0) -> list:
-    """Send `sig` to procs[target] once train_batch.log has `rows` rows; returns (rc, stdout, stderr) per proc."""
+    """Send `sig` to procs[target] once train_batch.log has `rows` rows and the process catches `sig` (main.py
+    does from its first line; before that, while the interpreter starts, nothing can); returns (rc, stdout,
+    stderr) per proc. On a rerun the log may already have `rows` rows: the signal then lands during start-up."""
     deadline = time.monotonic() + 120
-    while _batch_rows(out) < rows:
+    while _batch_rows(out) < rows or not catches(procs[target].pid, sig):
         assert all(p.poll() is None for p in procs) and time.monotonic() < deadline, [p.communicate() for p in procs]
         time.sleep(0.01)
     procs[target].send_signal(sig)
@@ -115,6 +117,74 @@ def test_sigterm_mid_epoch_then_auto_resume_is_bit_identical(data, reference, tm
     _finish(_start(data, out, ranks=1))
     _assert_same_run(reference, out, f"TOOLKIT_KILL_SEED={SEED}")
     assert not list(out.glob("previous_run_*"))  # every rerun resumed: nothing moved aside
+
+
+def _in_window(ds, out: Path, window: str, action: str, *, call: int = 1, extra=()) -> subprocess.CompletedProcess:
+    """One run through tests/engine/window_main.py: `action` at the `call`-th entry into `window`."""
+    cmd = [sys.executable, "tests/engine/window_main.py", *_args(ds, out, 2), "--resume_path", "auto", *extra]
+    env = _env(TOOLKIT_TEST_WINDOW=window, TOOLKIT_TEST_ACTION=action, TOOLKIT_TEST_CALL=str(call))
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+
+
+def _stopped(proc: subprocess.CompletedProcess, sig: int, out: Path, starts: str) -> str:
+    """The run stopped on `sig` with one line starting `starts`, and left that status for a launcher."""
+    assert proc.returncode == 128 + sig, proc.stdout + proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"stopped by {signal.Signals(sig).name} {starts}"), proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert (out / "stopped_resumable").read_text() == f"{128 + sig}\n{last}\n"
+    return last
+
+
+def test_a_stop_signal_in_every_window_of_a_run_stops_it_cleanly_and_resumes_exactly(data, reference, tmp_path):
+    out = tmp_path / "run"
+    # During main.py's imports (before any set-up): nothing to save, nothing written but the marker.
+    _stopped(_in_window(data, out, "imports", "SIGUSR1"), signal.SIGUSR1, out, "before training started")
+    assert sorted(p.name for p in out.iterdir()) == ["stopped_resumable"]
+    # During validation: the epoch is complete; the stop comes at its end.
+    last = _stopped(_in_window(data, out, "validation", "SIGTERM"), signal.SIGTERM, out, "after epoch 1; saved")
+    assert "latest.pth" in last and load_checkpoint(out / "latest.pth")["epoch"] == 1
+    saved = (out / "latest.pth").read_bytes()
+    logs = {name: (out / name).read_bytes() for name in LOGS}
+    # During set-up of the resumed run: nothing new, nothing rewritten.
+    last = _stopped(_in_window(data, out, "setup", "SIGUSR1"), signal.SIGUSR1, out, "after epoch 1, before training")
+    assert "nothing new to save" in last and "--resume_path auto" in last
+    assert (out / "latest.pth").read_bytes() == saved and {n: (out / n).read_bytes() for n in LOGS} == logs
+    # Half-way through writing save_2.pth: the write completes, then the run stops.
+    last = _stopped(_in_window(data, out, "save", "SIGTERM"), signal.SIGTERM, out, "after epoch 2; saved")
+    assert "save_2.pth" in last and load_checkpoint(out / "save_2.pth")["epoch"] == 2
+    _finish(_start(data, out, ranks=1))
+    _assert_same_run(reference, out, "stopped in every window")
+    assert not (out / "stopped_resumable").exists()  # the last run finished
+
+
+def test_a_signal_at_the_inference_stops_it_and_the_rerun_does_it(data, tmp_path):
+    out = tmp_path / "run"
+    extra = ["--n_epochs", "1", "--inference"]
+    proc = _in_window(data, out, "inference", "SIGTERM", extra=extra)
+    last = _stopped(proc, signal.SIGTERM, out, "at the inference; training is done and saved")
+    assert not (out / "val.json").exists() and load_checkpoint(out / "latest.pth")["epoch"] == 1, last
+    rerun = subprocess.run([sys.executable, "main.py", *_args(data, out, 2), "--resume_path", "auto", *extra],
+                           cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=180)
+    assert rerun.returncode == 0 and "nothing to train" in rerun.stdout, rerun.stdout + rerun.stderr
+    assert (out / "val.json").is_file() and not (out / "stopped_resumable").exists()
+
+
+def test_a_signal_while_the_finished_run_tears_down_is_only_noted(data, tmp_path):
+    out = tmp_path / "run"
+    proc = _in_window(data, out, "teardown", "SIGTERM", extra=["--n_epochs", "1", "--no_val"])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == ("received SIGTERM as the run ended; its work was done, nothing "
+                                                    "is left to do")
+    assert load_checkpoint(out / "latest.pth")["epoch"] == 1 and not (out / "stopped_resumable").exists()
+
+
+def test_an_evaluation_stops_at_once_with_nothing_to_save(data, reference, tmp_path):
+    out = tmp_path / "eval"
+    proc = _in_window(data, out, "validation", "SIGUSR1",
+                      extra=["--no_train", "--resume_path", str(reference / f"save_{N_EPOCHS}.pth")])
+    _stopped(proc, signal.SIGUSR1, out, "during the evaluation; nothing of it is saved")
+    assert not (out / "val.log").exists() or len((out / "val.log").read_text().splitlines()) == 1
 
 
 @pytest.mark.slow

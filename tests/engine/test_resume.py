@@ -1,8 +1,10 @@
 """Resume: 2 epochs + resume to 4 equals 4 straight epochs (same LR every epoch, same weights, appended logs), on
-the CPU and, marked gpu, on CUDA with its defaults (bf16, channels_last_3d)."""
+the CPU and, marked gpu, on CUDA with its defaults (bf16, channels_last_3d); flags changed on resume are kept,
+taken or refused as engine/resume_options.py says, and said."""
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -11,8 +13,10 @@ import torch
 from checkpoint import find_resume, load_checkpoint, save_checkpoint
 from datasets import factory as dataset
 from engine.distributed import DistInfo
+from engine.resume_options import RESUME_POLICY
 from engine.training import Trainer, build_criterion
 from models import factory as model_lib
+from opts import build_parser
 from tests.conftest import DEVICES, dataset_args, device_args, log_rows, make_opt, run_main
 
 # A decay right after the resume point: the original applied it one epoch late after resuming.
@@ -140,3 +144,41 @@ def test_resume_with_the_recipe_is_exact(tiny_dataset, tmp_path):
     for field in ("state_dict", "ema_state_dict"):
         for key, value in a[field].items():
             torch.testing.assert_close(b[field][key], value, rtol=0, atol=1e-6, msg=f"{field} {key}")
+
+
+def test_every_flag_says_what_happens_to_it_on_resume():
+    flags = {action.dest for action in build_parser()._actions if action.dest != "help"}
+    assert sorted(flags - set(RESUME_POLICY)) == [] and sorted(set(RESUME_POLICY) - flags) == []
+
+
+@pytest.fixture()
+def one_epoch(tiny_dataset, tmp_path):
+    """A finished 1-epoch run (--learning_rate 0.01) to resume; returns its arguments."""
+    args = [*dataset_args(tiny_dataset, tmp_path), "--no_val", "--checkpoint", 1, "--n_epochs", 1]
+    proc = run_main(args)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return args
+
+
+def test_a_changed_learning_rate_is_kept_and_a_changed_n_epochs_taken_and_both_said(one_epoch, tmp_path):
+    proc = run_main([*one_epoch, "--n_epochs", 2, "--learning_rate", 0.5, "--resume_path", "auto"])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    said = [line for line in proc.stdout.splitlines() if line.startswith("resume: ")]
+    assert said == ["resume: --learning_rate 0.5 given, 0.01 kept from the checkpoint (its optimiser, schedule and "
+                    "data order carry on)",
+                    "resume: --n_epochs 2 taken from the command line (the checkpoint's run: 1)"]
+    assert [float(r[3]) for r in log_rows(tmp_path / "train.log")[1:]] == pytest.approx([0.01, 0.01])
+    recorded = json.loads((tmp_path / "opts.json").read_text())  # the truth: what the run uses
+    assert (recorded["learning_rate"], recorded["n_epochs"]) == (0.01, 2)
+    assert load_checkpoint(tmp_path / "save_2.pth")["options"]["learning_rate"] == 0.01
+
+
+def test_a_changed_model_or_clip_size_is_refused_before_anything_is_written(one_epoch, tmp_path):
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    proc = run_main([*one_epoch, "--n_epochs", 2, "--sample_size", 16, "--conv1_t_stride", 2, "--resume_path", "auto"])
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.splitlines() == [
+        f"error: cannot resume {tmp_path / 'save_1.pth'} with another model, input or optimiser: --conv1_t_stride 2 "
+        "(the checkpoint's run: 1); --sample_size 16 (the checkpoint's run: 32); give the checkpoint's values, or "
+        "start a new run in another --result_path (--pretrain_path starts it from these weights)"]
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before

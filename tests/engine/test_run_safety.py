@@ -1,19 +1,23 @@
-"""What a run never does: overwrite an earlier run's logs, crash on a last batch of one clip, stay silent when
-there is nothing to do, resume an original-format checkpoint with a late LR decay, or hang when the nodes of
-a distributed run hold different data copies or a peer dies."""
+"""What a run never does: overwrite an earlier run's logs, share its --result_path with another live run, crash
+on a last batch of one clip, stay silent when there is nothing to do, resume an original-format checkpoint with
+a late LR decay, or hang when the nodes of a distributed run hold different data copies or a peer dies."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
 
 from checkpoint import load_checkpoint, save_checkpoint
+from engine.run_folder import RunLock
+from errors import UserError
 from tests.conftest import ROOT, dataset_args, free_port, log_rows, run_main
 from tests.datagen import make_frame_dataset
 
@@ -32,6 +36,70 @@ def test_fresh_start_moves_the_previous_run_aside(tiny_dataset, tmp_path):
     assert {p.name for p in previous.iterdir()} >= {"train.log", "val.log", "train_batch.log", "opts.json",
                                                     "save_1.pth"}
     assert (tmp_path / "save_1.pth").is_file()
+
+
+def _held_at_first_batch(args: list, release: Path) -> subprocess.Popen:
+    """A run (through tests/engine/window_main.py) that waits at its first training batch until `release` exists."""
+    env = _env(TOOLKIT_TEST_WINDOW="batch", TOOLKIT_TEST_ACTION=f"wait:{release}")
+    proc = subprocess.Popen([sys.executable, "tests/engine/window_main.py", *map(str, args)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not Path(f"{release}.reached").exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"the run never reached its first batch: {proc.communicate()}")
+        time.sleep(0.05)
+    return proc
+
+
+def test_a_second_run_on_a_live_runs_result_path_is_refused(tiny_dataset, tmp_path):
+    out = tmp_path / "out"
+    args = [*dataset_args(tiny_dataset, out), *SMALL, "--n_epochs", 1, "--checkpoint", 1]
+    assert run_main(args).returncode == 0  # an earlier, finished run: the live one moved it aside
+    live = _held_at_first_batch(args, tmp_path / "release")
+    try:
+        before = sorted(p.name for p in out.iterdir())
+        for second in (args, [*args, "--resume_path", "auto"], [*args, "--no_train"]):
+            proc = run_main(second)
+            assert proc.returncode == 2, proc.stdout + proc.stderr
+            [line] = proc.stderr.splitlines()
+            assert line.startswith(f"error: --result_path {out} is in use by a live run (pid {live.pid} on "
+                                   f"{socket.gethostname()} since "), line
+            assert line.endswith(f"; {out / 'run.lock'} names it): wait for it to end or give another --result_path")
+            assert sorted(p.name for p in out.iterdir()) == before  # nothing moved aside, written or removed
+        (tmp_path / "release").touch()
+        stdout, stderr = live.communicate(timeout=120)
+    finally:
+        live.kill()  # a no-op once it has ended; a failed check must not leave it waiting
+    assert live.returncode == 0, stdout + stderr
+    assert len(list(out.glob("previous_run_*"))) == 1 and len(log_rows(out / "train.log")) == 2
+    assert not (out / "run.lock").exists()  # released at the end
+
+
+def test_the_lock_is_exclusive_and_a_refused_run_leaves_no_folder(tmp_path):
+    folder = tmp_path / "new" / "out"
+    first = RunLock.take(folder)
+    with pytest.raises(UserError, match=rf"in use by a live run \(pid {os.getpid()} on {socket.gethostname()} since "):
+        RunLock.take(folder)
+    first.release()
+    assert not folder.exists()  # created for the run, left empty: removed with the lock file
+    (folder / "keep").parent.mkdir(parents=True)
+    RunLock.take(folder).release()
+    assert folder.is_dir() and not any(folder.iterdir())  # a folder that was there stays
+
+
+def test_the_lock_of_a_killed_run_is_taken_over_with_a_note(tiny_dataset, tmp_path):
+    out = tmp_path / "out"
+    args = [*dataset_args(tiny_dataset, out), *SMALL, "--n_epochs", 1, "--checkpoint", 1]
+    killed = _held_at_first_batch(args, tmp_path / "never")
+    killed.kill()
+    killed.communicate()
+    assert f"pid {killed.pid} on" in (out / "run.lock").read_text()  # left behind, no longer locked
+    proc = run_main([*args, "--resume_path", "auto"])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"taking over {out / 'run.lock'}, left by pid {killed.pid} on" in proc.stdout
+    assert "that process has ended (an flock lock ends with its process, so no run holds it)" in proc.stdout
+    assert not (out / "run.lock").exists() and len(log_rows(out / "train.log")) == 2
 
 
 def test_nothing_to_do_is_said(tiny_dataset, tmp_path):

@@ -6,6 +6,9 @@ import csv
 import dataclasses
 import importlib.util
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,8 +16,9 @@ import torch
 
 import main
 from checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from engine.run_folder import RunLock
 from predict.runner import PredictionStore, file_stamp
-from tests.conftest import run_main
+from tests.conftest import ROOT, run_main
 from tests.datagen import frame_image, write_video_file
 from tests.predict.conftest import CLASSES, MODEL
 
@@ -49,6 +53,30 @@ def _check_predictions(entry: dict, *, duration: float, k: int) -> None:
         scores = [t["score"] for t in top]
         assert len(top) == k and scores == sorted(scores, reverse=True)
         assert {t["label"] for t in top} <= set(CLASSES)
+
+
+def test_predict_writes_into_the_folder_of_a_live_training_run(checkpoint, videos, tmp_path, capsys):
+    lock = RunLock.take(tmp_path)  # as a training run in this folder holds it; --predict takes no lock
+    try:
+        code, _ = _predict(["--predict", videos / "a.mp4", "--resume_path", checkpoint, "--result_path", tmp_path,
+                            "--n_threads", 0], capsys)
+    finally:
+        lock.release()
+    assert code == 0 and list(json.loads((tmp_path / "predictions.json").read_text())["results"]) == [
+        str(videos / "a.mp4")]
+
+
+def test_sigterm_stops_predict_like_ctrl_c_with_its_own_status(checkpoint, videos, tmp_path):
+    args = ["--predict", videos, "--resume_path", checkpoint, "--result_path", tmp_path, "--n_threads", 0]
+    env = {**os.environ, "TOOLKIT_TEST_WINDOW": "predict", "TOOLKIT_TEST_ACTION": "SIGTERM", "TOOLKIT_TEST_CALL": "2"}
+    proc = subprocess.run([sys.executable, "tests/engine/window_main.py", *map(str, args)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=240)  # SIGTERM as the second video is stored
+    assert proc.returncode == 143, proc.stdout + proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("interrupted: 1 finished video(s) are in"), proc.stderr
+    saved = json.loads((tmp_path / "predictions.json").read_text())
+    assert list(saved["results"]) == [str(videos / "a.mp4")] and saved["complete"] is False
+    code = main.main([str(a) for a in args])  # the rerun predicts the rest
+    assert code == 0 and len(json.loads((tmp_path / "predictions.json").read_text())["results"]) == 2
 
 
 def test_predict_a_directory(checkpoint, videos, tmp_path, capsys):
