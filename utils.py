@@ -6,9 +6,10 @@ import contextlib
 import csv
 import os
 import random
+import signal
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -172,6 +173,26 @@ def new_file_mode(*, folder: bool = False) -> int:
 
 
 PARTIAL_MARK = ".partial-"  # in the names of temporary files and folders that become outputs when complete
+# This process's temporary outputs in progress (atomic_file, atomic_dir): what a stopped worker removes.
+UNFINISHED_OUTPUTS: set[Path] = set()
+
+
+def registered_unfinished(make: Callable[[], Path]) -> Path:
+    """``make()``'s new temporary output, added to UNFINISHED_OUTPUTS with SIGTERM held in between: a stop
+    cannot land after it exists and before it is registered (and so be left behind)."""
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        tmp = make()
+        UNFINISHED_OUTPUTS.add(tmp)
+        return tmp
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
+def _new_temporary_file(final: Path) -> Path:
+    fd, name = tempfile.mkstemp(prefix=f".{final.name}{PARTIAL_MARK}", dir=final.parent)
+    os.close(fd)
+    return Path(name)
 
 
 @contextlib.contextmanager
@@ -180,9 +201,7 @@ def atomic_file(final: Path) -> Iterator[Path]:
     umask's permissions; flushed to disk first), and removed on any error: ``final`` is old or complete."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{final.name}{PARTIAL_MARK}", dir=final.parent)
-    os.close(fd)
-    tmp = Path(name)
+    tmp = registered_unfinished(lambda: _new_temporary_file(final))
     try:
         yield tmp
         os.chmod(tmp, new_file_mode())
@@ -192,6 +211,8 @@ def atomic_file(final: Path) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    finally:
+        UNFINISHED_OUTPUTS.discard(tmp)
 
 
 def seed_everything(seed: int) -> None:

@@ -45,7 +45,7 @@ from datasets.video_files import (
     upright_image,
 )
 from errors import UserError
-from utils import PARTIAL_MARK, atomic_file, new_file_mode  # noqa: F401 (atomic_file: the tools import it from here)
+from utils import PARTIAL_MARK, UNFINISHED_OUTPUTS, atomic_file, new_file_mode, registered_unfinished  # noqa: F401 (atomic_file: the tools import it from here)
 
 logger = logging.getLogger(__name__)
 
@@ -253,7 +253,7 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     An existing ``final`` is replaced.
     """
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}{PARTIAL_MARK}", dir=final.parent))
+    tmp = registered_unfinished(lambda: Path(tempfile.mkdtemp(prefix=f".{final.name}{PARTIAL_MARK}", dir=final.parent)))
     try:
         yield tmp
         os.chmod(tmp, new_file_mode(folder=True))  # mkdtemp makes it private
@@ -263,6 +263,8 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        UNFINISHED_OUTPUTS.discard(tmp)
 
 
 def check_writable_file(path: Path, *, what: str) -> None:
@@ -329,12 +331,17 @@ def run_over_videos(
                     bar.write(f"failed: {result.item.src}: {result.message}", file=sys.stderr)
         except KeyboardInterrupt:
             interrupted = True
-        else:
-            interrupted = False
-        finally:
             if pool is not None:
                 pool.terminate()  # SIGTERM: see _leave_stopping_to_the_parent
                 pool.join()
+        else:
+            interrupted = False
+            if pool is not None:  # every task done: the workers leave at the end of the task queue
+                pool.close()
+                pool.join()
+        finally:
+            if pool is not None:
+                pool.terminate()  # after an error of the parent's own; a no-op after close/join or terminate
     if interrupted:
         raise Interrupted(_progress_note(results, len(items)) + (f"; {rerun_hint}" if rerun_hint else "")) from None
     return sorted(results, key=lambda r: str(r.item.rel))
@@ -342,14 +349,21 @@ def run_over_videos(
 
 def _leave_stopping_to_the_parent() -> None:
     """In each pool worker: Ctrl-C (which the terminal sends to every process) is left to the parent, which then
-    stops the pool with SIGTERM; that unwinds the current video like an exception, so its temporary output is
-    removed (atomic_dir, atomic_file) instead of left behind, and the worker exits without a traceback."""
+    stops the pool with SIGTERM; the worker removes the temporary output of its current video (atomic_dir) and
+    exits at once, without a traceback."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, _exit_now)
+    signal.signal(signal.SIGTERM, _remove_unfinished_and_exit)
 
 
-def _exit_now(signum: int, _frame) -> None:
-    raise SystemExit(128 + signum)
+def _remove_unfinished_and_exit(signum: int, _frame) -> None:
+    # os._exit, not SystemExit: an exception raised wherever the signal lands could be caught by the code it lands
+    # in, or leave a pool lock held between its acquire and its `with` block, and the pool's join would wait forever.
+    for tmp in list(UNFINISHED_OUTPUTS):
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+    os._exit(128 + signum)
 
 
 def _progress_note(results: Sequence[ItemResult], total: int) -> str:
