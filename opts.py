@@ -201,6 +201,9 @@ def _add_inference_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--inference_crop", default="center", type=str, choices=("center", "nocrop"),
                    help="center crop, or resize only (nocrop)")
     g.add_argument("--inference_no_average", action="store_true", help="Write per-clip instead of per-video scores")
+    g.add_argument("--inference_align_last_window", action="store_true",
+                   help="Sliding windows: end the last window at the video's last frame (real frames only, overlapping "
+                        "the one before) instead of loop-padding it as the original does; --predict always does")
     g.add_argument("--output_video", action="store_true",
                    help="For --predict: also write an annotated copy of every video (top-k labels of the current "
                         "segment and a timeline of top-1 labels) to annotated/<name>.mp4 in --result_path")
