@@ -5,8 +5,11 @@
 Every video (a file, or every video file under a directory) is cut into clips like inference does
 (sliding windows every --inference_stride frames of --sample_duration frames taken every
 --sample_t_stride frames, or --inference_n_clips evenly spaced clips, each in --inference_n_crops
-crops). The top --output_topk labels per video (mean over all clips) and per time segment (true seconds,
-from the frames' timestamps) are printed and written to OUT/predictions.json and OUT/predictions.csv.
+crops). The last sliding window ends at the video's last frame (real frames only, overlapping the one before)
+instead of being loop-padded as in --inference; only a video shorter than one clip is looped, and its segment's
+`real_share` says how much of the clip is real. The top --output_topk labels per video (mean over all clips) and
+per time segment (true seconds, from the frames' timestamps) are printed and written to OUT/predictions.json and
+OUT/predictions.csv.
 
 The model is rebuilt from the checkpoint's arch and model_kwargs (checkpoints of this toolkit) or
 from the flags (released checkpoints: only --model/--model_depth style flags; the class count is
@@ -85,6 +88,10 @@ log = logging.getLogger(__name__)
 # always rgb here (videos are RGB), and leaving it out keeps predictions.json files of earlier versions resumable.
 RESULT_SETTINGS = (*(name for name in CLIP_OPTIONS if name != "input_type"), "inference_n_clips", "inference_n_crops",
                    "inference_crop", "class_names")
+# The last sliding window ends at the last frame, so every segment is scored on real frames only (a loop-padded tail
+# of a few frames weighs as much as a full window in a short video's mean); --inference keeps the original's padding
+# unless --inference_align_last_window asks. A setting of the results: files made with padded tails are not mixed in.
+ALIGN_LAST_WINDOW = True
 CSV_HEADER = ["video", "scope", "start_s", "end_s", "rank", "label", "score", "decoded_seconds", "duration_seconds",
               "problems"]
 PREDICTIONS_JSON, PREDICTIONS_CSV = "predictions.json", "predictions.csv"
@@ -171,7 +178,7 @@ def result_settings(opt: argparse.Namespace, topk: int) -> dict:
     """The settings a predictions file was made with (checkpoint file, clip settings, labels)."""
     checkpoint = Path(opt.resume_path)
     settings = {"checkpoint": str(checkpoint.resolve()), "checkpoint_file": file_stamp(checkpoint),
-                "output_topk": topk}
+                "output_topk": topk, "inference_align_last_window": ALIGN_LAST_WINDOW}
     for name in RESULT_SETTINGS:
         value = getattr(opt, name)
         settings[name] = str(value) if isinstance(value, Path) else value
@@ -273,7 +280,8 @@ def result_entry(result: VideoResult, topk: int) -> dict:
         return [{**t, "score": round(t["score"], 6)} for t in scores.top(values, topk)]
 
     vid = video.video_id
-    segments = [{"segment": list(result.segment_times[tuple(span)]), "result": top(s)}
+    segments = [{"segment": list(result.segment_times[tuple(span)]), "result": top(s),
+                 "real_share": round(result.segment_real_share[tuple(span)], 3)}
                 for span, s in scores.segment_scores(vid)] if vid in scores.clips else []
     overall = top(scores.video_scores()[vid]) if vid in scores.clips else []
     return {"duration": round(video.meta.duration, 3), "fps": video.meta.fps, "n_frames": video.meta.n_frames,
@@ -349,7 +357,8 @@ def build_predictor(net: nn.Module, opt: argparse.Namespace, spec: ClipSpec, *, 
     """The streaming predictor: the clip spec's inference clips, normalisation and scores, the views of `opt`."""
     spatial = spec.spatial_transform("inference", inference_crop=opt.inference_crop,
                                      inference_n_crops=opt.inference_n_crops)
-    temporal = spec.temporal_transform("inference", inference_n_clips=opt.inference_n_clips)
+    temporal = spec.temporal_transform("inference", inference_n_clips=opt.inference_n_clips,
+                                       align_last=ALIGN_LAST_WINDOW)
     return VideoPredictor(net, class_names=class_names, spatial=spatial, temporal=temporal,
                           batch_size=opt.inference_batch_size, device=device, normalizer=spec.normalizer(),
                           precision=opt.precision, topk=topk, threads=max(1, opt.n_threads),
