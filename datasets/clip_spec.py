@@ -13,7 +13,8 @@ inference (``inference_stride``) is in too: it is chosen with the clip length (w
 frames tile a video; 8-frame clips with the default stride of 16 would skip every other 8 frames), and
 ``--predict`` has always taken it from the checkpoint. The view counts (``--inference_n_clips``,
 ``--inference_n_crops``) and the crop (``--inference_crop``) are not: they choose how many clips of the spec are
-averaged and how much of the frame they show, the evaluator's choices (--predict never took them from a checkpoint).
+averaged and how much of the frame they show, the evaluator's choices (``datasets.views``; --predict takes the ones
+the checkpoint's run was evaluated with from its stored options).
 """
 
 from __future__ import annotations

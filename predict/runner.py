@@ -7,9 +7,10 @@ Every video (a file, or every video file under a directory) is cut into clips li
 --sample_t_stride frames, or --inference_n_clips evenly spaced clips, each in --inference_n_crops
 crops). The last sliding window ends at the video's last frame (real frames only, overlapping the one before)
 instead of being loop-padded as in --inference; only a video shorter than one clip is looped, and its segment's
-`real_share` says how much of the clip is real. The top --output_topk labels per video (mean over all clips) and
-per time segment (true seconds, from the frames' timestamps) are printed and written to OUT/predictions.json and
-OUT/predictions.csv.
+`real_share` says how much of the clip is real. The test views (--inference_n_clips, --inference_n_crops,
+--inference_crop) are those the checkpoint's run was evaluated with (its stored options), unless typed
+(`datasets.views`). The top --output_topk labels per video (mean over all clips) and per time segment (true
+seconds, from the frames' timestamps) are printed and written to OUT/predictions.json and OUT/predictions.csv.
 
 The model is rebuilt from the checkpoint's arch and model_kwargs (checkpoints of this toolkit) or
 from the flags (released checkpoints: only --model/--model_depth style flags; the class count is
@@ -75,6 +76,7 @@ from datasets.annotations import check_unique_names
 from datasets.clip_spec import CLIP_OPTIONS, ClipSpec
 from datasets.layout import VIDEO_EXTENSIONS, has_video_extension
 from datasets.video_files import NoVideoStream, announced_seconds, probe_video
+from datasets.views import InferenceViews
 from errors import UserError
 from models import factory as model_lib
 from opts import RESUME_AUTO
@@ -128,6 +130,14 @@ def checkpoint_clip_spec(opt: argparse.Namespace, payload: Checkpoint, source: P
     if spec.input_type != "rgb":
         raise UserError(f"checkpoint {source} takes {spec.input_type} input, but videos are read as RGB frames")
     return spec
+
+
+def checkpoint_views(opt: argparse.Namespace, payload: Checkpoint, source: Path, spec: ClipSpec) -> InferenceViews:
+    """The test views the checkpoint's run was evaluated with (its stored options; the defaults for files without
+    options) with the view flags of the command line on top, also set on `opt`; the log says which are used."""
+    where = f"checkpoint {source}"
+    stored = InferenceViews.from_options(payload.options, source=where)
+    return stored.apply_to(opt, source=where, temporal_sampling=spec.temporal_sampling)
 
 
 def load_predictor(opt: argparse.Namespace, payload: Checkpoint, source: Path,
@@ -382,6 +392,7 @@ def _run(opt: argparse.Namespace, listeners: Sequence[PredictionListener]) -> in
     paths = find_videos(Path(opt.predict))
     payload = load_checkpoint(opt.resume_path)
     spec = checkpoint_clip_spec(opt, payload, Path(opt.resume_path))
+    checkpoint_views(opt, payload, Path(opt.resume_path), spec)
     net, class_names = load_predictor(opt, payload, Path(opt.resume_path), spec)
     # --output_topk <= 0 means all classes of the checkpoint's model (opts leaves it unresolved for --predict).
     topk = opt.output_topk if opt.output_topk > 0 else len(class_names)

@@ -14,9 +14,9 @@ import torch
 import main
 from checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from predict.runner import PredictionStore, file_stamp
-from tests.conftest import run_main
+from tests.conftest import random_model_checkpoint, run_main
 from tests.datagen import frame_image, write_video_file
-from tests.predict.conftest import CLASSES, MODEL, Page
+from tests.predict.conftest import CLASSES, MODEL, TRAIN_FLAGS, Page
 
 
 def _video(path: Path, *, n_frames: int, size: tuple[int, int], fps: float) -> Path:
@@ -211,3 +211,27 @@ def test_short_videos_are_scored_on_real_frames_only(checkpoint, tmp_path, capsy
     assert spans[2]["title"].endswith("(looped: 62% of the clip's frames are real)")
     assert "hatched: the video is shorter than one clip" in " ".join(page.text)
 
+
+def test_the_checkpoints_test_views_are_used_unless_typed(videos, tmp_path, capsys):
+    """--predict scores as the checkpoint's run was evaluated (its stored --inference_n_clips/--inference_n_crops/
+    --inference_crop), says so, and typed flags win."""
+    evaluated = random_model_checkpoint(tmp_path / "ckpt", [*TRAIN_FLAGS, "--inference_n_clips", "2",
+                                                            "--inference_n_crops", "3"], CLASSES)
+    runs = {"stored": [], "sliding": ["--inference_n_clips", 0], "nocrop": ["--inference_crop", "nocrop"]}
+    views, segments, logs = {}, {}, {}
+    for name, flags in runs.items():
+        code, logs[name] = _predict(["--predict", videos / "a.mp4", "--resume_path", evaluated, "--result_path",
+                                     tmp_path / name, "--n_threads", 0, *flags], capsys)
+        assert code == 0
+        data = json.loads((tmp_path / name / "predictions.json").read_text())
+        views[name] = tuple(data["settings"][k] for k in ("inference_n_clips", "inference_n_crops", "inference_crop"))
+        segments[name] = [s["segment"] for s in data["results"][str(videos / "a.mp4")]["segments"]]
+    assert views == {"stored": (2, 3, "center"), "sliding": (0, 3, "center"), "nocrop": (2, 1, "nocrop")}
+    # 23 frames: two evenly spaced 8-frame clips start at frames 0 and 15; sliding windows every 8 frames
+    assert segments["stored"] == segments["nocrop"] == [[0.0, 0.8], [1.5, 2.3]]
+    assert segments["sliding"] == [[0.0, 0.8], [0.8, 1.6], [1.5, 2.3]]
+    assert f"test views: 2 evenly spaced clips x 3 crops (as checkpoint {evaluated} was evaluated;" in logs["stored"]
+    assert (f"test views: sliding windows x 3 crops (checkpoint {evaluated}'s, with --inference_n_clips 0 from the "
+            "command line;") in logs["sliding"]
+    assert "the inference_n_crops of checkpoint" in logs["nocrop"]
+    assert "test views: 2 evenly spaced clips x 1 nocrop crop" in logs["nocrop"]
