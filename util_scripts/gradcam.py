@@ -116,7 +116,7 @@ def overlay(frame: np.ndarray, cam: np.ndarray, box: tuple[int, int, int, int], 
     image = Image.fromarray(out.round().clip(0, 255).astype(np.uint8))
     if caption:
         draw = ImageDraw.Draw(image)
-        font = font_for(image.height)
+        font = font_for(image.width, image.height)
         right, bottom = draw.textbbox((4, 2), caption, font=font)[2:]
         draw.rectangle((0, 0, right + 4, bottom + 4), fill=(0, 0, 0))
         draw.text((4, 2), caption, fill=(255, 255, 255), font=font)
