@@ -221,7 +221,8 @@ def _add_inference_args(parser: argparse.ArgumentParser) -> None:
                         "top/center/bottom for portrait videos); scores are averaged over all views")
     g.add_argument("--predict", default=None, type=Path,
                    help="Predict top-k labels of a video file or of every video under a directory (no annotation "
-                        "file); needs --resume_path; writes predictions.json/.csv into --result_path (default .)")
+                        "file); needs --resume_path; writes predictions.json/.csv/.html into --result_path (default: "
+                        "<path>_predictions beside the input)")
     g.add_argument("--class_names", default=None, type=Path,
                    help="For --predict: text file with one class name per line (for checkpoints without names)")
 

@@ -2,6 +2,9 @@
 
     python main.py --predict VIDEO_OR_DIR --resume_path CKPT [--result_path OUT] [--class_names FILE]
 
+OUT defaults to VIDEO_OR_DIR_predictions beside the input (my_videos/ -> my_videos_predictions/, clip.mp4 ->
+clip_predictions/), not the current directory, which may be a source tree.
+
 Every video (a file, or every video file under a directory) is cut into clips like inference does
 (sliding windows every --inference_stride frames of --sample_duration frames taken every
 --sample_t_stride frames, or --inference_n_clips evenly spaced clips, each in --inference_n_crops
@@ -82,7 +85,7 @@ from models import factory as model_lib
 from opts import RESUME_AUTO
 from predict.outputs import PredictOutputs, clips_per_batch_for_annotation
 from predict.video_predictor import PredictionListener, VideoInfo, VideoPredictor, VideoResult
-from utils import atomic_file
+from utils import atomic_file, beside_input
 
 log = logging.getLogger(__name__)
 
@@ -97,18 +100,25 @@ ALIGN_LAST_WINDOW = True
 CSV_HEADER = ["video", "scope", "start_s", "end_s", "rank", "label", "score", "decoded_seconds", "duration_seconds",
               "problems"]
 PREDICTIONS_JSON, PREDICTIONS_CSV = "predictions.json", "predictions.csv"
+RESULT_TAIL = "_predictions"  # without --result_path: my_videos/ -> my_videos_predictions/ beside it
 
 
 def find_videos(path: Path) -> list[Path]:
-    """`path` itself if it is a file, else every video file under the directory (recursively, sorted)."""
+    """`path` itself if it is a file, else every video file under the directory (recursively, sorted), except
+    those in result folders of --predict below it (the annotated copies of a video predicted on its own)."""
     if path.is_file():
         return [path]
     if not path.is_dir():
         raise UserError(f"--predict {path}: no such file or directory")
-    found = sorted(p for p in path.rglob("*") if p.is_file() and has_video_extension(p))
+    found = sorted(p for p in path.rglob("*") if p.is_file() and has_video_extension(p)
+                   and not _in_result_folder(p, below=path))
     if not found:
         raise UserError(f"--predict {path}: no video files ({', '.join(VIDEO_EXTENSIONS)}) under this directory")
     return found
+
+
+def _in_result_folder(file: Path, *, below: Path) -> bool:
+    return any((folder / PREDICTIONS_JSON).is_file() for folder in file.parents if below in folder.parents)
 
 
 def read_class_names(path: Path) -> list[str]:
@@ -388,8 +398,8 @@ def run(opt: argparse.Namespace, listeners: Sequence[PredictionListener] = ()) -
 def _run(opt: argparse.Namespace, listeners: Sequence[PredictionListener]) -> int:
     if str(opt.resume_path) == RESUME_AUTO:
         raise UserError("--predict needs an explicit --resume_path checkpoint file (not 'auto')")
-    out_dir = prepare_result_dir(Path(opt.result_path or "."))
     paths = find_videos(Path(opt.predict))
+    out_dir = prepare_result_dir(Path(opt.result_path) if opt.result_path else beside_input(opt.predict, RESULT_TAIL))
     payload = load_checkpoint(opt.resume_path)
     spec = checkpoint_clip_spec(opt, payload, Path(opt.resume_path))
     checkpoint_views(opt, payload, Path(opt.resume_path), spec)
