@@ -193,7 +193,9 @@ def _draw_timeline(draw: ImageDraw.ImageDraw, width: int, height: int, t: float,
     y0 = height - h
     draw.rectangle((0, y0, width - 1, height - 1), fill=UNKNOWN_COLOR)
     scale = width / duration if duration > 0 else 0.0
-    for seg in timeline:
+    # Earlier segments on top: a moment shows the first segment that covers it, as the label box does (a frame is
+    # drawn as soon as a segment covers it), and an end-aligned last window shows the part it adds.
+    for seg in reversed(timeline):
         x0, x1 = int(seg.start_s * scale), max(int(seg.start_s * scale) + 1, int(round(seg.end_s * scale)))
         draw.rectangle((x0, y0, min(x1, width) - 1, height - 1), fill=colors.rgb(seg.label))
     cursor = min(width - 1, int(t * scale))

@@ -1,7 +1,8 @@
 """predictions.html: one self-contained page of a `--predict` run, readable for a thousand videos.
 
 One row per video: a few thumbnails (small JPEG data URIs taken from frames during the decoding pass), the
-segment timeline of top-1 labels coloured by class (the colours of the annotated videos), bars of the
+segment timeline of top-1 labels coloured by class (colours and overlaps as in the annotated videos' strip: the
+earlier of two overlapping segments on top; segments of a looped clip hatched), bars of the
 video's top-k scores, the problems met while decoding and a link to the annotated video when one was made.
 Rows can be filtered and sorted in the page (a small inline script; no server).
 
@@ -134,7 +135,7 @@ data-problems="{{ v.problems | length }}" data-search="{{ v.search }}">
 {% if v.problems %}<div class="problems">{% for p in v.problems %}{{ p }}<br>{% endfor %}</div>{% endif %}</td>
 <td class="thumbs">{% for t in v.thumbnails %}<img alt="frame at {{ '%.2f' % t.seconds }} s" \
 title="{{ '%.2f' % t.seconds }} s" src="{{ t.uri }}">{% endfor %}</td>
-<td><div class="tl">{% for s in v.timeline %}<span{% if s.looped %} class="looped"{% endif %} \
+<td><div class="tl">{% for s in v.timeline | reverse %}<span{% if s.looped %} class="looped"{% endif %} \
 style="left:{{ s.left }}%;width:{{ s.width }}%;background-color:{{ s.color }}" title="{{ s.title }}"></span>\
 {% endfor %}</div></td>
 <td>{% for t in v.top %}<div class="bar"><span class="fill" style="width:{{ t.percent }}%;background:{{ t.color }}">\

@@ -143,6 +143,18 @@ def test_label_box_fits_small_portrait_and_4k_frames(width, height):
     assert (drawn[y0:y1, x0:x1] > 220).all(axis=2).any()  # the white text (anti-aliased at small sizes)
 
 
+def test_timeline_strip_shows_the_first_segment_covering_each_moment():
+    """An end-aligned last window overlaps the one before: the strip shows it only where it adds, as the label box
+    (frames are drawn once the first segment covering them is known)."""
+    image = Image.new("RGB", (96, 72))
+    first, tail = Segment(0.0, 0.64, (TOP[0],)), Segment(0.32, 0.96, (TOP[1],))
+    strip, _ = draw_overlay(image, 0.0, 0.96, first, [first, tail])
+    colors = ClassColors()
+    row = np.asarray(image)[strip[1] + 1]
+    assert tuple(row[40]) == colors.rgb("walk")  # 0.4 s: in both windows
+    assert tuple(row[80]) == colors.rgb("run")  # 0.8 s: the last window only
+
+
 def test_frames_wait_for_their_segment_within_a_bound(tmp_path):
     writer = AnnotatedVideoWriter(tmp_path / "w.mp4", duration_s=1.0, fps=10, max_buffered=4)
     frame = np.zeros((32, 48, 3), np.uint8)

@@ -207,6 +207,8 @@ def test_short_videos_are_scored_on_real_frames_only(checkpoint, tmp_path, capsy
     page = Page((tmp_path / "out" / "predictions.html").read_text())
     spans = [attrs for tag, attrs in page.tags if tag == "span" and "left:" in attrs.get("style", "")]
     assert len(spans) == 3
+    # later spans are drawn on top: the first window (0-8) covers the overlap, the end-aligned one shows 0.8-1.2 s
+    assert [attrs["title"][:11] for attrs in spans[:2]] == ["0.40-1.20 s", "0.00-0.80 s"]
     assert [attrs.get("class") for attrs in spans] == [None, None, "looped"]
     assert spans[2]["title"].endswith("(looped: 62% of the clip's frames are real)")
     assert "hatched: the video is shorter than one clip" in " ".join(page.text)
