@@ -214,7 +214,7 @@ def _row(entry: VideoEntry, topk: int, colors: ClassColors) -> dict:
         if not seg["result"] or entry.duration <= 0:
             continue
         label, score = seg["result"][0]["label"], seg["result"][0]["score"]
-        share = float(seg.get("real_share", 1.0))  # files of earlier versions: their tails were padded unsaid
+        share = float(seg.get("real_share", 1.0))  # entries of earlier versions do not say: taken as real
         looped = f" (looped: {share:.0%} of the clip's frames are real)" if share < 1 else ""
         timeline.append({"left": f"{100 * start / entry.duration:.3f}",
                          "width": f"{100 * max(end - start, 0) / entry.duration:.3f}", "looped": bool(looped),
