@@ -98,12 +98,15 @@ class Segment:
 
 # The label box: text at a share of the frame's shorter side, so it looks the same on landscape and portrait
 # videos of any resolution, but never below a legible size; the box never covers more than a set share of the
-# picture (labels are shortened with "…", and the lowest-ranked lines left out on frames too small for all); its
-# black is see-through.
+# picture (labels are shortened in the middle, "move…left", where the ends tell classes apart; the lowest-ranked
+# lines are left out on frames too small for all); its black is see-through. Frames smaller than TINY_FRAME_PX
+# (thumbnails, the demo's 96x72 videos) cannot hold a legible label in that share: the box may take the
+# whole width there.
 FONT_SHARE = 1 / 28
 MIN_FONT_PX = 10
-MAX_BOX_WIDTH = 0.5  # of the frame's width
+MAX_BOX_WIDTH = 0.6  # of the frame's width
 MAX_BOX_HEIGHT = 0.4  # of the frame's height
+TINY_FRAME_PX = 100  # shorter side
 BOX_OPACITY = 0.55
 ELLIPSIS = "…"
 
@@ -126,8 +129,9 @@ def strip_height(height: int) -> int:
 
 @dataclass(frozen=True)
 class LabelBox:
-    """Where and what the top-k box draws: its (x0, y0, x1, y1) box (exclusive ends), the text lines (label shortened
-    to fit, score) and their layout."""
+    """Where and what the top-k box draws: its (x0, y0, x1, y1) box (exclusive ends), the lines (label shortened to
+    fit, score) and their layout: a colour swatch, the label, and the score right-aligned in a column of its own (a
+    space is too thin to part them at small sizes)."""
 
     box: tuple[int, int, int, int]
     lines: tuple[tuple[str, str], ...]  # (label, score); score '' for the placeholder line
@@ -135,6 +139,14 @@ class LabelBox:
     pad: int
     line_h: int
     swatch: int
+
+    @property
+    def label_x(self) -> int:
+        return 2 * self.pad + self.swatch
+
+    @property
+    def score_right(self) -> int:
+        return self.box[2] - self.pad
 
 
 def label_box(width: int, height: int, top: Sequence[dict], draw: ImageDraw.ImageDraw) -> LabelBox:
@@ -144,21 +156,25 @@ def label_box(width: int, height: int, top: Sequence[dict], draw: ImageDraw.Imag
     line_h = font.getbbox("Ag")[3] + pad
     swatch = max(4, line_h - 2 * pad)
     fit_lines = max(1, int((height * MAX_BOX_HEIGHT - 2 * pad) // line_h))
-    text_room = width * MAX_BOX_WIDTH - (4 * pad + swatch)
     lines = [(item["label"], f"{item['score']:.2f}") for item in top[:fit_lines]] or [(ELLIPSIS, "")]
-    lines = [(_shorten(label, score, text_room, draw, font), score) for label, score in lines]
-    text_w = max(draw.textlength(f"{label} {score}", font=font) for label, score in lines)
-    box = (0, 0, min(width, int(3 * pad + swatch + text_w + pad) + 1), min(height, len(lines) * line_h + 2 * pad))
-    return LabelBox(box, tuple(lines), font, pad, line_h, swatch)
+    score_w = max(draw.textlength(score, font=font) for _, score in lines)
+    gap = max(3, line_h // 3)
+    max_width = width if min(width, height) < TINY_FRAME_PX else width * MAX_BOX_WIDTH
+    label_room = max_width - (4 * pad + swatch + gap + score_w) - 1
+    lines = [(_shorten(label, label_room, draw, font), score) for label, score in lines]
+    label_w = max(draw.textlength(label, font=font) for label, _ in lines)
+    box_w = int(3 * pad + swatch + label_w + gap + score_w + pad) + 1
+    return LabelBox((0, 0, min(width, box_w), min(height, len(lines) * line_h + 2 * pad)), tuple(lines), font, pad,
+                    line_h, swatch)
 
 
-def _shorten(label: str, score: str, room: float, draw: ImageDraw.ImageDraw, font) -> str:
-    """`label`, cut and ended with "…" where '<label> <score>' would be wider than `room` pixels."""
-    if draw.textlength(f"{label} {score}", font=font) <= room:
-        return label
-    while label and draw.textlength(f"{label}{ELLIPSIS} {score}", font=font) > room:
-        label = label[:-1]
-    return label + ELLIPSIS
+def _shorten(label: str, room: float, draw: ImageDraw.ImageDraw, font) -> str:
+    """`label`, with "…" for as many middle characters as it needs to fit in `room` pixels."""
+    for keep in range(len(label), -1, -1):
+        short = label if keep == len(label) else label[:(keep + 1) // 2] + ELLIPSIS + label[len(label) - keep // 2:]
+        if draw.textlength(short, font=font) <= room:
+            return short
+    return ELLIPSIS
 
 
 def draw_overlay(image: Image.Image, t: float, duration: float, current: Segment | None,
@@ -176,13 +192,15 @@ def draw_overlay(image: Image.Image, t: float, duration: float, current: Segment
     box = layout.box
     image.paste(Image.blend(image.crop(box), Image.new("RGB", (box[2] - box[0], box[3] - box[1])), BOX_OPACITY),
                 box[:2])
-    pad, swatch = layout.pad, layout.swatch
+    pad, swatch, white = layout.pad, layout.swatch, (255, 255, 255)
     for k, (label, score) in enumerate(layout.lines):
         y = pad + k * layout.line_h
         if score:
             draw.rectangle((pad, y + pad // 2, pad + swatch - 1, y + pad // 2 + swatch - 1),
                            fill=colors.rgb(current.top[k]["label"]))
-        draw.text((2 * pad + swatch, y), f"{label} {score}".rstrip(), fill=(255, 255, 255), font=layout.font)
+            draw.text((layout.score_right - draw.textlength(score, font=layout.font), y), score, fill=white,
+                      font=layout.font)
+        draw.text((layout.label_x, y), label, fill=white, font=layout.font)
     boxes.append(box)
     return boxes
 

@@ -130,17 +130,30 @@ def test_label_box_fits_small_portrait_and_4k_frames(width, height):
     x0, y0, x1, y1 = draw_overlay(image, 0.5, 1.0, segment, [segment], topk=3)[-1]
     assert (x0, y0) == (0, 0)
     assert x1 <= MAX_BOX_WIDTH * width and y1 <= MAX_BOX_HEIGHT * height
-    assert x1 * y1 <= 0.2 * width * height
+    assert x1 * y1 <= 0.25 * width * height
     layout = label_box(width, height, LONG_TOP, ImageDraw.Draw(image))
     assert layout.box == (x0, y0, x1, y1) and len(layout.lines) == 3  # all of the top 3, in order
     assert [score for _, score in layout.lines] == ["0.75", "0.20", "0.05"]
     assert layout.font.size == max(MIN_FONT_PX, round(min(width, height) / 28))
     long_label = layout.lines[0][0]
-    assert long_label == LONG_TOP[0]["label"] if width > 1000 else long_label.endswith("…")  # cut to fit
+    if width > 1000:
+        assert long_label == LONG_TOP[0]["label"]
+    else:  # cut in the middle to fit: both ends kept
+        assert long_label.startswith("rot") and long_label.endswith("wly") and "…" in long_label
     drawn = np.asarray(image)
     background = drawn[y1 - 1, x1 - 1]  # the box's last pixel: no text there
     assert 80 < background.mean() < 160  # white under see-through black (not black, not untouched)
     assert (drawn[y0:y1, x0:x1] > 220).all(axis=2).any()  # the white text (anti-aliased at small sizes)
+
+
+def test_tiny_frames_show_the_top_label_whole():
+    """The demo's 96x72 videos cannot hold a legible label in a share of their width: the top-1 line takes what it
+    needs, and the lines that do not fit the height share are left out."""
+    image = Image.new("RGB", (96, 72))
+    top = ({"label": "rotate_cw", "score": 0.63}, {"label": "move_left", "score": 0.37})
+    layout = label_box(96, 72, top, ImageDraw.Draw(image))
+    assert layout.lines == (("rotate_cw", "0.63"),) and layout.font.size == MIN_FONT_PX
+    assert layout.box[2] <= 96 and layout.box[3] <= MAX_BOX_HEIGHT * 72
 
 
 def test_timeline_strip_shows_the_first_segment_covering_each_moment():
