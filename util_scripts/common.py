@@ -45,7 +45,7 @@ from datasets.video_files import (
     upright_image,
 )
 from errors import UserError
-from utils import PARTIAL_MARK, atomic_file, new_file_mode  # noqa: F401 (atomic_file: the tools import it from here)
+from utils import PARTIAL_MARK, atomic_file, beside_input, new_file_mode  # noqa: F401 (re-exported to the tools)
 
 logger = logging.getLogger(__name__)
 
