@@ -289,6 +289,9 @@ def _add_inference_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--inference_crop", default="center", type=str, choices=("center", "nocrop"),
                    help="center crop, or resize only (nocrop)")
     g.add_argument("--inference_no_average", action="store_true", help="Write per-clip instead of per-video scores")
+    g.add_argument("--inference_align_last_window", action="store_true",
+                   help="Sliding windows: end the last window at the video's last frame (real frames only, overlapping "
+                        "the one before) instead of loop-padding it as the original does; --predict always does")
     g.add_argument("--output_video", action="store_true",
                    help="For --predict: also write an annotated copy of every video (top-k labels of the current "
                         "segment and a timeline of top-1 labels) to annotated/<name>.mp4 in --result_path")
@@ -306,7 +309,8 @@ def _add_inference_args(parser: argparse.ArgumentParser) -> None:
                         "top/center/bottom for portrait videos); scores are averaged over all views")
     g.add_argument("--predict", default=None, type=Path,
                    help="Predict top-k labels of a video file or of every video under a directory (no annotation "
-                        "file); needs --resume_path; writes predictions.json/.csv into --result_path (default .)")
+                        "file); needs --resume_path; writes predictions.json/.csv/.html into --result_path (default: "
+                        "<path>_predictions beside the input)")
     g.add_argument("--class_names", default=None, type=Path,
                    help="For --predict: text file with one class name per line (for checkpoints without names)")
 

@@ -172,6 +172,14 @@ def new_file_mode(*, folder: bool = False) -> int:
     return (0o777 if folder else 0o666) & ~mask
 
 
+def beside_input(path: Path, tail: str) -> Path:
+    """The default output of a tool run on `path`: named after it and placed beside it (my_videos/ ->
+    my_videos<tail>, clip.mp4 -> clip<tail>), never in the current directory, which may be the source tree."""
+    path = Path(path).resolve()
+    name = path.stem if path.is_file() else path.name
+    return path.with_name(name + tail) if name else path / tail.lstrip("_.")  # a file system root: inside it
+
+
 PARTIAL_MARK = ".partial-"  # in the names of temporary files and folders that become outputs when complete
 # This process's temporary outputs in progress (atomic_file, atomic_dir): what a stopped worker removes.
 UNFINISHED_OUTPUTS: set[Path] = set()

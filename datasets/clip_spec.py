@@ -13,7 +13,8 @@ inference (``inference_stride``) is in too: it is chosen with the clip length (w
 frames tile a video; 8-frame clips with the default stride of 16 would skip every other 8 frames), and
 ``--predict`` has always taken it from the checkpoint. The view counts (``--inference_n_clips``,
 ``--inference_n_crops``) and the crop (``--inference_crop``) are not: they choose how many clips of the spec are
-averaged and how much of the frame they show, the evaluator's choices (--predict never took them from a checkpoint).
+averaged and how much of the frame they show, the evaluator's choices (``datasets.views``; --predict takes the ones
+the checkpoint's run was evaluated with from its stored options).
 """
 
 from __future__ import annotations
@@ -147,12 +148,13 @@ class ClipSpec:
         return ClipNormalizer(self.mean, self.std, self.value_scale)
 
     def temporal_transform(self, split: str, *, train_t_crop: str = "random", n_val_samples: int = 3,
-                           inference_n_clips: int = 0) -> TemporalTransform:
-        """The frame sampling of `split` ('train', 'val', 'inference'); the arguments are the evaluator's choices."""
+                           inference_n_clips: int = 0, align_last: bool = False) -> TemporalTransform:
+        """The frame sampling of `split` ('train', 'val', 'inference'); the arguments are the evaluator's choices
+        (`align_last`: sliding windows end at the last frame, see temporal_transforms.sliding_window)."""
         return get_temporal_transform(split, sample_duration=self.sample_duration, sample_t_stride=self.sample_t_stride,
                                       train_t_crop=train_t_crop, n_val_samples=n_val_samples,
                                       inference_stride=self.inference_stride, inference_n_clips=inference_n_clips,
-                                      sampling=self.temporal_sampling)
+                                      sampling=self.temporal_sampling, align_last=align_last)
 
     def spatial_transform(self, split: str, **crops) -> SpatialTransform:
         """The crops of `split` at this spec's size; `crops`: get_spatial_transform's crop arguments."""

@@ -78,7 +78,8 @@ def build_dataset(opt, split: str, *, problems: DataProblems | None = None) -> V
         train_crop_min_ratio=opt.train_crop_min_ratio, hflip=not opt.no_hflip, colorjitter=opt.colorjitter,
         inference_crop=opt.inference_crop, inference_n_crops=opt.inference_n_crops)
     temporal = spec.temporal_transform(split, train_t_crop=opt.train_t_crop, n_val_samples=opt.n_val_samples,
-                                       inference_n_clips=opt.inference_n_clips)
+                                       inference_n_clips=opt.inference_n_clips,
+                                       align_last=opt.inference_align_last_window)
     problems = problems or DataProblems(max_workers=_per_process(opt, "n_threads"))
     reader = _reader(opt)
     check_frames_fit(reader, records, spec.sample_size)

@@ -77,15 +77,22 @@ def even_crop(indices: Sequence[int], size: int, n_samples: int) -> list[Clip]:
     return clips
 
 
-def sliding_window(indices: Sequence[int], size: int, stride: int) -> list[Clip]:
+def sliding_window(indices: Sequence[int], size: int, stride: int, *, align_last: bool = False) -> list[Clip]:
     """Windows starting every `stride` entries (0 means `size`); the first short window is loop-padded and ends it.
 
     1..50, 16, 16 -> [1..16], [17..32], [33..48], [49, 50, 49, ...]; 1..48 -> exactly three windows.
+    `align_last`: the short window becomes the one that ends at the last entry, so every window holds real frames
+    only (1..50 -> [1..16], [17..32], [33..48], [35..50]); it is dropped when the window before already ends there.
+    Only a video shorter than one window is still loop-padded. A padded tail holds few real frames but counts as
+    much as any window in the video's mean: on short videos its guess decides a large part of the result.
     """
     stride = stride or size
     clips: list[Clip] = []
     for begin in range(0, len(indices), stride):
         window = indices[begin : begin + size]
+        if len(window) < size and align_last and len(indices) >= size:
+            tail = list(indices[-size:])
+            return clips if clips and clips[-1] == tail else [*clips, tail]
         clips.append(loop_padding(window, size))
         if len(window) < size:
             break
@@ -165,6 +172,7 @@ class TemporalTransform:
     t_stride: int = 1
     n_samples: int = 1
     window_stride: int = 0
+    align_last: bool = False  # 'sliding': the last window ends at the last frame instead of being loop-padded
 
     @property
     def multi_clip(self) -> bool:
@@ -188,7 +196,7 @@ class TemporalTransform:
             return even_crop(ix, self.size, self.n_samples)
         if self.kind == "uniform":
             return uniform_clips(ix, self.size, self.n_samples)
-        return sliding_window(ix, self.size, self.window_stride)
+        return sliding_window(ix, self.size, self.window_stride, align_last=self.align_last)
 
 
 def get_temporal_transform(
@@ -201,11 +209,13 @@ def get_temporal_transform(
     inference_stride: int = 16,
     inference_n_clips: int = 0,
     sampling: str = "dense",
+    align_last: bool = False,
 ) -> TemporalTransform:
     """Temporal sampling for `split` in {'train', 'val', 'inference'} (with the fixes above).
 
     sampling 'dense' (consecutive frames): inference uses sliding windows every `inference_stride`
-    frames, or with `inference_n_clips` > 0 that many evenly spaced clips per video.
+    frames (`align_last`: the last one ends at the last frame, see `sliding_window`), or with
+    `inference_n_clips` > 0 that many evenly spaced clips per video.
     sampling 'segment': `sample_duration` segments over the whole video, one frame each; training draws
     it at random within each segment ('center' with train_t_crop='center'), validation takes the centres
     (one clip), inference the centres or `inference_n_clips` evenly offset variants.
@@ -230,7 +240,8 @@ def get_temporal_transform(
             raise ValueError(f"inference_n_clips must be >= 0, got {inference_n_clips}")
         if inference_n_clips:
             return TemporalTransform("uniform", sample_duration, sample_t_stride, n_samples=inference_n_clips)
-        return TemporalTransform("sliding", sample_duration, sample_t_stride, window_stride=inference_stride)
+        return TemporalTransform("sliding", sample_duration, sample_t_stride, window_stride=inference_stride,
+                                 align_last=align_last)
     raise ValueError(f"split must be 'train', 'val' or 'inference', got {split!r}")
 
 

@@ -96,23 +96,91 @@ class Segment:
         return self.start_s <= t and (t < self.end_s or final)
 
 
-def font_for(height: int) -> ImageFont.ImageFont:
-    """Pillow's built-in font at a size that reads at this frame height."""
-    size = max(9, round(height / 22))
+# The label box: text at a share of the frame's shorter side, so it looks the same on landscape and portrait
+# videos of any resolution, but never below a legible size; the box never covers more than a set share of the
+# picture (labels are shortened in the middle, "move…left", where the ends tell classes apart; the lowest-ranked
+# lines are left out on frames too small for all); its black is see-through. Frames smaller than TINY_FRAME_PX
+# (thumbnails, the demo's 96x72 videos) cannot hold a legible label in that share: the box may take the
+# whole width there.
+FONT_SHARE = 1 / 28
+MIN_FONT_PX = 10
+MAX_BOX_WIDTH = 0.6  # of the frame's width
+MAX_BOX_HEIGHT = 0.4  # of the frame's height
+TINY_FRAME_PX = 100  # shorter side
+BOX_OPACITY = 0.55
+ELLIPSIS = "…"
+
+
+def font_for(width: int, height: int) -> ImageFont.ImageFont:
+    """Pillow's built-in font at the size for text on a frame of this size."""
     try:
-        return ImageFont.load_default(size=size)
+        return ImageFont.load_default(size=font_px(width, height))
     except (TypeError, OSError):  # Pillow < 10.1 or no FreeType: the fixed bitmap font
         return ImageFont.load_default()
+
+
+def font_px(width: int, height: int) -> int:
+    return max(MIN_FONT_PX, round(min(width, height) * FONT_SHARE))
 
 
 def strip_height(height: int) -> int:
     return max(4, round(height / 24))
 
 
+@dataclass(frozen=True)
+class LabelBox:
+    """Where and what the top-k box draws: its (x0, y0, x1, y1) box (exclusive ends), the lines (label shortened to
+    fit, score) and their layout: a colour swatch, the label, and the score right-aligned in a column of its own (a
+    space is too thin to part them at small sizes)."""
+
+    box: tuple[int, int, int, int]
+    lines: tuple[tuple[str, str], ...]  # (label, score); score '' for the placeholder line
+    font: ImageFont.ImageFont
+    pad: int
+    line_h: int
+    swatch: int
+
+    @property
+    def label_x(self) -> int:
+        return 2 * self.pad + self.swatch
+
+    @property
+    def score_right(self) -> int:
+        return self.box[2] - self.pad
+
+
+def label_box(width: int, height: int, top: Sequence[dict], draw: ImageDraw.ImageDraw) -> LabelBox:
+    """The layout of the top-k labels `top` on a width x height frame (see FONT_SHARE)."""
+    font = font_for(width, height)
+    pad = max(2, round(min(width, height) / 160))
+    line_h = font.getbbox("Ag")[3] + pad
+    swatch = max(4, line_h - 2 * pad)
+    fit_lines = max(1, int((height * MAX_BOX_HEIGHT - 2 * pad) // line_h))
+    lines = [(item["label"], f"{item['score']:.2f}") for item in top[:fit_lines]] or [(ELLIPSIS, "")]
+    score_w = max(draw.textlength(score, font=font) for _, score in lines)
+    gap = max(3, line_h // 3)
+    max_width = width if min(width, height) < TINY_FRAME_PX else width * MAX_BOX_WIDTH
+    label_room = max_width - (4 * pad + swatch + gap + score_w) - 1
+    lines = [(_shorten(label, label_room, draw, font), score) for label, score in lines]
+    label_w = max(draw.textlength(label, font=font) for label, _ in lines)
+    box_w = int(3 * pad + swatch + label_w + gap + score_w + pad) + 1
+    return LabelBox((0, 0, min(width, box_w), min(height, len(lines) * line_h + 2 * pad)), tuple(lines), font, pad,
+                    line_h, swatch)
+
+
+def _shorten(label: str, room: float, draw: ImageDraw.ImageDraw, font) -> str:
+    """`label`, with "…" for as many middle characters as it needs to fit in `room` pixels."""
+    for keep in range(len(label), -1, -1):
+        short = label if keep == len(label) else label[:(keep + 1) // 2] + ELLIPSIS + label[len(label) - keep // 2:]
+        if draw.textlength(short, font=font) <= room:
+            return short
+    return ELLIPSIS
+
+
 def draw_overlay(image: Image.Image, t: float, duration: float, current: Segment | None,
                  timeline: Sequence[Segment], *, topk: int = 3,
                  colors: ClassColors | None = None) -> list[tuple[int, int, int, int]]:
-    """Draw the top-k box (top left) and the timeline strip (bottom) onto `image` in place.
+    """Draw the top-k box (top left, see-through) and the timeline strip (bottom) onto `image` (RGB) in place.
 
     Returns the boxes (x0, y0, x1, y1), exclusive ends, outside which no pixel was changed.
     """
@@ -120,21 +188,19 @@ def draw_overlay(image: Image.Image, t: float, duration: float, current: Segment
     colors = colors or ClassColors()
     draw = ImageDraw.Draw(image)
     boxes = [_draw_timeline(draw, width, height, t, duration, timeline, colors)]
-    lines = [(item["label"], f"{item['score']:.2f}") for item in (current.top[:topk] if current else ())]
-    if not lines:
-        lines = [("…", "")]
-    font = font_for(height)
-    pad = max(2, round(height / 120))
-    line_h = font.getbbox("Ag")[3] + pad
-    swatch = max(4, line_h - 2 * pad)
-    text_w = max(draw.textlength(f"{label} {score}", font=font) for label, score in lines)
-    box = (0, 0, min(width, int(3 * pad + swatch + text_w + pad) + 1), min(height, len(lines) * line_h + 2 * pad))
-    draw.rectangle((box[0], box[1], box[2] - 1, box[3] - 1), fill=(0, 0, 0))
-    for k, (label, score) in enumerate(lines):
-        y = pad + k * line_h
+    layout = label_box(width, height, current.top[:topk] if current else (), draw)
+    box = layout.box
+    image.paste(Image.blend(image.crop(box), Image.new("RGB", (box[2] - box[0], box[3] - box[1])), BOX_OPACITY),
+                box[:2])
+    pad, swatch, white = layout.pad, layout.swatch, (255, 255, 255)
+    for k, (label, score) in enumerate(layout.lines):
+        y = pad + k * layout.line_h
         if score:
-            draw.rectangle((pad, y + pad // 2, pad + swatch - 1, y + pad // 2 + swatch - 1), fill=colors.rgb(label))
-        draw.text((2 * pad + swatch, y), f"{label} {score}", fill=(255, 255, 255), font=font)
+            draw.rectangle((pad, y + pad // 2, pad + swatch - 1, y + pad // 2 + swatch - 1),
+                           fill=colors.rgb(current.top[k]["label"]))
+            draw.text((layout.score_right - draw.textlength(score, font=layout.font), y), score, fill=white,
+                      font=layout.font)
+        draw.text((layout.label_x, y), label, fill=white, font=layout.font)
     boxes.append(box)
     return boxes
 
@@ -145,7 +211,9 @@ def _draw_timeline(draw: ImageDraw.ImageDraw, width: int, height: int, t: float,
     y0 = height - h
     draw.rectangle((0, y0, width - 1, height - 1), fill=UNKNOWN_COLOR)
     scale = width / duration if duration > 0 else 0.0
-    for seg in timeline:
+    # Earlier segments on top: a moment shows the first segment that covers it, as the label box does (a frame is
+    # drawn as soon as a segment covers it), and an end-aligned last window shows the part it adds.
+    for seg in reversed(timeline):
         x0, x1 = int(seg.start_s * scale), max(int(seg.start_s * scale) + 1, int(round(seg.end_s * scale)))
         draw.rectangle((x0, y0, min(x1, width) - 1, height - 1), fill=colors.rgb(seg.label))
     cursor = min(width - 1, int(t * scale))

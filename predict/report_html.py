@@ -1,7 +1,8 @@
 """predictions.html: one self-contained page of a `--predict` run, readable for a thousand videos.
 
 One row per video: a few thumbnails (small JPEG data URIs taken from frames during the decoding pass), the
-segment timeline of top-1 labels coloured by class (the colours of the annotated videos), bars of the
+segment timeline of top-1 labels coloured by class (colours and overlaps as in the annotated videos' strip: the
+earlier of two overlapping segments on top; segments of a looped clip hatched), bars of the
 video's top-k scores, the problems met while decoding and a link to the annotated video when one was made.
 Rows can be filtered and sorted in the page (a small inline script; no server).
 
@@ -96,6 +97,8 @@ td.name { word-break: break-all; }
 .thumbs img + img { margin-left: 2px; }
 .tl { position: relative; height: 16px; background: #3c3c3c; margin-top: 3px; }
 .tl span { position: absolute; top: 0; bottom: 0; }
+.tl span.looped, .sw.looped { background-image: repeating-linear-gradient(135deg, rgba(255,255,255,.65) 0 3px, \
+transparent 3px 7px); }
 .bar { display: flex; align-items: center; gap: 4px; }
 .bar .fill { height: 10px; min-width: 1px; }
 .bar .lab { overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }
@@ -108,7 +111,9 @@ td.name { word-break: break-all; }
 {% if n_problems %} &middot; <span class="problems">{{ n_problems }} with problems</span>{% endif %}
 {% if partial %} &middot; <span class="partial">partial: {{ partial }}</span>{% endif %}</div>
 <div class="legend">{% for label, color in legend %}<span><i class="sw" style="background:{{ color }}"></i>{{ label }}\
-</span>{% endfor %}</div>
+</span>{% endfor %}
+{% if any_looped %}<span><i class="sw looped" style="background-color:#888"></i>hatched: the video is shorter than one \
+clip, whose frames were looped to fill it</span>{% endif %}</div>
 <div class="controls">
 <input id="filter" type="search" placeholder="filter by name or label">
 sort by <select id="sort">
@@ -130,8 +135,9 @@ data-problems="{{ v.problems | length }}" data-search="{{ v.search }}">
 {% if v.problems %}<div class="problems">{% for p in v.problems %}{{ p }}<br>{% endfor %}</div>{% endif %}</td>
 <td class="thumbs">{% for t in v.thumbnails %}<img alt="frame at {{ '%.2f' % t.seconds }} s" \
 title="{{ '%.2f' % t.seconds }} s" src="{{ t.uri }}">{% endfor %}</td>
-<td><div class="tl">{% for s in v.timeline %}<span style="left:{{ s.left }}%;width:{{ s.width }}%;\
-background:{{ s.color }}" title="{{ s.title }}"></span>{% endfor %}</div></td>
+<td><div class="tl">{% for s in v.timeline | reverse %}<span{% if s.looped %} class="looped"{% endif %} \
+style="left:{{ s.left }}%;width:{{ s.width }}%;background-color:{{ s.color }}" title="{{ s.title }}"></span>\
+{% endfor %}</div></td>
 <td>{% for t in v.top %}<div class="bar"><span class="fill" style="width:{{ t.percent }}%;background:{{ t.color }}">\
 </span><span class="lab">{{ t.label }} {{ '%.3f' % t.score }}</span></div>{% endfor %}</td>
 </tr>
@@ -208,9 +214,11 @@ def _row(entry: VideoEntry, topk: int, colors: ClassColors) -> dict:
         if not seg["result"] or entry.duration <= 0:
             continue
         label, score = seg["result"][0]["label"], seg["result"][0]["score"]
+        share = float(seg.get("real_share", 1.0))  # entries of earlier versions do not say: taken as real
+        looped = f" (looped: {share:.0%} of the clip's frames are real)" if share < 1 else ""
         timeline.append({"left": f"{100 * start / entry.duration:.3f}",
-                         "width": f"{100 * max(end - start, 0) / entry.duration:.3f}",
-                         "color": colors.hex(label), "title": f"{start:.2f}-{end:.2f} s: {label} {score:.3f}"})
+                         "width": f"{100 * max(end - start, 0) / entry.duration:.3f}", "looped": bool(looped),
+                         "color": colors.hex(label), "title": f"{start:.2f}-{end:.2f} s: {label} {score:.3f}{looped}"})
     labels = " ".join(t["label"] for t in top)
     return {"name": entry.name, "duration": entry.duration, "thumbnails": entry.thumbnails,
             "problems": entry.problems, "annotated": entry.annotated, "timeline": timeline,
@@ -232,6 +240,7 @@ def render_report(entries: Sequence[VideoEntry], *, title: str = "Predictions", 
     digest = base64.b64encode(hashlib.sha256(SCRIPT.encode("utf-8")).digest()).decode("ascii")
     return env.from_string(TEMPLATE).render(
         title=title, checkpoint=checkpoint, videos=rows, topk=topk, partial=partial,
+        any_looped=any(s["looped"] for r in rows for s in r["timeline"]),
         n_problems=sum(1 for e in entries if e.problems), legend=[(label, colors.hex(label)) for label in legend],
         thumb_height=THUMB_HEIGHT, thumb_col=THUMBNAILS * (THUMB_HEIGHT * 16 // 9 + 4) + 16,
         script=_script_markup(), script_hash=f"sha256-{digest}")

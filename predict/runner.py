@@ -2,11 +2,18 @@
 
     python main.py --predict VIDEO_OR_DIR --resume_path CKPT [--result_path OUT] [--class_names FILE]
 
+OUT defaults to VIDEO_OR_DIR_predictions beside the input (my_videos/ -> my_videos_predictions/, clip.mp4 ->
+clip_predictions/), not the current directory, which may be a source tree.
+
 Every video (a file, or every video file under a directory) is cut into clips like inference does
 (sliding windows every --inference_stride frames of --sample_duration frames taken every
 --sample_t_stride frames, or --inference_n_clips evenly spaced clips, each in --inference_n_crops
-crops). The top --output_topk labels per video (mean over all clips) and per time segment (true seconds,
-from the frames' timestamps) are printed and written to OUT/predictions.json and OUT/predictions.csv.
+crops). The last sliding window ends at the video's last frame (real frames only, overlapping the one before)
+instead of being loop-padded as in --inference; only a video shorter than one clip is looped, and its segment's
+`real_share` says how much of the clip is real. The test views (--inference_n_clips, --inference_n_crops,
+--inference_crop) are those the checkpoint's run was evaluated with (its stored options), unless typed
+(`datasets.views`). The top --output_topk labels per video (mean over all clips) and per time segment (true
+seconds, from the frames' timestamps) are printed and written to OUT/predictions.json and OUT/predictions.csv.
 
 The model is rebuilt from the checkpoint's arch and model_kwargs (checkpoints of this toolkit) or
 from the flags (released checkpoints: only --model/--model_depth style flags; the class count is
@@ -72,12 +79,13 @@ from datasets.annotations import check_unique_names
 from datasets.clip_spec import CLIP_OPTIONS, ClipSpec
 from datasets.layout import VIDEO_EXTENSIONS, has_video_extension
 from datasets.video_files import NoVideoStream, announced_seconds, probe_video
+from datasets.views import InferenceViews
 from errors import UserError
 from models import factory as model_lib
 from opts import RESUME_AUTO
 from predict.outputs import PredictOutputs, clips_per_batch_for_annotation
 from predict.video_predictor import PredictionListener, VideoInfo, VideoPredictor, VideoResult
-from utils import atomic_file
+from utils import atomic_file, beside_input
 
 log = logging.getLogger(__name__)
 
@@ -85,21 +93,32 @@ log = logging.getLogger(__name__)
 # always rgb here (videos are RGB), and leaving it out keeps predictions.json files of earlier versions resumable.
 RESULT_SETTINGS = (*(name for name in CLIP_OPTIONS if name != "input_type"), "inference_n_clips", "inference_n_crops",
                    "inference_crop", "class_names")
+# The last sliding window ends at the last frame, so every segment is scored on real frames only (a loop-padded tail
+# of a few frames weighs as much as a full window in a short video's mean); --inference keeps the original's padding
+# unless --inference_align_last_window asks. A setting of the results: files made with padded tails are not mixed in.
+ALIGN_LAST_WINDOW = True
 CSV_HEADER = ["video", "scope", "start_s", "end_s", "rank", "label", "score", "decoded_seconds", "duration_seconds",
               "problems"]
 PREDICTIONS_JSON, PREDICTIONS_CSV = "predictions.json", "predictions.csv"
+RESULT_TAIL = "_predictions"  # without --result_path: my_videos/ -> my_videos_predictions/ beside it
 
 
 def find_videos(path: Path) -> list[Path]:
-    """`path` itself if it is a file, else every video file under the directory (recursively, sorted)."""
+    """`path` itself if it is a file, else every video file under the directory (recursively, sorted), except
+    those in result folders of --predict below it (the annotated copies of a video predicted on its own)."""
     if path.is_file():
         return [path]
     if not path.is_dir():
         raise UserError(f"--predict {path}: no such file or directory")
-    found = sorted(p for p in path.rglob("*") if p.is_file() and has_video_extension(p))
+    found = sorted(p for p in path.rglob("*") if p.is_file() and has_video_extension(p)
+                   and not _in_result_folder(p, below=path))
     if not found:
         raise UserError(f"--predict {path}: no video files ({', '.join(VIDEO_EXTENSIONS)}) under this directory")
     return found
+
+
+def _in_result_folder(file: Path, *, below: Path) -> bool:
+    return any((folder / PREDICTIONS_JSON).is_file() for folder in file.parents if below in folder.parents)
 
 
 def read_class_names(path: Path) -> list[str]:
@@ -121,6 +140,14 @@ def checkpoint_clip_spec(opt: argparse.Namespace, payload: Checkpoint, source: P
     if spec.input_type != "rgb":
         raise UserError(f"checkpoint {source} takes {spec.input_type} input, but videos are read as RGB frames")
     return spec
+
+
+def checkpoint_views(opt: argparse.Namespace, payload: Checkpoint, source: Path, spec: ClipSpec) -> InferenceViews:
+    """The test views the checkpoint's run was evaluated with (its stored options; the defaults for files without
+    options) with the view flags of the command line on top, also set on `opt`; the log says which are used."""
+    where = f"checkpoint {source}"
+    stored = InferenceViews.from_options(payload.options, source=where)
+    return stored.apply_to(opt, source=where, temporal_sampling=spec.temporal_sampling)
 
 
 def load_predictor(opt: argparse.Namespace, payload: Checkpoint, source: Path,
@@ -171,7 +198,7 @@ def result_settings(opt: argparse.Namespace, topk: int) -> dict:
     """The settings a predictions file was made with (checkpoint file, clip settings, labels)."""
     checkpoint = Path(opt.resume_path)
     settings = {"checkpoint": str(checkpoint.resolve()), "checkpoint_file": file_stamp(checkpoint),
-                "output_topk": topk}
+                "output_topk": topk, "inference_align_last_window": ALIGN_LAST_WINDOW}
     for name in RESULT_SETTINGS:
         value = getattr(opt, name)
         settings[name] = str(value) if isinstance(value, Path) else value
@@ -273,7 +300,8 @@ def result_entry(result: VideoResult, topk: int) -> dict:
         return [{**t, "score": round(t["score"], 6)} for t in scores.top(values, topk)]
 
     vid = video.video_id
-    segments = [{"segment": list(result.segment_times[tuple(span)]), "result": top(s)}
+    segments = [{"segment": list(result.segment_times[tuple(span)]), "result": top(s),
+                 "real_share": round(result.segment_real_share[tuple(span)], 3)}
                 for span, s in scores.segment_scores(vid)] if vid in scores.clips else []
     overall = top(scores.video_scores()[vid]) if vid in scores.clips else []
     return {"duration": round(video.meta.duration, 3), "fps": video.meta.fps, "n_frames": video.meta.n_frames,
@@ -349,7 +377,8 @@ def build_predictor(net: nn.Module, opt: argparse.Namespace, spec: ClipSpec, *, 
     """The streaming predictor: the clip spec's inference clips, normalisation and scores, the views of `opt`."""
     spatial = spec.spatial_transform("inference", inference_crop=opt.inference_crop,
                                      inference_n_crops=opt.inference_n_crops)
-    temporal = spec.temporal_transform("inference", inference_n_clips=opt.inference_n_clips)
+    temporal = spec.temporal_transform("inference", inference_n_clips=opt.inference_n_clips,
+                                       align_last=ALIGN_LAST_WINDOW)
     return VideoPredictor(net, class_names=class_names, spatial=spatial, temporal=temporal,
                           batch_size=opt.inference_batch_size, device=device, normalizer=spec.normalizer(),
                           precision=opt.precision, topk=topk, threads=max(1, opt.n_threads),
@@ -369,10 +398,11 @@ def run(opt: argparse.Namespace, listeners: Sequence[PredictionListener] = ()) -
 def _run(opt: argparse.Namespace, listeners: Sequence[PredictionListener]) -> int:
     if str(opt.resume_path) == RESUME_AUTO:
         raise UserError("--predict needs an explicit --resume_path checkpoint file (not 'auto')")
-    out_dir = prepare_result_dir(Path(opt.result_path or "."))
     paths = find_videos(Path(opt.predict))
+    out_dir = prepare_result_dir(Path(opt.result_path) if opt.result_path else beside_input(opt.predict, RESULT_TAIL))
     payload = load_checkpoint(opt.resume_path)
     spec = checkpoint_clip_spec(opt, payload, Path(opt.resume_path))
+    checkpoint_views(opt, payload, Path(opt.resume_path), spec)
     net, class_names = load_predictor(opt, payload, Path(opt.resume_path), spec)
     # --output_topk 0 means all classes of the checkpoint's model (opts leaves it unresolved for --predict).
     topk = opt.output_topk if opt.output_topk > 0 else len(class_names)

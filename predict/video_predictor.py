@@ -77,6 +77,9 @@ class VideoResult:
     decoded_end: float = 0.0  # end (seconds) of the last decoded frame
     unscored_clips: int = 0
     segment_times: dict[tuple[int, int], tuple[float, float]] = field(default_factory=dict)
+    # share of each clip's frames that are distinct frames of the video: below 1 only for a video shorter than one
+    # clip, whose frames were repeated (looped) to fill it
+    segment_real_share: dict[tuple[int, int], float] = field(default_factory=dict)
     error: str = ""  # why nothing could be predicted ('' when the video was predicted)
 
     @property
@@ -223,6 +226,7 @@ class VideoPredictor:
                 result.unscored_clips += 1
                 continue
             result.segment_times[_span(clip)] = self._times(result, clip, end=end)
+            result.segment_real_share[_span(clip)] = len(set(clip)) / len(clip)
             pending.append((clip, views))
             if len(pending) * self.spatial.n_crops >= self.batch_size:
                 self._score(pending, result, listeners, tap)

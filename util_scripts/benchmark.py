@@ -77,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="length of the synthetic videos of the predict part (default: 2 CPU, 10 CUDA)")
     p.add_argument("--predict_sizes", nargs="+", default=["1080p", "4k"], choices=("1080p", "4k"),
                    help="frame sizes of the predict part")
-    p.add_argument("--output", type=Path, default=Path("benchmark.json"), help="JSON results file")
+    p.add_argument("--output", type=Path, default=None,
+                   help="JSON results file (default: benchmark.json in --data_dir, not the current directory)")
     return p
 
 
@@ -93,6 +94,7 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
     if (args.video_path is None) != (args.annotation_path is None):
         raise UserError("give both --video_path and --annotation_path, or neither (synthetic dataset)")
     args.e2e_workers = args.e2e_workers if args.e2e_workers is not None else max(args.workers)
+    args.output = args.output or args.data_dir / "benchmark.json"
     return args
 
 

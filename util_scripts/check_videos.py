@@ -1,7 +1,7 @@
 """Pre-flight check of video files: decode every video once and flag the ones that will cause trouble.
 
 Usage: ``python -m util_scripts.check_videos PATH_OR_ANNOTATION [--video_path DIR] [--sample_duration 16]
-[--n_jobs -1] [--output check_videos.json]``
+[--n_jobs -1] [--output REPORT.json]``
 
 PATH is a folder (searched recursively for video files, extensions in any letter case), one video file,
 or an annotation JSON file whose videos are looked up under ``--video_path`` as ``--file_type video``
@@ -17,7 +17,9 @@ does. Each video is decoded completely (in parallel, with a progress bar) and fl
 Each video is decoded the way the readers decode it (``datasets.video_files.stream_frames``), so the frame
 count is what extraction, ``--file_type video`` and ``--predict`` get.
 
-Flagged videos are printed as a table and every video is written to the JSON report. Exit status:
+Flagged videos are printed as a table and every video is written to the JSON report (default: beside the input,
+``my_videos_check_videos.json`` for ``my_videos/``, ``kinetics_700_check_videos.json`` for ``kinetics_700.json``).
+Exit status:
 1 when any video is unusable, 0 otherwise (warnings do not fail), 2 for bad arguments.
 """
 
@@ -40,12 +42,14 @@ from util_scripts.common import (
     ItemResult,
     VideoItem,
     atomic_file,
+    beside_input,
     check_writable_file,
     run_cli,
     run_over_videos,
 )
 
 UNUSABLE = ("missing", "unreadable", "no_video_stream", "no_decodable_frame")
+REPORT_TAIL = "_check_videos.json"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,8 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sample_duration", type=int, default=16,
                         help="frames per clip: shorter videos are flagged (default 16)")
     parser.add_argument("--n_jobs", type=int, default=-1, help="parallel processes (-1: all CPU cores)")
-    parser.add_argument("--output", type=Path, default=Path("check_videos.json"),
-                        help="JSON report of every video (default: check_videos.json)")
+    parser.add_argument("--output", type=Path, default=None,
+                        help=f"JSON report of every video (default: <path>{REPORT_TAIL} beside the input)")
     return parser
 
 
@@ -184,7 +188,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.sample_duration < 1:
         raise UserError(f"--sample_duration must be at least 1, got {args.sample_duration}")
     items = find_items(args.path, args.video_path)
-    check_writable_file(args.output, what="--output")  # before decoding every video, not after
+    output = args.output or beside_input(args.path, REPORT_TAIL)
+    check_writable_file(output, what="--output")  # before decoding every video, not after
     worker = functools.partial(check_video, sample_duration=args.sample_duration,
                                threads=0 if args.n_jobs == 1 else 1)  # one process: let FFmpeg use every core
     results = run_over_videos(worker, items, n_jobs=args.n_jobs, desc="check")
@@ -192,9 +197,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print_table(rows, len(items))
     report = {"checked": len(rows), "unusable": sum(r["status"] == "UNUSABLE" for r in rows),
               "warnings": sum(r["status"] == "warning" for r in rows), "videos": rows}
-    with atomic_file(args.output) as tmp:
+    with atomic_file(output) as tmp:
         tmp.write_text(json.dumps(report, indent=1))
-    print(f"report written to {args.output}", file=sys.stderr)
+    print(f"report written to {output}", file=sys.stderr)
     return 1 if report["unusable"] else 0
 
 

@@ -45,7 +45,14 @@ from datasets.video_files import (
     upright_image,
 )
 from errors import UserError
-from utils import PARTIAL_MARK, UNFINISHED_OUTPUTS, atomic_file, new_file_mode, registered_unfinished  # noqa: F401 (atomic_file: the tools import it from here)
+from utils import (  # noqa: F401 (atomic_file: the tools import it from here)
+    PARTIAL_MARK,
+    UNFINISHED_OUTPUTS,
+    atomic_file,
+    beside_input,
+    new_file_mode,
+    registered_unfinished,
+)
 
 logger = logging.getLogger(__name__)
 

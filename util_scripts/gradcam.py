@@ -5,14 +5,16 @@
 
 The clips are the checkpoint's (its clip spec, as with --predict; clip flags on the command line override it).
 Dense sampling: the video is cut into consecutive windows of --sample_duration frames taken every
---sample_t_stride frames. Segment sampling (TSN-style): the clips --predict takes, --sample_duration segments of
-the whole video, one frame each (the centres, or --inference_n_clips offset views); every frame of the video
-then shows the map of the clip frame nearest to it in time. Each clip goes through the model, and the gradient of
-the class score (the clip's top class, or --target_class) weights the channels of --layer's output (Grad-CAM:
-ReLU of the gradient-weighted sum of activations). Scores are a softmax, or per-class sigmoids for a multi-label
-checkpoint. The map is upsampled (trilinear) to the clip's time and space size, then laid over the frames: the
-crop the model saw (--inference_crop: center, or nocrop for the whole frame) gets the heat map, the rest of the
-frame is dimmed. Writes DIR/<video>_gradcam.mp4 (upright, the input's frame timing) and DIR/<video>_gradcam.png
+--sample_t_stride frames; a short last window is moved back to end at the last frame (real frames only, as
+--predict cuts it), and its map is laid over the frames the window before did not cover. Segment sampling
+(TSN-style): the clips --predict takes, --sample_duration segments of the whole video, one frame each (the
+centres, or --inference_n_clips offset views); every frame of the video then shows the map of the clip frame
+nearest to it in time. Each clip goes through the model, and the gradient of the class score (the clip's top
+class, or --target_class) weights the channels of --layer's output (Grad-CAM: ReLU of the gradient-weighted sum
+of activations). Scores are a softmax, or per-class sigmoids for a multi-label checkpoint. The map is upsampled
+(trilinear) to the clip's time and space size, then laid over the frames: the crop the model saw
+(--inference_crop: center, or nocrop for the whole frame) gets the heat map, the rest of the frame is dimmed.
+Writes DIR/<video>_gradcam.mp4 (upright, the input's frame timing) and DIR/<video>_gradcam.png
 (a strip of evenly spaced overlay frames).
 """
 
@@ -116,7 +118,7 @@ def overlay(frame: np.ndarray, cam: np.ndarray, box: tuple[int, int, int, int], 
     image = Image.fromarray(out.round().clip(0, 255).astype(np.uint8))
     if caption:
         draw = ImageDraw.Draw(image)
-        font = font_for(image.height)
+        font = font_for(image.width, image.height)
         right, bottom = draw.textbbox((4, 2), caption, font=font)[2:]
         draw.rectangle((0, 0, right + 4, bottom + 4), fill=(0, 0, 0))
         draw.text((4, 2), caption, fill=(255, 255, 255), font=font)
@@ -168,10 +170,14 @@ class VideoGradCam:
         self.windows.append({**record, "class": name, "score": score})
         return cams[0].cpu().numpy(), box, f"{name} {score:.2f}"
 
-    def window(self, start: int, frames: dict[int, tuple[float, object, np.ndarray]]) -> list:
-        """(number, seconds, source frame, overlay array) of a dense window's frames, in order."""
-        clip = window_clip(start, frames, duration=self.duration, t_stride=self.t_stride)
-        cams, box, caption = self.explain([frames[n][2] for n in clip], {"start_frame": start})
+    def window(self, start: int, frames: dict[int, tuple[float, object, np.ndarray]],
+               before: dict[int, tuple] | None = None) -> list:
+        """(number, seconds, source frame, overlay array) of a dense window's frames, in order; the clip may also
+        take frames of `before` (the window before, already drawn)."""
+        available = {**(before or {}), **frames}
+        clip = window_clip(start, {n: f for n, f in available.items() if n >= start}, duration=self.duration,
+                           t_stride=self.t_stride)
+        cams, box, caption = self.explain([available[n][2] for n in clip], {"start_frame": start})
         out = []
         for number in sorted(frames):
             seconds, source, array = frames[number]
@@ -196,19 +202,24 @@ def _decoded(video: Path, meta: VideoMeta, desc: str = "grad-cam"):
 
 
 def dense_overlays(cam: VideoGradCam, video: Path, meta: VideoMeta) -> Iterator[tuple]:
-    """(number, seconds, source frame, overlay array) of every frame, window by window in one decode pass."""
+    """(number, seconds, source frame, overlay array) of every frame, window by window in one decode pass; the
+    frames of the window before are kept, so a short last window can be completed with them."""
     span = cam.duration * cam.t_stride
     pending: dict[int, tuple] = {}
+    before: dict[int, tuple] = {}
     start = 0
     for number, seconds, frame in _decoded(video, meta):
         if pending and number >= start + span:
             yield from cam.window(start, pending)
-            pending = {}
+            before, pending = pending, {}
         if not pending:
             start = number - number % span
         pending[number] = (seconds, frame, upright_array(frame))
     if pending:
-        yield from cam.window(start, pending)
+        last = max(pending)
+        if last - start + 1 < span and before:  # short: end it at the last frame, as --predict does
+            start = max(min(before), last - span + 1)
+        yield from cam.window(start, pending, before)
 
 
 def gather_frames(video: Path, meta: VideoMeta, wanted: Iterable[int]) -> dict[int, np.ndarray]:

@@ -83,6 +83,25 @@ def test_sliding_window_stride_zero_means_clip_length_and_overlap_works():
     assert [c[0] for c in T.sliding_window(frames(24), 16, 8)] == [1, 9, 17]
 
 
+def test_aligned_last_window_holds_real_frames_only():
+    # 50 frames: the tail [49, 50, 49, ...] becomes the window ending at frame 50, overlapping [33..48]
+    clips = T.sliding_window(frames(50), 16, 16, align_last=True)
+    assert clips == [frames(16), frames(16, 17), frames(16, 33), frames(16, 35)]
+    # the demo's 24-frame videos: two windows of real frames, not 16 real + 8 real looped to 16
+    assert T.sliding_window(frames(24), 16, 16, align_last=True) == [frames(16), frames(16, 9)]
+    # a window that already ends at the last frame is not repeated; full windows are left alone
+    assert T.sliding_window(frames(24), 16, 8, align_last=True) == [frames(16), frames(16, 9)]
+    assert T.sliding_window(frames(48), 16, 16, align_last=True) == T.sliding_window(frames(48), 16, 16)
+    # shorter than one window: nothing real to align to, looped as before
+    assert T.sliding_window(frames(10), 16, 16, align_last=True) == [T.loop_padding(frames(10), 16)]
+    # through the transform: after --sample_t_stride, as --predict and --inference_align_last_window cut them
+    aligned = T.get_temporal_transform("inference", sample_duration=4, sample_t_stride=2, inference_stride=4,
+                                       align_last=True)
+    assert aligned(list(range(20))) == [[0, 2, 4, 6], [8, 10, 12, 14], [12, 14, 16, 18]]
+    padded = T.get_temporal_transform("inference", sample_duration=4, sample_t_stride=2, inference_stride=4)
+    assert padded(list(range(20)))[-1] == [16, 18, 16, 18]  # the original's, still the default
+
+
 def test_subsample():
     assert T.subsample(frames(10), 3) == [1, 4, 7, 10]
     with pytest.raises(ValueError):

@@ -164,6 +164,25 @@ def test_multiview_average_equals_mean_of_individual_views(jpg_dataset, tiny_mod
         assert per_clip[vid][0]["result"][0]["score"] == pytest.approx(torch.stack(crops).mean(0).max().item())
 
 
+def test_inference_pads_the_last_window_as_the_original_unless_asked(jpg_dataset, tmp_path):
+    segments = {}
+    for flags in ([], ["--inference_align_last_window"]):
+        opt = parse_opts([*MODEL, "--video_path", str(jpg_dataset.video_path), "--annotation_path",
+                          str(jpg_dataset.annotation_path), "--result_path", str(tmp_path), "--inference_stride", "8",
+                          *flags])
+        found: dict[str, list] = {}
+        for _, targets in D.build_inference_loader(opt, None):
+            for vid, segment in targets:
+                found.setdefault(vid, []).append(segment)
+        segments[tuple(flags)] = found
+    validation = jpg_dataset.ids("validation")
+    assert all(jpg_dataset.videos[vid].n_frames == 20 for vid in validation)
+    # 8-frame windows every 8 of 1-based frames 1..20: the tail 17..20 is looped to 8 frames in val.json, as the
+    # original; asked, it is the window 13..20 of real frames
+    assert segments[()] == {vid: [[1, 9], [9, 17], [17, 21]] for vid in validation}
+    assert segments[("--inference_align_last_window",)] == {vid: [[1, 9], [9, 17], [13, 21]] for vid in validation}
+
+
 def test_clip_and_video_level_accuracy():
     agg = VideoScoreAggregator(["a", "b"])
     # Video x (label 0): views 0.6/0.4 (hit), 0.3/0.7 (miss), 0.9/0.1 (hit) -> mean 0.6 -> hit.

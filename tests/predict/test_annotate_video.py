@@ -9,9 +9,21 @@ from types import SimpleNamespace
 import av
 import numpy as np
 import pytest
+from PIL import Image, ImageDraw
 
 from datasets.video_files import probe_video, stream_frames, upright_array
-from predict.annotate_video import AnnotatedVideoWriter, ClassColors, class_color, safe_file_name
+from predict.annotate_video import (
+    MAX_BOX_HEIGHT,
+    MAX_BOX_WIDTH,
+    MIN_FONT_PX,
+    AnnotatedVideoWriter,
+    ClassColors,
+    Segment,
+    class_color,
+    draw_overlay,
+    label_box,
+    safe_file_name,
+)
 from tests.video_corpus import N_FRAMES, corpus_frame, vfr_pts_ms, write_video
 
 TOP = [{"label": "walk", "score": 0.91}, {"label": "run", "score": 0.06}, {"label": "<jump>", "score": 0.03}]
@@ -103,6 +115,57 @@ def test_overlay_changes_only_the_drawn_boxes(tmp_path):
         a, b = upright_array(f_in).astype(int), upright_array(f_out).astype(int)
         diff = np.abs(a[120:200, 160:] - b[120:200, 160:])
         assert diff.mean() < 1 and np.percentile(diff, 99) <= 12  # colour edges: 4:2:0 chroma twice
+
+
+LONG_TOP = ({"label": "rotate_counterclockwise_slowly", "score": 0.747}, {"label": "move_left", "score": 0.2},
+            {"label": "grow", "score": 0.05})
+
+
+@pytest.mark.parametrize("width, height", [(160, 120), (272, 640), (3840, 2160)])
+def test_label_box_fits_small_portrait_and_4k_frames(width, height):
+    """The box scales with the frame's shorter side, keeps a legible size and every top-k line, covers at most a
+    set share of the picture, and lets the picture show through."""
+    image = Image.new("RGB", (width, height), (255, 255, 255))
+    segment = Segment(0.0, 1.0, LONG_TOP)
+    x0, y0, x1, y1 = draw_overlay(image, 0.5, 1.0, segment, [segment], topk=3)[-1]
+    assert (x0, y0) == (0, 0)
+    assert x1 <= MAX_BOX_WIDTH * width and y1 <= MAX_BOX_HEIGHT * height
+    assert x1 * y1 <= 0.25 * width * height
+    layout = label_box(width, height, LONG_TOP, ImageDraw.Draw(image))
+    assert layout.box == (x0, y0, x1, y1) and len(layout.lines) == 3  # all of the top 3, in order
+    assert [score for _, score in layout.lines] == ["0.75", "0.20", "0.05"]
+    assert layout.font.size == max(MIN_FONT_PX, round(min(width, height) / 28))
+    long_label = layout.lines[0][0]
+    if width > 1000:
+        assert long_label == LONG_TOP[0]["label"]
+    else:  # cut in the middle to fit: both ends kept
+        assert long_label.startswith("rot") and long_label.endswith("wly") and "…" in long_label
+    drawn = np.asarray(image)
+    background = drawn[y1 - 1, x1 - 1]  # the box's last pixel: no text there
+    assert 80 < background.mean() < 160  # white under see-through black (not black, not untouched)
+    assert (drawn[y0:y1, x0:x1] > 220).all(axis=2).any()  # the white text (anti-aliased at small sizes)
+
+
+def test_tiny_frames_show_the_top_label_whole():
+    """The demo's 96x72 videos cannot hold a legible label in a share of their width: the top-1 line takes what it
+    needs, and the lines that do not fit the height share are left out."""
+    image = Image.new("RGB", (96, 72))
+    top = ({"label": "rotate_cw", "score": 0.63}, {"label": "move_left", "score": 0.37})
+    layout = label_box(96, 72, top, ImageDraw.Draw(image))
+    assert layout.lines == (("rotate_cw", "0.63"),) and layout.font.size == MIN_FONT_PX
+    assert layout.box[2] <= 96 and layout.box[3] <= MAX_BOX_HEIGHT * 72
+
+
+def test_timeline_strip_shows_the_first_segment_covering_each_moment():
+    """An end-aligned last window overlaps the one before: the strip shows it only where it adds, as the label box
+    (frames are drawn once the first segment covering them is known)."""
+    image = Image.new("RGB", (96, 72))
+    first, tail = Segment(0.0, 0.64, (TOP[0],)), Segment(0.32, 0.96, (TOP[1],))
+    strip, _ = draw_overlay(image, 0.0, 0.96, first, [first, tail])
+    colors = ClassColors()
+    row = np.asarray(image)[strip[1] + 1]
+    assert tuple(row[40]) == colors.rgb("walk")  # 0.4 s: in both windows
+    assert tuple(row[80]) == colors.rgb("run")  # 0.8 s: the last window only
 
 
 def test_frames_wait_for_their_segment_within_a_bound(tmp_path):

@@ -18,9 +18,9 @@ import main
 from checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from engine.run_folder import RunLock
 from predict.runner import PredictionStore, file_stamp
-from tests.conftest import ROOT, run_main
+from tests.conftest import ROOT, random_model_checkpoint, run_main
 from tests.datagen import frame_image, write_video_file
-from tests.predict.conftest import CLASSES, MODEL
+from tests.predict.conftest import CLASSES, MODEL, TRAIN_FLAGS, Page
 
 
 def _video(path: Path, *, n_frames: int, size: tuple[int, int], fps: float) -> Path:
@@ -32,7 +32,7 @@ def _video(path: Path, *, n_frames: int, size: tuple[int, int], fps: float) -> P
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("my_videos")
-    _video(root / "a.mp4", n_frames=23, size=(48, 32), fps=10)  # 2.3 s: windows 0-8, 8-16, 16-23 (padded)
+    _video(root / "a.mp4", n_frames=23, size=(48, 32), fps=10)  # 2.3 s: windows 0-8, 8-16, 15-23 (end-aligned)
     _video(root / "sub" / "b.mkv", n_frames=9, size=(32, 48), fps=5)  # portrait, 1.8 s
     (root / "notes.txt").write_text("not a video")
     return root
@@ -88,10 +88,12 @@ def test_predict_a_directory(checkpoint, videos, tmp_path, capsys):
     assert list(results) == [a, b]  # the text file is not a video
     _check_predictions(results[a], duration=2.3, k=3)
     _check_predictions(results[b], duration=1.8, k=3)
-    # Clip settings come from the checkpoint's options: 8-frame windows every 8 frames.
-    assert [s["segment"] for s in results[a]["segments"]] == [[0.0, 0.8], [0.8, 1.6], [1.6, 2.3]]
-    assert [s["segment"] for s in results[b]["segments"]] == [[0.0, 1.6], [1.6, 1.8]]
-    # Non-overlapping windows, one view each: the video's scores are the mean of its segments' scores.
+    # Clip settings come from the checkpoint's options: 8-frame windows every 8 frames; the last one ends at the
+    # last frame (frames 15-22 of a, 1-8 of b), so every window holds real frames only.
+    assert [s["segment"] for s in results[a]["segments"]] == [[0.0, 0.8], [0.8, 1.6], [1.5, 2.3]]
+    assert [s["segment"] for s in results[b]["segments"]] == [[0.0, 1.6], [0.2, 1.8]]
+    assert [s["real_share"] for s in results[a]["segments"]] == [1.0, 1.0, 1.0]
+    # One view per window: the video's scores are the mean of its segments' scores.
     seg_scores = [{t["label"]: t["score"] for t in s["result"]} for s in results[a]["segments"]]
     for top in results[a]["result"]:
         assert top["score"] == pytest.approx(sum(s[top["label"]] for s in seg_scores) / 3, abs=1e-5)
@@ -113,8 +115,9 @@ def test_flags_override_the_checkpoint_and_three_crops(checkpoint, videos, tmp_p
     assert code == 0
     entry = json.loads((tmp_path / "predictions.json").read_text())["results"][str(videos / "a.mp4")]
     _check_predictions(entry, duration=2.3, k=2)
-    # 12 sampled frames (every 2nd), windows of 8 every 4 -> starts at frames 0, 8 (loop-padded), 16 (padded).
-    assert [s["segment"] for s in entry["segments"]] == [[0.0, 1.6], [0.8, 2.3], [1.6, 2.3]]
+    # 12 sampled frames (every 2nd), windows of 8 every 4 -> starts at frames 0 and 8, which ends at the last
+    # sampled frame (22): the short window from frame 16 would be it again, aligned to the end, and is left out.
+    assert [s["segment"] for s in entry["segments"]] == [[0.0, 1.6], [0.8, 2.3]]
 
 
 def test_the_checkpoints_clip_spec_decides_and_older_checkpoints_use_their_options(checkpoint, videos, tmp_path,
@@ -134,9 +137,10 @@ def test_the_checkpoints_clip_spec_decides_and_older_checkpoints_use_their_optio
         assert code == 0
         entry = json.loads((out / "predictions.json").read_text())["results"][str(videos / "a.mp4")]
         segments[ckpt] = [s["segment"] for s in entry["segments"]]
-    # 23 frames at 10 fps: windows of 4 frames every 4 (the stored spec), of 8 every 8 (the older one's options)
-    assert segments[windows_of_4] == [[0.0, 0.4], [0.4, 0.8], [0.8, 1.2], [1.2, 1.6], [1.6, 2.0], [2.0, 2.3]]
-    assert segments[older] == [[0.0, 0.8], [0.8, 1.6], [1.6, 2.3]]
+    # 23 frames at 10 fps: windows of 4 frames every 4 (the stored spec), of 8 every 8 (the older one's options);
+    # the last window ends at the last frame
+    assert segments[windows_of_4] == [[0.0, 0.4], [0.4, 0.8], [0.8, 1.2], [1.2, 1.6], [1.6, 2.0], [1.9, 2.3]]
+    assert segments[older] == [[0.0, 0.8], [0.8, 1.6], [1.5, 2.3]]
 
 
 def test_released_checkpoint_with_class_names_file(checkpoint, videos, tmp_path, capsys):
@@ -206,3 +210,58 @@ def test_a_store_left_half_relisted_predicts_again_only_the_videos_with_too_shor
     assert [store.done(str(path), path) for path in (full, short, empty)] == [True, False, True]
     store.add(str(short), {**results[str(full)], "file": file_stamp(short)})  # predicted again
     assert store.done(str(short), short)
+
+
+def test_short_videos_are_scored_on_real_frames_only(checkpoint, tmp_path, capsys):
+    """A loop-padded tail of a few real frames would weigh as much as a full window in a short video's mean: the
+    last window ends at the last frame instead; only a video shorter than one clip is looped, and says so."""
+    one_and_a_half = _video(tmp_path / "in" / "short.mp4", n_frames=12, size=(48, 32), fps=10)
+    shorter_than_a_clip = _video(tmp_path / "in" / "tiny.mp4", n_frames=5, size=(48, 32), fps=10)
+    code, out = _predict(["--predict", tmp_path / "in", "--resume_path", checkpoint, "--result_path",
+                          tmp_path / "out", "--n_threads", 0, "--output_topk", 0], capsys)
+    assert code == 0
+    results = json.loads((tmp_path / "out" / "predictions.json").read_text())["results"]
+    entry = results[str(one_and_a_half)]
+    # 8-frame windows: frames 0-7 and 4-11 (not 8-11 looped to 8 frames)
+    assert [s["segment"] for s in entry["segments"]] == [[0.0, 0.8], [0.4, 1.2]]
+    assert [s["real_share"] for s in entry["segments"]] == [1.0, 1.0]
+    seg_scores = [{t["label"]: t["score"] for t in s["result"]} for s in entry["segments"]]
+    for top in entry["result"]:
+        assert top["score"] == pytest.approx((seg_scores[0][top["label"]] + seg_scores[1][top["label"]]) / 2, abs=1e-5)
+    tiny = results[str(shorter_than_a_clip)]
+    assert [(s["segment"], s["real_share"]) for s in tiny["segments"]] == [([0.0, 0.5], 0.625)]  # 5 of 8 frames
+    assert f"{shorter_than_a_clip} (0.50 s):" in out
+    # The page's timeline hatches the looped segment and says why; the real ones are plain.
+    page = Page((tmp_path / "out" / "predictions.html").read_text())
+    spans = [attrs for tag, attrs in page.tags if tag == "span" and "left:" in attrs.get("style", "")]
+    assert len(spans) == 3
+    # later spans are drawn on top: the first window (0-8) covers the overlap, the end-aligned one shows 0.8-1.2 s
+    assert [attrs["title"][:11] for attrs in spans[:2]] == ["0.40-1.20 s", "0.00-0.80 s"]
+    assert [attrs.get("class") for attrs in spans] == [None, None, "looped"]
+    assert spans[2]["title"].endswith("(looped: 62% of the clip's frames are real)")
+    assert "hatched: the video is shorter than one clip" in " ".join(page.text)
+
+
+def test_the_checkpoints_test_views_are_used_unless_typed(videos, tmp_path, capsys):
+    """--predict scores as the checkpoint's run was evaluated (its stored --inference_n_clips/--inference_n_crops/
+    --inference_crop), says so, and typed flags win."""
+    evaluated = random_model_checkpoint(tmp_path / "ckpt", [*TRAIN_FLAGS, "--inference_n_clips", "2",
+                                                            "--inference_n_crops", "3"], CLASSES)
+    runs = {"stored": [], "sliding": ["--inference_n_clips", 0], "nocrop": ["--inference_crop", "nocrop"]}
+    views, segments, logs = {}, {}, {}
+    for name, flags in runs.items():
+        code, logs[name] = _predict(["--predict", videos / "a.mp4", "--resume_path", evaluated, "--result_path",
+                                     tmp_path / name, "--n_threads", 0, *flags], capsys)
+        assert code == 0
+        data = json.loads((tmp_path / name / "predictions.json").read_text())
+        views[name] = tuple(data["settings"][k] for k in ("inference_n_clips", "inference_n_crops", "inference_crop"))
+        segments[name] = [s["segment"] for s in data["results"][str(videos / "a.mp4")]["segments"]]
+    assert views == {"stored": (2, 3, "center"), "sliding": (0, 3, "center"), "nocrop": (2, 1, "nocrop")}
+    # 23 frames: two evenly spaced 8-frame clips start at frames 0 and 15; sliding windows every 8 frames
+    assert segments["stored"] == segments["nocrop"] == [[0.0, 0.8], [1.5, 2.3]]
+    assert segments["sliding"] == [[0.0, 0.8], [0.8, 1.6], [1.5, 2.3]]
+    assert f"test views: 2 evenly spaced clips x 3 crops (as checkpoint {evaluated} was evaluated;" in logs["stored"]
+    assert (f"test views: sliding windows x 3 crops (checkpoint {evaluated}'s, with --inference_n_clips 0 from the "
+            "command line;") in logs["sliding"]
+    assert "the inference_n_crops of checkpoint" in logs["nocrop"]
+    assert "test views: 2 evenly spaced clips x 1 nocrop crop" in logs["nocrop"]

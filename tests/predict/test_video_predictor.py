@@ -79,15 +79,17 @@ def test_truncated_video_reports_what_was_decoded(corpus, corpus_predictions):
     # shown until then.
     assert entry["n_decoded_frames"] == 9 and entry["decoded_seconds"] == pytest.approx(1.0)
     assert "truncated: decoded 1.0 of 3.0 s" in entry["problems"]
-    # Only segments with decoded frames are labelled, and they stop where the decoded frames stop.
-    assert [s["segment"] for s in entry["segments"]] == [[0.0, 0.8], [0.8, 1.0]]
+    # Only segments with decoded frames are labelled, and they stop where the decoded frames stop; the last window
+    # ends at the container's last frame (frames 2-9; 9 is taken from 8, the nearest decoded one).
+    assert [s["segment"] for s in entry["segments"]] == [[0.0, 0.8], [0.2, 1.0]]
 
 
 def test_variable_frame_rate_segments_have_true_times(corpus, corpus_predictions):
     entry = corpus_predictions["results"][str(corpus.vfr)]
     meta = probe_video(corpus.vfr)
+    # 30 frames, 8-frame windows: the last one ends at the last frame (frames 22-29)
     expected = [[round(meta.frame_time(s), 3), round(meta.frame_time(s + 8) if s + 8 < 30 else meta.duration, 3)]
-                for s in (0, 8, 16, 24)]
+                for s in (0, 8, 16, 22)]
     assert [s["segment"] for s in entry["segments"]] == expected
     assert expected[1][0] == pytest.approx(0.533)  # frame 8 is shown at 0.533 s, not at 8 / average fps
     assert "variable frame rate" in entry["problems"]

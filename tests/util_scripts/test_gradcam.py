@@ -108,7 +108,8 @@ def test_cli_writes_overlay_video_and_strip(trained, tmp_path, capsys):
                          "--layer", "layer3", "--no_cuda"])
     assert code == 0
     out = capsys.readouterr().out
-    assert "frames from 0: red" in out and "frames from 8:" in out  # windows of 8 frames (the stored options)
+    # windows of 8 frames (the stored options); the last one ends at the last frame, as --predict cuts it
+    assert "frames from 0: red" in out and "frames from 5:" in out and "frames from 8:" not in out
     meta_in, meta_out = probe_video(video), probe_video(tmp_path / "cam" / "red_square_gradcam.mp4")
     assert meta_out.n_frames == meta_in.n_frames == 13
     assert (meta_out.width, meta_out.height) == (meta_in.width, meta_in.height) == (24, 32) and meta_out.rotation == 0
