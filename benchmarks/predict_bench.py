@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import resource
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -52,7 +54,9 @@ def write_video(path: Path, seconds: float, size: tuple[int, int]) -> Path:
 
 
 def write_checkpoint(path: Path, args) -> Path:
-    """A checkpoint of the benchmark's model (random weights, 5 classes) in main.py's format."""
+    """A checkpoint of the benchmark's model (random weights, 5 classes) in main.py's format, written once."""
+    if path.is_file():
+        return path
     opt = parse_opts(["--model", args.model, "--model_depth", str(args.model_depth), "--sample_size",
                       str(args.sample_size), "--sample_duration", str(args.sample_duration), "--inference_stride",
                       str(args.sample_duration), "--n_classes", "5", "--result_path", str(path.parent), "--no_cuda"])
@@ -76,16 +80,29 @@ def measure(video: Path, checkpoint: Path, out: Path, *, device: str, batch_size
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def prepare_predict(args, data_dir: Path) -> tuple[Path, dict[str, Path]]:
+    """The checkpoint and the video of each size in `args.predict_sizes` (written once, then reused)."""
+    folder = data_dir / "predict"
+    checkpoint = write_checkpoint(
+        folder / f"{args.model}-{args.model_depth}_{args.sample_duration}x{args.sample_size}.pth", args)
+    videos = {name: write_video(folder / f"{name}_{args.predict_seconds:g}s.mp4", args.predict_seconds, SIZES[name])
+              for name in args.predict_sizes}
+    return checkpoint, videos
+
+
 def predict_part(args, data_dir: Path) -> dict:
     """seconds of video per second and peak RSS of `--predict` per size in `args.predict_sizes`."""
-    checkpoint = write_checkpoint(data_dir / "predict" / f"{args.model}-{args.model_depth}.pth", args)
+    checkpoint, videos = prepare_predict(args, data_dir)
     out = {}
-    for name in args.predict_sizes:
-        video = write_video(data_dir / "predict" / f"{name}_{args.predict_seconds:g}s.mp4", args.predict_seconds,
-                            SIZES[name])
+    for name, video in videos.items():
         print(f"  predict {name} ({args.predict_seconds:g} s) ...", flush=True)
-        result = measure(video, checkpoint, data_dir / "predict" / f"out_{name}", device=args.device,
-                         batch_size=args.batch_size, threads=args.e2e_workers)
+        # A fresh result folder: one holding this video's predictions already would skip it.
+        result_dir = Path(tempfile.mkdtemp(prefix=f"out_{name}_", dir=data_dir / "predict"))
+        try:
+            result = measure(video, checkpoint, result_dir, device=args.device, batch_size=args.batch_size,
+                             threads=args.e2e_workers)
+        finally:
+            shutil.rmtree(result_dir, ignore_errors=True)
         out[name] = {"video_seconds": args.predict_seconds, "frame_size": list(SIZES[name]),
                      "video_s_per_s": round(args.predict_seconds / result["elapsed_s"], 3),
                      "elapsed_s": round(result["elapsed_s"], 2), "peak_rss_gb": round(result["peak_rss_gb"], 3)}
