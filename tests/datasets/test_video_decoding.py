@@ -55,6 +55,7 @@ from tests.video_corpus import (
     make_corpus,
     make_timestamp_corpus,
     vfr_pts_ms,
+    write_video,
 )
 from util_scripts import generate_video_hdf5, generate_video_jpgs
 from util_scripts.common import iter_frames
@@ -356,6 +357,22 @@ def test_several_decoder_threads_lose_no_frame_at_a_cut_end(odd, threads):
     assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(several, one))
     scan = scan_video(path, threads=threads)
     assert (scan.n_decoded, scan.decode_errors) == (9, 1)
+
+
+def test_one_swscale_thread_gives_the_pixels_of_pyavs_default(tmp_path):
+    """upright_array scales with one swscale thread (datasets.video_files.SWS_THREADS): the very pixels of PyAV's
+    default, a thread per core, so nothing that decodes video changes by it."""
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, (1080, 1920, 3), dtype=np.uint8) for _ in range(2)]
+    path = write_video(tmp_path / "noise_1080p.mp4", frames)
+    sizes = [None, (199, 112), (640, 360), (57, 32)]
+    with av.open(str(path)) as container:
+        default = [[f.to_ndarray(format="rgb24", **({} if size is None else {"width": size[0], "height": size[1]}))
+                    for size in sizes] for f in container.decode(video=0)]
+    with av.open(str(path)) as container:
+        ours = [[upright_array(f, size) for size in sizes] for f in container.decode(video=0)]
+    assert len(ours) == len(default) == 2
+    assert all(np.array_equal(a, b) for fa, fb in zip(ours, default) for a, b in zip(fa, fb))
 
 
 # --- decoding ahead in a thread -----------------------------------------------------------------------------------
