@@ -3,7 +3,7 @@ batches as soon as their frames have arrived (the listener API is described in p
 
 Each video is decoded once, front to back (`stream_frames`), by a thread of its own that runs ahead of the model
 (`DecodeAhead`): while a batch is scored, the next frames are decoded, scaled (in swscale, straight from the
-decoder's YUV picture to the size the spatial transform needs) and cut into every view. The thread is at most
+decoder's YUV picture to the reduced size the spatial transform needs) and cut into every view. The thread is at most
 `frames_ahead` frames ahead (about AHEAD_BYTES of decoded pictures), and only the frames some clip uses are kept,
 only until the last clip that uses them has been cut; so memory depends on the clip settings and the frame size,
 not on the video's length. The frames, their numbers and the clips are those of a decode in the calling thread
@@ -129,8 +129,10 @@ class _Decoded:
 
 def _frames_with_views(video: VideoInfo, wanted: set[int], spatial: SpatialTransform,
                        threads: int) -> Iterator[_Decoded]:
-    """Every decoded frame of `video`; those in `wanted` cut into the views of the clips. Scaling happens in swscale
-    on the decoder's own picture, to the (reduced) size the crops need (`view_params`), never at full size first."""
+    """Every decoded frame of `video`; those in `wanted` cut into the views of the clips. swscale converts the
+    decoder's own YUV picture straight to RGB at the reduced size the crops need (`view_params`: a 1080p frame for
+    112-pixel crops becomes 199x112), with no full-size RGB picture on the way; only a frame less than twice the
+    crops' size is converted at its own size."""
     transform: tuple[list[ClipParams], tuple[int, int] | None] | None = None
     for number, seconds, frame in stream_frames(video.path, video.meta, threads=threads):
         if transform is None:  # the crop boxes of the picture as displayed, from its first frame
