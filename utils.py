@@ -1,4 +1,4 @@
-"""Small shared helpers: meters, accuracy, TSV logs, seeding and RNG state capture."""
+"""Small shared helpers: meters, accuracy, TSV logs, seeding and RNG state capture, the process's age."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+_IMPORTED = time.monotonic()  # the age's fallback origin where /proc cannot tell when the process started
 
 
 class AverageMeter:
@@ -221,6 +223,18 @@ def atomic_file(final: Path) -> Iterator[Path]:
         raise
     finally:
         UNFINISHED_OUTPUTS.discard(tmp)
+
+
+def seconds_since_process_start() -> float:
+    """Seconds since this process started, interpreter start-up and imports included (Linux: its start time in
+    /proc/self/stat against the boot clock); elsewhere, since this module was imported."""
+    try:
+        # Fields 3 onwards: after the last ')', as the process name between parentheses may hold anything.
+        after_name = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        started = int(after_name[19]) / os.sysconf("SC_CLK_TCK")  # field 22: start time, in clock ticks since boot
+        return time.clock_gettime(time.CLOCK_BOOTTIME) - started
+    except (OSError, ValueError, IndexError, AttributeError):  # no /proc, no boot clock
+        return time.monotonic() - _IMPORTED
 
 
 def seed_everything(seed: int) -> None:

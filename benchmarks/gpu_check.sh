@@ -1,38 +1,51 @@
 #!/usr/bin/env bash
-# GPU check (issue 14): on a bare CUDA machine without network, install what is missing from .whl/, record the
-# machine, run the GPU tests, run the benchmark in the issue's configuration and print its targets vs measured.
+# GPU check: on a bare CUDA machine without network, install what is missing from .whl/, record the machine, run
+# the GPU tests, run the benchmark in the issues' configuration and print every target against what was measured.
 #
 #   bash benchmarks/gpu_check.sh [OUTPUT_DIR]      # default: $OUT if set, else benchmarks/results/
 #
 # Before (with network): bash benchmarks/fetch_gpu_wheels.sh   # Python 3.12 wheels into .whl/ (git-ignored)
 #
-# Everything fits in GPU_CHECK_TOTAL_S (default 480 s): each step runs under `timeout` with what is left of that
-# budget, capped by its own share, so a slow step costs only itself. The benchmark runs one part per process
-# (model with --compile, loader with --gpu_decode, end to end, inference), each writing its own JSON, so a timeout
-# loses one part only; the parts are merged into bench_gpu.json and the issue's targets are printed as a table.
+# Everything fits in GPU_CHECK_TOTAL_S (default 300 s): each step runs under `timeout` with what is left of that
+# budget, capped by its own share, so a slow step costs only itself. The benchmark runs one part per process, each
+# writing its own JSON, so a timeout loses one part only; the parts are merged into bench_gpu.json and every target
+# is printed with its goal, the value measured and met / NOT met (or not measured) in targets.txt. Parts, in order:
+#   model         model only: fp32 eager, bf16 + channels_last_3d, and compiled (retried eager if compiling fails)
+#   main          `python main.py` training, eager: steady-state clips/s, time to first optimiser step
+#   main_compile  the same with --compile (its graphs come from the model part through the shared compile cache)
+#   predict       `main.py --predict` on a 60-s 1080p H.264 video made on the machine: s of video/s, peak RSS
+#   e2e           train_one_epoch fed by the fast loader vs the original-style loader
+#   inference     sliding-window inference, original vs fast
+#   loader        loader only, 4 and 16 workers, original vs fast (and nvjpeg when torchvision is there)
+# The dataset, the main parts' long epoch, the predict video and its checkpoint are written in the background
+# while the tests run (`python -m util_scripts.benchmark --prepare`).
 #
 # Written to OUTPUT_DIR: gpu_check.log (this script's output), install.log, nvidia-smi.txt, versions.json,
-# pytest_gpu.log + pytest_gpu.xml, bench_<part>.log/.json, bench_gpu.json, targets.txt.
+# pytest_gpu.log + pytest_gpu.xml, data_prep*.log, bench_<part>.log/.json, bench_gpu.json, targets.txt.
 #
 # Environment knobs (defaults in brackets):
-#   GPU_CHECK_TOTAL_S [480]  GPU_CHECK_PYTEST_S [160]  GPU_CHECK_TEST_TIMEOUT_S [150, per test]
+#   GPU_CHECK_TOTAL_S [300]  GPU_CHECK_PYTEST_S [60]  GPU_CHECK_TEST_TIMEOUT_S [50, per test]
 #   SKIP_PYTEST=1 / SKIP_BENCH=1         skip a step
-#   BENCH_PARTS ["model loader e2e inference"]   BENCH_COMPILE [1]   BENCH_GPU_DECODE [auto]
+#   BENCH_PARTS ["model main main_compile predict e2e inference loader"]  BENCH_COMPILE [1]  BENCH_GPU_DECODE [auto]
 #   BENCH_DEVICE [cuda]  BENCH_SIZE ["--model resnet --model_depth 50 --batch_size 64 --sample_duration 16
-#     --sample_size 112 --workers 4 16"]  BENCH_TIMING ["--warmup 3 --steps 10 --loader_steps 8 --repeats 3"]
+#     --sample_size 112 --workers 4 16"]  BENCH_TIMING ["--warmup 3 --steps 10 --loader_steps 4 --repeats 2"]
 #   BENCH_DATA ["--videos_per_class 128 --n_frames 20"]: the benchmark's synthetic photo-like 320x240 JPEG
 #     dataset (512 training videos = 8 batches of 64 per epoch; a loader never has more batches in flight than
-#     an epoch has), generated on the CPU while the tests run and cached under BENCH_DATA_DIR
-#   GPU_CHECK_TINY=1   plumbing dry run on a CPU: tiny benchmark settings on the CPU, no compile
-#   WHEEL_DIR [.whl]   PYTHON [python]
+#     an epoch has), cached under BENCH_DATA_DIR [${TMPDIR:-/tmp}/3dcnn_benchmark]
+#   BENCH_EPOCH_VIDEOS [4096]: clips in the main parts' epoch (64 batches of 64: as many as 16 workers keep in
+#     flight, so the steady-state window, from batch 16 on, is fed at the loader's own pace)
+#   BENCH_PREDICT_SECONDS [60]: length of the predict part's 1080p video
+#   TORCHINDUCTOR_CACHE_DIR [BENCH_DATA_DIR/inductor_cache]: the compile cache every part and main.py run share
+#   GPU_CHECK_TINY=1   dry run on a CPU: every part at tiny sizes on the CPU, no compile (minutes on 2 cores)
+#   WHEEL_DIR [.whl]   PYTHON [python, else python3]
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 OUT_DIR=${1:-${OUT:-benchmarks/results}}
 mkdir -p "$OUT_DIR" && OUT_DIR=$(cd "$OUT_DIR" && pwd)
-PY=${PYTHON:-python}
+PY=${PYTHON:-$(command -v python || command -v python3)}  # bare machines may have only python3
 WHEEL_DIR=${WHEEL_DIR:-.whl}
-TOTAL_S=${GPU_CHECK_TOTAL_S:-480}
+TOTAL_S=${GPU_CHECK_TOTAL_S:-300}
 START=$(date +%s)
 LOG="$OUT_DIR/gpu_check.log"
 : > "$LOG"
@@ -102,8 +115,8 @@ EOF
 # 3. The GPU tests.
 run_pytest() {
   # -v: every test's verdict is in the log as it happens, even if the step times out
-  run_step pytest_gpu "${GPU_CHECK_PYTEST_S:-160}" "$PY" -m pytest -m gpu -v -ra -p no:cacheprovider \
-    --continue-on-collection-errors --timeout "${GPU_CHECK_TEST_TIMEOUT_S:-150}" --junitxml "$OUT_DIR/pytest_gpu.xml"
+  run_step pytest_gpu "${GPU_CHECK_PYTEST_S:-60}" "$PY" -m pytest -m gpu -v -ra -p no:cacheprovider \
+    --continue-on-collection-errors --timeout "${GPU_CHECK_TEST_TIMEOUT_S:-50}" --junitxml "$OUT_DIR/pytest_gpu.xml"
 }
 
 # 4. The benchmark, one part per process; the model part is retried without --compile if compiling fails.
@@ -111,63 +124,86 @@ MODULE=util_scripts.benchmark
 DEVICE=${BENCH_DEVICE:-cuda} COMPILE=${BENCH_COMPILE:-1} GPU_DECODE=${BENCH_GPU_DECODE:-auto}
 SIZE=${BENCH_SIZE:---model resnet --model_depth 50 --batch_size 64 --sample_duration 16 --sample_size 112 \
 --workers 4 16}
-TIMING=${BENCH_TIMING:---warmup 3 --steps 10 --loader_steps 8 --repeats 3}
+TIMING=${BENCH_TIMING:---warmup 3 --steps 10 --loader_steps 4 --repeats 2}
 DATA=${BENCH_DATA:---videos_per_class 128 --n_frames 20}
+EPOCH_VIDEOS=${BENCH_EPOCH_VIDEOS:-4096}
+PREDICT_SECONDS=${BENCH_PREDICT_SECONDS:-60}
 DATA_DIR=${BENCH_DATA_DIR:-${TMPDIR:-/tmp}/3dcnn_benchmark}
 if [[ ${GPU_CHECK_TINY:-0} == 1 ]]; then
   DEVICE=cpu COMPILE=0
   SIZE="--model resnet --model_depth 10 --batch_size 2 --sample_duration 4 --sample_size 32 --workers 1 2"
   TIMING="--warmup 1 --steps 1 --loader_steps 2 --repeats 2"
   DATA="--videos_per_class 2 --n_frames 8"
+  EPOCH_VIDEOS=24 PREDICT_SECONDS=2
 fi
+# One compile cache for every part and main.py run: the graphs the model part compiles are loaded by the others.
+export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-$DATA_DIR/inductor_cache}
+read -r -a PARTS <<< "${BENCH_PARTS:-model main main_compile predict e2e inference loader}"
+# Seconds each part may take at most (the shared budget may leave less): compiling (model, main_compile) costs most.
+declare -A CAPS=([model]=75 [main]=40 [main_compile]=60 [predict]=35 [e2e]=35 [inference]=25 [loader]=35)
 
-# The benchmark's dataset, written in the background while the tests run (a throw-away CPU run of a tiny
-# model on the same data options fills the cache; the real runs then find it ready).
-PREP_PID=
+# The benchmark's data, written in the background while the tests run: the JPEG dataset (with the main parts' long
+# epoch) in one process, the predict part's video and checkpoint in another; the parts then find them ready.
+PREP_PIDS=()
 start_data_prep() {
-  # shellcheck disable=SC2086  # word splitting of the option string is intended
-  timeout -k 10 "$(budget 300)" "$PY" -m "$MODULE" --device cpu --parts model --model_depth 10 --batch_size 2 \
-    --sample_duration 4 --sample_size 32 --steps 1 --warmup 0 --repeats 1 $DATA --data_dir "$DATA_DIR" \
-    --output "$OUT_DIR/data_prep.json.tmp" > "$OUT_DIR/data_prep.log" 2>&1 &
-  PREP_PID=$!
-  log "data_prep: generating the benchmark dataset in the background (pid $PREP_PID, see data_prep.log)"
+  local common
+  # shellcheck disable=SC2206  # word splitting of the option strings is intended
+  common=(--prepare --device cpu $SIZE $DATA --epoch_videos "$EPOCH_VIDEOS" --predict_sizes 1080p
+          --predict_seconds "$PREDICT_SECONDS" --data_dir "$DATA_DIR")
+  timeout -k 10 "$(budget 200)" "$PY" -m "$MODULE" --parts model main "${common[@]}" > "$OUT_DIR/data_prep.log" 2>&1 &
+  PREP_PIDS+=($!)
+  if [[ " ${PARTS[*]} " == *" predict "* ]]; then
+    timeout -k 10 "$(budget 200)" "$PY" -m "$MODULE" --parts predict "${common[@]}" \
+      > "$OUT_DIR/data_prep_predict.log" 2>&1 &
+    PREP_PIDS+=($!)
+  fi
+  log "data_prep: writing the benchmark's data in the background (pids ${PREP_PIDS[*]}, see data_prep*.log)"
 }
 
 wait_data_prep() {
-  [[ -n $PREP_PID ]] || return 0
-  local rc timing
-  wait "$PREP_PID"
-  rc=$?
-  timing=$(grep -o '"prepare_s": [0-9.]*' "$OUT_DIR/data_prep.json.tmp" 2>/dev/null || echo "no timing")
-  log "data_prep: exit $rc ($timing)"
-  rm -f "$OUT_DIR/data_prep.json.tmp"
+  local pid rc
+  for pid in "${PREP_PIDS[@]}"; do
+    wait "$pid"
+    rc=$?
+    log "data_prep: pid $pid exit $rc"
+  done
+  cat "$OUT_DIR"/data_prep*.log 2>/dev/null | grep -E '^(dataset|predict):' | sed 's/^/    /' | tee -a "$LOG"
 }
 
 run_bench() {
-  local parts part flags rc
-  local module=$MODULE device=$DEVICE compile=$COMPILE gpu_decode=$GPU_DECODE size=$SIZE timing=$TIMING data=$DATA
-  read -r -a parts <<< "${BENCH_PARTS:-model loader e2e inference}"
-  # cap per part: model (dataset generation + compilation) > end to end > inference > loader
-  declare -A caps=([model]=150 [loader]=60 [e2e]=70 [inference]=50)
+  local part flags rc
   rm -f "$OUT_DIR"/bench_*.json
-  for part in "${parts[@]}"; do
+  for part in "${PARTS[@]}"; do
     # shellcheck disable=SC2206  # word splitting of the flag strings is intended
-    flags=(--device "$device" --parts "$part" $size $timing $data --gpu_decode "$gpu_decode"
-           --data_dir "$DATA_DIR" --output "$OUT_DIR/bench_$part.json")
-    if [[ $part == model && $compile == 1 ]]; then
-      run_step "bench_$part" "${caps[$part]}" "$PY" -m "$module" "${flags[@]}" --compile
-      rc=$?
-      if (( rc != 0 && rc != 124 && rc != 137 && rc != 99 )); then
-        log "bench_model: --compile failed (exit $rc); measuring eager only"
-        run_step "bench_${part}_eager" 90 "$PY" -m "$module" "${flags[@]}"
-      fi
-    else
-      run_step "bench_$part" "${caps[$part]:-90}" "$PY" -m "$module" "${flags[@]}"
-    fi
+    flags=(--device "$DEVICE" $SIZE $TIMING $DATA --gpu_decode "$GPU_DECODE" --epoch_videos "$EPOCH_VIDEOS"
+           --predict_sizes 1080p --predict_seconds "$PREDICT_SECONDS" --data_dir "$DATA_DIR"
+           --output "$OUT_DIR/bench_$part.json")
+    case $part in
+      model)
+        if [[ $COMPILE == 1 ]]; then
+          run_step bench_model "${CAPS[model]}" "$PY" -m "$MODULE" --parts model "${flags[@]}" --compile
+          rc=$?
+          if (( rc != 0 && rc != 124 && rc != 137 && rc != 99 )); then
+            log "bench_model: --compile failed (exit $rc); measuring eager only"
+            run_step bench_model_eager 60 "$PY" -m "$MODULE" --parts model "${flags[@]}"
+          fi
+        else
+          run_step bench_model "${CAPS[model]}" "$PY" -m "$MODULE" --parts model "${flags[@]}"
+        fi ;;
+      main_compile)
+        if [[ $COMPILE == 1 ]]; then
+          run_step bench_main_compile "${CAPS[main_compile]}" "$PY" -m "$MODULE" --parts main "${flags[@]}" \
+            --compile --variants fast_compile
+        else
+          log "bench_main_compile: skipped (compiling is off)"
+        fi ;;
+      *)
+        run_step "bench_$part" "${CAPS[$part]:-60}" "$PY" -m "$MODULE" --parts "$part" "${flags[@]}" ;;
+    esac
   done
 }
 
-# 5. Merge the parts and print the issue's targets against what was measured.
+# 5. Merge the parts (variant by variant: main and main_compile both fill parts.main) and print the targets.
 summarize() {
   timeout 60 "$PY" - "$OUT_DIR" << 'EOF' 2>&1 | tee "$OUT_DIR/targets.txt" | tee -a "$LOG"
 import glob, importlib, json, os, sys
@@ -177,30 +213,14 @@ reports = [json.load(open(p)) for p in sorted(glob.glob(os.path.join(out, "bench
            if not p.endswith("bench_gpu.json")]
 if not reports:
     sys.exit("no benchmark results to summarize")
-merged = {k: v for k, v in reports[0].items() if k not in ("parts", "targets")}
-merged["parts"] = {name: part for r in reports for name, part in r["parts"].items()}
-merged["elapsed_s"] = sum(r.get("elapsed_s", 0) for r in reports)
-merged["targets"] = report_lib.summarize_targets(merged)
+merged = report_lib.merge_reports(reports)
 json.dump(merged, open(os.path.join(out, "bench_gpu.json"), "w"), indent=2)
 print(report_lib.format_table(merged))
 s = merged["settings"]
 print(f"\nsettings: {s['model']}-{s['model_depth']}, {s['sample_duration']}x{s['sample_size']}x{s['sample_size']}, "
-      f"batch {s['batch_size']}, workers {s['workers']}, compile {s['compile']}, device {merged['device']}")
-expected = [("model_fast_vs_fp32", "model only, best fast (compile) vs fp32 eager", ">= 1.8"),
-            ("peak_memory_fast_over_fp32", "peak memory, bf16 over fp32", "<= 0.6")]
-expected += [(f"loader_per_worker_{w}w", f"loader clips/s per worker, {w} workers, vs original", ">= 2.0")
-             for w in s["workers"]]
-expected += [("e2e_over_model_only", "end to end over model only", ">= 0.9"),
-             ("e2e_fast_vs_original", "end to end vs original-style", ">= 3.0")]
-rows = [("target", "goal", "measured", "verdict")]
-for key, label, goal in expected:
-    t = merged["targets"].get(key)
-    rows.append((label, goal, "-" if t is None else f"{t['value']:.2f}",
-                 "not measured" if t is None else ("met" if t["met"] else "NOT met")))
-widths = [max(len(r[i]) for r in rows) for i in range(4)]
-print("\nissue 14 targets:")
-for r in rows:
-    print("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+      f"batch {s['batch_size']}, workers {s['workers']}, device {merged['device']}")
+print("\ntargets:")
+print(report_lib.format_targets(merged))
 print(f"\nwrote {os.path.join(out, 'bench_gpu.json')}")
 EOF
 }

@@ -21,6 +21,7 @@ from benchmarks.data import BatchStream, close_loader, time_loader
 from benchmarks.gpu_decode import build_encoded_loader, decode_batch
 from benchmarks.reference_loader import build_reference_loader
 from datasets import factory as dataset
+from engine.compiled import compile_model
 from engine.distributed import DistInfo
 from engine.inference import run_inference
 from engine.training import train_one_epoch
@@ -55,11 +56,12 @@ def _peak_gb(device: torch.device) -> float | None:
 
 
 def build_net(opt, device: torch.device, *, fast: bool) -> nn.Module:
-    """The model as main.py builds it: channels_last_3d on CUDA for the fast variant, compiled with --compile."""
+    """The model as main.py builds it: channels_last_3d on CUDA for the fast variant, compiled with --compile as
+    main.py compiles it (one graph, so main.py's runs load the graphs compiled here from the shared cache)."""
     net = model_lib.generate_model(opt).to(device)
     if fast and device.type == "cuda":
         net = net.to(memory_format=torch.channels_last_3d)
-    return torch.compile(net) if fast and opt.compile else net
+    return compile_model(net) if fast and opt.compile else net
 
 
 def _optimizer(opt, net: nn.Module) -> torch.optim.Optimizer:

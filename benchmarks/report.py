@@ -1,6 +1,13 @@
-"""Benchmark output: the side-by-side table and the issue's targets checked against one run's numbers."""
+"""Benchmark output: the side-by-side table and the issue's targets checked against one run's numbers.
+
+`summarize_targets(report)` measures every target the run's parts can decide ({name: {value, goal, met}});
+`format_targets(report)` is the table gpu_check.sh prints: every target of the issues with its goal, the value
+measured and met / NOT met (or not measured, when its part did not run or timed out).
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 
 def _rate(entry: dict | None) -> float | None:
@@ -31,7 +38,7 @@ def table_rows(report: dict) -> list[list[str]]:
     if "model" in parts:
         for v in ("fast", "fast_compile"):
             if v in parts["model"]:
-                o, f = parts["model"]["original"], parts["model"][v]
+                o, f = parts["model"].get("original", {}), parts["model"][v]
                 mem = f"peak GB {_fmt(o.get('peak_memory_gb'), '.2f')} -> {_fmt(f.get('peak_memory_gb'), '.2f')}"
                 rows.append(_row("model only", v, o, f, mem))
     for w, variants in parts.get("loader", {}).items():
@@ -44,11 +51,21 @@ def table_rows(report: dict) -> list[list[str]]:
     for part, label in (("e2e", "end to end"), ("inference", "inference")):
         for v in ("fast", "fast_compile"):
             if part in parts and v in parts[part]:
-                o, f = parts[part]["original"], parts[part][v]
+                o, f = parts[part].get("original"), parts[part][v]
                 note = ""
-                if part == "e2e":
+                if part == "e2e" and o is not None:
                     note = (f"data wait {100 * o['data_wait_share']:.0f}% -> {100 * f['data_wait_share']:.0f}%")
                 rows.append(_row(label, f"{v}, {f.get('workers')} workers", o, f, note))
+    for v in ("fast", "fast_compile"):
+        entry = parts.get("main", {}).get(v)
+        if entry is not None:
+            wait = entry.get("epoch_data_wait_share")
+            note = (f"steady state; first step {_fmt(entry.get('first_step_s'), '.2f')} s "
+                    f"({_fmt(entry.get('first_step_without_data_s'), '.2f')} s without data wait); whole epoch "
+                    f"{_fmt(entry.get('epoch_clips_per_s'))} clips/s, data wait {_fmt(wait and 100 * wait, '.0f')}%")
+            if "compile_s" in entry:
+                note += f"; compiled in {entry['compile_s']:.1f} s ({entry.get('compile_cache', '')})"
+            rows.append(_row("main.py end to end", f"{v}, {entry.get('workers')} workers", None, entry, note))
     for size, entry in parts.get("predict", {}).items():
         rows.append(_row("predict", f"{size}, {entry['video_seconds']:g} s video", None, None,
                          f"{entry['video_s_per_s']:.2f} s of video/s, peak RSS {entry['peak_rss_gb']:.2f} GB"))
@@ -68,28 +85,115 @@ def format_table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def summarize_targets(report: dict) -> dict:
-    """The issue's targets that this run's numbers can decide (values are ratios)."""
+@dataclass(frozen=True)
+class Target:
+    """One goal of the issues: a measured value at least (or, `at_most`, at most) `goal`."""
+
+    key: str
+    label: str
+    goal: float
+    at_most: bool = False
+
+    @property
+    def goal_text(self) -> str:
+        return f"{'<=' if self.at_most else '>='} {self.goal:g}"
+
+    def check(self, value: float) -> dict:
+        met = value <= self.goal if self.at_most else value >= self.goal
+        return {"value": value, "goal": self.goal_text, "met": met}
+
+
+def issue_targets(workers=()) -> list[Target]:
+    """Every target, in the order they are printed (loader targets per worker count of the run)."""
+    return [Target("model_fast_vs_fp32", "model only, best fast (compile) vs fp32 eager", 1.8),
+            Target("peak_memory_fast_over_fp32", "peak memory, bf16 over fp32", 0.6, at_most=True),
+            *[Target(f"loader_per_worker_{w}w", f"loader clips/s per worker, {w} workers, vs original", 2.0)
+              for w in workers],
+            Target("e2e_over_model_only", "end to end over model only", 0.9),
+            Target("e2e_fast_vs_original", "end to end vs original-style", 3.0),
+            Target("main_over_model_only", "main.py steady state over model only, eager", 0.9),
+            Target("main_compile_over_model_only", "main.py --compile steady state over model only, compiled", 0.9),
+            Target("main_compile_vs_fp32", "main.py --compile steady state vs fp32 model only", 1.8),
+            Target("main_compile_clips_per_s", "main.py --compile steady state, clips/s", 1750),
+            Target("first_step_s", "main.py time to first optimiser step, eager, without data wait, s", 5,
+                   at_most=True),
+            Target("predict_1080p_realtime", "--predict 1080p, seconds of video per second", 20)]
+
+
+def measured_values(report: dict) -> dict[str, float]:
+    """The value of every target this run's parts can decide."""
     parts, out = report["parts"], {}
 
-    def add(name: str, value: float | None, goal: float, *, at_most: bool = False) -> None:
+    def put(name: str, value: float | None) -> None:
         if value is not None:
-            out[name] = {"value": value, "goal": f"{'<=' if at_most else '>='} {goal}",
-                         "met": value <= goal if at_most else value >= goal}
+            out[name] = value
 
     model = parts.get("model", {})
-    if model:
-        add("model_fast_vs_fp32", _ratio(_rate(_best_fast(model)), _rate(model["original"])), 1.8)
-        mem_o, mem_f = model["original"].get("peak_memory_gb"), model["fast"].get("peak_memory_gb")
-        add("peak_memory_fast_over_fp32", _ratio(mem_f, mem_o), 0.6, at_most=True)
+    original, fast = model.get("original"), model.get("fast")
+    if original:
+        put("model_fast_vs_fp32", _ratio(_rate(_best_fast(model)), _rate(original)))
+        if fast:
+            put("peak_memory_fast_over_fp32", _ratio(fast.get("peak_memory_gb"), original.get("peak_memory_gb")))
     for w, variants in parts.get("loader", {}).items():
-        add(f"loader_per_worker_{w}w", _ratio(variants["fast"]["clips_per_s_per_worker"],
-                                            variants["original"]["clips_per_s_per_worker"]), 2.0)
+        put(f"loader_per_worker_{w}w", _ratio(variants["fast"]["clips_per_s_per_worker"],
+                                             variants["original"]["clips_per_s_per_worker"]))
     e2e = parts.get("e2e", {})
-    if e2e:
-        fast_e2e = _best_fast(e2e)
-        add("e2e_fast_vs_original", _ratio(_rate(fast_e2e), _rate(e2e["original"])), 3.0)
-        if model:
-            same = model.get("fast_compile" if "fast_compile" in e2e and fast_e2e is e2e["fast_compile"] else "fast")
-            add("e2e_over_model_only", _ratio(_rate(fast_e2e), _rate(same)), 0.9)
+    fast_e2e = _best_fast(e2e)
+    if fast_e2e is not None:
+        put("e2e_fast_vs_original", _ratio(_rate(fast_e2e), _rate(e2e.get("original"))))
+        same = model.get("fast_compile" if "fast_compile" in e2e and fast_e2e is e2e["fast_compile"] else "fast")
+        put("e2e_over_model_only", _ratio(_rate(fast_e2e), _rate(same)))
+    main = parts.get("main", {})
+    eager, compiled = main.get("fast"), main.get("fast_compile")
+    put("main_over_model_only", _ratio(_rate(eager), _rate(fast)))
+    put("main_compile_over_model_only", _ratio(_rate(compiled), _rate(model.get("fast_compile"))))
+    put("main_compile_vs_fp32", _ratio(_rate(compiled), _rate(original)))
+    put("main_compile_clips_per_s", _rate(compiled))
+    put("first_step_s", eager.get("first_step_without_data_s") if eager else None)
+    put("predict_1080p_realtime", parts.get("predict", {}).get("1080p", {}).get("video_s_per_s"))
     return out
+
+
+def summarize_targets(report: dict) -> dict:
+    """The issue's targets that this run's numbers can decide: {name: {value, goal, met}}."""
+    known = {t.key: t for t in issue_targets(_workers(report))}
+    return {key: known[key].check(value) for key, value in measured_values(report).items()}
+
+
+def _workers(report: dict) -> list:
+    """The loader's worker counts: the run's settings, else those its loader part measured."""
+    return list(report.get("settings", {}).get("workers") or report["parts"].get("loader", {}))
+
+
+def target_rows(report: dict) -> list[tuple[str, str, str, str]]:
+    """(target, goal, measured, verdict) of every target, measured or not; the verdict is 'met', 'NOT met' or
+    'not measured'."""
+    checked = report.get("targets") or summarize_targets(report)
+    rows = []
+    for target in issue_targets(_workers(report)):
+        check = checked.get(target.key)
+        measured = "-" if check is None else f"{check['value']:.2f}"
+        verdict = "not measured" if check is None else ("met" if check["met"] else "NOT met")
+        rows.append((target.label, target.goal_text, measured, verdict))
+    return rows
+
+
+def format_targets(report: dict) -> str:
+    """The targets as an aligned plain-text table."""
+    rows = [("target", "goal", "measured", "verdict"), *target_rows(report)]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    return "\n".join("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def merge_reports(reports: list[dict]) -> dict:
+    """One report of the parts of several runs (gpu_check.sh runs one part per process): the first run's device
+    and settings, every part merged variant by variant (the main part's eager and --compile runs are two), the
+    elapsed seconds summed and the targets decided from it all."""
+    merged = {k: v for k, v in reports[0].items() if k not in ("parts", "targets")}
+    merged["parts"] = {}
+    for report in reports:
+        for name, part in report["parts"].items():
+            merged["parts"].setdefault(name, {}).update(part)
+    merged["elapsed_s"] = sum(r.get("elapsed_s", 0) for r in reports)
+    merged["targets"] = summarize_targets(merged)
+    return merged

@@ -30,6 +30,8 @@ API:
   av.VideoFrames of given frame numbers, seeking per clip; frame counts and timings come from the probe cache.
 - `stream_frames(path, meta)`: (frame number, seconds, av.VideoFrame) of every frame in one sequential pass
   (what `--predict`, the extraction scripts and `check_videos` decode).
+- `DecodeAhead(frames, depth)`: runs such a pass (and whatever per-frame work is chained to it, e.g. scaling) in a
+  thread of its own, at most `depth` items ahead of its consumer (`--predict` overlaps decoding with the model).
 - `scan_video(path) -> VideoScan`: decodes everything and reports damage (for check_videos).
 - `announced_seconds(path)` / `is_truncated(announced, found, fps)`: the container's own duration, and
   whether the frames found fall short of it.
@@ -41,6 +43,8 @@ import heapq
 import json
 import logging
 import math
+import queue
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -63,6 +67,10 @@ CFR_TOLERANCE = 0.25  # a stream is constant-rate when every pts is within this 
 MAX_DEMUX_ERRORS = 16  # consecutive demuxer errors after which the rest of a file is given up
 CACHE_VERSION = 3  # bump when VideoMeta changes meaning: older cache entries are probed again
 TRUNCATION_SLACK = 0.05  # a video is truncated when more than 5 % (and 2 frames) of the announced length is gone
+# swscale threads per conversion. PyAV makes a new scaler for every frame, so its default (one thread per core)
+# starts a thread pool per frame, whose threads then fight the decoder's: measured 2-6 ms per 1080p frame against
+# 1.3 ms with one thread, and the same pixels (slices are scaled alike whatever the thread count).
+SWS_THREADS = 1
 
 # How the frames of a file are numbered (VideoMeta.numbering); frame i is the i-th displayed frame either way.
 BY_TIMESTAMPS = "timestamps"  # by the frame's pts: the packets sorted by pts are the frames in display order
@@ -477,10 +485,10 @@ def upright_array(frame, size: tuple[int, int] | None = None, *, rotation: int |
     """
     rotation = normalized_rotation(frame.rotation if rotation is None else rotation)
     if size is None:
-        arr = frame.to_ndarray(format="rgb24")
+        arr = frame.to_ndarray(format="rgb24", threads=SWS_THREADS)
     else:
         width, height = (size[1], size[0]) if rotation in (90, 270) else size
-        arr = frame.to_ndarray(format="rgb24", width=width, height=height)
+        arr = frame.to_ndarray(format="rgb24", width=width, height=height, threads=SWS_THREADS)
     return np.ascontiguousarray(np.rot90(arr, rotation // 90)) if rotation else arr
 
 
@@ -526,6 +534,86 @@ def _frames_after(path: Path, meta: VideoMeta, last: int, counts: DecodeCounts) 
         run = list(range(last + 1, meta.n_frames))
         found = _decode_run(container, stream, FrameNumbers(meta), run, seek=meta.seekable, counts=counts)
     return [(number, found[number]) for number in sorted(found)]
+
+
+class DecodeAhead:
+    """The items of `frames` (e.g. `stream_frames`, each frame already scaled), produced by a thread of its own at
+    most `depth` items ahead of the consumer: PyAV releases the GIL while it decodes and scales, so decoding goes on
+    while the consumer works (a model's forward pass). Memory stays bounded: `depth` items wait in the queue, one
+    more in the thread. Use it as a context manager and iterate it once; an error of the pass (av.error.FFmpegError,
+    OSError, ...) is raised by the iteration, in the consumer's thread, after the items that came before it.
+    Leaving the block early (a break, Ctrl-C, an error of the consumer) stops the thread and closes `frames` there.
+    """
+
+    _END = object()  # the pass is over
+    POLL_S = 0.1  # how often a thread waiting for room in the queue looks whether it is still wanted
+
+    def __init__(self, frames: Iterator, depth: int):
+        if depth < 1:
+            raise ValueError("DecodeAhead needs room for at least one item")
+        self.queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._frames = frames
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._produce, name="decode-ahead", daemon=True)
+
+    def __enter__(self) -> DecodeAhead:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __iter__(self) -> Iterator:
+        while True:
+            item = self.queue.get()
+            if item is self._END:
+                return
+            if isinstance(item, _PassFailed):
+                raise item.error
+            yield item
+
+    def close(self) -> None:
+        """Stop the thread (it ends at its next item) and drop what it had queued."""
+        self._stopping.set()
+        while self._thread.is_alive():
+            self._drain()
+            self._thread.join(self.POLL_S)
+        self._drain()
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                self.queue.get_nowait()
+            except queue.Empty:
+                return
+
+    def _produce(self) -> None:
+        try:
+            for item in self._frames:
+                if not self._put(item):
+                    return
+            self._put(self._END)
+        except BaseException as error:  # noqa: BLE001 - handed to the consumer, who raises it
+            self._put(_PassFailed(error))
+        finally:
+            close = getattr(self._frames, "close", None)
+            if close is not None:
+                close()  # in this thread: the generator's `with av.open(...)` closes the file here
+
+    def _put(self, item) -> bool:
+        """Queue `item` once there is room; False when the consumer has gone."""
+        while not self._stopping.is_set():
+            try:
+                self.queue.put(item, timeout=self.POLL_S)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+
+@dataclass(frozen=True)
+class _PassFailed:
+    error: BaseException
 
 
 def _numbered(frames, meta: VideoMeta, counts: DecodeCounts) -> Iterator[tuple[int, object]]:

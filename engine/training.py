@@ -34,7 +34,7 @@ from engine.stop_signals import signal_name
 from errors import UserError
 from models import factory as model_lib
 from opts import opts_to_plain
-from utils import Logger, count_correct
+from utils import Logger, count_correct, seconds_since_process_start
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, criterion: nn.Module, op
                     start: EpochProgress | None = None, control: StepControl | None = None,
                     on_checkpoint: Callable[[EpochProgress, Action], None] | None = None,
                     mixer: Callable | None = None, clip_grad_norm: float = 0.0, ema: nn.Module | None = None,
-                    accumulate: int = 1) -> dict:
+                    accumulate: int = 1, on_first_step: Callable[[float], None] | None = None) -> dict:
     """Train ``model`` for one pass over ``loader``.
 
     ``on_batches`` receives, every ``log_interval`` batches and at the end, the rows of the batches since
@@ -110,6 +110,9 @@ def train_one_epoch(model: nn.Module, loader: Iterable, criterion: nn.Module, op
     optimiser step ``control.poll()`` may ask for a checkpoint: the logged rows are flushed and
     ``on_checkpoint(progress, action)`` is called (it raises to stop). With ``accumulate`` > 1 that happens
     only at the end of a group, so a checkpoint never holds half-accumulated gradients.
+
+    ``on_first_step(data_wait_s)`` is called once, when the first optimiser step of this call has finished on the
+    device (one synchronisation), with the seconds spent waiting for the loader until then.
     """
     model.train()
     lr = max(group["lr"] for group in optimizer.param_groups)
@@ -140,6 +143,10 @@ def train_one_epoch(model: nn.Module, loader: Iterable, criterion: nn.Module, op
             progress.update(i, n_batches, {"loss": loss_sum / n_clips, "acc": correct_sum / n_clips,
                                            "clips_per_s": (n_clips - start.clips) / elapsed,
                                            "data_share": data_time / elapsed})
+        if on_first_step is not None and stepper.stepped:
+            _wait_for_device(device)
+            on_first_step(data_time)
+            on_first_step = None
         action = control.poll() if control is not None and stepper.stepped else None
         if action is not None and on_checkpoint is not None:
             _flush(pending, on_batches, epoch=epoch)  # the log holds every batch the checkpoint has
@@ -228,6 +235,12 @@ class _Stepper:
         self.steps += 1
         if self.ema is not None:
             self.ema.update_parameters(unwrap_model(self.model))
+
+
+def _wait_for_device(device: torch.device) -> None:
+    """Until the work queued on `device` is done (CUDA runs asynchronously; the CPU already has)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _flush(pending: list, on_batches: Callable | None, *, epoch: int) -> None:
@@ -347,6 +360,7 @@ class Trainer:
         self.mixer = mixer_from_opts(opt, unwrap_model(net).get_classifier().out_features)
         self.optimizer_steps = 0  # over the whole run; with --accumulate_grad_batches N, one per N batches
         self.compile_report = None  # with --compile: logs compile time and cache use once per epoch
+        self.first_step_logged = False  # the time to the process's first optimiser step is logged once
         self.model = self._wrap(net)
         self.scheduler = build_scheduler(self.optimizer, opt)
         self.scaler = torch.amp.GradScaler(dist.device.type) if opt.precision == "fp16" else None
@@ -482,7 +496,8 @@ class Trainer:
                                  on_batches=log_batches if self.batch_logger is not None else None,
                                  start=start, control=self.control, on_checkpoint=checkpoint,
                                  mixer=self.mixer, clip_grad_norm=self.opt.clip_grad_norm, ema=self.ema,
-                                 accumulate=self.opt.accumulate_grad_batches)
+                                 accumulate=self.opt.accumulate_grad_batches,
+                                 on_first_step=None if self.first_step_logged else self._log_first_step)
         self.optimizer_steps += result["steps"]
         log.info("train epoch %d: loss %.4f acc %.4f lr %g, %d optimiser steps (%d in all) (%.1f clips/s, "
                  "data wait %.0f%%)", epoch, result["loss"], result["acc"], result["lr"], result["steps"],
@@ -491,6 +506,14 @@ class Trainer:
         if self.train_logger is not None:
             self.train_logger.log({"epoch": epoch, **result})
         return dict(result)
+
+    def _log_first_step(self, data_wait_s: float) -> None:
+        """How long the process took to its first optimiser step, and how much of that went to waiting for data
+        (start-up cost: imports, CUDA, model, loader, cuDNN autotuning or compilation)."""
+        self.first_step_logged = True
+        total = seconds_since_process_start()
+        log.info("first optimiser step done %.2f s after the process started (%.2f s of it waiting for data, "
+                 "%.2f s without)", total, data_wait_s, total - data_wait_s)
 
     def end_epoch(self, epoch: int, val_loss: float | None) -> None:
         """Step the scheduler, then checkpoint: a resumed run continues with exactly the next epoch's LR.

@@ -23,7 +23,9 @@ options for checkpoints made before the spec, the defaults for released ones); c
 command line override it.
 
 A long job: each video is decoded once, front to back, through a bounded window of frames
-(`video_predictor.VideoPredictor`), with a progress bar in seconds of video. Both files are rewritten
+(`video_predictor.VideoPredictor`), by a thread that decodes and scales the next frames while the model scores
+a batch (`decoder_threads`: FFmpeg uses every core when the model is on a GPU, --n_threads on the CPU), with a
+progress bar in seconds of video. Both files are rewritten
 atomically after every video, with "complete": false until the last one; Ctrl-C keeps the finished videos
 (exit status 130), and running the same command again skips every video already in predictions.json with
 the same path, size and modification time (results of other settings or another checkpoint are refused,
@@ -381,8 +383,15 @@ def build_predictor(net: nn.Module, opt: argparse.Namespace, spec: ClipSpec, *, 
                                        align_last=ALIGN_LAST_WINDOW)
     return VideoPredictor(net, class_names=class_names, spatial=spatial, temporal=temporal,
                           batch_size=opt.inference_batch_size, device=device, normalizer=spec.normalizer(),
-                          precision=opt.precision, topk=topk, threads=max(1, opt.n_threads),
+                          precision=opt.precision, topk=topk, threads=decoder_threads(device, opt.n_threads),
                           multi_label=spec.multi_label)
+
+
+def decoder_threads(device: torch.device, n_threads: int) -> int:
+    """FFmpeg threads of the one sequential decode: every core (0: FFmpeg's choice, frame + slice threads) when the
+    model runs on a GPU and the CPU has nothing else to do; --n_threads (at least 1) on the CPU, whose cores the
+    model needs too."""
+    return 0 if device.type == "cuda" else max(1, n_threads)
 
 
 def run(opt: argparse.Namespace, listeners: Sequence[PredictionListener] = ()) -> int:

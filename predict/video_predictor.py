@@ -1,9 +1,13 @@
 """Streaming prediction of one video file: one sequential decode, a bounded window of frames, clips scored in
 batches as soon as their frames have arrived (the listener API is described in predict/runner.py).
 
-Each video is decoded once, front to back (`stream_frames`). Only the frames some clip uses are kept, already
-scaled (in swscale) to the size the spatial transform needs and cut into every view, and only until the last
-clip that uses them has been cut; so memory depends on the clip settings, not on the video's length or size.
+Each video is decoded once, front to back (`stream_frames`), by a thread of its own that runs ahead of the model
+(`DecodeAhead`): while a batch is scored, the next frames are decoded, scaled (in swscale, straight from the
+decoder's YUV picture to the reduced size the spatial transform needs) and cut into every view. The thread is at most
+`frames_ahead` frames ahead (about AHEAD_BYTES of decoded pictures), and only the frames some clip uses are kept,
+only until the last clip that uses them has been cut; so memory depends on the clip settings and the frame size,
+not on the video's length. The frames, their numbers and the clips are those of a decode in the calling thread
+(`frames_ahead=0`), so the scores are the same.
 Clips are the inference clips of the video's frame numbers (`TemporalTransform`), exactly as the loader of
 `--inference` would cut them. Frames lost to damage are taken from the nearest decoded frame of the clip (the
 loader's rule); a clip with no decoded frame at all is counted and left unscored.
@@ -11,8 +15,9 @@ loader's rule); a clip with no decoded frame at all is counted and left unscored
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,10 +29,20 @@ from torch import nn
 from datasets.clip_loader import decode_views, view_params
 from datasets.spatial_transforms import ClipParams, SpatialTransform
 from datasets.temporal_transforms import TemporalTransform
-from datasets.video_files import VideoMeta, displayed_size, is_truncated, stream_frames
+from datasets.video_files import DecodeAhead, VideoMeta, displayed_size, is_truncated, stream_frames
 from engine.features import ClassifierInputCapture
 from engine.forward import autocast, prepare_batch
 from engine.scoring import VideoScoreAggregator
+
+AHEAD_BYTES = 192 << 20  # decoded pictures the decode thread may hold ahead of the model (they are full size)
+MAX_FRAMES_AHEAD = 128  # enough for the decoder to run on while a batch is scored; more only costs memory
+
+
+def frames_ahead_for(meta: VideoMeta) -> int:
+    """How far the decode thread may run ahead on this video: AHEAD_BYTES of YUV 4:2:0 pictures, 2 to
+    MAX_FRAMES_AHEAD frames (each queued frame keeps its full-size picture: listeners are shown every frame)."""
+    picture_bytes = max(1, meta.width * meta.height * 3 // 2)
+    return max(2, min(MAX_FRAMES_AHEAD, AHEAD_BYTES // picture_bytes))
 
 
 @dataclass(frozen=True)
@@ -105,6 +120,29 @@ class VideoResult:
         return out
 
 
+@dataclass(frozen=True)
+class _Decoded:
+    """One decoded frame, as the decode thread hands it over."""
+
+    number: int
+    seconds: float
+    frame: object  # the av.VideoFrame, full size (for the listeners)
+    views: list[np.ndarray] | None  # (H, W, C) uint8 per view; None when no clip uses the frame, or it is corrupt
+
+
+def _frames_with_views(video: VideoInfo, wanted: set[int], spatial: SpatialTransform,
+                       threads: int) -> Iterator[_Decoded]:
+    """Every decoded frame of `video`; those in `wanted` cut into the views of the clips. swscale converts the
+    decoder's own YUV picture straight to RGB at the reduced size the crops need (`view_params`: a 1080p frame for
+    112-pixel crops becomes 199x112), with no full-size RGB picture on the way; only a frame less than twice the
+    crops' size is converted at its own size."""
+    transform: tuple[list[ClipParams], tuple[int, int] | None] | None = None
+    for number, seconds, frame in stream_frames(video.path, video.meta, threads=threads):
+        if transform is None:  # the crop boxes of the picture as displayed, from its first frame
+            transform = view_params(spatial, *displayed_size(frame), None)
+        yield _Decoded(number, seconds, frame, decode_views(frame, *transform) if number in wanted else None)
+
+
 class _ClipWindow:
     """The frames of one video that pending clips need, and the clips whose frames have all gone by."""
 
@@ -119,12 +157,10 @@ class _ClipWindow:
         self.frames: dict[int, list[np.ndarray]] = {}
         self.next = 0
 
-    def add(self, number: int, views: Callable[[], list[np.ndarray] | None]) -> list[tuple]:
-        """Keep frame `number` (its views made only when a clip uses it); the clips complete with it."""
-        if number in self.wanted and number >= self.first_needed[self.next]:
-            made = views()
-            if made is not None:
-                self.frames[number] = made
+    def add(self, number: int, views: list[np.ndarray] | None) -> list[tuple]:
+        """Keep frame `number`'s views (None: no clip uses it, or it does not convert); the clips complete with it."""
+        if views is not None and number in self.wanted and number >= self.first_needed[self.next]:
+            self.frames[number] = views
         return self._cut_until(number)
 
     def finish(self) -> list[tuple]:
@@ -164,12 +200,15 @@ class VideoPredictor:
         batch_size: views (clips x crops) per forward pass.
         normalizer: uint8 clips -> model input (`build_input_normalizer`).
         topk: labels per segment handed to listeners.
-        threads: decoder threads (1: one).
+        threads: FFmpeg decoder threads (0: as many as FFmpeg likes, for a model on a GPU; 1: one).
+        frames_ahead: how far the decode thread may run ahead of the model, in frames (None: `frames_ahead_for`
+            the video; 0: no thread, each frame is decoded when the model needs it).
     """
 
     def __init__(self, net: nn.Module, *, class_names: Sequence[str], spatial: SpatialTransform,
                  temporal: TemporalTransform, batch_size: int, device: torch.device, normalizer=None,
-                 precision: str = "fp32", topk: int = 5, threads: int = 1, multi_label: bool = False):
+                 precision: str = "fp32", topk: int = 5, threads: int = 1, multi_label: bool = False,
+                 frames_ahead: int | None = None):
         self.net = net.to(device).eval()
         self.class_names = list(class_names)
         self.spatial, self.temporal = spatial, temporal
@@ -177,6 +216,7 @@ class VideoPredictor:
         self.device, self.normalizer, self.precision = device, normalizer, precision
         self.topk, self.threads = topk, threads
         self.multi_label = multi_label  # independent per-class sigmoids instead of one softmax
+        self.frames_ahead = frames_ahead
 
     def predict(self, video: VideoInfo, listeners: Sequence[PredictionListener] = ()) -> VideoResult:
         """Decode and score one video, telling `listeners` as it goes."""
@@ -205,19 +245,23 @@ class VideoPredictor:
         meta = video.meta
         window = _ClipWindow(self.temporal(list(range(meta.n_frames))))
         pending: list[tuple[list[int], list[np.ndarray]]] = []
-        transform: tuple[list[ClipParams], tuple[int, int] | None] | None = None
-        for number, seconds, frame in stream_frames(video.path, meta, threads=self.threads):
-            for listener in listeners:
-                listener.frame(number, seconds, frame)
-            if transform is None:  # the crop boxes of the picture as displayed, from its first frame
-                transform = view_params(self.spatial, *displayed_size(frame), None)
-            result.n_decoded += 1
-            result.decoded_seconds += _frame_seconds(meta, number)
-            result.decoded_end = meta.frame_time(number) + _frame_seconds(meta, number)
-            ready = window.add(number, lambda f=frame, t=transform: decode_views(f, *t))
-            pending = self._queue(ready, pending, result, listeners, tap)
+        with self._decoded(video, window.wanted) as frames:
+            for item in frames:
+                for listener in listeners:
+                    listener.frame(item.number, item.seconds, item.frame)
+                result.n_decoded += 1
+                result.decoded_seconds += _frame_seconds(meta, item.number)
+                result.decoded_end = meta.frame_time(item.number) + _frame_seconds(meta, item.number)
+                ready = window.add(item.number, item.views)
+                pending = self._queue(ready, pending, result, listeners, tap)
         pending = self._queue(window.finish(), pending, result, listeners, tap, end=True)
         self._score(pending, result, listeners, tap)
+
+    def _decoded(self, video: VideoInfo, wanted: set[int]):
+        """A context manager giving the video's `_Decoded` frames: from the decode thread, or made on demand."""
+        frames = _frames_with_views(video, wanted, self.spatial, self.threads)
+        depth = frames_ahead_for(video.meta) if self.frames_ahead is None else self.frames_ahead
+        return DecodeAhead(frames, depth) if depth > 0 else contextlib.closing(frames)
 
     def _queue(self, ready, pending, result, listeners, tap, *, end: bool = False) -> list:
         """Add cut clips to the batch; score it whenever it is full."""

@@ -15,6 +15,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import main
+from benchmarks.main_bench import FIRST_STEP
 from checkpoint import load_checkpoint
 from engine.distributed import DistInfo
 from models import factory as model_lib
@@ -45,6 +46,14 @@ def device_run(request, tiny_dataset, tmp_path_factory):
 def test_train_validate_infer_with_the_device_defaults(device_run, tiny_dataset):
     device, out, proc = device_run
     check_trained_run(out, tiny_dataset, proc, device, n_epochs=2)
+
+
+def test_the_time_to_the_first_optimiser_step_is_logged_once(device_run):
+    _, _, proc = device_run
+    found = FIRST_STEP.findall(proc.stdout)  # the line the benchmark's main part reads
+    assert len(found) == 1, proc.stdout  # two epochs, one line: the process's first step only
+    total, waiting, without = map(float, found[0])
+    assert 0 < waiting < total and without == pytest.approx(total - waiting, abs=0.011)
 
 
 def test_predict_from_a_run_on_its_device_and_on_the_cpu(device_run, tmp_path):

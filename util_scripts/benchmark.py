@@ -12,6 +12,12 @@ Defaults depend on the device: small on the CPU (about a minute on 2 cores), the
 configuration (resnet-50, 16x112x112, batch 64, 4 and 16 workers) on CUDA.
 The 'predict' part (only when named in --parts) runs ``main.py --predict`` on synthetic 1080p and 4K
 H.264 videos of --predict_seconds in a child process: seconds of video per second and peak RSS.
+The 'main' part (only when named) runs ``python main.py`` training for one epoch of --epoch_videos clips,
+eager and with --compile: steady-state clips/s and time to first optimiser step from main.py's own log.
+--variants limits the variants measured (e.g. ``--parts main --compile --variants fast_compile``);
+--prepare only writes the data the named parts need (the dataset, the predict part's checkpoint and videos).
+Compiled graphs are cached in TORCHINDUCTOR_CACHE_DIR (default: <data_dir>/inductor_cache) for every part and
+main.py run, so a graph compiled once is loaded by the next process, as in a user's second run.
 """
 
 from __future__ import annotations
@@ -29,20 +35,25 @@ import torch
 from benchmarks import parts as bench_parts
 from benchmarks.data import SyntheticSpec, bench_opts, make_synthetic_dataset, mean_frame_bytes
 from benchmarks.gpu_decode import nvjpeg_available
-from benchmarks.predict_bench import predict_part
+from benchmarks.main_bench import epoch_batches, long_epoch_annotation, main_part
+from benchmarks.predict_bench import predict_part, prepare_predict
 from benchmarks.report import format_table, summarize_targets
 from datasets import factory as dataset
 from datasets.layout import SUBSET_NAMES
+from engine.compiled import CACHE_ENV
 from errors import UserError
 from util_scripts.common import run_cli
 
-PARTS = ("model", "loader", "e2e", "inference", "predict")
-DEFAULT_PARTS = ("model", "loader", "e2e", "inference")  # predict: only when asked for (it writes 4K videos)
+PARTS = ("model", "loader", "e2e", "inference", "main", "predict")
+DEFAULT_PARTS = ("model", "loader", "e2e", "inference")  # main, predict: only when asked for (main.py runs, videos)
+VARIANTS = ("original", "fast", "fast_compile")
 DEFAULTS = {  # device type -> defaults of the size options
     "cpu": dict(model_depth=10, batch_size=4, sample_duration=8, sample_size=112, workers=[1, 2], steps=2,
-                loader_steps=12, warmup=1, repeats=3, videos_per_class=4, n_frames=24, predict_seconds=2.0),
+                loader_steps=12, warmup=1, repeats=3, videos_per_class=4, n_frames=24, predict_seconds=2.0,
+                epoch_videos=48),
     "cuda": dict(model_depth=50, batch_size=64, sample_duration=16, sample_size=112, workers=[4, 16], steps=20,
-                 loader_steps=20, warmup=5, repeats=3, videos_per_class=64, n_frames=48, predict_seconds=10.0),
+                 loader_steps=20, warmup=5, repeats=3, videos_per_class=64, n_frames=48, predict_seconds=10.0,
+                 epoch_videos=4096),
 }
 
 
@@ -63,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, help="batches before timing (worker start-up, autotuning, compile)")
     p.add_argument("--repeats", type=int, help="timed windows per measurement (the median is reported)")
     p.add_argument("--compile", action="store_true", help="also measure the fast variant under torch.compile")
+    p.add_argument("--variants", nargs="+", choices=VARIANTS,
+                   help="measure only these variants in the model, e2e, inference and main parts (default: all)")
     p.add_argument("--gpu_decode", default="auto", choices=("auto", "on", "off"),
                    help="loader-only with nvjpeg decode (CUDA + torchvision); auto: when available")
     p.add_argument("--video_path", type=Path, help="jpg frame dataset root (default: generate a synthetic one)")
@@ -77,6 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="length of the synthetic videos of the predict part (default: 2 CPU, 10 CUDA)")
     p.add_argument("--predict_sizes", nargs="+", default=["1080p", "4k"], choices=("1080p", "4k"),
                    help="frame sizes of the predict part")
+    p.add_argument("--epoch_videos", type=int,
+                   help="clips in the main part's training epoch (the synthetic videos listed again and again; "
+                        "default: 48 CPU, 4096 CUDA): many more batches than the loader keeps in flight")
+    p.add_argument("--prepare", action="store_true",
+                   help="only write the data the named parts need (cached under --data_dir), then stop")
     p.add_argument("--output", type=Path, default=None,
                    help="JSON results file (default: benchmark.json in --data_dir, not the current directory)")
     return p
@@ -126,7 +144,8 @@ class Runner:
                           result_path=args.data_dir / "results", device=args.device)
         probe = bench_opts(args, workers=0, fast=True, compile_model=False, n_classes=1, **self.paths)
         self.n_classes = len(dataset.get_class_names(probe))
-        self.variants = ["original", "fast"] + (["fast_compile"] if args.compile else [])
+        self.variants = [v for v in ("original", "fast") + (("fast_compile",) if args.compile else ())
+                         if args.variants is None or v in args.variants]
         self.window = dict(warmup=args.warmup, steps=args.steps, repeats=args.repeats)
         self.loader_window = dict(self.window, steps=args.loader_steps)
 
@@ -157,6 +176,10 @@ class Runner:
             parts["e2e"] = self._each(bench_parts.end_to_end, args.e2e_workers, **self.window)
         if "inference" in args.parts:
             parts["inference"] = self._each(bench_parts.inference, args.e2e_workers, repeats=args.repeats)
+        if "main" in args.parts:
+            parts["main"] = main_part(args, video_path=self.paths["video_path"],
+                                      annotation_path=self.paths["annotation_path"], n_classes=self.n_classes,
+                                      variants=[v for v in self.variants if v != "original"])
         if "predict" in args.parts:
             parts["predict"] = predict_part(args, args.data_dir)
         return parts
@@ -171,10 +194,32 @@ class Runner:
         return ok
 
 
+def prepare(args) -> None:
+    """Write what the named parts read, so that their timed runs find it ready (gpu_check.sh runs this in the
+    background while the tests run): the synthetic dataset (and the main part's long epoch of it), the predict
+    part's checkpoint and videos."""
+    if set(args.parts) - {"predict"}:
+        start = time.perf_counter()
+        _, annotation_path, _ = _data(args)
+        if "main" in args.parts:
+            long_epoch_annotation(annotation_path, epoch_batches(args) * args.batch_size)
+        print(f"dataset: {annotation_path.parent} in {time.perf_counter() - start:.1f} s")
+    if "predict" in args.parts:
+        start = time.perf_counter()
+        checkpoint, videos = prepare_predict(args, args.data_dir)
+        print(f"predict: {checkpoint.name}, {', '.join(v.name for v in videos.values())} in "
+              f"{time.perf_counter() - start:.1f} s")
+
+
 def main(argv=None) -> int:
     args = resolve_args(build_parser().parse_args(argv))
     if args.device == "cuda":  # the original enabled cudnn autotuning too, so both variants get it
         torch.backends.cudnn.benchmark = True
+    # One compile cache for the parts and the main.py runs (children inherit it; main.py keeps a folder set here).
+    os.environ.setdefault(CACHE_ENV, str(Path(args.data_dir).resolve() / "inductor_cache"))
+    if args.prepare:
+        prepare(args)
+        return 0
     video_path, annotation_path, data_info = _data(args)
     data_info["mean_frame_bytes"] = round(mean_frame_bytes(video_path))
     runner = Runner(args, video_path, annotation_path)

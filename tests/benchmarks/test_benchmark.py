@@ -11,7 +11,8 @@ import numpy as np
 from PIL import Image
 
 from benchmarks.data import photo_like_frames
-from benchmarks.report import format_table, summarize_targets
+from benchmarks.main_bench import epoch_summary, first_step, progress_lines, steady_state
+from benchmarks.report import format_table, format_targets, merge_reports, summarize_targets, target_rows
 from tests.conftest import ROOT
 
 TINY = ["--device", "cpu", "--model_depth", "10", "--batch_size", "2", "--sample_duration", "4", "--sample_size",
@@ -93,3 +94,96 @@ def test_benchmark_predict_part(tmp_path):
     assert entry["frame_size"] == [1920, 1080] and entry["video_seconds"] == 0.4
     assert entry["video_s_per_s"] > 0 and 0.05 < entry["peak_rss_gb"] < 16
     assert "predict" in proc.stdout and "s of video/s, peak RSS" in proc.stdout
+
+
+def _gpu_check_reports() -> list[dict]:
+    """The per-part JSON files of a gpu_check run (made-up numbers): model, main eager, main --compile, predict."""
+    def rate(x, **extra):
+        return {"clips_per_s": x, **extra}
+
+    head = {"device": "NVIDIA H200", "torch": "x", "settings": {"workers": [4, 16], "batch_size": 64}}
+    main_eager = rate(1000, workers=16, first_step_s=6.5, first_step_data_wait_s=2.0, first_step_without_data_s=4.5,
+                      epoch_clips_per_s=700.0, epoch_data_wait_share=0.2)
+    main_compiled = rate(1700, workers=16, first_step_s=40.0, first_step_data_wait_s=1.0,
+                         first_step_without_data_s=39.0, epoch_clips_per_s=90.0, epoch_data_wait_share=0.01)
+    return [{**head, "elapsed_s": 60, "parts": {"model": {"original": rate(900, peak_memory_gb=10.0),
+                                                          "fast": rate(1050, peak_memory_gb=5.0),
+                                                          "fast_compile": rate(2000, peak_memory_gb=5.5)}}},
+            {**head, "elapsed_s": 20, "parts": {"main": {"fast": main_eager}}},
+            {**head, "elapsed_s": 50, "parts": {"main": {"fast_compile": main_compiled}}},
+            {**head, "elapsed_s": 15, "parts": {"predict": {"1080p": {"video_seconds": 60, "frame_size": [1920, 1080],
+                                                                      "video_s_per_s": 23.4, "elapsed_s": 2.56,
+                                                                      "peak_rss_gb": 1.9}}}}]
+
+
+def test_targets_table_marks_met_and_not_met_from_the_merged_parts():
+    merged = merge_reports(_gpu_check_reports())
+    assert set(merged["parts"]["main"]) == {"fast", "fast_compile"} and merged["elapsed_s"] == 145
+    verdicts = {label: (measured, verdict) for label, _, measured, verdict in target_rows(merged)}
+    assert verdicts["main.py steady state over model only, eager"] == ("0.95", "met")  # 1000 / 1050
+    assert verdicts["main.py --compile steady state over model only, compiled"] == ("0.85", "NOT met")  # 1700 / 2000
+    assert verdicts["main.py --compile steady state vs fp32 model only"] == ("1.89", "met")  # 1700 / 900
+    assert verdicts["main.py --compile steady state, clips/s"] == ("1700.00", "NOT met")
+    assert verdicts["main.py time to first optimiser step, eager, without data wait, s"] == ("4.50", "met")
+    assert verdicts["--predict 1080p, seconds of video per second"] == ("23.40", "met")
+    assert verdicts["model only, best fast (compile) vs fp32 eager"] == ("2.22", "met")
+    assert verdicts["peak memory, bf16 over fp32"] == ("0.50", "met")
+    for label in ("end to end over model only", "loader clips/s per worker, 16 workers, vs original"):
+        assert verdicts[label] == ("-", "not measured")  # those parts did not run (or timed out)
+    assert merged["targets"]["first_step_s"] == {"value": 4.5, "goal": "<= 5", "met": True}
+    assert merged["targets"]["main_compile_clips_per_s"] == {"value": 1700, "goal": ">= 1750", "met": False}
+    table = format_targets(merged)
+    assert table.splitlines()[0].split() == ["target", "goal", "measured", "verdict"]
+    assert table.count("NOT met") == 2 and table.count("not measured") == 4  # loader (2), end to end (2)
+    text = format_table(merged)
+    assert "main.py end to end" in text and "first step 6.50 s (4.50 s without data wait)" in text
+    assert "whole epoch 700.0 clips/s, data wait 20%" in text
+    assert "23.40 s of video/s, peak RSS 1.90 GB" in text
+
+
+MAIN_LOG = """model resnet-10: 14.40 M parameters
+train epoch 1 [2/8] loss 1.3 acc 0.200 clips/s 20.0 data 10%
+first optimiser step done 7.25 s after the process started (0.80 s of it waiting for data, 6.45 s without)
+train epoch 1 [4/8] loss 1.3 acc 0.250 clips/s 40.0 data 30%
+train epoch 1 [6/8] loss 1.2 acc 0.300 clips/s 48.0 data 20%
+train epoch 1 [8/8] loss 1.2 acc 0.300 clips/s 50.0 data 15%
+train epoch 1: loss 1.2 acc 0.3 lr 0.1, 8 optimiser steps (8 in all) (50.0 clips/s, data wait 15%)
+compiled in 12.5 s: 2 graph cache hits, 1 autograd cache hits (cache /tmp/x/inductor_cache)
+"""
+
+
+def test_main_py_steady_state_and_first_step_are_read_from_its_log():
+    arrivals = [100.0, 101.0, 101.5, 102.0, 102.2, 102.4, 102.5, 102.6]  # when each line came, in seconds
+    timed = list(zip(arrivals, MAIN_LOG.splitlines(keepends=True)))
+    lines = progress_lines(timed)
+    assert [(x.seconds, x.batch, x.of) for x in lines] == [(101.0, 2, 8), (102.0, 4, 8), (102.2, 6, 8), (102.4, 8, 8)]
+    steady = steady_state(lines, 10)  # batches 2 to 8 of 10 clips: 60 clips in 1.4 s
+    assert steady == {"clips_per_s": round(60 / 1.4, 2), "window_batches": [2, 8], "window_s": 1.4,
+                      "epoch_batches": 8}
+    assert steady_state(lines[:1], 10) is None  # one line: no window
+    assert first_step(MAIN_LOG) == {"first_step_s": 7.25, "first_step_data_wait_s": 0.8,
+                                    "first_step_without_data_s": 6.45}
+    assert first_step("no such line") is None
+    assert epoch_summary(MAIN_LOG) == {"epoch_clips_per_s": 50.0, "epoch_data_wait_share": 0.15, "compile_s": 12.5,
+                                       "compile_cache": "2 graph cache hits, 1 autograd cache hits"}
+    assert epoch_summary("") == {}
+
+
+def test_benchmark_main_part_runs_main_py(tmp_path):
+    data = ["--device", "cpu", "--model_depth", "10", "--batch_size", "2", "--sample_duration", "4", "--sample_size",
+            "32", "--workers", "1", "--videos_per_class", "1", "--n_frames", "6", "--epoch_videos", "12",
+            "--data_dir", str(tmp_path / "data")]
+    prep = _run(["--prepare", "--parts", "main", *data])
+    assert prep.returncode == 0, prep.stderr[-3000:]
+    assert list((tmp_path / "data").glob("*/kinetics_epoch12.json")) and "dataset:" in prep.stdout
+    out = tmp_path / "bench.json"
+    proc = _run(["--parts", "main", *data, "--output", str(out)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    entry = report["parts"]["main"]["fast"]
+    assert set(report["parts"]["main"]) == {"fast"}  # eager only without --compile
+    assert entry["clips_per_s"] > 0 and 0.0 <= entry["epoch_data_wait_share"] <= 1.0
+    assert entry["epoch_batches"] == 6 and entry["window_batches"][1] == 6
+    assert 0 <= entry["first_step_data_wait_s"] < entry["first_step_s"]
+    assert "first_step_s" in report["targets"] and "main_over_model_only" not in report["targets"]  # no model part
+    assert not list((tmp_path / "data").glob("main_fast_*"))  # main.py's result folder is removed

@@ -13,6 +13,8 @@ import logging
 import os
 import random
 import shutil
+import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -32,6 +34,7 @@ from datasets.video_files import (
     BY_COUNT,
     BY_PACKET,
     BY_TIMESTAMPS,
+    DecodeAhead,
     NoVideoStream,
     VideoFileReader,
     VideoMetaCache,
@@ -52,6 +55,7 @@ from tests.video_corpus import (
     make_corpus,
     make_timestamp_corpus,
     vfr_pts_ms,
+    write_video,
 )
 from util_scripts import generate_video_hdf5, generate_video_jpgs
 from util_scripts.common import iter_frames
@@ -353,6 +357,101 @@ def test_several_decoder_threads_lose_no_frame_at_a_cut_end(odd, threads):
     assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(several, one))
     scan = scan_video(path, threads=threads)
     assert (scan.n_decoded, scan.decode_errors) == (9, 1)
+
+
+def test_one_swscale_thread_gives_the_pixels_of_pyavs_default(tmp_path):
+    """upright_array scales with one swscale thread (datasets.video_files.SWS_THREADS): the very pixels of PyAV's
+    default, a thread per core, so nothing that decodes video changes by it."""
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, (1080, 1920, 3), dtype=np.uint8) for _ in range(2)]
+    path = write_video(tmp_path / "noise_1080p.mp4", frames)
+    sizes = [None, (199, 112), (640, 360), (57, 32)]
+    with av.open(str(path)) as container:
+        default = [[f.to_ndarray(format="rgb24", **({} if size is None else {"width": size[0], "height": size[1]}))
+                    for size in sizes] for f in container.decode(video=0)]
+    with av.open(str(path)) as container:
+        ours = [[upright_array(f, size) for size in sizes] for f in container.decode(video=0)]
+    assert len(ours) == len(default) == 2
+    assert all(np.array_equal(a, b) for fa, fb in zip(ours, default) for a, b in zip(fa, fb))
+
+
+# --- decoding ahead in a thread -----------------------------------------------------------------------------------
+
+class CountedSource:
+    """An iterator of 0..n-1 that counts what it gave and whether it was closed, and can fail at item `fail_at`."""
+
+    def __init__(self, n: int, fail_at: int | None = None):
+        self.n, self.fail_at = n, fail_at
+        self.given, self.closed = 0, False
+        self._items = self._run()
+
+    def _run(self):
+        try:
+            for i in range(self.n):
+                if i == self.fail_at:
+                    raise av.error.InvalidDataError(1, "broken packet")
+                self.given += 1
+                yield i
+        finally:
+            self.closed = True
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return next(self._items)
+
+    def close(self):
+        self._items.close()
+
+
+def wait_until(condition, seconds: float = 30.0) -> None:
+    """Wait for another thread to reach a state (never a timing assertion: the deadline only ends a hung test)."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "the decode thread never got there"
+        time.sleep(0.005)
+
+
+def test_decoding_ahead_stays_within_its_bound_and_gives_every_item_in_order():
+    source, depth = CountedSource(40), 3
+    got = []
+    with DecodeAhead(source, depth) as ahead:
+        for item in ahead:
+            # Let the thread run as far as it may: the queue full (or the source done), the thread waiting.
+            wait_until(lambda: ahead.queue.full() or source.given == source.n)
+            assert ahead.queue.qsize() <= depth
+            assert source.given <= len(got) + 1 + depth + 1  # this item, the queue, one held by the thread
+            got.append(item)
+    assert got == list(range(40)) and source.closed
+
+
+def test_an_error_of_the_decode_thread_is_raised_to_the_consumer_after_the_items_before_it():
+    source = CountedSource(10, fail_at=6)
+    got = []
+    with pytest.raises(av.error.InvalidDataError, match="broken packet"), DecodeAhead(source, 2) as ahead:
+        for item in ahead:
+            got.append(item)
+    assert got == list(range(6)) and source.closed
+
+
+def test_leaving_early_stops_the_decode_thread_and_closes_the_source_there():
+    source = CountedSource(1000)
+    with DecodeAhead(source, 4) as ahead:
+        for item in ahead:
+            if item == 5:
+                break
+    assert not any(t.name == "decode-ahead" for t in threading.enumerate())
+    assert source.closed and source.given < 1000 and ahead.queue.empty()
+
+
+def test_decoding_ahead_gives_the_frames_of_a_sequential_pass(corpus):
+    meta = probe_video(corpus.corrupt)
+    with DecodeAhead(stream_frames(corpus.corrupt, meta, threads=2), 2) as ahead:
+        ahead_frames = [(i, t, upright_array(f)) for i, t, f in ahead]
+    direct = [(i, t, upright_array(f)) for i, t, f in stream_frames(corpus.corrupt, meta, threads=2)]
+    assert [(i, t) for i, t, _ in ahead_frames] == [(i, t) for i, t, _ in direct]
+    assert all(np.array_equal(a, b) for (_, _, a), (_, _, b) in zip(ahead_frames, direct))
 
 
 def test_frames_packet_positions_cannot_tell_apart_are_counted_from_the_start(odd, monkeypatch):

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 import main
+from checkpoint import load_checkpoint
 from datasets.video_files import probe_video, upright_array
 from opts import parse_opts
 from predict import runner as predict
@@ -208,6 +209,55 @@ def test_listeners_see_every_frame_segment_and_feature(corpus, checkpoint, tmp_p
         assert scores.shape == (3,) and float(scores.sum()) == pytest.approx(1.0, abs=1e-5)
         assert features is not None and features.dim() == 1 and features.numel() > 3
     assert not torch.equal(recorder.segments[0][4], recorder.segments[1][4])
+
+
+class FrameKeeper(Recorder):
+    """A Recorder that keeps every frame's pixels too."""
+
+    def frame(self, number, seconds, frame):
+        self.frames.append((number, seconds, upright_array(frame)))
+
+
+def _predictor(checkpoint: Path, out: Path, *extra: str):  # noqa: F811
+    """The predictor `main.py --predict` builds (batches of 2 clips, several decoder threads), on the CPU."""
+    opt = parse_opts(["--predict", ".", "--resume_path", str(checkpoint), "--result_path", str(out), "--n_threads", "3",
+                      "--inference_batch_size", "2", *extra])
+    payload = load_checkpoint(checkpoint)
+    spec = predict.checkpoint_clip_spec(opt, payload, checkpoint)
+    net, names = predict.load_predictor(opt, payload, checkpoint, spec)
+    return predict.build_predictor(net, opt, spec, class_names=names, topk=3, device=torch.device("cpu"))
+
+
+def _told(predictor, video: Path, frames_ahead: int | None) -> tuple[FrameKeeper, dict]:
+    predictor.frames_ahead = frames_ahead
+    keeper = FrameKeeper()
+    [info], _ = predict.probe_inputs([video])
+    result = predictor.predict(info, [keeper])
+    return keeper, predict.result_entry(result, 3)
+
+
+@pytest.mark.parametrize("name", ["clean", "corrupt", "truncated", "vfr", "rotated", "720p"])
+def test_decoding_ahead_of_the_model_gives_the_same_frames_and_scores(name, corpus, long_videos, checkpoint,
+                                                                     tmp_path):  # noqa: F811
+    video = long_videos / "a_short.mp4" if name == "720p" else getattr(corpus, name)  # 720p: scaled by swscale
+    predictor = _predictor(checkpoint, tmp_path)
+    assert predictor.threads == 3  # on the CPU: --n_threads decoder threads, as before
+    inline, inline_entry = _told(predictor, video, 0)
+    for depth in (2, None):  # a queue that fills at once, and the automatic one
+        ahead, ahead_entry = _told(predictor, video, depth)
+        assert [f[:2] for f in ahead.frames] == [f[:2] for f in inline.frames]
+        assert all(np.array_equal(a[2], b[2]) for a, b in zip(ahead.frames, inline.frames))
+        assert len(ahead.segments) == len(inline.segments) > 0
+        for a, b in zip(ahead.segments, inline.segments):
+            assert a[:3] == b[:3] and torch.equal(a[3], b[3]) and torch.equal(a[4], b[4])
+        assert {**ahead_entry, "file": None} == {**inline_entry, "file": None}
+        assert ahead.calls == inline.calls
+
+
+def test_the_decoder_uses_every_core_only_when_the_model_is_on_a_gpu():
+    assert predict.decoder_threads(torch.device("cuda"), 4) == 0  # FFmpeg's choice: every core
+    assert predict.decoder_threads(torch.device("cpu"), 4) == 4
+    assert predict.decoder_threads(torch.device("cpu"), 0) == 1
 
 
 # --- long videos: memory, Ctrl-C and reruns (subprocesses) ---------------------------------------------------------
