@@ -15,12 +15,12 @@ from PIL import Image
 
 from datasets.annotations import VideoRecord
 from datasets.problems import DataProblems
-from datasets.readers import decode_frame, frame_size
+from datasets.readers import decode_frame, frame_size, scales_to_any_size
 from datasets.spatial_transforms import ClipParams, SpatialTransform, flip_clip, transform_frame
 from errors import ReadError
 
 DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
-DRAFT_MIN_FACTOR = 2  # only decode smaller when at least a 2x DCT downscale is possible
+DRAFT_MIN_FACTOR = 2  # only decode JPEGs smaller when at least a 2x DCT downscale is possible
 
 
 class ClipLoader:
@@ -30,7 +30,9 @@ class ClipLoader:
         reader: a frame reader (datasets.readers); its `channels` is 3 (RGB) or 2 (flow u, v).
         spatial: the split's `SpatialTransform`.
         problems: where bad data is counted.
-        draft: decode JPEGs at a reduced size when the crop allows (faster, tiny resampling differences).
+        draft: decode at a reduced size when the crop allows (faster, tiny resampling differences): JPEGs by
+            DCT-domain downscaling, video frames scaled by swscale to the size the crop needs in the same pass as
+            their conversion to RGB (never converted at full size first).
     """
 
     def __init__(self, reader, spatial: SpatialTransform, problems: DataProblems, *, draft: bool = True):
@@ -97,7 +99,8 @@ class ClipLoader:
                 width, height = frame_size(data[0] if isinstance(data, tuple) else data)
             except DECODE_ERRORS:
                 continue  # a corrupt frame; it is counted when decoding
-            return view_params(self.spatial, width, height, rng, draft=self.draft, flip=flip)
+            return view_params(self.spatial, width, height, rng, draft=self.draft, flip=flip,
+                               min_factor=1 if scales_to_any_size(data) else DRAFT_MIN_FACTOR)
         return None, None
 
     def _decode_all(self, record: VideoRecord, encoded: dict, views: list[ClipParams],
@@ -126,16 +129,18 @@ def _fill_from_neighbours(frames: dict[int, np.ndarray | None], order: list[int]
 
 
 def view_params(spatial: SpatialTransform, width: int, height: int, rng: random.Random | None, *,
-                draft: bool = True, flip: bool | None = None) -> tuple[list[ClipParams], tuple[int, int] | None]:
+                draft: bool = True, flip: bool | None = None,
+                min_factor: float = DRAFT_MIN_FACTOR) -> tuple[list[ClipParams], tuple[int, int] | None]:
     """Parameters of every view of a clip of `width` x `height` frames, and the reduced size to decode them at
-    (None: full size, when a 2x reduction is not possible or `draft` is off). `flip` forces the flip decision
-    (direction-aware labels); it is passed only when given, so transforms without that argument keep working."""
+    (None: full size, when a reduction by `min_factor` is not possible or `draft` is off; JPEG's DCT scaling
+    halves at least, swscale scales video frames by any factor). `flip` forces the flip decision (direction-aware
+    labels); it is passed only when given, so transforms without that argument keep working."""
     views = (spatial.sample_views(width, height, rng) if flip is None
              else spatial.sample_views(width, height, rng, flip=flip))
     needs = [params.decode_size(width, height) for params in views]
     need = (max(n[0] for n in needs), max(n[1] for n in needs))
-    small = draft and need[0] * DRAFT_MIN_FACTOR <= width and need[1] * DRAFT_MIN_FACTOR <= height
-    return views, need if small else None
+    reducible = need[0] * min_factor <= width and need[1] * min_factor <= height and need != (width, height)
+    return views, need if draft and reducible else None
 
 
 def decode_views(data, views: list[ClipParams], min_size: tuple[int, int] | None) -> list[np.ndarray] | None:

@@ -603,3 +603,20 @@ def test_forked_workers_open_their_own_file_and_the_parent_reads_on(corpus):
     assert all(np.array_equal(a, clean[i]) for frames, clip in zip(got, clips) for a, i in zip(frames, clip))
     assert np.array_equal(fetched(reader, corpus.clean, [9])[0], clean[9])
 
+
+def test_video_frames_are_scaled_to_the_size_the_crop_needs_when_converted(corpus, monkeypatch):
+    converted = []
+    original = vf.upright_array
+    monkeypatch.setattr(vf, "upright_array", lambda frame, size=None, **kw: converted.append(size) or
+                        original(frame, size, **kw))
+    spatial = get_spatial_transform("train", sample_size=24, train_crop="random", hflip=False)
+    record = VideoRecord("clean", corpus.clean, 0, (0, N_FRAMES))
+    clips = [list(range(k, k + 4)) for k in (0, 9, 21)]
+    for k, clip in enumerate(clips):
+        fast = ClipLoader(VideoFileReader(), spatial, DataProblems()).load(record, [clip], random.Random(k))[0]
+        exact = ClipLoader(VideoFileReader(), spatial, DataProblems(), draft=False).load(record, [clip],
+                                                                                     random.Random(k))[0]
+        assert fast.shape == exact.shape == (4, 24, 24, 3) and mean_diff(fast, exact) < ENCODING_NOISE
+    reduced = [s for s in converted if s is not None]
+    assert len(reduced) == 12 and all(w < 64 and h < 48 for w, h in reduced)  # never at full size first
+    assert converted.count(None) == 12  # draft off (--exact_decode): full size, then the crop
