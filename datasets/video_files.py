@@ -46,12 +46,14 @@ import json
 import logging
 import math
 import os
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 from PIL import Image
 
 from datasets.file_reader import FileReader
@@ -60,6 +62,7 @@ from errors import ReadError, UserError
 from utils import atomic_file
 
 logger = logging.getLogger(__name__)
+_converters = threading.local()  # per thread: a swscale context must not be shared by two threads at once
 
 SEEK_GAP_FRAMES = 48  # wanted frames further apart than this are reached by a new seek, not by decoding through
 SEEK_MARGIN_FRAMES = 2  # seek this many frames before the first wanted one
@@ -505,12 +508,19 @@ def upright_array(frame, size: tuple[int, int] | None = None, *, rotation: int |
     (display matrix; `rotation` overrides the frame's own) is applied last.
     """
     rotation = normalized_rotation(frame.rotation if rotation is None else rotation)
-    if size is None:
-        arr = frame.to_ndarray(format="rgb24")
-    else:
-        width, height = (size[1], size[0]) if rotation in (90, 270) else size
-        arr = frame.to_ndarray(format="rgb24", width=width, height=height)
+    width, height = (None, None) if size is None else (size[1], size[0]) if rotation in (90, 270) else size
+    # One swscale thread: PyAV's default starts a pool of one thread per core for every frame, which costs more than
+    # the conversion of a small frame, oversubscribes the cores of a worker per core, and does not survive a fork.
+    arr = _reformatter().reformat(frame, width, height, format="rgb24", threads=1).to_ndarray()
     return np.ascontiguousarray(np.rot90(arr, rotation // 90)) if rotation else arr
+
+
+def _reformatter() -> VideoReformatter:
+    """This thread's swscale context, reused frame after frame (the pixels of `frame.to_ndarray`, which sets up a
+    new context for every frame)."""
+    if not hasattr(_converters, "reformatter"):
+        _converters.reformatter = VideoReformatter()
+    return _converters.reformatter
 
 
 def upright_image(frame, min_size: tuple[int, int] | None = None, *, rotation: int | None = None):
