@@ -593,9 +593,9 @@ class DecodePass:
     frames and stays where it stopped for the next run.
 
     Before a run it seeks to the keyframe before the run's first frame only when that decodes fewer frames than
-    going on from where it stands (a run further on in the same group of pictures just continues), and on the way
-    it leaves undecoded the non-reference pictures before the run. Neither changes a decoded picture: the frames are
-    those of a decode from the start of the file.
+    going on from where it stands (a run further on in the same group of pictures just continues), and it leaves
+    undecoded the non-reference pictures that the run does not want (those leading up to it, those between frames
+    taken with a stride). Neither changes a decoded picture: the frames are those of a decode from the start.
     """
 
     def __init__(self, path: Path, meta: VideoMeta, *, threads: int = 1, counts: DecodeCounts | None = None):
@@ -609,7 +609,8 @@ class DecodePass:
             raise
         self.numbers = FrameNumbers(meta)
         self.done = -1  # frames up to this number do not come out any more without a seek
-        self._first_wanted = 0  # packets of frames before it may go undecoded
+        self._wanted: frozenset[int] = frozenset()  # the run being decoded: packets of other frames before its
+        self._last_wanted = -1  # last frame may be dropped
         self._frames = self._decode()
 
     def __enter__(self) -> DecodePass:
@@ -623,8 +624,8 @@ class DecodePass:
 
     def decode(self, run: Sequence[int]) -> dict[int, object]:
         """The frames of `run` (sorted frame numbers) that decode, by number; the others are missing."""
-        self._go_to(run[0])
-        wanted, out = set(run), {}
+        self._go_to(run)
+        wanted, out = self._wanted, {}
         for frame in self._frames:
             index = self.numbers(frame)
             if index is None:
@@ -639,22 +640,26 @@ class DecodePass:
         return out
 
     def _decode(self) -> Iterator:
-        return decode_frames(self.container, self.stream, self.counts, droppable=self._before_wanted)
+        return decode_frames(self.container, self.stream, self.counts, droppable=self._unwanted)
 
-    def _before_wanted(self, packet) -> bool:
+    def _unwanted(self, packet) -> bool:
         if self.meta.numbering == BY_TIMESTAMPS:
             number = self.meta.frame_index(packet.pts)
         elif self.meta.numbering == BY_PACKET:
             number = self.meta.packet_index(packet.pos)
         else:
             return False  # frames counted from the start must all come out
-        return number is not None and number < self._first_wanted
+        # Not past the run's last frame: the next run (a window that follows) may want those and go on to them.
+        if number is None or number in self._wanted or number > self._last_wanted:
+            return False
+        self.done = max(self.done, number)  # it may be gone: a later run that wants it seeks
+        return True
 
-    def _go_to(self, first: int) -> None:
-        if self._should_seek(first):
-            self._seek(first)
-        self._first_wanted = first
-        self.done = max(self.done, first - 1)  # what comes before `first` from now on may be dropped
+    def _go_to(self, run: Sequence[int]) -> None:
+        if self._should_seek(run[0]):
+            self._seek(run[0])
+        self._wanted, self._last_wanted = frozenset(run), run[-1]
+        self.done = max(self.done, run[0] - 1)
 
     def _should_seek(self, first: int) -> bool:
         if not self.meta.seekable:

@@ -528,6 +528,10 @@ def test_non_reference_pictures_before_a_clip_are_not_decoded(long_gop, monkeypa
     got = fetched(VideoFileReader(), long_gop, clip)
     assert all(np.array_equal(a, reference[i]) for a, i in zip(got, clip))
     assert decoded.n >= 40 and decoded.results < 40  # every packet up to the clip reached, not every picture made
+    strided = list(range(0, 40, 2))  # --sample_t_stride 2: the pictures between the frames taken are not wanted
+    decoded = Calls(monkeypatch, vf, "decode_packet")
+    got = fetched(VideoFileReader(), long_gop, strided)
+    assert all(np.array_equal(a, reference[i]) for a, i in zip(got, strided)) and decoded.results < 39
 
 
 @pytest.mark.parametrize("name", ["dup_pts.mkv", "b_frames.avi", "missing_pts.ts", "no_pts.h264", "clock_restart.mkv"])
