@@ -36,7 +36,7 @@ from datasets.layout import find_video_file
 from datasets.layout import has_video_extension as is_video_file
 from datasets.video_files import TRUNCATION_SLACK, is_truncated, scan_video
 from errors import UserError
-from util_scripts.common import ItemResult, VideoItem, atomic_file, run_cli, run_over_videos
+from util_scripts.common import ItemResult, VideoItem, atomic_file, find_video_files, run_cli, run_over_videos
 
 UNUSABLE = ("missing", "unreadable", "no_video_stream", "no_decodable_frame")
 
@@ -55,9 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def folder_videos(root: Path) -> list[VideoItem]:
-    found = sorted(p for p in root.rglob("*") if p.is_file() and is_video_file(p)
-                   and not any(part.startswith(".") for part in p.relative_to(root).parts))
-    return [VideoItem(p, p.relative_to(root)) for p in found]
+    return [VideoItem(p, p.relative_to(root)) for p in find_video_files(root)]
 
 
 def annotated_videos(annotation_path: Path, video_root: Path) -> list[VideoItem]:
