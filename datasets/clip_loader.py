@@ -7,6 +7,8 @@ problem is counted in a `DataProblems` and warned about once per video id.
 
 from __future__ import annotations
 
+import functools
+import math
 import random
 from collections.abc import Sequence
 
@@ -16,11 +18,12 @@ from PIL import Image
 from datasets.annotations import VideoRecord
 from datasets.problems import DataProblems
 from datasets.readers import decode_frame, frame_size, scales_to_any_size
-from datasets.spatial_transforms import ClipParams, SpatialTransform, flip_clip, transform_frame
+from datasets.spatial_transforms import ClipParams, SpatialTransform, apply_jitter, flip_clip, transform_frame
+from datasets.video_files import upright_array
 from errors import ReadError
 
 DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
-DRAFT_MIN_FACTOR = 2  # only decode JPEGs smaller when at least a 2x DCT downscale is possible
+DRAFT_MIN_FACTOR = 2  # only decode smaller when at least a 2x DCT downscale is possible
 
 
 class ClipLoader:
@@ -31,8 +34,9 @@ class ClipLoader:
         spatial: the split's `SpatialTransform`.
         problems: where bad data is counted.
         draft: decode at a reduced size when the crop allows (faster, tiny resampling differences): JPEGs by
-            DCT-domain downscaling, video frames scaled by swscale to the size the crop needs in the same pass as
-            their conversion to RGB (never converted at full size first).
+            DCT-domain downscaling; video frames are scaled by swscale, in their conversion to RGB, to the size at
+            which the crop box is the output size, and the box is cut out (`scaled_views`: one resampling, and
+            never a full-size RGB frame first).
     """
 
     def __init__(self, reader, spatial: SpatialTransform, problems: DataProblems, *, draft: bool = True):
@@ -99,8 +103,7 @@ class ClipLoader:
                 width, height = frame_size(data[0] if isinstance(data, tuple) else data)
             except DECODE_ERRORS:
                 continue  # a corrupt frame; it is counted when decoding
-            return view_params(self.spatial, width, height, rng, draft=self.draft, flip=flip,
-                               min_factor=1 if scales_to_any_size(data) else DRAFT_MIN_FACTOR)
+            return view_params(self.spatial, width, height, rng, draft=self.draft, flip=flip)
         return None, None
 
     def _decode_all(self, record: VideoRecord, encoded: dict, views: list[ClipParams],
@@ -108,7 +111,12 @@ class ClipLoader:
         frames: dict[int, list[np.ndarray] | None] = {}
         n_corrupt = 0
         for i, data in encoded.items():
-            frames[i] = None if data is None else decode_views(data, views, min_size)
+            if data is None:
+                frames[i] = None
+            elif self.draft and scales_to_any_size(data):
+                frames[i] = scaled_views(data, views)
+            else:
+                frames[i] = decode_views(data, views, min_size)
             n_corrupt += data is not None and frames[i] is None
         if n_corrupt:
             self.problems.record("corrupt_frames", record.video_id, n_corrupt, detail=str(record.path))
@@ -129,18 +137,54 @@ def _fill_from_neighbours(frames: dict[int, np.ndarray | None], order: list[int]
 
 
 def view_params(spatial: SpatialTransform, width: int, height: int, rng: random.Random | None, *,
-                draft: bool = True, flip: bool | None = None,
-                min_factor: float = DRAFT_MIN_FACTOR) -> tuple[list[ClipParams], tuple[int, int] | None]:
+                draft: bool = True, flip: bool | None = None) -> tuple[list[ClipParams], tuple[int, int] | None]:
     """Parameters of every view of a clip of `width` x `height` frames, and the reduced size to decode them at
-    (None: full size, when a reduction by `min_factor` is not possible or `draft` is off; JPEG's DCT scaling
-    halves at least, swscale scales video frames by any factor). `flip` forces the flip decision (direction-aware
-    labels); it is passed only when given, so transforms without that argument keep working."""
+    (None: full size, when a 2x reduction is not possible or `draft` is off). `flip` forces the flip decision
+    (direction-aware labels); it is passed only when given, so transforms without that argument keep working."""
     views = (spatial.sample_views(width, height, rng) if flip is None
              else spatial.sample_views(width, height, rng, flip=flip))
     needs = [params.decode_size(width, height) for params in views]
     need = (max(n[0] for n in needs), max(n[1] for n in needs))
-    reducible = need[0] * min_factor <= width and need[1] * min_factor <= height and need != (width, height)
-    return views, need if draft and reducible else None
+    small = draft and need[0] * DRAFT_MIN_FACTOR <= width and need[1] * DRAFT_MIN_FACTOR <= height
+    return views, need if small else None
+
+
+def scaled_views(frame, views: list[ClipParams]) -> list[np.ndarray] | None:
+    """The views of a video frame straight out of swscale: the frame is scaled, in its conversion to RGB, to a
+    whole-pixel size at which a view's crop box is its output size, and the box is cut out (`cut`: edges off by a
+    fraction of an output pixel, instead of a second resampling). Views whose boxes get the same scaled size
+    share one conversion. None when the frame cannot be converted."""
+    converted: dict[tuple[int, int], np.ndarray] = {}
+    out = []
+    try:
+        for params in views:
+            left, top, right, bottom = params.box
+            width, height = params.out_size
+            (scaled_width, x), (scaled_height, y) = cut(left, right, width), cut(top, bottom, height)
+            size = (scaled_width, scaled_height)
+            if size not in converted:
+                converted[size] = upright_array(frame, size)
+            view = converted[size][y:y + height, x:x + width]
+            out.append(view if params.jitter is None else np.asarray(apply_jitter(Image.fromarray(view),
+                                                                                   params.jitter)))
+    except DECODE_ERRORS:
+        return None
+    return out
+
+
+@functools.lru_cache(maxsize=256)  # asked for every frame of a clip with the same box
+def cut(low: float, high: float, out: int) -> tuple[int, int]:
+    """(scaled length, offset) along one axis: the frame scaled to that many pixels puts the box [low, high)
+    (fractions of the frame) closest to pixels [offset, offset + out). The exact scale, out / (high - low), is
+    rarely a whole number: the lengths around it are tried, each with the offset that centres the box."""
+    exact = out / (high - low)
+    best = None
+    for length in range(max(out, math.floor(exact) - 1), max(out, math.ceil(exact) + 1) + 1):
+        offset = min(max(round((low + high) / 2 * length - out / 2), 0), length - out)
+        error = max(abs(low * length - offset), abs(high * length - offset - out))
+        if best is None or error < best[0]:
+            best = (error, length, offset)
+    return best[1], best[2]
 
 
 def decode_views(data, views: list[ClipParams], min_size: tuple[int, int] | None) -> list[np.ndarray] | None:

@@ -24,8 +24,10 @@ import numpy as np
 import pytest
 
 import datasets.video_files as vf
+from benchmarks.data import photo_like_arrays
+from datasets import clip_loader as clip_loader_module
 from datasets.annotations import VideoRecord, read_records
-from datasets.clip_loader import ClipLoader
+from datasets.clip_loader import ClipLoader, cut, view_params
 from datasets.layout import find_video_file
 from datasets.problems import DataProblems
 from datasets.readers import decode_jpeg
@@ -613,19 +615,43 @@ def test_forked_workers_open_their_own_file_and_the_parent_reads_on(corpus):
     assert np.array_equal(fetched(reader, corpus.clean, [9])[0], clean[9])
 
 
-def test_video_frames_are_scaled_to_the_size_the_crop_needs_when_converted(corpus, monkeypatch):
-    converted = []
-    original = vf.upright_array
-    monkeypatch.setattr(vf, "upright_array", lambda frame, size=None, **kw: converted.append(size) or
-                        original(frame, size, **kw))
-    spatial = get_spatial_transform("train", sample_size=24, train_crop="random", hflip=False)
-    record = VideoRecord("clean", corpus.clean, 0, (0, N_FRAMES))
-    clips = [list(range(k, k + 4)) for k in (0, 9, 21)]
-    for k, clip in enumerate(clips):
-        fast = ClipLoader(VideoFileReader(), spatial, DataProblems()).load(record, [clip], random.Random(k))[0]
-        exact = ClipLoader(VideoFileReader(), spatial, DataProblems(), draft=False).load(record, [clip],
-                                                                                     random.Random(k))[0]
-        assert fast.shape == exact.shape == (4, 24, 24, 3) and mean_diff(fast, exact) < ENCODING_NOISE
-    reduced = [s for s in converted if s is not None]
-    assert len(reduced) == 12 and all(w < 64 and h < 48 for w, h in reduced)  # never at full size first
-    assert converted.count(None) == 12  # draft off (--exact_decode): full size, then the crop
+RESAMPLING_NOISE = 5.0  # mean absolute difference (0..255) of one resampling of noisy photo-like frames from another
+
+
+def test_video_frames_are_converted_at_the_size_their_crop_needs_and_cut_out(corpus, tmp_path, monkeypatch):
+    path = write_video(tmp_path / "photo.mp4", list(photo_like_arrays(np.random.default_rng(0), 12, (128, 96))))
+    converted = {"scaled": [], "full": []}
+    for owner, kind in ((clip_loader_module, "scaled"), (vf, "full")):
+        original = owner.upright_array
+        monkeypatch.setattr(owner, "upright_array", lambda frame, size=None, _o=original, _k=kind, **kw:
+                            converted[_k].append(size) or _o(frame, size, **kw))
+    record = VideoRecord("photo", path, 0, (0, 12))
+
+    def clip(k: int, *, jitter: bool, draft: bool) -> np.ndarray:
+        spatial = get_spatial_transform("train", sample_size=48, train_crop="random", hflip=True, colorjitter=jitter)
+        frames = list(range(k, k + 4))
+        return ClipLoader(VideoFileReader(), spatial, DataProblems(), draft=draft).load(record, [frames],
+                                                                                         random.Random(k))[0]
+
+    for k in range(8):
+        converted["scaled"].clear()
+        converted["full"].clear()
+        fast, exact = clip(k, jitter=False, draft=True), clip(k, jitter=False, draft=False)
+        assert fast.shape == exact.shape == (4, 48, 48, 3) and mean_diff(fast, exact) < RESAMPLING_NOISE
+        spatial = get_spatial_transform("train", sample_size=48, train_crop="random", hflip=True)
+        (params,), _ = view_params(spatial, 128, 96, random.Random(k))  # the loader's draw
+        size = (cut(params.box[0], params.box[2], 48)[0], cut(params.box[1], params.box[3], 48)[0])
+        assert abs(size[0] * (params.box[2] - params.box[0]) - 48) < 1.5  # the box becomes 48 pixels wide
+        assert converted["scaled"] == [size] * 4 and converted["full"] == [None] * 4  # exact: full size
+        jittered = clip(k, jitter=True, draft=True)  # the same box and flip, colours changed per clip
+        assert mean_diff(jittered, clip(k, jitter=True, draft=False)) < mean_diff(jittered, fast)
+    converted["scaled"].clear()
+    three = clips_of(corpus.clean, [[3, 4]], n_crops=3)  # 3 crops of one size: one conversion per frame
+    assert [v[0].shape for v in three] == [(2, 24, 24, 3)] * 3 and len(converted["scaled"]) == 2
+
+
+@pytest.mark.parametrize("low, high, out", [(0.1, 0.6, 48), (0.0, 1.0, 112), (0.37, 0.81, 112), (0.5, 0.52, 24)])
+def test_a_crop_box_is_cut_out_within_a_fraction_of_a_pixel(low, high, out):
+    length, offset = cut(low, high, out)
+    assert 0 <= offset <= length - out and length >= out
+    assert abs(low * length - offset) < 0.75 and abs(high * length - offset - out) < 0.75
