@@ -194,7 +194,7 @@ def iter_frames(path: Path, *, size: int, fps: float = -1, threads: int = 1, mul
     for number, _, frame in stream_frames(path, meta, threads=threads, counts=counts):
         if graph is None:
             rotation = normalized_rotation(frame.rotation)  # filtered frames may lose the side data
-            graph = _build_graph(frame, size=size, fps=fps, rotation=rotation, multiple=multiple)
+            graph = _build_graph(frame, size=size, fps=fps, rotation=rotation, multiple=multiple, threads=threads)
         graph.push(_on_probe_clock(frame, meta, number))
         yield from _drain(graph, rotation)
     if graph is not None:
@@ -212,8 +212,9 @@ def _on_probe_clock(frame, meta: VideoMeta, number: int):
     return frame
 
 
-def _build_graph(first_frame, *, size: int, fps: float, rotation: int, multiple: int = 1):
+def _build_graph(first_frame, *, size: int, fps: float, rotation: int, multiple: int = 1, threads: int = 1):
     graph = av.filter.Graph()
+    graph.threads = threads  # one per process when one process per core runs (the filters' default: one per core)
     chain = [graph.add_buffer(template=first_frame)]  # its size, pixel format and time base
     if fps > 0:
         chain.append(graph.add("fps", f"{fps}"))
