@@ -49,10 +49,30 @@ def table_rows(report: dict) -> list[list[str]]:
                 if part == "e2e":
                     note = (f"data wait {100 * o['data_wait_share']:.0f}% -> {100 * f['data_wait_share']:.0f}%")
                 rows.append(_row(label, f"{v}, {f.get('workers')} workers", o, f, note))
+    rows += _video_loader_rows(parts.get("video_loader"))
     for size, entry in parts.get("predict", {}).items():
         rows.append(_row("predict", f"{size}, {entry['video_seconds']:g} s video", None, None,
                          f"{entry['video_s_per_s']:.2f} s of video/s, peak RSS {entry['peak_rss_gb']:.2f} GB"))
     return rows
+
+
+def _video_loader_rows(part: dict | None) -> list[list[str]]:
+    """One row per source of the video_loader part: naive and fast clips per CPU second of one worker, disk."""
+    if not part:
+        return []
+    rows = []
+    for name, entry in part["sources"].items():
+        naive, fast = entry.get("naive"), entry["fast"]
+        note = (f"{entry['disk_bytes'] / 2**20:.1f} MB on disk; wall clock {_fmt(_rate(naive))} -> "
+                f"{_fmt(_rate(fast))} clips/s")
+        if naive is None:
+            note += f"; {entry['fast_over_source_naive']:.2f}x the naive reader of {entry['made_from']}"
+        rows.append(_row("video loader, clips per CPU-s of 1 worker", name, _per_cpu(naive), _per_cpu(fast), note))
+    return rows
+
+
+def _per_cpu(entry: dict | None) -> dict | None:
+    return {"clips_per_s": entry["clips_per_cpu_s"]} if entry else None
 
 
 def format_table(report: dict) -> str:
@@ -85,6 +105,16 @@ def summarize_targets(report: dict) -> dict:
     for w, variants in parts.get("loader", {}).items():
         add(f"loader_per_worker_{w}w", _ratio(variants["fast"]["clips_per_s_per_worker"],
                                             variants["original"]["clips_per_s_per_worker"]), 2.0)
+    video = parts.get("video_loader")
+    if video:
+        sources = video["sources"]
+        prepared, jpg = sources.get(video["prepared"]), sources.get(video["same_size_jpg"])
+        if prepared and jpg:
+            add("video_prepared_vs_jpg_per_worker", _ratio(prepared["fast"]["clips_per_cpu_s"],
+                                                           jpg["fast"]["clips_per_cpu_s"]), 1.0)
+        for name, entry in sources.items():
+            if name.startswith("camera_"):
+                add(f"video_{name}_vs_naive_per_worker", entry["fast_over_naive"], 3.0)
     e2e = parts.get("e2e", {})
     if e2e:
         fast_e2e = _best_fast(e2e)
