@@ -71,6 +71,9 @@ class CopySettings:
     crf: int = 23
     codec: str = "h264"
     pix_fmt: str = "yuv420p"
+    # No B-frame is a reference for others: the reader leaves every B-frame before a clip undecoded, which made
+    # clips about 5 % faster to read for 2 % more bytes.
+    x264_params: str = "b-pyramid=none"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -169,11 +172,9 @@ def _h264_stream(container, size: tuple[int, int], rate: Fraction, settings: Cop
     stream.codec_context.time_base = 1 / rate
     stream.codec_context.thread_count = threads
     interval = str(settings.keyframe_interval)
-    # A keyframe exactly every K frames: no scene-cut keyframes in between, no longer groups. No B-frame is a
-    # reference for others (b-pyramid=none): the reader leaves every B-frame before a clip undecoded, which made
-    # clips about 5 % faster to read for 2 % more bytes.
+    # A keyframe exactly every K frames: no scene-cut keyframes in between, no longer groups.
     stream.options = {"crf": str(settings.crf), "g": interval, "keyint_min": interval, "sc_threshold": "0",
-                      "x264-params": "b-pyramid=none"}
+                      "x264-params": settings.x264_params}
     return stream
 
 

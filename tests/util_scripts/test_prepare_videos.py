@@ -96,7 +96,7 @@ def test_a_video_set_becomes_small_upright_constant_rate_h264_with_keyframes_and
     assert prepare(source, dst) == 0
     data = manifest(dst)
     assert data["settings"] == {"short_side": 48, "keyframe_interval": 4, "fps": None, "crf": 23, "codec": "h264",
-                                "pix_fmt": "yuv420p"}
+                                "pix_fmt": "yuv420p", "x264_params": "b-pyramid=none"}
     assert sorted(data["videos"]) == EXPECTED and data["failed"] == {}
     assert sorted(p.relative_to(dst).as_posix() for p in dst.rglob("*.mp4")) == EXPECTED
     for name, entry in data["videos"].items():
