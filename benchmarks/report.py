@@ -63,8 +63,8 @@ def _video_loader_rows(part: dict | None) -> list[list[str]]:
     rows = []
     for name, entry in part["sources"].items():
         naive, fast = entry.get("naive"), entry["fast"]
-        note = (f"{entry['disk_bytes'] / 2**20:.1f} MB on disk; wall clock {_fmt(_rate(naive))} -> "
-                f"{_fmt(_rate(fast))} clips/s")
+        wall = f"{_fmt(_rate(fast))}" if naive is None else f"{_fmt(_rate(naive))} -> {_fmt(_rate(fast))}"
+        note = f"{entry['disk_bytes'] / 2**20:.1f} MB on disk; wall clock {wall} clips/s"
         if naive is None:
             note += f"; {entry['fast_over_source_naive']:.2f}x the naive reader of {entry['made_from']}"
         rows.append(_row("video loader, clips per CPU-s of 1 worker", name, _per_cpu(naive), _per_cpu(fast), note))
