@@ -248,7 +248,17 @@ def encode_jpeg(image, quality: int) -> bytes:
 
 def remove_partials(final: Path) -> None:
     """Delete half-written outputs of ``final`` left by an interrupted run."""
-    for stale in final.parent.glob(f".{final.name}{PARTIAL_MARK}*"):
+    _remove(final.parent.glob(f".{final.name}{PARTIAL_MARK}*"))
+
+
+def remove_all_partials(root: Path) -> None:
+    """Delete every half-written output under ``root`` (after an interruption stopped the workers, whose own
+    clean-up a stop can cut short)."""
+    _remove(Path(root).rglob(f".*{PARTIAL_MARK}*"))
+
+
+def _remove(paths) -> None:
+    for stale in list(paths):
         if stale.is_dir():
             shutil.rmtree(stale, ignore_errors=True)
         else:

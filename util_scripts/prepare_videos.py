@@ -48,6 +48,7 @@ from util_scripts.common import (
     check_one_video_per_output,
     find_video_files,
     iter_frames,
+    remove_all_partials,
     remove_partials,
     resolve_n_jobs,
     run_cli,
@@ -281,6 +282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         results = run_over_videos(worker, todo, n_jobs=n_jobs, desc="prepare", on_result=manifest.record)
     except KeyboardInterrupt:
         manifest.write()
+        remove_all_partials(args.dst)
         print(f"\ninterrupted: {len(manifest.videos)} prepared videos are recorded in {manifest.path}; "
               f"run the same command again to prepare the rest", file=sys.stderr)
         return 130

@@ -198,6 +198,8 @@ def test_an_interrupted_run_keeps_what_it_finished_and_a_rerun_does_the_rest(sou
         calls.append(src)
         if len(calls) == 3:
             dst_file.write_bytes(b"half a video")
+            # and another worker's, stopped before its own clean-up
+            (dst_file.parent / f".other.mp4{PARTIAL_MARK}stopped").write_bytes(b"half")
             raise KeyboardInterrupt
         return real_write(src, dst_file, *args, **kwargs)
 
