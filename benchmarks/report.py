@@ -67,7 +67,8 @@ def _video_loader_rows(part: dict | None) -> list[list[str]]:
         note = f"{entry['disk_bytes'] / 2**20:.1f} MB on disk; wall clock {wall} clips/s"
         if naive is None:
             note += f"; {entry['fast_over_source_naive']:.2f}x the naive reader of {entry['made_from']}"
-        rows.append(_row("video loader, clips per CPU-s of 1 worker", name, _per_cpu(naive), _per_cpu(fast), note))
+        rows.append(_row("video loader (naive PyAV -> fast), clips per CPU-s, 1 worker", name, _per_cpu(naive),
+                         _per_cpu(fast), note))
     return rows
 
 
