@@ -146,7 +146,8 @@ def _add_data_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--normalize_in_workers", action="store_true",
                    help="Normalise clips to float in the loader workers instead of on the device")
     g.add_argument("--exact_decode", action="store_true",
-                   help="Decode JPEG frames at full size (no draft-mode downscaling before the crop); slower")
+                   help="Decode frames at full size before the crop (JPEG: no draft-mode downscaling; video: no "
+                        "scaling while converting to RGB); slower")
     g.add_argument("--accimage", action="store_true", help="Accepted for compatibility; has no effect")
 
 

@@ -2,7 +2,8 @@
 
 Frames are 320x240 JPEGs of about 17 KB (quality 90): smooth random colour fields at three
 scales, panned a little every frame, plus sensor-like noise, so decoding costs what real
-footage costs (flat colours would decode several times faster and flatter the loaders).
+footage costs (flat colours would decode several times faster and flatter the loaders). The same
+frames (`photo_like_arrays`) make the H.264 videos of the video_loader part (benchmarks.video_loader).
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from opts import parse_opts
 
 FRAME_SIZE = (320, 240)
 JPEG_QUALITY = 90
-DATASET_VERSION = 1  # bump when the generator changes, so cached datasets are rebuilt
+DATASET_VERSION = 2  # bump when the generator changes, so cached datasets are rebuilt
+NOISE_FIELDS = 4  # independent noise fields the frames of a video take in turn
+NOISE_MARGIN = 16  # pixels a noise field is larger than the frame, for its random offsets
 
 
 @dataclass(frozen=True)
@@ -50,17 +53,30 @@ def _field(rng: np.random.Generator, size: tuple[int, int], cells: tuple[int, in
                      for c in range(3)], axis=-1)
 
 
-def photo_like_frames(rng: np.random.Generator, n_frames: int, size: tuple[int, int]) -> Iterator[bytes]:
-    """JPEG bytes of `n_frames` frames of one 'video': a textured scene panning slowly, with noise."""
+def photo_like_arrays(rng: np.random.Generator, n_frames: int, size: tuple[int, int]) -> Iterator[np.ndarray]:
+    """RGB uint8 (H, W, 3) frames of one 'video': a textured scene panning slowly, with sensor-like noise.
+
+    The noise of a frame is one of NOISE_FIELDS independent fields at a random offset: fresh noise for every
+    1280x720 frame would cost more than encoding the frame, and an encoder cannot predict one field from another.
+    """
     w, h = size
     pan = (max(2, w // 100), max(1, h // 120))
     canvas = (w + pan[0] * n_frames, h + pan[1] * n_frames)
     scene = 128 + sum(_field(rng, canvas, cells, amp) for cells, amp in (((4, 3), 70), ((16, 12), 35), ((64, 48), 18)))
+    margin = NOISE_MARGIN
+    noise = [rng.normal(0, 4, (h + margin, w + margin, 3)).astype(np.float32) for _ in range(NOISE_FIELDS)]
     for t in range(n_frames):
         x, y = t * pan[0], t * pan[1]
-        frame = scene[y:y + h, x:x + w] + rng.normal(0, 4, (h, w, 3))
+        nx, ny = rng.integers(0, margin, 2)
+        frame = scene[y:y + h, x:x + w] + noise[t % NOISE_FIELDS][ny:ny + h, nx:nx + w]
+        yield np.clip(frame, 0, 255).astype(np.uint8)
+
+
+def photo_like_frames(rng: np.random.Generator, n_frames: int, size: tuple[int, int]) -> Iterator[bytes]:
+    """JPEG bytes of `n_frames` frames of one 'video' (`photo_like_arrays`)."""
+    for frame in photo_like_arrays(rng, n_frames, size):
         buf = io.BytesIO()
-        Image.fromarray(np.clip(frame, 0, 255).astype(np.uint8)).save(buf, format="JPEG", quality=JPEG_QUALITY)
+        Image.fromarray(frame).save(buf, format="JPEG", quality=JPEG_QUALITY)
         yield buf.getvalue()
 
 

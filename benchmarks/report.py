@@ -66,10 +66,31 @@ def table_rows(report: dict) -> list[list[str]]:
             if "compile_s" in entry:
                 note += f"; compiled in {entry['compile_s']:.1f} s ({entry.get('compile_cache', '')})"
             rows.append(_row("main.py end to end", f"{v}, {entry.get('workers')} workers", None, entry, note))
+    rows += _video_loader_rows(parts.get("video_loader"))
     for size, entry in parts.get("predict", {}).items():
         rows.append(_row("predict", f"{size}, {entry['video_seconds']:g} s video", None, None,
                          f"{entry['video_s_per_s']:.2f} s of video/s, peak RSS {entry['peak_rss_gb']:.2f} GB"))
     return rows
+
+
+def _video_loader_rows(part: dict | None) -> list[list[str]]:
+    """One row per source of the video_loader part: naive and fast clips per CPU second of one worker, disk."""
+    if not part:
+        return []
+    rows = []
+    for name, entry in part["sources"].items():
+        naive, fast = entry.get("naive"), entry["fast"]
+        wall = f"{_fmt(_rate(fast))}" if naive is None else f"{_fmt(_rate(naive))} -> {_fmt(_rate(fast))}"
+        note = f"{entry['disk_bytes'] / 2**20:.1f} MB on disk; wall clock {wall} clips/s"
+        if naive is None:
+            note += f"; {entry['fast_over_source_naive']:.2f}x the naive reader of {entry['made_from']}"
+        rows.append(_row("video loader (naive PyAV -> fast), clips per CPU-s, 1 worker", name, _per_cpu(naive),
+                         _per_cpu(fast), note))
+    return rows
+
+
+def _per_cpu(entry: dict | None) -> dict | None:
+    return {"clips_per_s": entry["clips_per_cpu_s"]} if entry else None
 
 
 def format_table(report: dict) -> str:
@@ -103,12 +124,16 @@ class Target:
         return {"value": value, "goal": self.goal_text, "met": met}
 
 
-def issue_targets(workers=()) -> list[Target]:
-    """Every target, in the order they are printed (loader targets per worker count of the run)."""
+def issue_targets(workers=(), cameras=()) -> list[Target]:
+    """Every target, in the order they are printed (loader targets per worker count and camera-style video source
+    of the run)."""
     return [Target("model_fast_vs_fp32", "model only, best fast (compile) vs fp32 eager", 1.8),
             Target("peak_memory_fast_over_fp32", "peak memory, bf16 over fp32", 0.6, at_most=True),
             *[Target(f"loader_per_worker_{w}w", f"loader clips/s per worker, {w} workers, vs original", 2.0)
               for w in workers],
+            Target("video_prepared_vs_jpg_per_worker", "prepared video copy vs JPEG frames, clips/s per worker", 1.0),
+            *[Target(f"video_{name}_vs_naive_per_worker", f"{name} mp4 vs naive PyAV reader, per worker", 3.0)
+              for name in cameras],
             Target("e2e_over_model_only", "end to end over model only", 0.9),
             Target("e2e_fast_vs_original", "end to end vs original-style", 3.0),
             Target("main_over_model_only", "main.py steady state over model only, eager", 0.9),
@@ -137,6 +162,15 @@ def measured_values(report: dict) -> dict[str, float]:
     for w, variants in parts.get("loader", {}).items():
         put(f"loader_per_worker_{w}w", _ratio(variants["fast"]["clips_per_s_per_worker"],
                                              variants["original"]["clips_per_s_per_worker"]))
+    video = parts.get("video_loader")
+    if video:
+        sources = video["sources"]
+        prepared, jpg = sources.get(video["prepared"]), sources.get(video["same_size_jpg"])
+        if prepared and jpg:
+            put("video_prepared_vs_jpg_per_worker", _ratio(prepared["fast"]["clips_per_cpu_s"],
+                                                           jpg["fast"]["clips_per_cpu_s"]))
+        for name in _cameras(report):
+            put(f"video_{name}_vs_naive_per_worker", sources[name]["fast_over_naive"])
     e2e = parts.get("e2e", {})
     fast_e2e = _best_fast(e2e)
     if fast_e2e is not None:
@@ -154,9 +188,14 @@ def measured_values(report: dict) -> dict[str, float]:
     return out
 
 
+def _cameras(report: dict) -> list[str]:
+    """The camera-style video sources of the video_loader part."""
+    return [name for name in report["parts"].get("video_loader", {}).get("sources", {}) if name.startswith("camera_")]
+
+
 def summarize_targets(report: dict) -> dict:
     """The issue's targets that this run's numbers can decide: {name: {value, goal, met}}."""
-    known = {t.key: t for t in issue_targets(_workers(report))}
+    known = {t.key: t for t in issue_targets(_workers(report), _cameras(report))}
     return {key: known[key].check(value) for key, value in measured_values(report).items()}
 
 

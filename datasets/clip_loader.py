@@ -7,6 +7,8 @@ problem is counted in a `DataProblems` and warned about once per video id.
 
 from __future__ import annotations
 
+import functools
+import math
 import random
 from collections.abc import Sequence
 
@@ -15,8 +17,9 @@ from PIL import Image
 
 from datasets.annotations import VideoRecord
 from datasets.problems import DataProblems
-from datasets.readers import decode_frame, frame_size
-from datasets.spatial_transforms import ClipParams, SpatialTransform, flip_clip, transform_frame
+from datasets.readers import decode_frame, frame_size, scales_to_any_size
+from datasets.spatial_transforms import ClipParams, SpatialTransform, apply_jitter, flip_clip, transform_frame
+from datasets.video_files import upright_array
 from errors import ReadError
 
 DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
@@ -30,7 +33,10 @@ class ClipLoader:
         reader: a frame reader (datasets.readers); its `channels` is 3 (RGB) or 2 (flow u, v).
         spatial: the split's `SpatialTransform`.
         problems: where bad data is counted.
-        draft: decode JPEGs at a reduced size when the crop allows (faster, tiny resampling differences).
+        draft: decode at a reduced size when the crop allows (faster, tiny resampling differences): JPEGs by
+            DCT-domain downscaling; video frames are scaled by swscale, in their conversion to RGB, to the size at
+            which the crop box is the output size, and the box is cut out (`scaled_views`: one resampling, and
+            never a full-size RGB frame first).
     """
 
     def __init__(self, reader, spatial: SpatialTransform, problems: DataProblems, *, draft: bool = True):
@@ -105,7 +111,12 @@ class ClipLoader:
         frames: dict[int, list[np.ndarray] | None] = {}
         n_corrupt = 0
         for i, data in encoded.items():
-            frames[i] = None if data is None else decode_views(data, views, min_size)
+            if data is None:
+                frames[i] = None
+            elif self.draft and scales_to_any_size(data):
+                frames[i] = scaled_views(data, views)
+            else:
+                frames[i] = decode_views(data, views, min_size)
             n_corrupt += data is not None and frames[i] is None
         if n_corrupt:
             self.problems.record("corrupt_frames", record.video_id, n_corrupt, detail=str(record.path))
@@ -136,6 +147,44 @@ def view_params(spatial: SpatialTransform, width: int, height: int, rng: random.
     need = (max(n[0] for n in needs), max(n[1] for n in needs))
     small = draft and need[0] * DRAFT_MIN_FACTOR <= width and need[1] * DRAFT_MIN_FACTOR <= height
     return views, need if small else None
+
+
+def scaled_views(frame, views: list[ClipParams]) -> list[np.ndarray] | None:
+    """The views of a video frame straight out of swscale: the frame is scaled, in its conversion to RGB, to a
+    whole-pixel size at which a view's crop box is its output size, and the box is cut out (`cut`: edges off by a
+    fraction of an output pixel, instead of a second resampling). Views whose boxes get the same scaled size
+    share one conversion. None when the frame cannot be converted."""
+    converted: dict[tuple[int, int], np.ndarray] = {}
+    out = []
+    try:
+        for params in views:
+            left, top, right, bottom = params.box
+            width, height = params.out_size
+            (scaled_width, x), (scaled_height, y) = cut(left, right, width), cut(top, bottom, height)
+            size = (scaled_width, scaled_height)
+            if size not in converted:
+                converted[size] = upright_array(frame, size)
+            view = converted[size][y:y + height, x:x + width]
+            out.append(view if params.jitter is None else np.asarray(apply_jitter(Image.fromarray(view),
+                                                                                   params.jitter)))
+    except DECODE_ERRORS:
+        return None
+    return out
+
+
+@functools.lru_cache(maxsize=256)  # asked for every frame of a clip with the same box
+def cut(low: float, high: float, out: int) -> tuple[int, int]:
+    """(scaled length, offset) along one axis: the frame scaled to that many pixels puts the box [low, high)
+    (fractions of the frame) closest to pixels [offset, offset + out). The exact scale, out / (high - low), is
+    rarely a whole number: the lengths around it are tried, each with the offset that centres the box."""
+    exact = out / (high - low)
+    best = None
+    for length in range(max(out, math.floor(exact) - 1), max(out, math.ceil(exact) + 1) + 1):
+        offset = min(max(round((low + high) / 2 * length - out / 2), 0), length - out)
+        error = max(abs(low * length - offset), abs(high * length - offset - out))
+        if best is None or error < best[0]:
+            best = (error, length, offset)
+    return best[1], best[2]
 
 
 def decode_views(data, views: list[ClipParams], min_size: tuple[int, int] | None) -> list[np.ndarray] | None:

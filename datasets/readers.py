@@ -182,6 +182,12 @@ def frame_size(data) -> tuple[int, int]:
     return displayed_size(data)
 
 
+def scales_to_any_size(data) -> bool:
+    """Whether a reduced decode of `data` can take any size: a video frame (swscale), not JPEG bytes (DCT scaling
+    by 1/2, 1/4, 1/8) nor pixels already decoded."""
+    return not isinstance(data, (bytes, tuple, np.ndarray))
+
+
 def decode_frame(data, *, gray: bool = False, min_size: tuple[int, int] | None = None) -> Image.Image:
     """JPEG bytes, a uint8 array (H, W[, C]) or a PyAV video frame (turned upright) -> PIL image of at least
     `min_size` (aspect kept)."""

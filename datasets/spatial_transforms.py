@@ -275,8 +275,11 @@ def transform_frame(img: Image.Image, params: ClipParams) -> Image.Image:
 
 
 def flip_clip(clip: np.ndarray) -> np.ndarray:
-    """Mirror a (T, H, W, C) clip left-right (contiguous copy)."""
-    return np.ascontiguousarray(clip[:, :, ::-1])
+    """Mirror a (T, H, W, C) clip left-right (contiguous copy). Each pixel moves as one C-byte item: numpy copies
+    a reversed axis of 3-byte pixels channel by channel, three times slower."""
+    clip = np.ascontiguousarray(clip)
+    pixels = clip.view(np.dtype((np.void, clip.shape[-1] * clip.itemsize)))[..., 0]  # (T, H, W)
+    return np.ascontiguousarray(pixels[:, :, ::-1]).view(clip.dtype).reshape(clip.shape)
 
 
 class ClipNormalizer:

@@ -19,15 +19,18 @@ extraction scripts, `--predict`, `util_scripts.check_videos`):
 
 API:
 - `probe_video(path) -> VideoMeta`: frame count, displayed size, rotation, how frames are numbered
-  (`VideoMeta.numbering`, `timestamp_fault`) and the frame timing (`frame_pts(i)`, `frame_time(i)`).
+  (`VideoMeta.numbering`, `timestamp_fault`), the frame timing (`frame_pts(i)`, `frame_time(i)`) and keyframes.
 - `FrameNumbers(meta)`: the frame number of each decoded frame of one decode pass.
 - `VideoMetaCache`: probe results kept in a JSON file beside the annotation file.
 - `decoding_stream(container, threads=)`: the video stream, set up for decoding by these rules.
 - `decode_frames(container, stream)`: every decodable frame, packet by packet, in the decoder's order.
 - `upright_array(frame, size)` / `upright_image(frame, min_size)`: an av.VideoFrame as an upright RGB
   array / PIL image, scaled by swscale (in the stored orientation) before it is turned.
+- `DecodePass(path, meta)`: a file open for decoding runs of wanted frames forward: it seeks to the keyframe
+  before a run only when that saves decoding, and leaves the non-reference pictures before a run undecoded.
 - `VideoFileReader` (--file_type video, a datasets.file_reader.FileReader): `fetch(path, indices)` gives the
-  av.VideoFrames of given frame numbers, seeking per clip; frame counts and timings come from the probe cache.
+  av.VideoFrames of given frame numbers through a `DecodePass` kept open per process for the last video (with its
+  last frames); frame counts, timings and keyframes come from the probe cache.
 - `stream_frames(path, meta)`: (frame number, seconds, av.VideoFrame) of every frame in one sequential pass
   (what `--predict`, the extraction scripts and `check_videos` decode).
 - `DecodeAhead(frames, depth)`: runs such a pass (and whatever per-frame work is chained to it, e.g. scaling) in a
@@ -39,18 +42,21 @@ API:
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import json
 import logging
 import math
+import os
 import queue
 import threading
-from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 from PIL import Image
 
 from datasets.file_reader import FileReader
@@ -59,13 +65,15 @@ from errors import ReadError, UserError
 from utils import atomic_file
 
 logger = logging.getLogger(__name__)
+_converters = threading.local()  # per thread: a swscale context must not be shared by two threads at once
 
 SEEK_GAP_FRAMES = 48  # wanted frames further apart than this are reached by a new seek, not by decoding through
 SEEK_MARGIN_FRAMES = 2  # seek this many frames before the first wanted one
 REORDER_SLACK_FRAMES = 16  # frames decoded past a run's end before its missing frames are given up
+KEPT_FRAMES_BYTES = 64 << 20  # decoded frames a video reader keeps of the last video, per process
 CFR_TOLERANCE = 0.25  # a stream is constant-rate when every pts is within this fraction of a frame of its grid
 MAX_DEMUX_ERRORS = 16  # consecutive demuxer errors after which the rest of a file is given up
-CACHE_VERSION = 3  # bump when VideoMeta changes meaning: older cache entries are probed again
+CACHE_VERSION = 4  # bump when VideoMeta changes meaning: older cache entries are probed again
 TRUNCATION_SLACK = 0.05  # a video is truncated when more than 5 % (and 2 frames) of the announced length is gone
 # swscale threads per conversion. PyAV makes a new scaler for every frame, so its default (one thread per core)
 # starts a thread pool per frame, whose threads then fight the decoder's: measured 2-6 ms per 1080p frame against
@@ -133,10 +141,11 @@ class VideoMeta:
     numbering: str = BY_TIMESTAMPS
     packet_pos: tuple[int, ...] | None = None  # BY_PACKET: byte position of the packet of each frame
     timestamp_fault: str = ""  # why the container's timestamps cannot number the frames ('' when they can)
+    keyframes: tuple[int, ...] | None = None  # numbers of the frames a decode can start from after a seek, sorted
     _index: dict = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self):
-        for name in ("pts", "packet_pos"):  # lists when read back from the JSON cache
+        for name in ("pts", "packet_pos", "keyframes"):  # lists when read back from the JSON cache
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, tuple(getattr(self, name)))
 
@@ -169,6 +178,11 @@ class VideoMeta:
         if self._index is None:  # built once: readers ask for every decoded frame
             object.__setattr__(self, "_index", {key: k for k, key in enumerate(keys)})
         return self._index
+
+    def keyframe_before(self, i: int) -> int | None:
+        """The number of the last keyframe at or before frame i; None when none is known there."""
+        k = bisect.bisect_right(self.keyframes or (), i)
+        return self.keyframes[k - 1] if k else None
 
     def frame_time(self, i: int) -> float:
         """Seconds from frame 0 to frame i (its presentation time)."""
@@ -240,13 +254,16 @@ def demux_packets(container, stream) -> Iterator:
 
 @dataclass
 class PacketLog:
-    """The pts of the packets with a frame, as demuxed (no decoding), in file order."""
+    """The pts of the packets with a frame, as demuxed (no decoding), in file order; those of keyframes apart."""
 
     pts: list[int | None] = field(default_factory=list)
+    keyframe_pts: list[int | None] = field(default_factory=list)
 
     def add(self, packet) -> None:
         if holds_frame(packet):
             self.pts.append(packet.pts)
+            if packet.is_keyframe:
+                self.keyframe_pts.append(packet.pts)
 
     @property
     def n_packets(self) -> int:
@@ -304,11 +321,20 @@ def decode_packet(packet, counts: DecodeCounts | None = None) -> list:
     return frames
 
 
-def decode_frames(container, stream, counts: DecodeCounts | None = None) -> Iterator:
+def decode_frames(container, stream, counts: DecodeCounts | None = None,
+                  droppable: Callable[[object], bool] | None = None) -> Iterator:
     """Every decodable frame of `stream` from the current position, packet by packet, in the decoder's order. Each
-    frame carries its packet's byte position as `frame.opaque` (with a stream from `decoding_stream`)."""
+    frame carries its packet's byte position as `frame.opaque` (with a stream from `decoding_stream`).
+
+    `droppable(packet)`: True for a packet whose own frame is not wanted. The decoder then skips it when no other
+    frame refers to it (a non-reference picture), which changes no other picture: leading up to a clip, about half
+    of the frames of a typical H.264 file need no decoding."""
+    dropping = None  # unknown: the first packet sets the decoder's mode either way
     for packet in demux_packets(container, stream):
         packet.opaque = packet.pos
+        if droppable is not None and (drop := droppable(packet)) != dropping:
+            dropping = drop
+            stream.codec_context.skip_frame = "NONREF" if drop else "DEFAULT"
         yield from decode_packet(packet, counts)
 
 
@@ -380,8 +406,10 @@ def _timestamp_meta(stream, log: PacketLog, first) -> VideoMeta:
     start, step, table, vfr = frame_timing(sorted(log.pts))
     tb = float(stream.time_base or 0)
     fps = _nominal_fps(stream) or (1 / (step * tb) if table is None and tb and step else 0)
-    return VideoMeta(log.n_packets, fps or 25.0, *_geometry(stream, first), start_pts=start, pts_step=step,
+    meta = VideoMeta(log.n_packets, fps or 25.0, *_geometry(stream, first), start_pts=start, pts_step=step,
                      time_base=tb, pts=table, vfr=vfr)
+    keyframes = (meta.frame_index(pts) for pts in log.keyframe_pts)
+    return replace(meta, keyframes=tuple(sorted(k for k in keyframes if k is not None)))
 
 
 def _decode_order_meta(path: Path, fault: str) -> VideoMeta:
@@ -389,9 +417,11 @@ def _decode_order_meta(path: Path, fault: str) -> VideoMeta:
     frames' pts, sorted, are their times (missing ones leave only the frame rate)."""
     with av.open(str(path)) as container:
         stream = decoding_stream(container)
-        positions, times, first = [], [], None
+        positions, times, keyframes, first = [], [], [], None
         for frame in decode_frames(container, stream):
             first = first or frame
+            if frame.key_frame:
+                keyframes.append(len(positions))
             positions.append(frame.opaque)
             times.append(frame.pts)
         timed = None not in times
@@ -401,7 +431,8 @@ def _decode_order_meta(path: Path, fault: str) -> VideoMeta:
         return VideoMeta(len(positions), _nominal_fps(stream) or 25.0, *_geometry(stream, first), start_pts=start,
                          pts_step=step, time_base=float(stream.time_base or 0) if timed else 0.0, pts=table,
                          vfr=vfr, numbering=BY_PACKET if by_packet else BY_COUNT,
-                         packet_pos=tuple(positions) if by_packet else None, timestamp_fault=fault)
+                         packet_pos=tuple(positions) if by_packet else None, timestamp_fault=fault,
+                         keyframes=tuple(keyframes))
 
 
 def _nominal_fps(stream) -> float:
@@ -484,12 +515,19 @@ def upright_array(frame, size: tuple[int, int] | None = None, *, rotation: int |
     (display matrix; `rotation` overrides the frame's own) is applied last.
     """
     rotation = normalized_rotation(frame.rotation if rotation is None else rotation)
-    if size is None:
-        arr = frame.to_ndarray(format="rgb24", threads=SWS_THREADS)
-    else:
-        width, height = (size[1], size[0]) if rotation in (90, 270) else size
-        arr = frame.to_ndarray(format="rgb24", width=width, height=height, threads=SWS_THREADS)
+    width, height = (None, None) if size is None else (size[1], size[0]) if rotation in (90, 270) else size
+    # One reused scaler of SWS_THREADS threads: PyAV's default starts a thread pool for every frame, which costs more
+    # than converting a small frame, oversubscribes a worker per core, and does not survive a fork.
+    arr = _reformatter().reformat(frame, width, height, format="rgb24", threads=SWS_THREADS).to_ndarray()
     return np.ascontiguousarray(np.rot90(arr, rotation // 90)) if rotation else arr
+
+
+def _reformatter() -> VideoReformatter:
+    """This thread's swscale context, reused frame after frame (the pixels of `frame.to_ndarray`, which sets up a
+    new context for every frame)."""
+    if not hasattr(_converters, "reformatter"):
+        _converters.reformatter = VideoReformatter()
+    return _converters.reformatter
 
 
 def upright_image(frame, min_size: tuple[int, int] | None = None, *, rotation: int | None = None):
@@ -529,10 +567,8 @@ def stream_frames(path: Path, meta: VideoMeta | None = None, *, threads: int = 1
 def _frames_after(path: Path, meta: VideoMeta, last: int, counts: DecodeCounts) -> list[tuple[int, object]]:
     """(number, frame) of the frames after frame `last` that decode, in order, decoded with one thread. Packets
     that fail again count once (by byte position) in `counts`."""
-    with av.open(str(path)) as container:
-        stream = decoding_stream(container, threads=1)
-        run = list(range(last + 1, meta.n_frames))
-        found = _decode_run(container, stream, FrameNumbers(meta), run, seek=meta.seekable, counts=counts)
+    with DecodePass(path, meta, counts=counts) as decoder:
+        found = decoder.decode(list(range(last + 1, meta.n_frames)))
     return [(number, found[number]) for number in sorted(found)]
 
 
@@ -639,22 +675,155 @@ def _runs(indices: Sequence[int], meta: VideoMeta) -> list[list[int]]:
     return runs
 
 
+class DecodePass:
+    """A video file open for decoding forward, frames numbered by the module's rule, that decodes runs of wanted
+    frames and stays where it stopped for the next run.
+
+    Before a run it seeks to the keyframe before the run's first frame only when that decodes fewer frames than
+    going on from where it stands (a run further on in the same group of pictures just continues), and it leaves
+    undecoded the non-reference pictures that the run does not want (those leading up to it, those between frames
+    taken with a stride). Neither changes a decoded picture: the frames are those of a decode from the start.
+    """
+
+    def __init__(self, path: Path, meta: VideoMeta, *, threads: int = 1, counts: DecodeCounts | None = None):
+        self.meta = meta
+        self.counts = counts
+        self.container = av.open(str(path))
+        try:
+            self.stream = decoding_stream(self.container, threads=threads)
+        except Exception:
+            self.container.close()
+            raise
+        self.numbers = FrameNumbers(meta)
+        self.done = -1  # frames up to this number do not come out any more without a seek
+        self._wanted: frozenset[int] = frozenset()  # the run being decoded: packets of other frames before its
+        self._last_wanted = -1  # last frame may be dropped
+        self._frames = self._decode()
+
+    def __enter__(self) -> DecodePass:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.container.close()
+
+    def decode(self, run: Sequence[int]) -> dict[int, object]:
+        """The frames of `run` (sorted frame numbers) that decode, by number; the others are missing."""
+        self._go_to(run)
+        wanted, out = self._wanted, {}
+        for frame in self._frames:
+            index = self.numbers(frame)
+            if index is None:
+                continue
+            self.done = max(self.done, index)
+            if index in wanted:
+                out[index] = frame
+                if len(out) == len(wanted):
+                    break
+            if index > run[-1] + REORDER_SLACK_FRAMES:  # the rest of the run was destroyed by damage
+                break
+        return out
+
+    def _decode(self) -> Iterator:
+        return decode_frames(self.container, self.stream, self.counts, droppable=self._unwanted)
+
+    def _unwanted(self, packet) -> bool:
+        if self.meta.numbering == BY_TIMESTAMPS:
+            number = self.meta.frame_index(packet.pts)
+        elif self.meta.numbering == BY_PACKET:
+            number = self.meta.packet_index(packet.pos)
+        else:
+            return False  # frames counted from the start must all come out
+        # Not past the run's last frame: the next run (a window that follows) may want those and go on to them.
+        if number is None or number in self._wanted or number > self._last_wanted:
+            return False
+        self.done = max(self.done, number)  # it may be gone: a later run that wants it seeks
+        return True
+
+    def _go_to(self, run: Sequence[int]) -> None:
+        if self._should_seek(run[0]):
+            self._seek(run[0])
+        self._wanted, self._last_wanted = frozenset(run), run[-1]
+        self.done = max(self.done, run[0] - 1)
+
+    def _should_seek(self, first: int) -> bool:
+        if not self.meta.seekable:
+            return False
+        if first <= self.done:
+            return True
+        keyframe = self.meta.keyframe_before(first - SEEK_MARGIN_FRAMES)
+        if keyframe is None:  # keyframes unknown: seek when the gap is wide
+            return first - self.done > SEEK_GAP_FRAMES
+        return keyframe > self.done + 1
+
+    def _seek(self, first: int) -> None:
+        """Seek to the keyframe before frame `first`; after a failed seek, to the start of the file (and when that
+        fails too, the frames of the run are missing: the clip loader repairs and counts them)."""
+        self.numbers.seeked()
+        self.done = -1
+        # A few frames early: some demuxers (AVI) seek by decoding timestamp, which runs ahead of the pts.
+        target = self.meta.frame_pts(first - SEEK_MARGIN_FRAMES)
+        try:
+            self.container.seek(target, stream=self.stream, backward=True, any_frame=False)
+        except av.error.FFmpegError as e:
+            logger.debug("seek failed (%s); decoding from the start", e)
+            try:
+                self.container.seek(self.meta.start_pts, stream=self.stream, backward=True)
+            except av.error.FFmpegError:
+                self._frames = iter(())
+                return
+        self._frames = self._decode()
+
+
+@dataclass
+class _LastVideo:
+    """What a reader keeps of the video it read last, in one process: its decoder, open where it stopped, and the
+    last frames it returned. The next clip of the same video (another view, an overlapping window, the next record
+    of an untrimmed video) reuses both instead of opening, seeking and decoding again."""
+
+    key: tuple  # (path, size, mtime, process id): another file, a changed file or a forked worker starts anew
+    decoder: DecodePass
+    kept: dict[int, object] = field(default_factory=dict)
+
+    def keep(self, frames: dict[int, object], frame_bytes: int) -> None:
+        """Keep the frames of the highest numbers (the next window comes later) within KEPT_FRAMES_BYTES."""
+        newest = sorted(frames)[-max(1, KEPT_FRAMES_BYTES // max(frame_bytes, 1)):]
+        self.kept = {i: frames[i] for i in newest}
+
+
+def _file_key(path: Path) -> tuple:
+    st = os.stat(path)
+    return str(path), st.st_size, st.st_mtime_ns, os.getpid()
+
+
 class VideoFileReader(FileReader):
     """Decoded frames (av.VideoFrame) of a video file for 0-based frame numbers; None for frames past the end
     or destroyed by damage. Videos are <base>.<ext> for any common extension; their frame count and timing
     are probed from the file (the annotation's frame segments are not used) and cached.
 
+    Each fetch decodes from the keyframe before the wanted frames to the last of them (`DecodePass`), with
+    `threads` decoder threads (1: one per DataLoader worker, so that workers do not compete for the cores). The
+    last video stays open with its last frames: consecutive fetches from one video reuse what was decoded.
+
     Args:
         meta_cache: where the frame timing of each video comes from (probed on first use when None).
+        threads: decoder threads (0: as many as FFmpeg likes).
     """
 
     channels = 3
     probes_frames = True
     stored_as = "video files"
 
-    def __init__(self, meta_cache: VideoMetaCache | None = None):
+    def __init__(self, meta_cache: VideoMetaCache | None = None, *, threads: int = 1):
         self.meta_cache = meta_cache if meta_cache is not None else VideoMetaCache(None)
+        self.threads = threads
         self._finder = VideoFileFinder()
+        self._last: _LastVideo | None = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_last": None}  # an open file does not travel to another process
 
     @classmethod
     def for_annotation_file(cls, annotation_path: Path, *, flow: bool = False) -> VideoFileReader:
@@ -681,17 +850,36 @@ class VideoFileReader(FileReader):
     def fetch(self, path: Path, indices: Sequence[int]):
         try:
             meta = self.meta_cache.probe(path)
-            container = av.open(str(path))
+            last = self._video(path, meta)
         except Exception as e:  # noqa: BLE001 - PyAV raises many error types for broken files
             raise ReadError(f"cannot decode {path}: {e}") from None
-        found: dict[int, object] = {}
-        with container:
-            stream = decoding_stream(container, threads=1)  # one decode thread per DataLoader worker
-            numbers = FrameNumbers(meta)
-            for k, run in enumerate(_runs([i for i in indices if 0 <= i < meta.n_frames], meta)):
-                seek = meta.seekable and (k > 0 or run[0] > SEEK_GAP_FRAMES)
-                found.update(_decode_run(container, stream, numbers, run, seek=seek))
+        wanted = sorted({i for i in indices if 0 <= i < meta.n_frames})
+        found = {i: last.kept[i] for i in wanted if i in last.kept}
+        todo = [i for i in wanted if i not in found]
+        try:
+            if todo and not meta.seekable and todo[0] <= last.decoder.done:
+                last = self._video(path, meta, reopen=True)  # frames counted from the start: only from the start
+            for run in _runs(todo, meta):
+                found.update(last.decoder.decode(run))
+        except BaseException:
+            self._forget()  # the decoder is in an unknown state
+            raise
+        last.keep(found, meta.width * meta.height * 3 // 2)
         return [found.get(i) for i in indices]
+
+    def _video(self, path: Path, meta: VideoMeta, *, reopen: bool = False) -> _LastVideo:
+        """The last video when `path` is it (and unchanged, and opened by this process), else `path` opened."""
+        key = _file_key(path)
+        if self._last is not None and self._last.key == key and not reopen:
+            return self._last
+        self._forget()
+        self._last = _LastVideo(key, DecodePass(path, meta, threads=self.threads))
+        return self._last
+
+    def _forget(self) -> None:
+        last, self._last = self._last, None
+        if last is not None and last.key[-1] == os.getpid():  # a parent's file is left to the parent
+            last.decoder.close()
 
     @classmethod
     def videos_in(cls, folder: Path, filenames: Sequence[str]) -> list[Path]:
@@ -710,37 +898,6 @@ class VideoFileReader(FileReader):
                 return "no decodable frame"
         except Exception as e:  # noqa: BLE001 - PyAV raises many error types for broken files
             return f"cannot decode: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
-
-
-def _decode_run(container, stream, numbers: FrameNumbers, run: list[int], *, seek: bool,
-                counts: DecodeCounts | None = None) -> dict[int, object]:
-    """Seek to the keyframe before run[0] (unless decoding from the start is as cheap), then decode forward
-    until run[-1]; frames are recognised by `numbers`."""
-    meta = numbers.meta
-    if seek:
-        numbers.seeked()
-        # A few frames early: some demuxers (AVI) seek by decoding timestamp, which runs ahead of the pts.
-        target = meta.frame_pts(run[0] - SEEK_MARGIN_FRAMES)
-        try:
-            container.seek(target, stream=stream, backward=True, any_frame=False)
-        except av.error.FFmpegError as e:
-            logger.debug("seek failed (%s); decoding from the start", e)
-            try:
-                container.seek(meta.start_pts, stream=stream, backward=True)
-            except av.error.FFmpegError:
-                return {}  # the run's frames are missing (repaired and counted by the clip loader)
-    wanted, out = set(run), {}
-    for frame in decode_frames(container, stream, counts):
-        index = numbers(frame)
-        if index is None:
-            continue
-        if index in wanted:
-            out[index] = frame
-            if len(out) == len(wanted):
-                break
-        if index > run[-1] + REORDER_SLACK_FRAMES:  # the rest of the run was destroyed by damage
-            break
-    return out
 
 
 def announced_duration(container, stream) -> float:

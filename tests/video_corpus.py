@@ -55,10 +55,11 @@ def frame_number(frame: np.ndarray) -> int:
 
 
 def write_video(path: Path, frames, *, fps: int = FPS, pts_ms=None, rotation: int = 0, faststart: bool = False,
-                codec: str = "libx264") -> Path:
+                codec: str = "libx264", gop: int = GOP) -> Path:
     """Encode `frames` with PyAV. `pts_ms`: explicit presentation times in milliseconds (variable frame rate);
     `rotation`: display matrix, degrees counter-clockwise; `faststart`: index at the start of an .mp4 (a
-    truncated file stays readable)."""
+    truncated file stays readable); `gop`: frames from one keyframe to the next (libx264, which also makes
+    B-frames, some of them references for others)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     options = {"movflags": "faststart"} if faststart else {}
     with av.open(str(path), "w", options=options) as container:
@@ -66,7 +67,7 @@ def write_video(path: Path, frames, *, fps: int = FPS, pts_ms=None, rotation: in
         stream.height, stream.width = frames[0].shape[:2]
         stream.pix_fmt = "yuv420p"
         if codec == "libx264":
-            stream.options = {"crf": "10", "g": str(GOP), "keyint_min": str(GOP), "sc_threshold": "0"}
+            stream.options = {"crf": "10", "g": str(gop), "keyint_min": str(gop), "sc_threshold": "0"}
         if pts_ms is not None:
             stream.codec_context.time_base = stream.time_base = Fraction(1, 1000)
         if rotation:

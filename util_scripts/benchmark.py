@@ -1,6 +1,7 @@
 """Measure model, loader, end-to-end training and inference speed, original-style vs the fast defaults.
 
-Usage: ``python -m util_scripts.benchmark [--device auto|cpu|cuda] [--parts model loader e2e inference predict]
+Usage: ``python -m util_scripts.benchmark [--device auto|cpu|cuda] [--parts model loader e2e inference predict
+video_loader]
 [--workers 4 16] [--compile] [--model resnet --model_depth 50 --batch_size 64 ...] [--output FILE.json]``
 
 Without --video_path/--annotation_path it writes (once, cached under --data_dir) a synthetic
@@ -18,6 +19,11 @@ eager and with --compile: steady-state clips/s and time to first optimiser step 
 --prepare only writes the data the named parts need (the dataset, the predict part's checkpoint and videos).
 Compiled graphs are cached in TORCHINDUCTOR_CACHE_DIR (default: <data_dir>/inductor_cache) for every part and
 main.py run, so a graph compiled once is loaded by the next process, as in a user's second run.
+The 'video_loader' part (only when named) measures the clips/s of one loader worker for training clips
+(--video_clip_duration x --sample_size^2) from JPEG frames, from mp4 as cameras write it (a keyframe every
+--video_gop frames, --video_sizes) and from its prepared copy (util_scripts.prepare_videos), each against a naive
+PyAV reader, plus the disk each takes (benchmarks.video_loader); about a minute on 2 CPU cores with the defaults
+(more the first time, when the videos are made).
 """
 
 from __future__ import annotations
@@ -38,14 +44,16 @@ from benchmarks.gpu_decode import nvjpeg_available
 from benchmarks.main_bench import epoch_batches, long_epoch_annotation, main_part
 from benchmarks.predict_bench import predict_part, prepare_predict
 from benchmarks.report import format_table, summarize_targets
+from benchmarks.video_loader import video_loader_part
 from datasets import factory as dataset
 from datasets.layout import SUBSET_NAMES
 from engine.compiled import CACHE_ENV
 from errors import UserError
 from util_scripts.common import run_cli
 
-PARTS = ("model", "loader", "e2e", "inference", "main", "predict")
-DEFAULT_PARTS = ("model", "loader", "e2e", "inference")  # main, predict: only when asked for (main.py runs, videos)
+PARTS = ("model", "loader", "e2e", "inference", "main", "predict", "video_loader")
+# main, predict, video_loader: only when asked for (main.py runs, videos)
+DEFAULT_PARTS = ("model", "loader", "e2e", "inference")
 VARIANTS = ("original", "fast", "fast_compile")
 DEFAULTS = {  # device type -> defaults of the size options
     "cpu": dict(model_depth=10, batch_size=4, sample_duration=8, sample_size=112, workers=[1, 2], steps=2,
@@ -61,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m util_scripts.benchmark", description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--parts", nargs="+", default=list(DEFAULT_PARTS), choices=PARTS,
-                   help=f"what to measure (default: {' '.join(DEFAULT_PARTS)}; 'predict' only when named)")
+                   help=f"what to measure (default: {' '.join(DEFAULT_PARTS)}; 'predict' and 'video_loader' only "
+                        "when named)")
     p.add_argument("--model", default="resnet")
     p.add_argument("--model_depth", type=int, help="default: 10 on the CPU, 50 on CUDA")
     p.add_argument("--batch_size", type=int, help="clips per step (default: 4 CPU, 64 CUDA)")
@@ -95,6 +104,19 @@ def build_parser() -> argparse.ArgumentParser:
                         "default: 48 CPU, 4096 CUDA): many more batches than the loader keeps in flight")
     p.add_argument("--prepare", action="store_true",
                    help="only write the data the named parts need (cached under --data_dir), then stop")
+    v = p.add_argument_group("video_loader part")
+    v.add_argument("--video_sizes", nargs="+", default=["340x256", "1280x720"], metavar="WxH",
+                   help="frame sizes of the camera-style mp4 sets (default: 340x256 1280x720); the first is also "
+                        "prepared and extracted to JPEG frames")
+    v.add_argument("--videos_per_size", type=int, default=3, help="videos per camera set (default 3)")
+    v.add_argument("--video_seconds", type=float, default=10.0, help="length of each video at 30 fps (default 10)")
+    v.add_argument("--video_gop", type=int, default=250, help="frames between keyframes of the camera-style mp4 "
+                                                               "(default 250, as cameras and YouTube write)")
+    v.add_argument("--video_short_side", type=int, default=128, help="short side of the prepared copy (default 128)")
+    v.add_argument("--video_jpg_sizes", type=int, nargs="+",
+                   help="short sides of the JPEG frames (default: the prepared copy's and 240, generate_video_jpgs')")
+    v.add_argument("--video_clip_duration", type=int, default=16, help="frames per training clip (default 16)")
+    v.add_argument("--video_clips", type=int, default=8, help="clips per timed window at least (default 8)")
     p.add_argument("--output", type=Path, default=None,
                    help="JSON results file (default: benchmark.json in --data_dir, not the current directory)")
     return p
@@ -113,6 +135,8 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
         raise UserError("give both --video_path and --annotation_path, or neither (synthetic dataset)")
     args.e2e_workers = args.e2e_workers if args.e2e_workers is not None else max(args.workers)
     args.output = args.output or args.data_dir / "benchmark.json"
+    if args.video_jpg_sizes is None:
+        args.video_jpg_sizes = list(dict.fromkeys([args.video_short_side, 240]))
     return args
 
 
@@ -182,6 +206,8 @@ class Runner:
                                       variants=[v for v in self.variants if v != "original"])
         if "predict" in args.parts:
             parts["predict"] = predict_part(args, args.data_dir)
+        if "video_loader" in args.parts:
+            parts["video_loader"] = video_loader_part(args)
         return parts
 
     def _gpu_decode(self) -> bool:

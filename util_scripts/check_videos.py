@@ -44,6 +44,7 @@ from util_scripts.common import (
     atomic_file,
     beside_input,
     check_writable_file,
+    find_video_files,
     run_cli,
     run_over_videos,
 )
@@ -66,9 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def folder_videos(root: Path) -> list[VideoItem]:
-    found = sorted(p for p in root.rglob("*") if p.is_file() and is_video_file(p)
-                   and not any(part.startswith(".") for part in p.relative_to(root).parts))
-    return [VideoItem(p, p.relative_to(root)) for p in found]
+    return [VideoItem(p, p.relative_to(root)) for p in find_video_files(root)]
 
 
 def annotated_videos(annotation_path: Path, video_root: Path) -> list[VideoItem]:

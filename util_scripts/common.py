@@ -1,11 +1,12 @@
 """Shared pieces of the data preparation scripts.
 
-- where the videos of each dataset layout live (:func:`find_videos`),
+- where the videos of each dataset layout live (:func:`find_videos`), every video file of a folder tree
+  (:func:`find_video_files`),
 - decoding and resizing with PyAV in the same way as the ``ffmpeg`` command line of the
   original scripts (:func:`iter_frames`, :func:`scaled_size`),
 - JPEG encoding, atomic output folders and files,
-- a process pool with a progress bar that reports failed videos instead of stopping
-  (:func:`run_over_videos`),
+- a process pool with a progress bar that reports failed videos instead of stopping and hands each result
+  over as it comes (:func:`run_over_videos`),
 - the entry-point wrapper that turns :class:`errors.UserError` into one line and exit code 2, and Ctrl-C into
   one line and exit code 130.
 
@@ -117,7 +118,7 @@ def find_videos(src_dir: Path, dataset: str, extensions: Sequence[str] | None = 
         found = f"; found {_count_by_extension(others)}: add {_extensions_flag(wanted, others)}" if others else ""
         raise UserError(f"no {'/'.join(wanted)} videos found for dataset '{dataset}' "
                         f"(expected layout: {layout}{found})")
-    _check_one_video_per_output(items)
+    check_one_video_per_output(items)
     if others:
         _warn_other_extensions(src_dir, wanted, others)
     return items
@@ -150,7 +151,15 @@ def _warn_other_extensions(src_dir: Path, wanted: Sequence[str], others: Sequenc
           f"them too, give {_extensions_flag(wanted, others)}", file=sys.stderr)
 
 
-def _check_one_video_per_output(items: Sequence[VideoItem]) -> None:
+def find_video_files(root: Path) -> list[Path]:
+    """Every file under ``root`` (recursively) with a video extension in any letter case, sorted; hidden files and
+    everything inside hidden folders are left out (half-written outputs are hidden)."""
+    root = Path(root)
+    return sorted(p for p in root.rglob("*") if p.is_file() and has_video_extension(p)
+                  and not any(part.startswith(".") for part in p.relative_to(root).parts))
+
+
+def check_one_video_per_output(items: Sequence[VideoItem]) -> None:
     """UserError when two videos (x.mp4 and x.mkv) would be converted into the same output."""
     seen: dict[Path, Path] = {}
     for item in items:
@@ -159,29 +168,31 @@ def _check_one_video_per_output(items: Sequence[VideoItem]) -> None:
         seen[item.rel] = item.src
 
 
-def scaled_size(width: int, height: int, size: int) -> tuple[int, int]:
-    """Output (width, height) whose SHORTER side is ``size``, aspect ratio kept.
+def scaled_size(width: int, height: int, size: int, *, multiple: int = 1) -> tuple[int, int]:
+    """Output (width, height) whose SHORTER side is ``size``, aspect ratio kept, the longer side a multiple of
+    ``multiple`` (2 for H.264 in yuv420p).
 
     Same rule as the original's ``scale=-1:size`` (landscape) / ``scale=size:-1`` (portrait or
-    square) filters: ffmpeg computes the free side with ``av_rescale``, i.e. rounding to the
-    nearest integer with halves rounded up.
+    square) filters (``-2`` for ``multiple=2``): ffmpeg computes the free side with ``av_rescale``, i.e.
+    rounding to the nearest integer (of multiples) with halves rounded up.
     """
     if width > height:
-        return _round_half_up(size * width, height), size
-    return size, _round_half_up(size * height, width)
+        return multiple * _round_half_up(size * width, height * multiple), size
+    return size, multiple * _round_half_up(size * height, width * multiple)
 
 
 def _round_half_up(numerator: int, denominator: int) -> int:
     return (2 * numerator + denominator) // (2 * denominator)
 
 
-def iter_frames(path: Path, *, size: int, fps: float = -1, threads: int = 1) -> Iterator:
+def iter_frames(path: Path, *, size: int, fps: float = -1, threads: int = 1, multiple: int = 1) -> Iterator:
     """Decode ``path`` and yield PIL RGB images as displayed, resized so the short side is ``size``.
 
     Frames come out upright (a rotation in the display matrix, as phones record, is applied, as the
     ffmpeg command line does) and in display order, one image per frame: image i is the frame that
     ``--file_type video`` calls frame i, whatever the file's timestamps look like (see datasets.video_files:
-    this is its sequential pass, ``stream_frames``). ``size <= 0`` keeps the original resolution. ``fps > 0``
+    this is its sequential pass, ``stream_frames``). ``size <= 0`` keeps the original resolution; the longer side
+    is a multiple of ``multiple`` (``scaled_size``). ``fps > 0`` (a float or an exact Fraction such as 30000/1001)
     resamples the frame rate with libavfilter's ``fps`` filter (the same frame selection as ``ffmpeg -vf fps=N``).
     Packets that fail to decode are skipped, as the ffmpeg command line does; a file that cannot be opened raises
     ``av.error.FFmpegError``, one with no video stream ``datasets.video_files.NoVideoStream`` (a ValueError).
@@ -192,7 +203,7 @@ def iter_frames(path: Path, *, size: int, fps: float = -1, threads: int = 1) -> 
     for number, _, frame in stream_frames(path, meta, threads=threads, counts=counts):
         if graph is None:
             rotation = normalized_rotation(frame.rotation)  # filtered frames may lose the side data
-            graph = _build_graph(frame, size=size, fps=fps, rotation=rotation)
+            graph = _build_graph(frame, size=size, fps=fps, rotation=rotation, multiple=multiple, threads=threads)
         graph.push(_on_probe_clock(frame, meta, number))
         yield from _drain(graph, rotation)
     if graph is not None:
@@ -210,15 +221,16 @@ def _on_probe_clock(frame, meta: VideoMeta, number: int):
     return frame
 
 
-def _build_graph(first_frame, *, size: int, fps: float, rotation: int):
+def _build_graph(first_frame, *, size: int, fps: float, rotation: int, multiple: int = 1, threads: int = 1):
     graph = av.filter.Graph()
+    graph.threads = threads  # one per process when one process per core runs (the filters' default: one per core)
     chain = [graph.add_buffer(template=first_frame)]  # its size, pixel format and time base
     if fps > 0:
         chain.append(graph.add("fps", f"{fps}"))
     if size > 0:
         turned = rotation in (90, 270)  # scale the stored picture to the turned output size
         width, height = (first_frame.height, first_frame.width) if turned else (first_frame.width, first_frame.height)
-        width, height = scaled_size(width, height, size)
+        width, height = scaled_size(width, height, size, multiple=multiple)
         chain.append(graph.add("scale", f"{height}:{width}" if turned else f"{width}:{height}"))
     chain.append(graph.add("buffersink"))
     for a, b in zip(chain, chain[1:]):
@@ -245,7 +257,17 @@ def encode_jpeg(image, quality: int) -> bytes:
 
 def remove_partials(final: Path) -> None:
     """Delete half-written outputs of ``final`` left by an interrupted run."""
-    for stale in final.parent.glob(f".{final.name}{PARTIAL_MARK}*"):
+    _remove(final.parent.glob(f".{final.name}{PARTIAL_MARK}*"))
+
+
+def remove_all_partials(root: Path) -> None:
+    """Delete every half-written output under ``root`` (after an interruption stopped the workers, whose own
+    clean-up a stop can cut short)."""
+    _remove(Path(root).rglob(f".*{PARTIAL_MARK}*"))
+
+
+def _remove(paths) -> None:
+    for stale in list(paths):
         if stale.is_dir():
             shutil.rmtree(stale, ignore_errors=True)
         else:
@@ -311,14 +333,17 @@ class Interrupted(KeyboardInterrupt):
 def run_over_videos(
     worker: Callable[[VideoItem], ItemResult], items: Sequence[VideoItem], *, n_jobs: int, desc: str,
     rerun_hint: str = "",
+    on_result: Callable[[ItemResult], None] | None = None,
 ) -> list[ItemResult]:
     """Run ``worker`` on every item, in ``n_jobs`` processes, with a progress bar.
 
     ``worker`` must be picklable (a module-level function or a ``functools.partial`` of one)
     and should return a 'failed' result rather than raise; an exception that escapes it is
-    still caught and reported for that video only. Ctrl-C stops every worker (each removes the
-    temporary output of its current video) and raises :class:`Interrupted`, whose message counts
-    the finished videos and ends with ``rerun_hint``.
+    still caught and reported for that video only. ``on_result`` is called in this process with each
+    result as it comes (e.g. to record finished videos while the others run, so that an interruption
+    loses none of them). Ctrl-C stops every worker (each removes the temporary output of its current
+    video) and raises :class:`Interrupted`, whose message counts the finished videos and ends with
+    ``rerun_hint``.
     """
     n_jobs = min(resolve_n_jobs(n_jobs), max(1, len(items)))
     safe = _Guarded(worker)
@@ -333,6 +358,8 @@ def run_over_videos(
         try:
             for result in mapped:
                 results.append(result)
+                if on_result is not None:
+                    on_result(result)
                 bar.update()
                 if result.status == "failed":
                     bar.write(f"failed: {result.item.src}: {result.message}", file=sys.stderr)

@@ -187,3 +187,31 @@ def test_benchmark_main_part_runs_main_py(tmp_path):
     assert 0 <= entry["first_step_data_wait_s"] < entry["first_step_s"]
     assert "first_step_s" in report["targets"] and "main_over_model_only" not in report["targets"]  # no model part
     assert not list((tmp_path / "data").glob("main_fast_*"))  # main.py's result folder is removed
+
+
+def test_benchmark_video_loader_part(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = _run(["--device", "cpu", "--parts", "video_loader", "--sample_size", "32", "--video_clip_duration", "4",
+                 "--video_sizes", "96x64", "128x96", "--videos_per_size", "2", "--video_seconds", "0.5",
+                 "--video_gop", "12", "--video_short_side", "48", "--video_jpg_sizes", "48", "64",
+                 "--video_clips", "2", "--repeats", "2", "--data_dir", str(tmp_path / "data"), "--output", str(out)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    part = report["parts"]["video_loader"]
+    assert part["clip"] == [4, 32, 32] and part["prepared"] == "prepared_48" and part["same_size_jpg"] == "jpg_48"
+    sources = part["sources"]
+    assert set(sources) == {"prepared_48", "jpg_48", "jpg_64", "camera_96x64", "camera_128x96"}
+    for entry in sources.values():
+        assert entry["videos"] == 2 and entry["disk_bytes"] > 0 and entry["fast_over_source_naive"] > 0
+        video = entry["file_type"] == "video"
+        assert ("naive" in entry) == ("fast_over_naive" in entry) == video  # naive PyAV: video files only
+        for rates in [entry["fast"], entry["naive"]] if video else [entry["fast"]]:
+            assert rates["clips_per_s"] > 0 and rates["clips_per_cpu_s"] > 0 and len(rates["clips_per_s_repeats"]) == 2
+    assert sources["jpg_48"]["made_from"] == sources["prepared_48"]["made_from"] == "camera_96x64"
+    assert set(part["prepared_over_jpg"]) == {"jpg_48", "jpg_64"}
+    targets = report["targets"]
+    assert {"video_prepared_vs_jpg_per_worker", "video_camera_96x64_vs_naive_per_worker",
+            "video_camera_128x96_vs_naive_per_worker"} <= set(targets)
+    assert "video loader" in proc.stdout and "prepared_48" in proc.stdout
+    (manifest,) = (tmp_path / "data").glob("video_loader_v*/camera_96x64_*/prepared_48/manifest.json")
+    assert len(json.loads(manifest.read_text())["videos"]) == 2  # made by util_scripts.prepare_videos

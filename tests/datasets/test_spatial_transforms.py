@@ -138,6 +138,13 @@ def test_flip_clip_mirrors_width():
     assert flipped.flags["C_CONTIGUOUS"] and (flipped[:, :, 0] == clip[:, :, -1]).all()
 
 
+@pytest.mark.parametrize("channels", [2, 3])
+def test_flip_clip_keeps_every_pixel_s_channels_together(channels):
+    clip = np.random.default_rng(0).integers(0, 256, (3, 5, 7, channels), dtype=np.uint8)
+    flipped = S.flip_clip(clip[:, 1:])  # a view, as a stacked clip's slice can be
+    assert flipped.flags["C_CONTIGUOUS"] and np.array_equal(flipped, clip[:, 1:, ::-1])
+
+
 def test_decode_size_for_draft():
     params = S.ClipParams(box=(0.0, 0.0, 0.5, 0.25), out_size=(16, 16))
     assert params.decode_size(320, 240) == (32, 64)

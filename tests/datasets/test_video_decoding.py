@@ -10,7 +10,9 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import multiprocessing
 import os
+import pickle
 import random
 import shutil
 import threading
@@ -24,8 +26,10 @@ import numpy as np
 import pytest
 
 import datasets.video_files as vf
+from benchmarks.data import photo_like_arrays
+from datasets import clip_loader as clip_loader_module
 from datasets.annotations import VideoRecord, read_records
-from datasets.clip_loader import ClipLoader
+from datasets.clip_loader import ClipLoader, cut, view_params
 from datasets.layout import find_video_file
 from datasets.problems import DataProblems
 from datasets.readers import decode_jpeg
@@ -48,6 +52,7 @@ from tests.video_corpus import (
     DUP_PTS_FRAMES,
     GOP,
     N_FRAMES,
+    corpus_frame,
     ffmpeg_frames,
     frame_number,
     gap_pts_ms,
@@ -554,3 +559,197 @@ def test_extraction_and_file_type_video_agree_on_awkward_avi_files(name):
     sequential = [np.asarray(im) for im in iter_frames(path, size=-1)]
     assert len(sequential) == len(reader) == probe_video(path).n_frames
     assert all(np.array_equal(a, b) for a, b in zip(sequential, reader))
+
+
+# --- fast clip reading: seeks that save work, non-reference pictures left undecoded, the last video kept --------
+
+LONG_GOP_FRAMES = 64
+
+
+@pytest.fixture(scope="module")
+def long_gop(tmp_path_factory) -> Path:
+    """One keyframe for 64 frames, B-frames (some of them references), as cameras and YouTube store video."""
+    frames = [corpus_frame(i) for i in range(LONG_GOP_FRAMES)]
+    return write_video(tmp_path_factory.mktemp("long_gop") / "long_gop.mp4", frames, gop=250)
+
+
+def plain_decode(path: Path) -> list[np.ndarray]:
+    """Every frame of a constant-rate file, decoded from the start by PyAV alone (the reference)."""
+    with av.open(str(path)) as container:
+        return [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+
+
+def fetched(reader: VideoFileReader, path: Path, indices) -> list[np.ndarray]:
+    return [upright_array(f) for f in reader.fetch(path, indices)]
+
+
+class Calls:
+    """Counts the calls of a function it replaces (and passes them on)."""
+
+    def __init__(self, monkeypatch, owner, name: str):
+        self.n, self.results, original = 0, 0, getattr(owner, name)
+
+        def counted(*args, **kwargs):
+            self.n += 1
+            result = original(*args, **kwargs)
+            self.results += len(result) if isinstance(result, list) else 0
+            return result
+
+        monkeypatch.setattr(owner, name, counted)
+
+
+def test_the_reader_numbers_keyframes_from_the_probe(corpus, long_gop):
+    assert probe_video(corpus.clean).keyframes == tuple(range(0, N_FRAMES, GOP))
+    meta = probe_video(long_gop)
+    assert meta.keyframes == (0,) and meta.keyframe_before(40) == 0
+    assert probe_video(corpus.clean).keyframe_before(GOP + 3) == GOP
+
+
+@pytest.mark.parametrize("name", ["clean", "long_gop", "rotated", "vfr"])
+def test_one_reader_gives_the_frames_of_a_decode_from_the_start_whatever_the_clips(corpus, long_gop, name):
+    path = long_gop if name == "long_gop" else getattr(corpus, name)
+    n = probe_video(path).n_frames
+    reference = [upright_array(f) for _, _, f in stream_frames(path)]
+    if name in ("clean", "long_gop"):  # frame i is the i-th frame PyAV decodes
+        assert all(np.array_equal(a, b) for a, b in zip(plain_decode(path), reference))
+    rng, reader = random.Random(3), VideoFileReader()
+    clips = [list(range(s, min(n, s + 8), step)) for s, step in ((20, 1), (22, 1), (5, 2), (n - 8, 1), (20, 1))]
+    clips += [[rng.randrange(n) for _ in range(6)] for _ in range(6)]  # any order, repeats, far apart
+    clips += [sorted(rng.sample(range(n), 4)) for _ in range(6)]
+    for clip in clips:  # one reader, so every clip after the first meets a decoder already open on this video
+        got = fetched(reader, path, clip)
+        assert all(np.array_equal(a, reference[i]) for a, i in zip(got, clip)), clip
+
+
+def test_non_reference_pictures_before_a_clip_are_not_decoded(long_gop, monkeypatch):
+    reference = plain_decode(long_gop)
+    decoded = Calls(monkeypatch, vf, "decode_packet")
+    clip = list(range(40, 44))
+    got = fetched(VideoFileReader(), long_gop, clip)
+    assert all(np.array_equal(a, reference[i]) for a, i in zip(got, clip))
+    assert decoded.n >= 40 and decoded.results < 40  # every packet up to the clip reached, not every picture made
+    strided = list(range(0, 40, 2))  # --sample_t_stride 2: the pictures between the frames taken are not wanted
+    decoded = Calls(monkeypatch, vf, "decode_packet")
+    got = fetched(VideoFileReader(), long_gop, strided)
+    assert all(np.array_equal(a, reference[i]) for a, i in zip(got, strided)) and decoded.results < 39
+
+
+@pytest.mark.parametrize("name", ["dup_pts.mkv", "b_frames.avi", "missing_pts.ts", "no_pts.h264", "clock_restart.mkv"])
+def test_one_reader_keeps_the_numbering_of_files_numbered_by_decoding(odd, name):
+    path = odd_file(odd, name)
+    meta = probe_video(path)
+    reference = {i: upright_array(f) for i, _, f in stream_frames(path, meta)}
+    reader = VideoFileReader()
+    for clip in ([12, 13, 14, 15], [14, 15, 16], [2, 3], [25, 26, 27, 28], [0, 29], [18, 19, 20, 21]):
+        clip = [i for i in clip if i < meta.n_frames]
+        got = fetched(reader, path, clip)
+        assert all(np.array_equal(a, reference[i]) for a, i in zip(got, clip)), clip
+
+
+def test_the_next_clip_in_the_same_group_of_pictures_goes_on_without_seeking(long_gop, monkeypatch):
+    reference = plain_decode(long_gop)
+    reader = VideoFileReader()
+    reader.meta_cache.probe(long_gop)  # the probe opens the file too
+    seeks = Calls(monkeypatch, vf.DecodePass, "_seek")
+    opened = Calls(monkeypatch, vf.av, "open")
+    for clip in (range(10, 14), range(14, 18), range(30, 34), range(60, 64)):  # windows one after the other, or
+        # 12 and 26 frames apart, without a keyframe between
+        assert all(np.array_equal(a, reference[i]) for a, i in zip(fetched(reader, long_gop, clip), clip))
+    assert (seeks.n, opened.n) == (0, 1)
+    assert all(np.array_equal(a, reference[i]) for a, i in zip(fetched(reader, long_gop, [5, 6]), [5, 6]))
+    assert (seeks.n, opened.n) == (1, 1)  # back: a seek, in the file already open
+
+
+def test_a_clip_decoded_already_is_served_again_without_decoding(corpus, monkeypatch):
+    reader = VideoFileReader()
+    first = reader.fetch(corpus.clean, [17, 18, 19, 20])
+    decoded = Calls(monkeypatch, vf, "decode_packet")
+    again = reader.fetch(corpus.clean, [18, 19, 20, 21])  # another view overlapping the last one
+    assert again[:3] == first[1:] and decoded.n < 4
+    assert np.array_equal(upright_array(again[3]), plain_decode(corpus.clean)[21])
+
+
+def test_a_changed_file_or_another_video_is_opened_anew(corpus, tmp_path):
+    copy = tmp_path / "v.mp4"
+    shutil.copy(corpus.clean, copy)
+    reader = VideoFileReader(VideoMetaCache(None))
+    clean = plain_decode(corpus.clean)
+    assert np.array_equal(fetched(reader, copy, [5])[0], clean[5])
+    assert np.array_equal(fetched(reader, corpus.upright, [5])[0], plain_decode(corpus.upright)[5])
+    shutil.copy(corpus.rotated, copy)  # another picture under the same name
+    os.utime(copy, ns=(1, 1))
+    assert np.array_equal(fetched(reader, copy, [5])[0], all_frames(corpus.rotated)[5])
+
+
+def test_an_open_video_does_not_travel_to_another_process(corpus):
+    reader = VideoFileReader()
+    reader.fetch(corpus.clean, [3])
+    clone = pickle.loads(pickle.dumps(reader))
+    assert clone._last is None and reader._last is not None
+    assert np.array_equal(fetched(clone, corpus.clean, [4])[0], fetched(reader, corpus.clean, [4])[0])
+
+
+def _fetch_in_child(reader: VideoFileReader, path: Path, clips, pipe) -> None:
+    pipe.send([fetched(reader, path, clip) for clip in clips])
+
+
+def test_forked_workers_open_their_own_file_and_the_parent_reads_on(corpus):
+    reader = VideoFileReader()
+    clean = plain_decode(corpus.clean)
+    assert np.array_equal(fetched(reader, corpus.clean, [3])[0], clean[3])  # open in the parent, as before a fork
+    clips = [[20, 21], [4, 5], [3], [26, 27]]
+    receive, send = multiprocessing.Pipe(duplex=False)
+    fork = multiprocessing.get_context("fork")  # the child inherits the reader and its open file, as a worker does
+    child = fork.Process(target=_fetch_in_child, args=(reader, corpus.clean, clips, send))
+    child.start()
+    try:
+        assert receive.poll(120), "the reader hangs in a forked process"
+        got = receive.recv()
+    finally:
+        child.join(10)
+        child.kill()
+    assert child.exitcode == 0
+    assert all(np.array_equal(a, clean[i]) for frames, clip in zip(got, clips) for a, i in zip(frames, clip))
+    assert np.array_equal(fetched(reader, corpus.clean, [9])[0], clean[9])
+
+
+RESAMPLING_NOISE = 5.0  # mean absolute difference (0..255) of one resampling of noisy photo-like frames from another
+
+
+def test_video_frames_are_converted_at_the_size_their_crop_needs_and_cut_out(corpus, tmp_path, monkeypatch):
+    path = write_video(tmp_path / "photo.mp4", list(photo_like_arrays(np.random.default_rng(0), 12, (128, 96))))
+    converted = {"scaled": [], "full": []}
+    for owner, kind in ((clip_loader_module, "scaled"), (vf, "full")):
+        original = owner.upright_array
+        monkeypatch.setattr(owner, "upright_array", lambda frame, size=None, _o=original, _k=kind, **kw:
+                            converted[_k].append(size) or _o(frame, size, **kw))
+    record = VideoRecord("photo", path, 0, (0, 12))
+
+    def clip(k: int, *, jitter: bool, draft: bool) -> np.ndarray:
+        spatial = get_spatial_transform("train", sample_size=48, train_crop="random", hflip=True, colorjitter=jitter)
+        frames = list(range(k, k + 4))
+        return ClipLoader(VideoFileReader(), spatial, DataProblems(), draft=draft).load(record, [frames],
+                                                                                         random.Random(k))[0]
+
+    for k in range(8):
+        converted["scaled"].clear()
+        converted["full"].clear()
+        fast, exact = clip(k, jitter=False, draft=True), clip(k, jitter=False, draft=False)
+        assert fast.shape == exact.shape == (4, 48, 48, 3) and mean_diff(fast, exact) < RESAMPLING_NOISE
+        spatial = get_spatial_transform("train", sample_size=48, train_crop="random", hflip=True)
+        (params,), _ = view_params(spatial, 128, 96, random.Random(k))  # the loader's draw
+        size = (cut(params.box[0], params.box[2], 48)[0], cut(params.box[1], params.box[3], 48)[0])
+        assert abs(size[0] * (params.box[2] - params.box[0]) - 48) < 1.5  # the box becomes 48 pixels wide
+        assert converted["scaled"] == [size] * 4 and converted["full"] == [None] * 4  # exact: full size
+        jittered = clip(k, jitter=True, draft=True)  # the same box and flip, colours changed per clip
+        assert mean_diff(jittered, clip(k, jitter=True, draft=False)) < mean_diff(jittered, fast)
+    converted["scaled"].clear()
+    three = clips_of(corpus.clean, [[3, 4]], n_crops=3)  # 3 crops of one size: one conversion per frame
+    assert [v[0].shape for v in three] == [(2, 24, 24, 3)] * 3 and len(converted["scaled"]) == 2
+
+
+@pytest.mark.parametrize("low, high, out", [(0.1, 0.6, 48), (0.0, 1.0, 112), (0.37, 0.81, 112), (0.5, 0.52, 24)])
+def test_a_crop_box_is_cut_out_within_a_fraction_of_a_pixel(low, high, out):
+    length, offset = cut(low, high, out)
+    assert 0 <= offset <= length - out and length >= out
+    assert abs(low * length - offset) < 0.75 and abs(high * length - offset - out) < 0.75
