@@ -44,6 +44,7 @@ from benchmarks.reference_loader import reference_geometry
 from datasets import factory
 from datasets.layout import has_video_extension
 from datasets.video_dataset import draw_item
+from datasets.video_files import parse_frame_size
 from errors import UserError
 from opts import parse_opts
 
@@ -65,16 +66,6 @@ class Source:
     annotation_path: Path
     made_from: str  # the camera set it was made from (its own name for a camera set)
 
-
-def parse_size(text: str) -> tuple[int, int]:
-    """'340x256' -> (340, 256)."""
-    try:
-        width, height = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise UserError(f"a video size is WIDTHxHEIGHT (e.g. 340x256), got {text!r}") from None
-    if width < 2 or height < 2 or width % 2 or height % 2:
-        raise UserError(f"video sizes need even sides of at least 2 pixels (H.264 in yuv420p), got {text!r}")
-    return width, height
 
 
 def write_camera_video(path: Path, size: tuple[int, int], *, seconds: float, gop: int, seed: int) -> None:
@@ -197,7 +188,7 @@ def clips_per_s(dataset, *, clips: int, repeats: int) -> dict:
 
 def video_loader_part(args) -> dict:
     """Every source: disk bytes, fast and (video files) naive clips/s per worker, and the ratios."""
-    sizes = [parse_size(s) for s in args.video_sizes]
+    sizes = [parse_frame_size(s, flag="--video_sizes", example="340x256") for s in args.video_sizes]
     cameras = [camera_set(args.data_dir, size, n_videos=args.videos_per_size, seconds=args.video_seconds,
                           gop=args.video_gop) for size in sizes]
     sources = [*derived_sources(cameras[0], short_side=args.video_short_side, jpg_sizes=args.video_jpg_sizes),

@@ -974,3 +974,15 @@ def scan_video(path: Path, *, threads: int = 1) -> VideoScan:
     scan.duration, scan.fps, scan.vfr = meta.duration, meta.fps, meta.vfr
     scan.width, scan.height, scan.rotation = meta.width, meta.height, meta.rotation
     return scan
+
+
+def parse_frame_size(text: str, *, flag: str, example: str = "96x72", minimum: int = 2) -> tuple[int, int]:
+    """'WIDTHxHEIGHT' of a video to write -> (width, height): both even (H.264's 4:2:0 chroma needs it) and at least
+    `minimum`; a UserError naming `flag` otherwise."""
+    try:
+        width, height = (int(x) for x in text.lower().split("x"))
+    except ValueError:
+        raise UserError(f"{flag} must look like {example}, got {text!r}") from None
+    if width < minimum or height < minimum or width % 2 or height % 2:
+        raise UserError(f"{flag} needs even width and height of at least {minimum}, got {text!r}")
+    return width, height

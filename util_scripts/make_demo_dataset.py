@@ -27,6 +27,7 @@ from pathlib import Path
 import av
 import numpy as np
 
+from datasets.video_files import parse_frame_size
 from errors import UserError
 from util_scripts.common import atomic_file, run_cli
 
@@ -121,16 +122,6 @@ def write_video(path: Path, frames: np.ndarray, *, fps: int = 25) -> None:
             container.mux(stream.encode())
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    """'96x72' -> (96, 72); both even (the encoder's 4:2:0 chroma needs it) and at least 32."""
-    try:
-        width, height = (int(x) for x in text.lower().split("x"))
-    except ValueError:
-        raise UserError(f"--size must look like 96x72, got {text!r}") from None
-    if width < 32 or height < 32 or width % 2 or height % 2:
-        raise UserError(f"--size needs even width and height of at least 32, got {text!r}")
-    return width, height
-
 
 def video_name(action: str, index: int) -> str:
     """UCF-101 style stem: v_<class>_gXX_cYY (XX = group, YY = clip within the group)."""
@@ -176,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    width, height = parse_size(args.size)
+    width, height = parse_frame_size(args.size, flag="--size", minimum=32)
     if args.n_train_per_class < 1 or args.n_test_per_class < 0 or args.n_frames < 2:
         raise UserError("need --n_train_per_class >= 1, --n_test_per_class >= 0 and --n_frames >= 2")
     lists = make_dataset(
