@@ -37,3 +37,10 @@ def prepare_batch(clips: torch.Tensor, targets: torch.Tensor | None, device: tor
         # CPU models stay in the default layout (models.factory); channels_last_3d input measured ~25% slower there.
         clips = clips.contiguous()
     return clips, targets
+
+
+def class_scores(logits: torch.Tensor, multi_label: bool) -> torch.Tensor:
+    """Per-class scores of a batch of logits, in float32: independent sigmoids for a multi-label model (they do
+    not sum to 1), else the softmax over the classes."""
+    logits = logits.float()
+    return torch.sigmoid(logits) if multi_label else torch.softmax(logits, dim=1)

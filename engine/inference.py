@@ -26,7 +26,7 @@ from datasets.layout import SUBSET_NAMES
 from datasets.targets import video_target
 from engine.distributed import DistInfo, barrier, broadcast_buffers, gather_objects
 from engine.features import ClassifierInputCapture, write_features
-from engine.forward import autocast, prepare_batch
+from engine.forward import autocast, class_scores, prepare_batch
 from engine.scoring import VideoScoreAggregator
 from utils import mean_average_precision
 
@@ -50,7 +50,7 @@ def run_inference(model: nn.Module, loader: Iterable, device: torch.device, *, c
             clips, _ = prepare_batch(clips, None, device, normalizer, keep_layout=True)
             with autocast(device, precision):
                 outputs = model(clips)
-            scores = torch.sigmoid(outputs.float()) if multi_label else torch.softmax(outputs.float(), dim=1)
+            scores = class_scores(outputs, multi_label)
             aggregator.update(scores, [t[0] for t in targets], [t[1] for t in targets])
             if features is not None:
                 features.update(capture.take(), [t[0] for t in targets], [t[1] for t in targets])

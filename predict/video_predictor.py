@@ -31,7 +31,7 @@ from datasets.spatial_transforms import ClipParams, SpatialTransform
 from datasets.temporal_transforms import TemporalTransform
 from datasets.video_files import DecodeAhead, VideoMeta, displayed_size, is_truncated, stream_frames
 from engine.features import ClassifierInputCapture
-from engine.forward import autocast, prepare_batch
+from engine.forward import autocast, class_scores, prepare_batch
 from engine.scoring import VideoScoreAggregator
 
 AHEAD_BYTES = 192 << 20  # decoded pictures the decode thread may hold ahead of the model (they are full size)
@@ -295,7 +295,7 @@ class VideoPredictor:
         clips, _ = prepare_batch(batch, None, self.device, self.normalizer, keep_layout=True)
         with autocast(self.device, self.precision):
             outputs = self.net(clips)
-        scores = (torch.sigmoid(outputs.float()) if self.multi_label else torch.softmax(outputs.float(), dim=1)).cpu()
+        scores = class_scores(outputs, self.multi_label).cpu()
         n = self.spatial.n_crops
         vid = result.video.video_id
         result.scores.update(scores, [vid] * len(scores), [_span(clip) for clip, _ in pending for _ in range(n)])

@@ -35,7 +35,7 @@ from tqdm import tqdm
 from checkpoint import load_checkpoint
 from datasets.temporal_transforms import TemporalTransform
 from datasets.video_files import VideoMeta, probe_video, stream_frames, upright_array
-from engine.forward import prepare_batch
+from engine.forward import class_scores, prepare_batch
 from errors import UserError
 from opts import parse_opts
 from predict import runner as predict
@@ -89,8 +89,7 @@ def grad_cam(model: nn.Module, clips: torch.Tensor, layer: nn.Module, target: in
     cam = F.relu((weights * act).sum(dim=1, keepdim=True))
     cam = F.interpolate(cam.float(), size=clips.shape[2:], mode="trilinear", align_corners=False)[:, 0]
     peak = cam.flatten(1).amax(dim=1).clamp_min(1e-12)[:, None, None, None]
-    logits = logits.detach().float()
-    scores = torch.sigmoid(logits) if multi_label else torch.softmax(logits, dim=1)
+    scores = class_scores(logits.detach(), multi_label)
     return cam / peak, targets.detach().cpu(), scores.cpu()
 
 
