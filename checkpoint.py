@@ -61,7 +61,6 @@ FIELDS: dict[str, Field] = {
     "clip_spec": Field(Mapping, 4, "the clip the model was trained on (datasets.clip_spec.ClipSpec.to_dict)"),
     "format_version": Field(int, 4, "FORMAT_VERSION of the writer"),
 }
-ORIGINAL_KEYS = frozenset(k for k, f in FIELDS.items() if f.since == 0)
 
 
 class Checkpoint(dict):
