@@ -18,8 +18,15 @@ from PIL import Image
 from datasets.annotations import VideoRecord
 from datasets.problems import DataProblems
 from datasets.readers import decode_frame, frame_size, scales_to_any_size
-from datasets.spatial_transforms import ClipParams, SpatialTransform, apply_jitter, flip_clip, transform_frame
-from datasets.video_files import upright_array
+from datasets.spatial_transforms import (
+    ClipParams,
+    SpatialTransform,
+    apply_jitter,
+    flip_clip,
+    resize_clip,
+    transform_frame,
+)
+from datasets.video_files import displayed_size, upright_array
 from errors import ReadError
 
 DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
@@ -78,7 +85,7 @@ class ClipLoader:
         _fill_from_neighbours(frames, wanted)
         out = []
         for v, params in enumerate(views):
-            view = [np.stack([frames[i][v] for i in clip]) for clip in clips]
+            view = [finish_view(np.stack([frames[i][v] for i in clip]), params) for clip in clips]
             out.append([flip_clip(c) for c in view] if params.flip else view)
         return out
 
@@ -150,26 +157,57 @@ def view_params(spatial: SpatialTransform, width: int, height: int, rng: random.
 
 
 def scaled_views(frame, views: list[ClipParams]) -> list[np.ndarray] | None:
-    """The views of a video frame straight out of swscale: the frame is scaled, in its conversion to RGB, to a
+    """The views of a video frame out of swscale. A large frame is scaled, in its conversion to RGB, to a
     whole-pixel size at which a view's crop box is its output size, and the box is cut out (`cut`: edges off by a
-    fraction of an output pixel, instead of a second resampling). Views whose boxes get the same scaled size
-    share one conversion. None when the frame cannot be converted."""
-    converted: dict[tuple[int, int], np.ndarray] = {}
+    fraction of an output pixel, instead of a second resampling). A frame that would be scaled to at least half
+    its size (a prepared copy's, say) is converted at its own size, which swscale does several times faster, and
+    its box (in whole pixels) is cut out for `finish_view` to resample the clip in one go. Views that need the
+    same conversion share it. None when the frame cannot be converted."""
+    converted: dict[tuple[int, int] | None, np.ndarray] = {}
     out = []
     try:
         for params in views:
-            left, top, right, bottom = params.box
-            width, height = params.out_size
-            (scaled_width, x), (scaled_height, y) = cut(left, right, width), cut(top, bottom, height)
-            size = (scaled_width, scaled_height)
+            size, (x, y, width, height) = conversion(displayed_size(frame), params)
             if size not in converted:
                 converted[size] = upright_array(frame, size)
             view = converted[size][y:y + height, x:x + width]
-            out.append(view if params.jitter is None else np.asarray(apply_jitter(Image.fromarray(view),
-                                                                                   params.jitter)))
+            if params.jitter is not None and (width, height) == params.out_size:
+                view = np.asarray(apply_jitter(Image.fromarray(view), params.jitter))
+            out.append(view)
     except DECODE_ERRORS:
         return None
     return out
+
+
+def conversion(frame_size: tuple[int, int], params: ClipParams) -> tuple[tuple[int, int] | None, tuple[int, ...]]:
+    """How `scaled_views` gets a view of a frame of displayed `frame_size`: (the size to convert it to, None for
+    its own, and the (x, y, width, height) box to cut from the converted frame)."""
+    left, top, right, bottom = params.box
+    out_width, out_height = params.out_size
+    (scaled_width, x), (scaled_height, y) = cut(left, right, out_width), cut(top, bottom, out_height)
+    width, height = frame_size
+    if 2 * scaled_width < width or 2 * scaled_height < height:
+        return (scaled_width, scaled_height), (x, y, out_width, out_height)
+    x0, x1 = whole_pixels(left, right, width)
+    y0, y1 = whole_pixels(top, bottom, height)
+    return None, (x0, y0, x1 - x0, y1 - y0)
+
+
+def whole_pixels(low: float, high: float, length: int) -> tuple[int, int]:
+    """The pixel range [start, stop) nearest to [low, high) (fractions of `length`), at least one pixel."""
+    start = min(max(round(low * length), 0), length - 1)
+    return start, max(start + 1, min(round(high * length), length))
+
+
+def finish_view(clip: np.ndarray, params: ClipParams) -> np.ndarray:
+    """A stacked (T, H, W, C) view at its output size: boxes cut at a frame's own size (`scaled_views`) are
+    resampled here, all frames at once, and then jittered."""
+    if clip.shape[2] == params.out_size[0] and clip.shape[1] == params.out_size[1]:
+        return clip
+    clip = resize_clip(clip, params.out_size)
+    if params.jitter is not None:
+        clip = np.stack([np.asarray(apply_jitter(Image.fromarray(f), params.jitter)) for f in clip])
+    return clip
 
 
 @functools.lru_cache(maxsize=256)  # asked for every frame of a clip with the same box

@@ -274,6 +274,17 @@ def transform_frame(img: Image.Image, params: ClipParams) -> Image.Image:
     return img
 
 
+def resize_clip(clip: np.ndarray, out_size: tuple[int, int]) -> np.ndarray:
+    """A uint8 (T, H, W, C) clip resampled to `out_size` (width, height), bilinear (antialiased when shrinking), all
+    frames in one call: for small frames this is several times cheaper than scaling each frame on its own."""
+    width, height = out_size
+    frames = torch.from_numpy(np.ascontiguousarray(clip)).permute(0, 3, 1, 2)  # channels-last: torch's uint8 path
+    shrinks = frames.shape[2] > height or frames.shape[3] > width
+    resized = torch.nn.functional.interpolate(frames, size=(height, width), mode="bilinear", align_corners=False,
+                                              antialias=shrinks)
+    return np.ascontiguousarray(resized.permute(0, 2, 3, 1).numpy())
+
+
 def flip_clip(clip: np.ndarray) -> np.ndarray:
     """Mirror a (T, H, W, C) clip left-right (contiguous copy). Each pixel moves as one C-byte item: numpy copies
     a reversed axis of 3-byte pixels channel by channel, three times slower."""

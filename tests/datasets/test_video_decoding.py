@@ -24,6 +24,7 @@ import av
 import h5py
 import numpy as np
 import pytest
+from PIL import Image
 
 import datasets.video_files as vf
 from benchmarks.data import photo_like_arrays
@@ -33,7 +34,7 @@ from datasets.clip_loader import ClipLoader, cut, view_params
 from datasets.layout import find_video_file
 from datasets.problems import DataProblems
 from datasets.readers import decode_jpeg
-from datasets.spatial_transforms import get_spatial_transform
+from datasets.spatial_transforms import get_spatial_transform, resize_clip
 from datasets.video_files import (
     BY_COUNT,
     BY_PACKET,
@@ -716,8 +717,14 @@ def test_forked_workers_open_their_own_file_and_the_parent_reads_on(corpus):
 RESAMPLING_NOISE = 5.0  # mean absolute difference (0..255) of one resampling of noisy photo-like frames from another
 
 
-def test_video_frames_are_converted_at_the_size_their_crop_needs_and_cut_out(corpus, tmp_path, monkeypatch):
-    path = write_video(tmp_path / "photo.mp4", list(photo_like_arrays(np.random.default_rng(0), 12, (128, 96))))
+@pytest.mark.parametrize("frame_size", [(128, 96), (400, 300)])
+def test_video_frames_are_converted_at_the_size_their_crop_needs_and_cut_out(corpus, tmp_path, monkeypatch,
+                                                                             frame_size):
+    """A large frame is scaled by swscale to where its box is 48 pixels; a frame that would be scaled to at least
+    half its size is converted at its own size and the clip resampled in one go. Either way the clip matches the
+    exact (full-size, per-frame PIL) path within resampling noise, and jitter applies to the final pixels."""
+    width, height = frame_size
+    path = write_video(tmp_path / "photo.mp4", list(photo_like_arrays(np.random.default_rng(0), 12, frame_size)))
     converted = {"scaled": [], "full": []}
     for owner, kind in ((clip_loader_module, "scaled"), (vf, "full")):
         original = owner.upright_array
@@ -731,21 +738,36 @@ def test_video_frames_are_converted_at_the_size_their_crop_needs_and_cut_out(cor
         return ClipLoader(VideoFileReader(), spatial, DataProblems(), draft=draft).load(record, [frames],
                                                                                          random.Random(k))[0]
 
+    own_size = 0
     for k in range(8):
         converted["scaled"].clear()
         converted["full"].clear()
         fast, exact = clip(k, jitter=False, draft=True), clip(k, jitter=False, draft=False)
         assert fast.shape == exact.shape == (4, 48, 48, 3) and mean_diff(fast, exact) < RESAMPLING_NOISE
         spatial = get_spatial_transform("train", sample_size=48, train_crop="random", hflip=True)
-        (params,), _ = view_params(spatial, 128, 96, random.Random(k))  # the loader's draw
+        (params,), _ = view_params(spatial, width, height, random.Random(k))  # the loader's draw
         size = (cut(params.box[0], params.box[2], 48)[0], cut(params.box[1], params.box[3], 48)[0])
         assert abs(size[0] * (params.box[2] - params.box[0]) - 48) < 1.5  # the box becomes 48 pixels wide
-        assert converted["scaled"] == [size] * 4 and converted["full"] == [None] * 4  # exact: full size
+        scaled = 2 * size[0] < width or 2 * size[1] < height
+        own_size += not scaled
+        assert converted["scaled"] == [size if scaled else None] * 4
+        assert converted["full"] == [None] * 4  # exact: full size
         jittered = clip(k, jitter=True, draft=True)  # the same box and flip, colours changed per clip
         assert mean_diff(jittered, clip(k, jitter=True, draft=False)) < mean_diff(jittered, fast)
+    # Small frames: both ways, by each clip's box (the draws are seeded); large ones: always scaled by swscale.
+    assert 0 < own_size < 8 if frame_size == (128, 96) else own_size == 0
     converted["scaled"].clear()
     three = clips_of(corpus.clean, [[3, 4]], n_crops=3)  # 3 crops of one size: one conversion per frame
     assert [v[0].shape for v in three] == [(2, 24, 24, 3)] * 3 and len(converted["scaled"]) == 2
+
+
+def test_a_clip_cut_at_its_frames_own_size_is_resampled_like_each_frame_on_its_own():
+    clip = np.stack(list(photo_like_arrays(np.random.default_rng(1), 3, (90, 70))))
+    for out in ((112, 112), (40, 30)):  # enlarged, shrunk
+        together = resize_clip(clip, out)
+        alone = np.stack([np.asarray(Image.fromarray(f).resize(out, Image.Resampling.BILINEAR)) for f in clip])
+        assert together.shape == (3, out[1], out[0], 3) and together.dtype == np.uint8
+        assert mean_diff(together, alone) < 1.5
 
 
 @pytest.mark.parametrize("low, high, out", [(0.1, 0.6, 48), (0.0, 1.0, 112), (0.37, 0.81, 112), (0.5, 0.52, 24)])
@@ -753,3 +775,19 @@ def test_a_crop_box_is_cut_out_within_a_fraction_of_a_pixel(low, high, out):
     length, offset = cut(low, high, out)
     assert 0 <= offset <= length - out and length >= out
     assert abs(low * length - offset) < 0.75 and abs(high * length - offset - out) < 0.75
+
+
+@pytest.mark.parametrize("real_format", ["mkv", "avi"])
+def test_a_video_named_mp4_that_is_not_one_reads_like_its_real_format(real_format, tmp_path):
+    """MP4-family files open without FFmpeg's format probe; one whose extension lies is opened with the probe."""
+    frames = list(photo_like_arrays(np.random.default_rng(2), 10, (64, 48)))
+    honest = write_video(tmp_path / f"honest.{real_format}", frames)
+    liar = tmp_path / "liar.mp4"
+    shutil.copy(honest, liar)
+    with vf.open_for_reading(liar) as container:
+        assert "mp4" not in container.format.name
+    reader = VideoFileReader()
+    wanted = [0, 4, 9]
+    assert all(np.array_equal(a, b) for a, b in zip(fetched(reader, liar, wanted), fetched(reader, honest, wanted)))
+    with vf.open_for_reading(write_video(tmp_path / "real.mp4", frames)) as container:
+        assert "mp4" in container.format.name

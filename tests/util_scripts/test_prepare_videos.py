@@ -96,13 +96,15 @@ def test_a_video_set_becomes_small_upright_constant_rate_h264_with_keyframes_and
     assert prepare(source, dst) == 0
     data = manifest(dst)
     assert data["settings"] == {"short_side": 48, "keyframe_interval": 4, "fps": None, "crf": 23, "codec": "h264",
-                                "pix_fmt": "yuv420p", "x264_params": "b-pyramid=none"}
+                                "pix_fmt": "yuv420p", "x264_params": "b-pyramid=none", "tune": "fastdecode"}
     assert sorted(data["videos"]) == EXPECTED and data["failed"] == {}
     assert sorted(p.relative_to(dst).as_posix() for p in dst.rglob("*.mp4")) == EXPECTED
     for name, entry in data["videos"].items():
         path = dst / name
         meta = probe_video(path)
         assert entry["n_frames"] == meta.n_frames and entry["bytes"] == path.stat().st_size
+        x264_settings = path.read_bytes()  # x264 writes its settings into the stream: made to decode quickly
+        assert all(s in x264_settings for s in (b"cabac=0", b"deblock=0:", b"b_pyramid=0"))
         assert entry["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
         assert not meta.vfr and meta.rotation == 0 and min(meta.width, meta.height) == 48
         assert meta.keyframes == tuple(range(0, meta.n_frames, 4)), name
