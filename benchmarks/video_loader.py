@@ -53,7 +53,7 @@ FPS = 30
 CAMERA_ENCODER = {"preset": "veryfast", "crf": "20"}  # High profile, CABAC, B-frames: what phones and YouTube store
 CLASS = "clip"  # the one label of the benchmark's annotation files
 MIN_WINDOW_S = 0.5  # a timed window lasts at least this long (fast sources would otherwise time a few ms)
-DATA_VERSION = 2  # bump when the camera videos change, so cached sets are made again
+DATA_VERSION = 3  # bump when the camera videos or the prepared copy change, so cached sets are made again
 
 
 @dataclass(frozen=True)
