@@ -18,7 +18,7 @@ from PIL import Image
 from datasets.annotations import VideoRecord
 from datasets.problems import DataProblems
 from datasets.readers import decode_frame, frame_size, scales_to_any_size
-from datasets.spatial_transforms import ClipParams, SpatialTransform, apply_jitter, flip_clip, transform_frame
+from datasets.spatial_transforms import ClipParams, SpatialTransform, apply_jitter, finish_clip, transform_frame
 from datasets.video_files import upright_array
 from errors import ReadError
 
@@ -78,8 +78,7 @@ class ClipLoader:
         _fill_from_neighbours(frames, wanted)
         out = []
         for v, params in enumerate(views):
-            view = [np.stack([frames[i][v] for i in clip]) for clip in clips]
-            out.append([flip_clip(c) for c in view] if params.flip else view)
+            out.append([finish_clip(np.stack([frames[i][v] for i in clip]), params) for clip in clips])
         return out
 
     def _fetch(self, record: VideoRecord, wanted: list[int]) -> dict[int, object] | None:
