@@ -77,7 +77,11 @@ def _identity(x: torch.Tensor, _value: float) -> torch.Tensor:
 
 def _apply_lut(x: torch.Tensor, lut: torch.Tensor) -> torch.Tensor:
     """Map every pixel through its channel's table: ``lut`` (C, 256)."""
-    return lut[torch.arange(x.shape[-1]), x.long()].to(torch.uint8)
+    pixels, tables = x.numpy(), lut.to(torch.uint8).numpy()
+    out = np.empty_like(pixels)
+    for c in range(pixels.shape[-1]):  # numpy indexes with uint8 directly: no int64 copy of the clip
+        out[..., c] = tables[c][pixels[..., c]]
+    return torch.from_numpy(out)
 
 
 def _autocontrast(x: torch.Tensor, _value: float) -> torch.Tensor:
@@ -112,7 +116,8 @@ def _posterize(x: torch.Tensor, bits: float) -> torch.Tensor:
 
 
 def _solarize(x: torch.Tensor, threshold: float) -> torch.Tensor:
-    return torch.where(x >= threshold, 255 - x, x)
+    levels = torch.arange(256)
+    return _apply_lut(x, torch.where(levels >= threshold, 255 - levels, levels).expand(x.shape[-1], 256))
 
 
 def _blend(x: torch.Tensor, other: torch.Tensor, factor: float) -> torch.Tensor:
@@ -126,8 +131,14 @@ def _gray(x: torch.Tensor) -> torch.Tensor:
     return (x.float() * torch.tensor([0.299, 0.587, 0.114])).sum(dim=-1, keepdim=True)
 
 
+def _blend_lut(x: torch.Tensor, other: float, factor: float) -> torch.Tensor:
+    """:func:`_blend` with one grey level ``other`` for all pixels, as a table (a per-level map is cheaper)."""
+    levels = _blend(torch.arange(256, dtype=torch.uint8), torch.tensor(other), factor)
+    return _apply_lut(x, levels.expand(x.shape[-1], 256))
+
+
 def _brightness(x: torch.Tensor, value: float) -> torch.Tensor:
-    return _blend(x, torch.zeros(()), 1 + value)
+    return _blend_lut(x, 0.0, 1 + value)
 
 
 def _color(x: torch.Tensor, value: float) -> torch.Tensor:
@@ -135,7 +146,7 @@ def _color(x: torch.Tensor, value: float) -> torch.Tensor:
 
 
 def _contrast(x: torch.Tensor, value: float) -> torch.Tensor:
-    return _blend(x, _gray(x).mean().round(), 1 + value)  # the clip's mean grey, one value for every frame
+    return _blend_lut(x, _gray(x).mean().round().item(), 1 + value)  # the clip's mean grey, alike in every frame
 
 
 def _sharpness(x: torch.Tensor, value: float) -> torch.Tensor:

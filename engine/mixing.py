@@ -122,8 +122,12 @@ class ClipEraser:
         seed = int(torch.randint(2**62, (1,)).item())  # drawn every batch, so the CPU sequence never depends on data
         if not bool((box[:, 1] > box[:, 0]).any()):
             return clips
-        noise = torch.empty_like(clips).normal_(generator=torch.Generator(clips.device).manual_seed(seed))
-        return torch.where(_box_mask(box.to(clips.device), height, width), noise, clips)
+        erased = clips.clone()
+        noise = torch.Generator(clips.device).manual_seed(seed)
+        for i, (top, bottom, left, right) in enumerate(box.tolist()):
+            if bottom > top:  # noise only for the boxes: a whole batch of it costs more than the step on a CPU
+                erased[i, :, :, top:bottom, left:right].normal_(generator=noise)
+        return erased
 
     def _boxes(self, n: int, height: int, width: int) -> torch.Tensor:
         """(N, 4) [top, bottom, left, right) of the first fitting attempt per clip (an empty box where none fits)."""

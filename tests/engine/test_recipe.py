@@ -18,7 +18,7 @@ from engine.mixing import ClipEraser, ClipMixer, eraser_from_opts
 from engine.training import build_optimizer, train_one_epoch
 from models import factory as model_lib
 from opts import parse_opts
-from tests.conftest import TinyNet, dataset_args, log_rows, run_main
+from tests.conftest import DEVICES, TinyNet, dataset_args, log_rows, run_main
 from util_scripts import export_model
 
 CPU = torch.device("cpu")
@@ -119,14 +119,18 @@ def test_training_with_mixing_scores_the_dominant_label():
 # --- random erasing --------------------------------------------------------------------------------------------
 
 
-def _erased(prob: float, n: int = 16, seed: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
-    clips = torch.full((n, 3, 4, 20, 24), 7.0)  # no noise value is exactly 7: changed pixels are the erased ones
+def _erased(prob: float, n: int = 16, seed: int = 2, device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    clips = torch.full((n, 3, 4, 20, 24), 7.0, device=device)  # no noise value is exactly 7: the erased pixels
+    if device == "cuda":  # the layout the normaliser gives on CUDA
+        clips = clips.contiguous(memory_format=torch.channels_last_3d)
     torch.manual_seed(seed)
-    return clips, ClipEraser(prob)(clips)
+    erased = ClipEraser(prob)(clips)
+    return clips.cpu(), erased.cpu()
 
 
-def test_random_erasing_is_one_box_per_clip_the_same_in_every_frame_filled_with_noise():
-    clips, erased = _erased(1.0)
+@pytest.mark.parametrize("device", DEVICES)
+def test_random_erasing_is_one_box_per_clip_the_same_in_every_frame_filled_with_noise(device):
+    clips, erased = _erased(1.0, device=device)
     changed = erased != clips
     for i in range(clips.shape[0]):
         box = changed[i, 0, 0]
@@ -140,13 +144,14 @@ def test_random_erasing_is_one_box_per_clip_the_same_in_every_frame_filled_with_
     assert not torch.equal(erased[0, :, 0][changed[0, :, 0]], erased[0, :, 1][changed[0, :, 1]])  # new each frame
 
 
-def test_random_erasing_probability_and_seed():
-    clips, untouched = _erased(0.0)
+@pytest.mark.parametrize("device", DEVICES)
+def test_random_erasing_probability_and_seed(device):
+    clips, untouched = _erased(0.0, device=device)
     assert torch.equal(untouched, clips)
-    _, half = _erased(0.5, n=64)
+    _, half = _erased(0.5, n=64, device=device)
     n_erased = int((half != clips[:1]).flatten(1).any(dim=1).sum())
     assert 16 < n_erased < 48
-    assert torch.equal(half, _erased(0.5, n=64)[1])  # the same torch seed erases the same boxes with the same noise
+    assert torch.equal(half, _erased(0.5, n=64, device=device)[1])  # same torch seed: same boxes, same noise
 
 
 def test_random_erasing_is_off_by_default_and_runs_in_training_steps_before_mixing():
