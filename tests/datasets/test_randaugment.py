@@ -115,3 +115,11 @@ def test_training_clips_get_it_deterministically_validation_clips_never(tiny_dat
     assert all(c.dtype == torch.uint8 and c.shape == plain[(0, 1)][0].shape for c in clips)
     val, val_plain = (build_dataset(make_opt(tiny_dataset, **kw), "val") for kw in ({"randaugment": [2, 9]}, {}))
     assert all(torch.equal(a, b) for a, b in zip(val[0][0], val_plain[0][0]))
+
+
+def test_flow_clips_are_refused_in_one_line(capsys):
+    with pytest.raises(SystemExit) as e:
+        parse_opts(["--result_path", "r", "--file_type", "hdf5", "--input_type", "flow", "--randaugment", "2", "9"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and len(err.strip().splitlines()) == 1 and "--randaugment applies to RGB clips" in err
+    assert parse_opts(["--result_path", "r", "--randaugment", "2", "9"]).randaugment == [2, 9]
