@@ -39,6 +39,16 @@ def test_geometric_ops_move_the_picture_and_fill_with_black():
     assert np.array_equal(_one(clip, "identity"), clip)
 
 
+def test_rotation_and_shear_of_a_wide_frame_are_pils_about_the_centre():
+    frame = _clip(frames=1, height=40, width=64)
+    image = Image.fromarray(frame[0])
+    rotated = np.asarray(image.rotate(20, resample=Image.Resampling.NEAREST))
+    assert (_one(frame, "rotate", 20.0)[0] == rotated).all(axis=-1).mean() > 0.995  # a few pixels on a rounding edge
+    sheared = np.asarray(image.transform((64, 40), Image.Transform.AFFINE, (1, 0.3, -0.3 * 20, 0, 1, 0),
+                                         resample=Image.Resampling.NEAREST))
+    assert np.array_equal(_one(frame, "shear_x", 0.3)[0], sheared)
+
+
 @pytest.mark.parametrize(("name", "value", "pil"), [
     ("autocontrast", 0.0, ImageOps.autocontrast), ("equalize", 0.0, ImageOps.equalize),
     ("posterize", 3.0, lambda im: ImageOps.posterize(im, 3)),
