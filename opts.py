@@ -109,6 +109,9 @@ NUMBER_BOUNDS: dict[str, Bounds] = {
     "clip_grad_norm": AT_LEAST_0,  # 0: off
     "ema_decay": BELOW_1,  # 0: off
     "accumulate_grad_batches": AT_LEAST_1,
+    "randaugment": Bounds(low=0, high=30),  # N ops per clip (0: off) and magnitude M, both 0..30
+    "random_erasing": PROBABILITY,  # 0: off
+    "repeated_aug": AT_LEAST_1,  # 1: off
     "n_val_samples": AT_LEAST_1,
     "checkpoint": AT_LEAST_1,
     "checkpoint_minutes": AT_LEAST_0,  # 0: off
@@ -259,6 +262,15 @@ def _add_recipe_args(parser: argparse.ArgumentParser) -> None:
                         "(e.g. 0.999); validation, inference and checkpoints' ema_state_dict use it; 0 = off")
     g.add_argument("--accumulate_grad_batches", default=1, type=int,
                    help="One optimiser step per this many batches (gradients accumulated, averaged over batches)")
+    g.add_argument("--randaugment", default=None, type=int, nargs=2, metavar=("N", "M"),
+                   help="RandAugment in training: N ops drawn per clip at magnitude M (0..30; 9 is torchvision's "
+                        "default), the same ops on every frame, after the crop, on uint8 (RGB only); N = 0: off")
+    g.add_argument("--random_erasing", default=0.0, type=float,
+                   help="Chance that a training clip gets a random box (the same in every frame) filled with "
+                        "per-pixel normal noise, after normalisation; 0 = off")
+    g.add_argument("--repeated_aug", default=1, type=int,
+                   help="Repeated augmentation: each sampled video comes this many times per epoch, each with its "
+                        "own augmentation, spread over the ranks; the epoch keeps its length; 1 = off")
     g.add_argument("--eval_weights", default="ema", type=str, choices=("ema", "raw"),
                    help="Weights of a checkpoint that --predict, --no_train and export_model use: its EMA "
                         "average when it has one (ema) or the raw trained weights (raw)")
@@ -453,6 +465,8 @@ def _recipe_problems(opt: argparse.Namespace) -> list[str]:
     if multi_label and (opt.label_smoothing or opt.mixup_alpha or opt.cutmix_alpha):
         problems.append("--label_smoothing, --mixup_alpha and --cutmix_alpha apply to single-label training; "
                         "multi-label targets (--multi_label, --dataset charades) are not mixed or smoothed")
+    if opt.randaugment and opt.randaugment[0] > 0 and opt.input_type == "flow":
+        problems.append("--randaugment applies to RGB clips, not to --input_type flow")
     return problems
 
 

@@ -22,7 +22,7 @@ from datasets.spatial_transforms import (
     ClipParams,
     SpatialTransform,
     apply_jitter,
-    flip_clip,
+    finish_clip,
     resize_clip,
     transform_frame,
 )
@@ -85,8 +85,8 @@ class ClipLoader:
         _fill_from_neighbours(frames, wanted)
         out = []
         for v, params in enumerate(views):
-            view = [finish_view(np.stack([frames[i][v] for i in clip]), params) for clip in clips]
-            out.append([flip_clip(c) for c in view] if params.flip else view)
+            out.append([finish_clip(resample_view(np.stack([frames[i][v] for i in clip]), params), params)
+                        for clip in clips])
         return out
 
     def _fetch(self, record: VideoRecord, wanted: list[int]) -> dict[int, object] | None:
@@ -161,7 +161,7 @@ def scaled_views(frame, views: list[ClipParams]) -> list[np.ndarray] | None:
     whole-pixel size at which a view's crop box is its output size, and the box is cut out (`cut`: edges off by a
     fraction of an output pixel, instead of a second resampling). A frame that would be scaled to at least half
     its size (a prepared copy's, say) is converted at its own size, which swscale does several times faster, and
-    its box (in whole pixels) is cut out for `finish_view` to resample the clip in one go. Views that need the
+    its box (in whole pixels) is cut out for `resample_view` to resample the clip in one go. Views that need the
     same conversion share it. None when the frame cannot be converted."""
     converted: dict[tuple[int, int] | None, np.ndarray] = {}
     out = []
@@ -199,7 +199,7 @@ def whole_pixels(low: float, high: float, length: int) -> tuple[int, int]:
     return start, max(start + 1, min(round(high * length), length))
 
 
-def finish_view(clip: np.ndarray, params: ClipParams) -> np.ndarray:
+def resample_view(clip: np.ndarray, params: ClipParams) -> np.ndarray:
     """A stacked (T, H, W, C) view at its output size: boxes cut at a frame's own size (`scaled_views`) are
     resampled here, all frames at once, and then jittered."""
     if clip.shape[2] == params.out_size[0] and clip.shape[1] == params.out_size[1]:

@@ -76,7 +76,7 @@ def build_dataset(opt, split: str, *, problems: DataProblems | None = None) -> V
     spatial = spec.spatial_transform(
         split, train_crop=opt.train_crop, train_crop_min_scale=opt.train_crop_min_scale,
         train_crop_min_ratio=opt.train_crop_min_ratio, hflip=not opt.no_hflip, colorjitter=opt.colorjitter,
-        inference_crop=opt.inference_crop, inference_n_crops=opt.inference_n_crops)
+        inference_crop=opt.inference_crop, inference_n_crops=opt.inference_n_crops, randaugment=opt.randaugment)
     temporal = spec.temporal_transform(split, train_t_crop=opt.train_t_crop, n_val_samples=opt.n_val_samples,
                                        inference_n_clips=opt.inference_n_clips,
                                        align_last=opt.inference_align_last_window)
@@ -131,7 +131,8 @@ def build_train_loader(opt, dist) -> tuple[DataLoader, EpochShardSampler]:
     """Shuffled training loader and its sampler (never None: call sampler.set_epoch(epoch) each epoch)."""
     dataset = build_dataset(opt, "train")
     rank, world_size = _world(dist)
-    sampler = EpochShardSampler(len(dataset), shuffle=True, seed=opt.manual_seed, rank=rank, world_size=world_size)
+    sampler = EpochShardSampler(len(dataset), shuffle=True, seed=opt.manual_seed, rank=rank, world_size=world_size,
+                                repeats=opt.repeated_aug)
     batch_size = _per_process(opt, "batch_size")
     # A last batch of one clip would crash BatchNorm in training mode; every rank has as many items, so all drop it.
     drop_last = batch_size > 1 and len(sampler) % batch_size == 1

@@ -1,8 +1,9 @@
 """Spatial transforms: clip parameters sampled once, uint8 geometry in workers, float normalisation anywhere.
 
 The path of one clip: `SpatialTransform.sample(width, height, rng)` draws a `ClipParams` once per
-clip (crop box, output size, flip, colour jitter); `transform_frame` applies it to each decoded
-PIL frame (one crop+resize, then jitter) and `flip_clip` mirrors the stacked uint8 clip. The float
+clip (crop box, output size, flip, colour jitter, RandAugment ops); `transform_frame` applies it to each
+decoded PIL frame (one crop+resize, then jitter) and `finish_clip` mirrors the stacked uint8 clip and
+applies its RandAugment ops (datasets.randaugment) to all of its frames alike. The float
 part (value scale, mean/std) is `ClipNormalizer`, which runs on the device in the training step or
 in the workers (`normalize_in_workers`), with identical numbers either way.
 
@@ -24,6 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from PIL import Image, ImageEnhance
+
+from datasets.randaugment import Ops, apply_randaugment, sample_randaugment
 
 # Per-channel (R, G, B) statistics of inputs in [0, 1] by --mean_dataset; multiplied by --value_scale.
 MEAN_STD: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
@@ -69,12 +72,14 @@ class ClipParams:
         out_size: output (width, height) in pixels.
         flip: mirror horizontally.
         jitter: colour jitter factors, or None.
+        randaugment: the RandAugment ops of the clip (name, value), or None.
     """
 
     box: tuple[float, float, float, float]
     out_size: tuple[int, int]
     flip: bool = False
     jitter: JitterParams | None = None
+    randaugment: Ops | None = None
 
     def decode_size(self, width: int, height: int) -> tuple[int, int]:
         """Smallest source size whose crop region still covers `out_size` (for JPEG draft decoding)."""
@@ -169,6 +174,7 @@ class SpatialTransform:
         jitter: (brightness, contrast, saturation, hue) strengths, or None.
         n_crops: spatial views per clip; 3 (crop 'center' only) = left/center/right (landscape)
             or top/center/bottom (portrait) crops of the resized frame (multi-view testing).
+        randaugment: (number of ops, magnitude 0..30) of RandAugment, or None.
     """
 
     crop: str
@@ -178,6 +184,7 @@ class SpatialTransform:
     hflip: bool = False
     jitter: tuple[float, float, float, float] | None = None
     n_crops: int = 1
+    randaugment: tuple[int, int] | None = None
 
     def __post_init__(self):
         if self.n_crops not in (1, 3):
@@ -212,7 +219,8 @@ class SpatialTransform:
         if flip is None:
             flip = self.hflip and rng.random() < 0.5
         jitter = sample_jitter(self.jitter, rng) if self.jitter else None
-        return ClipParams(box=box, out_size=out, flip=flip, jitter=jitter)
+        ops = sample_randaugment(*self.randaugment, rng) if self.randaugment else None
+        return ClipParams(box=box, out_size=out, flip=flip, jitter=jitter, randaugment=ops)
 
 
 def get_spatial_transform(
@@ -226,14 +234,17 @@ def get_spatial_transform(
     colorjitter: bool = False,
     inference_crop: str = "center",
     inference_n_crops: int = 1,
+    randaugment: tuple[int, int] | None = None,
 ) -> SpatialTransform:
-    """Spatial transform for `split` in {'train', 'val', 'inference'}; inference may have 3 crops."""
+    """Spatial transform for `split` in {'train', 'val', 'inference'}; inference may have 3 crops; `randaugment`
+    (ops, magnitude) applies to training only."""
     if split == "train":
         if train_crop not in TRAIN_CROPS:
             raise ValueError(f"train_crop must be one of {TRAIN_CROPS}, got {train_crop!r}")
         return SpatialTransform(train_crop, sample_size, scale=(train_crop_min_scale, 1.0),
                                 ratio=(train_crop_min_ratio, 1 / train_crop_min_ratio), hflip=hflip,
-                                jitter=DEFAULT_JITTER if colorjitter else None)
+                                jitter=DEFAULT_JITTER if colorjitter else None,
+                                randaugment=tuple(randaugment) if randaugment and randaugment[0] else None)
     if split == "val":
         return SpatialTransform("center", sample_size)
     if split == "inference":
@@ -283,6 +294,15 @@ def resize_clip(clip: np.ndarray, out_size: tuple[int, int]) -> np.ndarray:
     resized = torch.nn.functional.interpolate(frames, size=(height, width), mode="bilinear", align_corners=False,
                                               antialias=shrinks)
     return np.ascontiguousarray(resized.permute(0, 2, 3, 1).numpy())
+
+
+def finish_clip(clip: np.ndarray, params: ClipParams) -> np.ndarray:
+    """The per-clip part after the crop, on the stacked uint8 (T, H, W, C) clip: the flip, then RandAugment."""
+    if params.flip:
+        clip = flip_clip(clip)
+    if params.randaugment:
+        clip = apply_randaugment(clip, params.randaugment)
+    return clip
 
 
 def flip_clip(clip: np.ndarray) -> np.ndarray:

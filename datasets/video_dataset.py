@@ -17,18 +17,20 @@ from datasets.temporal_transforms import TemporalTransform, clip_segment
 TARGETS = ("label", "multi_hot", "video_segment")
 
 
-def item_seed(seed: int, epoch: int, index: int) -> int:
-    """Seed of one item's random draws: different per epoch and item, independent of workers and ranks."""
-    return (seed * 1_000_003 + epoch) * 1_000_000_007 + index
+def item_seed(seed: int, epoch: int, index: int, copy: int = 0) -> int:
+    """Seed of one item's random draws: different per epoch, item and repeated copy (--repeated_aug), independent
+    of workers and ranks. Copy 0 has the seed items had before repeats existed."""
+    base = (seed * 1_000_003 + epoch) * 1_000_000_007 + index
+    return base if copy == 0 else base * 1_000_000_009 + copy
 
 
-def draw_item(records: Sequence[VideoRecord], temporal, seed: int, key: int | tuple[int, int]):
-    """Item ``key`` (an index, or (index, epoch) from EpochShardSampler): its record, its own generator
-    (seeded by seed, epoch and index, so workers do not matter) and the frame indices of its clips, drawn
-    first. Every loader of clips draws in this order (the benchmarks' reference loader too)."""
-    index, epoch = key if isinstance(key, tuple) else (key, 0)
+def draw_item(records: Sequence[VideoRecord], temporal, seed: int, key: int | tuple[int, ...]):
+    """Item ``key`` (an index, or (index, epoch) or (index, epoch, copy) from EpochShardSampler): its record,
+    its own generator (seeded by seed, epoch, index and copy, so workers do not matter) and the frame indices of
+    its clips, drawn first. Every loader of clips draws in this order (the benchmarks' reference loader too)."""
+    index, epoch, copy = (*key, 0)[:3] if isinstance(key, tuple) else (key, 0, 0)
     record = records[index]
-    rng = random.Random(item_seed(seed, epoch, index))
+    rng = random.Random(item_seed(seed, epoch, index, copy))
     return record, rng, temporal(record.frame_indices, rng)
 
 
@@ -42,9 +44,10 @@ class VideoClipDataset(Dataset):
     target='multi_hot' a float32 (n_classes,) vector of the record's actions overlapping the clip, or
     with target='video_segment' [video_id, [first_frame, end_exclusive]] of each clip.
 
-    An index may be an int or an (index, epoch) pair (as `EpochShardSampler` yields): all random
-    draws of an item come from a generator seeded by (seed, epoch, index), so a run is reproducible
-    whatever the number of workers, and persistent workers still get new crops every epoch.
+    An index may be an int, an (index, epoch) pair or an (index, epoch, copy) triple (as `EpochShardSampler`
+    yields): all random draws of an item come from a generator seeded by (seed, epoch, index, copy), so a run is
+    reproducible whatever the number of workers, persistent workers still get new crops every epoch, and the
+    repeated copies of an item (--repeated_aug) get different ones.
 
     Args:
         records: the samples (datasets.annotations.read_records).
@@ -82,7 +85,7 @@ class VideoClipDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, key: int | tuple[int, int]):
+    def __getitem__(self, key: int | tuple[int, ...]):
         record, rng, clips_indices = draw_item(self.records, self.temporal, self.seed, key)
         label, flip = record.label, None
         if self.direction_flip is not None and label >= 0:

@@ -1,16 +1,20 @@
-"""Mixup and CutMix for video clips: one mix per clip, the same over all of its frames.
+"""Mixup, CutMix and random erasing for video clips: drawn per clip, the same over all of its frames.
 
 Each clip of a batch is paired with another clip of the same batch (a random permutation) and gets its own
 mixing weight ``lam`` drawn from Beta(alpha, alpha): mixup blends the two whole clips, cutmix pastes a box of
 the partner (the same box in every frame, so it is a space-time tube) and sets ``lam`` to the area actually
 kept. The targets become ``lam * one_hot(label) + (1 - lam) * one_hot(partner's label)``, which sum to 1.
 
-Every random draw comes from torch's global CPU generator (whatever the device), so a run resumed with the
-checkpoint's RNG state mixes exactly as an uninterrupted one.
+Random erasing (:class:`ClipEraser`) fills a random box of a clip, the same box in every frame, with noise.
+
+Every random draw comes from torch's global CPU generator (whatever the device; the erasing noise from a device
+generator seeded by one such draw), so a run resumed with the checkpoint's RNG state mixes exactly as an
+uninterrupted one.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -92,6 +96,60 @@ def _box_mask(box: torch.Tensor, height: int, width: int) -> torch.Tensor:
     inside = ((rows >= box[:, 0, None, None]) & (rows < box[:, 1, None, None])
               & (cols >= box[:, 2, None, None]) & (cols < box[:, 3, None, None]))
     return inside.view(box.shape[0], 1, 1, height, width)
+
+
+@dataclass(frozen=True)
+class ClipEraser:
+    """Random erasing of normalised float clips (N, C, T, H, W) as space-time tubes (timm's RandomErasing, mode
+    'pixel', one box per clip).
+
+    With probability ``prob`` a clip gets one box covering a fraction ``scale`` of the frame with aspect ratio
+    (height / width) in ``ratio`` (log-uniform), placed uniformly; the first of ``attempts`` draws that fits the
+    frame is used (none fits: the clip is kept). The same box is cut from every frame, and its pixels become
+    per-pixel standard normal noise (in normalised units: about the data's own spread), different per frame.
+    """
+
+    prob: float
+    scale: tuple[float, float] = (0.02, 1 / 3)
+    ratio: tuple[float, float] = (0.3, 3.3)
+    attempts: int = 10
+
+    def __call__(self, clips: torch.Tensor) -> torch.Tensor:
+        n, height, width = clips.shape[0], clips.shape[-2], clips.shape[-1]
+        erase = torch.rand(n, dtype=torch.float64) < self.prob
+        box = self._boxes(n, height, width)
+        box = torch.where(erase.view(n, 1), box, torch.zeros_like(box))
+        seed = int(torch.randint(2**62, (1,)).item())  # drawn every batch, so the CPU sequence never depends on data
+        if not bool((box[:, 1] > box[:, 0]).any()):
+            return clips
+        erased = clips.clone()
+        noise = torch.Generator(clips.device).manual_seed(seed)
+        for i, (top, bottom, left, right) in enumerate(box.tolist()):
+            if bottom > top:  # noise only for the boxes: a whole batch of it costs more than the step on a CPU
+                erased[i, :, :, top:bottom, left:right].normal_(generator=noise)
+        return erased
+
+    def _boxes(self, n: int, height: int, width: int) -> torch.Tensor:
+        """(N, 4) [top, bottom, left, right) of the first fitting attempt per clip (an empty box where none fits)."""
+        shape = (n, self.attempts)
+        area = height * width * _uniform(*self.scale, shape)
+        aspect = torch.exp(_uniform(math.log(self.ratio[0]), math.log(self.ratio[1]), shape))
+        box_h, box_w = torch.sqrt(area * aspect).round().long(), torch.sqrt(area / aspect).round().long()
+        fits = (box_h < height) & (box_w < width) & (box_h > 0) & (box_w > 0)
+        top = (_uniform(0, 1, shape) * (height - box_h + 1)).long()
+        left = (_uniform(0, 1, shape) * (width - box_w + 1)).long()
+        first = fits.to(torch.int8).argmax(dim=1)
+        box = torch.stack([top, top + box_h, left, left + box_w], dim=2)[torch.arange(n), first]
+        return torch.where(fits.any(dim=1, keepdim=True), box, torch.zeros_like(box))
+
+
+def _uniform(low: float, high: float, shape: tuple[int, ...]) -> torch.Tensor:
+    return low + (high - low) * torch.rand(shape, dtype=torch.float64)
+
+
+def eraser_from_opts(opt) -> ClipEraser | None:
+    """The eraser --random_erasing asks for (None when it is 0)."""
+    return ClipEraser(opt.random_erasing) if opt.random_erasing > 0 else None
 
 
 def mixer_from_opts(opt, n_classes: int) -> ClipMixer | None:

@@ -48,6 +48,7 @@ RESUME_POLICY: dict[str, Policy] = {
     "no_decay_bn_bias": KEEP, "plateau_patience": KEEP, "ema_decay": KEEP,
     "multistep_milestones": KEEP,  # TAKE with --overwrite_milestones (see _TAKEN_WITH)
     "manual_seed": KEEP,  # seeds every epoch's shuffle: the resumed run keeps the interrupted run's order
+    "repeated_aug": KEEP,  # shapes every epoch's order (and the items a mid-epoch resume skips)
     # Apply from now on.
     "n_epochs": TAKE, "lr_scheduler": TAKE,  # another scheduler starts afresh (with a warning)
     "warmup_epochs": TAKE, "overwrite_milestones": TAKE, "batch_size": TAKE, "accumulate_grad_batches": TAKE,
@@ -65,6 +66,7 @@ RESUME_POLICY: dict[str, Policy] = {
     "inference_batch_size": TAKE, "output_topk": TAKE, "inference_n_clips": TAKE, "inference_n_crops": TAKE,
     "predict": TAKE, "class_names": TAKE, "no_cuda": TAKE, "distributed": TAKE, "dist_url": TAKE,
     "world_size": TAKE, "batchnorm_sync": TAKE, "dist_timeout": TAKE,
+    "randaugment": TAKE, "random_erasing": TAKE,  # augmentation, like --colorjitter
 }
 # A KEEP flag that the command line decides when this other flag is given.
 _TAKEN_WITH = {"multistep_milestones": "overwrite_milestones"}

@@ -28,7 +28,7 @@ from engine.compiled import CompileReport, compile_model, compiled_part, use_com
 from engine.distributed import DistInfo, all_reduce_sum, gather_objects
 from engine.ema import build_ema, ema_payload, restore_ema
 from engine.forward import autocast, prepare_batch
-from engine.mixing import mixer_from_opts
+from engine.mixing import eraser_from_opts, mixer_from_opts
 from engine.preemption import Action, Preempted, StepControl
 from engine.stop_signals import signal_name
 from errors import UserError
@@ -98,13 +98,15 @@ def train_one_epoch(model: nn.Module, loader: Iterable, criterion: nn.Module, op
                     start: EpochProgress | None = None, control: StepControl | None = None,
                     on_checkpoint: Callable[[EpochProgress, Action], None] | None = None,
                     mixer: Callable | None = None, clip_grad_norm: float = 0.0, ema: nn.Module | None = None,
-                    accumulate: int = 1, on_first_step: Callable[[float], None] | None = None) -> dict:
+                    accumulate: int = 1, on_first_step: Callable[[float], None] | None = None,
+                    eraser: Callable | None = None) -> dict:
     """Train ``model`` for one pass over ``loader``.
 
     ``on_batches`` receives, every ``log_interval`` batches and at the end, the rows of the batches since
     the previous call: dicts with batch (1-based), loss, acc (this process's values). Returns a dict with
     loss and acc (means over all clips of all ranks), lr, clips, steps (optimiser steps of this call), time,
-    clips_per_s and data_share. The step itself (mixing, accumulation, clipping, EMA) is :class:`_Stepper`'s.
+    clips_per_s and data_share. The step itself (erasing, mixing, accumulation, clipping, EMA) is
+    :class:`_Stepper`'s.
 
     A resumed epoch passes ``start`` (the loader then yields only the remaining batches). After every
     optimiser step ``control.poll()`` may ask for a checkpoint: the logged rows are flushed and
@@ -119,7 +121,8 @@ def train_one_epoch(model: nn.Module, loader: Iterable, criterion: nn.Module, op
     start = start or EpochProgress()
     n_batches = start.batch + len(loader)
     stepper = _Stepper(model, criterion, optimizer, device, precision=precision, scaler=scaler, mixer=mixer,
-                       clip_grad_norm=clip_grad_norm, ema=ema, accumulate=accumulate, n_batches=n_batches)
+                       clip_grad_norm=clip_grad_norm, ema=ema, accumulate=accumulate, n_batches=n_batches,
+                       eraser=eraser)
     progress = _Progress(n_batches, epoch=epoch, phase="train", enabled=show_progress)
     totals = torch.tensor([start.loss_sum, start.correct], dtype=torch.float64, device=device)
     pending: list[tuple[int, int, torch.Tensor, torch.Tensor]] = []
@@ -166,17 +169,18 @@ def train_one_epoch(model: nn.Module, loader: Iterable, criterion: nn.Module, op
 class _Stepper:
     """Forward, loss, backward and optimiser step of one batch, with the fine-tuning recipe's options.
 
-    ``mixer`` turns the labels into soft targets (the loss uses them; the returned targets are the dominant
-    labels, so accuracy stays meaningful). With ``accumulate`` N, batches form groups of N (the last group of
-    the epoch may be smaller) and the optimiser steps once per group: each batch's loss is divided by its
-    group's size, and DDP synchronises gradients only on the group's last batch. ``clip_grad_norm`` > 0
+    ``eraser`` (random erasing) changes the clips first; ``mixer`` then mixes them and turns the labels into soft
+    targets (the loss uses them; the returned targets are the dominant labels, so accuracy stays meaningful).
+    With ``accumulate`` N, batches form groups of N (the last group of the epoch may be smaller) and the
+    optimiser steps once per group: each batch's loss is divided by its group's size, and DDP synchronises
+    gradients only on the group's last batch. ``clip_grad_norm`` > 0
     clips the gradients' total norm before the step (unscaled first under fp16); ``ema`` is updated after it.
     """
 
     def __init__(self, model, criterion, optimizer, device, *, precision, scaler, mixer, clip_grad_norm, ema,
-                 accumulate, n_batches):
+                 accumulate, n_batches, eraser=None):
         self.model, self.criterion, self.optimizer, self.device = model, criterion, optimizer, device
-        self.precision, self.scaler, self.mixer, self.ema = precision, scaler, mixer, ema
+        self.precision, self.scaler, self.mixer, self.ema, self.eraser = precision, scaler, mixer, ema, eraser
         self.clip_grad_norm, self.accumulate, self.n_batches = clip_grad_norm, max(int(accumulate), 1), n_batches
         self.steps = 0
         self.stepped = False  # whether the last batch ended with an optimiser step
@@ -189,6 +193,8 @@ class _Stepper:
         if i == group_start:
             self.optimizer.zero_grad(set_to_none=True)
         targets = labels
+        if self.eraser is not None:
+            clips = self.eraser(clips)
         if self.mixer is not None:
             clips, targets = self.mixer(clips, labels)
             labels = targets.argmax(dim=1)  # the dominant label of each mixed clip
@@ -358,6 +364,7 @@ class Trainer:
         self.optimizer = build_optimizer(net, opt)  # before wrapping: fine-tuning freezes the bare model's stages
         self.ema = build_ema(net, opt.ema_decay)
         self.mixer = mixer_from_opts(opt, unwrap_model(net).get_classifier().out_features)
+        self.eraser = eraser_from_opts(opt)
         self.optimizer_steps = 0  # over the whole run; with --accumulate_grad_batches N, one per N batches
         self.compile_report = None  # with --compile: logs compile time and cache use once per epoch
         self.first_step_logged = False  # the time to the process's first optimiser step is logged once
@@ -497,7 +504,8 @@ class Trainer:
                                  start=start, control=self.control, on_checkpoint=checkpoint,
                                  mixer=self.mixer, clip_grad_norm=self.opt.clip_grad_norm, ema=self.ema,
                                  accumulate=self.opt.accumulate_grad_batches,
-                                 on_first_step=None if self.first_step_logged else self._log_first_step)
+                                 on_first_step=None if self.first_step_logged else self._log_first_step,
+                                 eraser=self.eraser)
         self.optimizer_steps += result["steps"]
         log.info("train epoch %d: loss %.4f acc %.4f lr %g, %d optimiser steps (%d in all) (%.1f clips/s, "
                  "data wait %.0f%%)", epoch, result["loss"], result["acc"], result["lr"], result["steps"],

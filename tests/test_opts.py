@@ -173,14 +173,15 @@ def _refused_and_accepted(action) -> tuple[list[str], list[str]]:
 def test_every_number_option_refuses_values_outside_its_range(action, capsys):
     flag = action.option_strings[0]
     refused, accepted = _refused_and_accepted(action)
+    n_values = action.nargs if isinstance(action.nargs, int) else 1  # --randaugment N M: both values
     for value in refused:
         with pytest.raises(SystemExit) as e:
-            parse_opts(["--result_path", "r", flag, value])
+            parse_opts(["--result_path", "r", flag, *[value] * n_values])
         err = capsys.readouterr().err
         assert e.value.code == 2 and len(err.strip().splitlines()) == 1, (value, err)
         assert flag in err, (value, err)
     for value in accepted:
-        parse_opts(["--result_path", "r", flag, value])  # no SystemExit (resolution may then change the value)
+        parse_opts(["--result_path", "r", flag, *[value] * n_values])  # no SystemExit (resolution may change it)
 
 
 def test_a_number_option_without_a_range_must_still_be_finite(monkeypatch):

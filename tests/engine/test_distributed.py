@@ -1,4 +1,5 @@
-"""DDP on the CPU (gloo): torchrun with 2 processes, and the original's --distributed launch without OpenMPI;
+"""DDP on the CPU (gloo): torchrun with 2 processes (also with the recipe's augmentations), and the original's
+--distributed launch without OpenMPI;
 --batchnorm_sync under a one-process torchrun (CPU and, marked gpu, CUDA) and in a one-process NCCL group (CUDA)."""
 
 from __future__ import annotations
@@ -55,6 +56,19 @@ def test_torchrun_two_processes(tiny_dataset, tmp_path):
     features = read_features(tmp_path / "val_features.h5")
     assert features["videos"] == tiny_dataset.ids("validation")
     assert features["video_index"].tolist() == [v for v in range(len(features["videos"])) for _ in range(2)]
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_with_the_augmentations(tiny_dataset, tmp_path):
+    """RandAugment in the workers, random erasing on each rank's device and repeated copies dealt over the ranks:
+    each rank takes its share of the copies (one step per epoch, as without repeats) and the ranks stay in step."""
+    proc = run_main([*dataset_args(tiny_dataset, tmp_path), "--n_epochs", 1, "--checkpoint", 1, "--no_val",
+                     "--batch_size", 4, "--randaugment", 2, 9, "--random_erasing", 0.5, "--repeated_aug", 2],
+                    launcher=TORCHRUN)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "weights identical on all 2 ranks" in proc.stdout
+    assert [r[:2] for r in log_rows(tmp_path / "train_batch.log")[1:]] == [["1", "1"]]
+    assert load_checkpoint(tmp_path / "save_1.pth")["options"]["repeated_aug"] == 2
 
 
 def test_distributed_flag_without_openmpi(tiny_dataset, tmp_path):

@@ -1,5 +1,5 @@
-"""The fine-tuning recipe: AdamW groups, label smoothing, video mixup/cutmix, gradient clipping, EMA and
-gradient accumulation each change exactly what they should; EMA weights reach validation, --predict and export."""
+"""The fine-tuning recipe: AdamW groups, label smoothing, video mixup/cutmix, random erasing, gradient clipping, EMA
+and gradient accumulation each change exactly what they should; EMA weights reach validation, --predict and export."""
 
 from __future__ import annotations
 
@@ -14,11 +14,11 @@ from torch import nn
 
 from checkpoint import load_checkpoint, save_checkpoint
 from engine.ema import build_ema
-from engine.mixing import ClipMixer
+from engine.mixing import ClipEraser, ClipMixer, eraser_from_opts
 from engine.training import build_optimizer, train_one_epoch
 from models import factory as model_lib
 from opts import parse_opts
-from tests.conftest import TinyNet, dataset_args, log_rows, run_main
+from tests.conftest import DEVICES, TinyNet, dataset_args, log_rows, run_main
 from util_scripts import export_model
 
 CPU = torch.device("cpu")
@@ -114,6 +114,62 @@ def test_training_with_mixing_scores_the_dominant_label():
         expected.append((F.cross_entropy(outputs, soft).item(),
                          (outputs.argmax(1) == soft.argmax(1)).float().mean().item()))
     assert [(r["loss"], r["acc"]) for r in rows] == [pytest.approx(e, rel=1e-5) for e in expected]
+
+
+# --- random erasing --------------------------------------------------------------------------------------------
+
+
+def _erased(prob: float, n: int = 16, seed: int = 2, device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    clips = torch.full((n, 3, 4, 20, 24), 7.0, device=device)  # no noise value is exactly 7: the erased pixels
+    if device == "cuda":  # the layout the normaliser gives on CUDA
+        clips = clips.contiguous(memory_format=torch.channels_last_3d)
+    torch.manual_seed(seed)
+    erased = ClipEraser(prob)(clips)
+    return clips.cpu(), erased.cpu()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_random_erasing_is_one_box_per_clip_the_same_in_every_frame_filled_with_noise(device):
+    clips, erased = _erased(1.0, device=device)
+    changed = erased != clips
+    for i in range(clips.shape[0]):
+        box = changed[i, 0, 0]
+        rows, cols = box.any(dim=1).nonzero().flatten(), box.any(dim=0).nonzero().flatten()
+        height, width = len(rows), len(cols)
+        assert rows.tolist() == list(range(rows[0], rows[0] + height)) and box.sum() == height * width  # a box
+        assert (changed[i] == box).all()  # the same pixels in every channel and frame: a space-time tube
+        assert 0.02 * 0.7 <= height * width / (20 * 24) <= 1 / 3 * 1.3 and 0.3 / 1.5 <= height / width <= 3.3 * 1.5
+    noise = erased[changed]
+    assert abs(noise.mean().item()) < 0.1 and abs(noise.std().item() - 1) < 0.1  # per-pixel standard normal
+    assert not torch.equal(erased[0, :, 0][changed[0, :, 0]], erased[0, :, 1][changed[0, :, 1]])  # new each frame
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_random_erasing_probability_and_seed(device):
+    clips, untouched = _erased(0.0, device=device)
+    assert torch.equal(untouched, clips)
+    _, half = _erased(0.5, n=64, device=device)
+    n_erased = int((half != clips[:1]).flatten(1).any(dim=1).sum())
+    assert 16 < n_erased < 48
+    assert torch.equal(half, _erased(0.5, n=64, device=device)[1])  # same torch seed: same boxes, same noise
+
+
+def test_random_erasing_is_off_by_default_and_runs_in_training_steps_before_mixing():
+    assert eraser_from_opts(parse_opts(["--result_path", "x"])) is None
+    assert eraser_from_opts(parse_opts(["--result_path", "x", "--random_erasing", "0.25"])) == ClipEraser(0.25)
+    calls = []
+
+    def eraser(clips):
+        calls.append("erase")
+        return clips
+
+    def mixer(clips, labels):
+        calls.append("mix")
+        return clips, F.one_hot(labels, 3).float()
+
+    net = TinyNet()
+    _train(net, _batches([4, 4]), torch.optim.SGD(net.parameters(), lr=0.1), eraser=eraser, mixer=mixer)
+    assert calls == ["erase", "mix"] * 2
 
 
 # --- label smoothing, clipping ---------------------------------------------------------------------------------

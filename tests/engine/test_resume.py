@@ -5,7 +5,11 @@ taken or refused as engine/resume_options.py says, and said."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -17,7 +21,7 @@ from engine.resume_options import RESUME_POLICY
 from engine.training import Trainer, build_criterion
 from models import factory as model_lib
 from opts import build_parser
-from tests.conftest import DEVICES, dataset_args, device_args, log_rows, make_opt, run_main
+from tests.conftest import DEVICES, ROOT, dataset_args, device_args, log_rows, make_opt, run_main
 
 # A decay right after the resume point: the original applied it one epoch late after resuming.
 SCHEDULE = ["--multistep_milestones", 2, 3, "--checkpoint", 2, "--manual_seed", 7, "--deterministic"]
@@ -144,6 +148,37 @@ def test_resume_with_the_recipe_is_exact(tiny_dataset, tmp_path):
     for field in ("state_dict", "ema_state_dict"):
         for key, value in a[field].items():
             torch.testing.assert_close(b[field][key], value, rtol=0, atol=1e-6, msg=f"{field} {key}")
+
+
+# The augmentations of the recipe at once: RandAugment in the workers, random erasing on the device, repeated copies.
+AUGMENT = ["--randaugment", 2, 9, "--random_erasing", 0.5, "--repeated_aug", 2, "--train_crop", "random",
+           "--colorjitter", "--n_epochs", 3, "--checkpoint", 3, "--manual_seed", 7, "--deterministic",
+           "--log_interval", 1]
+
+
+def test_a_mid_epoch_stop_with_the_augmentations_resumes_bit_identical(tiny_dataset, tmp_path):
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    proc = run_main([*dataset_args(tiny_dataset, straight), *AUGMENT])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    # SIGTERM as the 3rd training batch is prepared (epoch 2, batch 1 of 2): that step ends, latest.pth is written.
+    args = [*dataset_args(tiny_dataset, stopped), *AUGMENT, "--resume_path", "auto"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOOLKIT_TEST_WINDOW": "batch", "TOOLKIT_TEST_ACTION": "SIGTERM",
+           "TOOLKIT_TEST_CALL": "3"}
+    first = subprocess.run([sys.executable, "tests/engine/window_main.py", *map(str, args)], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=240)
+    assert first.returncode == 128 + signal.SIGTERM, first.stdout + first.stderr
+    saved = load_checkpoint(stopped / "latest.pth")
+    assert (saved["epoch"], saved["mid_epoch"]["batch"]) == (1, 1)
+    assert saved["options"]["randaugment"] == [2, 9] and saved["options"]["repeated_aug"] == 2
+    resumed = run_main(args)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "resuming training at epoch 2 after batch 1" in resumed.stdout
+    a, b = load_checkpoint(straight / "save_3.pth"), load_checkpoint(stopped / "save_3.pth")
+    for key, value in a["state_dict"].items():
+        assert torch.equal(b["state_dict"][key], value), key
+    for name in ("train.log", "train_batch.log", "val.log"):
+        assert (stopped / name).read_bytes() == (straight / name).read_bytes(), name
+    assert json.loads((stopped / "opts.json").read_text())["random_erasing"] == 0.5
 
 
 def test_every_flag_says_what_happens_to_it_on_resume():
