@@ -1,4 +1,5 @@
-"""Small shared helpers: meters, accuracy, TSV logs, seeding and RNG state capture, the process's age."""
+"""Small shared helpers: meters, accuracy, TSV logs, the confusion-matrix files, seeding and RNG state capture, the
+process's age."""
 
 from __future__ import annotations
 
