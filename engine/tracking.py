@@ -3,7 +3,8 @@
 One interface (:class:`Tracker`), one backend per tracker. Only the main process tracks. Both work offline by
 default: wandb in mode "offline" (files under ``<result_path>/wandb``, ``wandb sync`` uploads them later) unless
 WANDB_MODE says otherwise; mlflow into a local file store ``<result_path>/mlruns`` (``mlflow ui
---backend-store-uri <result_path>/mlruns`` shows it) unless MLFLOW_TRACKING_URI names a server or store.
+--backend-store-uri <result_path>/mlruns`` shows it) unless MLFLOW_TRACKING_URI names a server or store; the
+experiment is MLFLOW_EXPERIMENT_NAME, else the result folder's name (wandb's project: WANDB_PROJECT).
 
 The tracker's run id is kept in ``<result_path>/tracker_run.json``, so a resumed run (--resume_path) logs into
 the same tracker run; a fresh run in the same folder starts a new one. TensorBoard (--tensorboard) is separate.
@@ -74,13 +75,14 @@ class MlflowTracker(Tracker):
             self.run_id = run_id
             self.client.update_run(run_id, status="RUNNING")
             return
-        experiment = self.client.get_experiment_by_name(result_path.name)
-        experiment_id = (experiment.experiment_id if experiment is not None
-                         else self.client.create_experiment(result_path.name))
+        name = os.environ.get("MLFLOW_EXPERIMENT_NAME", result_path.name)
+        experiment = self.client.get_experiment_by_name(name)
+        experiment_id = experiment.experiment_id if experiment is not None else self.client.create_experiment(name)
         self.run_id = self.client.create_run(experiment_id, run_name=result_path.name).info.run_id
         # Params are write-once in mlflow, so only a new run logs them (a resume's changes are in its log).
         params = [Param(name, json.dumps(value)[:6000]) for name, value in sorted(options.items())]
-        self.client.log_batch(self.run_id, params=params)
+        for start in range(0, len(params), 100):  # mlflow's limit of params per request
+            self.client.log_batch(self.run_id, params=params[start:start + 100])
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         now = int(1000 * time.time())

@@ -254,7 +254,7 @@ def test_fine_tuning_groups_hold_only_the_trained_stages():
     net = model_lib.generate_model(parse_opts(["--result_path", "x", "--model_depth", "10", "--n_classes", "3",
                                                "--resnet_widen_factor", "0.25"]))
     ns = SimpleNamespace(pretrain_path="p", ft_begin_module="layer4", no_decay_bn_bias=True, optimizer="adamw",
-                         learning_rate=1e-3, weight_decay=0.05)
+                         learning_rate=1e-3, weight_decay=0.05, layer_decay=1.0)
     groups = build_optimizer(net, ns).param_groups
     names = _names(net, groups[0]["params"]) | _names(net, groups[1]["params"])
     assert names == {n for n in dict(net.named_parameters()) if n.startswith(("layer4.", "fc."))}
