@@ -134,6 +134,7 @@ def test_a_mid_epoch_stop_with_layer_decay_precise_bn_and_ema_resumes_bit_identi
         assert torch.equal(value, b["ema_state_dict"][key]), key
     assert [g["lr"] for g in a["optimizer"]["param_groups"]] == [g["lr"] for g in b["optimizer"]["param_groups"]]
     assert len(b["optimizer"]["param_groups"]) == 6
+    assert (b["options"]["layer_decay"], b["options"]["precise_bn"]) == (0.5, 2)  # saved with the run's options
 
 
 def _in_window(ds, out: Path, window: str, action: str, *, call: int = 1, extra=()) -> subprocess.CompletedProcess:

@@ -303,9 +303,12 @@ def test_layer_decay_is_off_by_default_and_checked():
         _, explicit_off = _optimizer_for(*flags, "--layer_decay", "1")
         assert all("stage" not in g for g in optimizer.param_groups)
         assert len(optimizer.param_groups) == len(explicit_off.param_groups) == (2 if flags else 1)
-    for bad in ("0", "1.5", "nan"):
+    for bad in (["--layer_decay", "0"], ["--layer_decay", "1.5"], ["--layer_decay", "nan"], ["--precise_bn", "-1"],
+                ["--tracker", "comet"]):
         with pytest.raises(SystemExit):
-            parse_opts(["--result_path", "x", "--layer_decay", bad])
+            parse_opts(["--result_path", "x", *bad])
+    opt = parse_opts(["--result_path", "x"])
+    assert (opt.layer_decay, opt.precise_bn, opt.tracker) == (1.0, 0, "none")
 
 
 def test_layer_decay_leaves_frozen_stages_out():

@@ -119,3 +119,4 @@ def test_mlflow_logs_options_metrics_and_confusion_into_a_local_store_and_a_resu
         assert [m.step for m in client.get_metric_history(run.info.run_id, name)] == [1, 2], name
     assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["val_confusion.png"]
     assert (out / "val_confusion.csv").is_file()
+    assert json.loads((out / "opts.json").read_text())["tracker"] == "mlflow"
