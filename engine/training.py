@@ -334,7 +334,8 @@ def layer_decay_param_groups(net: nn.Module, groups: list[dict], lr: float, laye
     head (head 0, layer4 1, ..., stem 5) trains with ``lr * layer_decay ** k``. Each group keeps its other
     settings (weight decay) and gains ``stage``; empty ones (frozen stages, no bias) are left out.
 
-    The schedulers multiply every group's LR by the same factor, so the ratios hold over the run.
+    The schedulers multiply every group's LR by the same factor, so the ratios hold over the run (the plateau
+    scheduler stops cutting a group whose cut would be smaller than its eps, 1e-8: only at tiny LRs).
     """
     by_stage = unwrap_model(net).parameters_by_depth_stage()
     stage_of = {id(p): stage for stage, params in by_stage.items() for p in params}
