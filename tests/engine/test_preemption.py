@@ -127,6 +127,7 @@ def test_a_mid_epoch_stop_with_layer_decay_precise_bn_and_ema_resumes_bit_identi
     [(rc, stdout, stderr)] = _signal_after(_start(data, out, ranks=1, extra=recipe), out, 6, signal.SIGTERM)
     assert rc == 128 + signal.SIGTERM, stdout + stderr
     assert "precise BN" in stdout  # epoch 1's statistics were recomputed before the stop: the checkpoint has them
+    assert "parameter group head: lr 0.05, " in stdout and "parameter group stem: lr 0.00156" in stdout
     _finish(_start(data, out, ranks=1, extra=recipe))
     _assert_same_run(ref, out, "--layer_decay, --precise_bn and --ema_decay")
     a, b = load_checkpoint(ref / f"save_{N_EPOCHS}.pth"), load_checkpoint(out / f"save_{N_EPOCHS}.pth")
