@@ -26,7 +26,7 @@ from torch import nn
 
 from checkpoint import LATEST_NAME, find_resume, newest_checkpoint_note
 from datasets import factory as dataset
-from engine import run_folder
+from engine import run_folder, tracking
 from engine.distributed import (
     DistInfo,
     gather_objects,
@@ -44,7 +44,7 @@ from engine.training import Trainer, build_criterion, report_data_problems, run_
 from engine.validation import evaluate
 from errors import UserError
 from models import factory as model_lib
-from opts import parse_opts, save_opts, share_per_process
+from opts import opts_to_plain, parse_opts, save_opts, share_per_process
 from predict import runner as predict
 from utils import (
     RUN_LOGS,
@@ -53,6 +53,7 @@ from utils import (
     restore_rng_state,
     seed_everything,
     tensorboard_writer,
+    write_confusion_matrix,
     write_scalars,
 )
 
@@ -69,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             opt = parse_opts(argv)
             if opt.predict is not None:  # prediction on raw videos: one process, no annotation file
                 return _predict(opt)
+            tracking.check_available(opt.tracker)  # a missing package stops the run before any work
             status = launch(worker, opt)
             if status == 0 and stop_signals.received():
                 print(f"received {signal_name(stop_signals.received())} as the run ended; its work was done, "
@@ -213,6 +215,9 @@ def _run(opt: argparse.Namespace, dist: DistInfo) -> None:
     _start_outputs(opt, dist, trainer)  # the run is known to start: only now is anything written
     writer = (tensorboard_writer(opt.result_path, trainer.begin_epoch if trainer is not None else 1)
               if opt.tensorboard and dist.is_main else None)
+    tracker = (tracking.open_tracker(opt.tracker, opts_to_plain(opt), opt.result_path,
+                                     resumed=trainer is not None and trainer.resume is not None)
+               if dist.is_main else None)
     if trainer is not None and resume is not None:
         restore_rng_state(resume.payload.rng)  # last, so setup draws do not shift the sequence
     begin = trainer.begin_epoch if trainer is not None else 1
@@ -231,6 +236,7 @@ def _run(opt: argparse.Namespace, dist: DistInfo) -> None:
             if trainer is not None:
                 trainer.end_epoch(epoch, metrics.get("val_loss"))
             write_scalars(writer, epoch, metrics)
+            tracking.log_epoch(tracker, epoch, metrics)
         if trainer is not None:
             trainer.finish(last)
     if trainer is not None and dist.distributed:
@@ -238,9 +244,12 @@ def _run(opt: argparse.Namespace, dist: DistInfo) -> None:
     if opt.inference:
         then = f"training is done and saved: {RERUN} with --resume_path auto" if trainer is not None else RERUN
         with stop_signals.interruptible(f"at the inference; {then} to run it"):
-            infer_subset(opt, trainer.eval_model if trainer else net, dist, normalizer)
+            report = infer_subset(opt, trainer.eval_model if trainer else net, dist, normalizer)
+        _track_confusion(opt, tracker, report)
     if writer is not None:
         writer.close()
+    if tracker is not None:
+        tracker.finish()
 
 
 def _nothing_to_train(opt: argparse.Namespace, trainer: Trainer | None) -> bool:
@@ -290,6 +299,17 @@ def _validate(net: nn.Module, loader, criterion: nn.Module, normalizer, *, opt: 
     if logger is not None:
         logger.log({"epoch": epoch, "map": float("nan"), **val})  # map: multi-label runs (nan if no clip)
     return val
+
+
+def _track_confusion(opt: argparse.Namespace, tracker: tracking.Tracker | None, report: dict | None) -> None:
+    """With a tracker: the inference subset's top-1 confusion matrix (<subset>_confusion.csv and .png in
+    --result_path, as eval_accuracy writes them), the PNG sent to the tracker (single-label runs with labels)."""
+    if tracker is None or report is None:
+        return
+    prefix = Path(opt.result_path) / f"{opt.inference_subset}_confusion"
+    for path in write_confusion_matrix(prefix, report["labels"], report["confusion"]):
+        if path.suffix == ".png":
+            tracker.log_image(path)
 
 
 def _check_ranks_in_sync(net: nn.Module, dist: DistInfo) -> None:

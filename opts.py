@@ -35,6 +35,8 @@ MODEL_CHOICES = ("densenet", "mc3", "preresnet", "resnet", "resnet2p1d", "resnex
 # Paths joined onto --root_path when it is given (the original's rule; an absolute path stays absolute).
 _ROOTED_PATHS = ("video_path", "annotation_path", "result_path", "resume_path", "pretrain_path", "predict")
 RESUME_AUTO = "auto"
+# --tracker's choices; engine/tracking.py has a backend for each but "none" (tests/engine/test_tracking.py checks).
+TRACKER_CHOICES = ("none", "mlflow", "wandb")
 # Fields that describe this run's processes rather than options (not written to opts.json or checkpoints).
 RUNTIME_FIELDS = ("explicit_flags", "process_batch_size", "process_n_threads")
 
@@ -112,6 +114,8 @@ NUMBER_BOUNDS: dict[str, Bounds] = {
     "randaugment": Bounds(low=0, high=30),  # N ops per clip (0: off) and magnitude M, both 0..30
     "random_erasing": PROBABILITY,  # 0: off
     "repeated_aug": AT_LEAST_1,  # 1: off
+    "layer_decay": NONZERO_FRACTION,  # 1: off
+    "precise_bn": AT_LEAST_0,  # 0: off
     "n_val_samples": AT_LEAST_1,
     "checkpoint": AT_LEAST_1,
     "checkpoint_minutes": AT_LEAST_0,  # 0: off
@@ -271,6 +275,14 @@ def _add_recipe_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--repeated_aug", default=1, type=int,
                    help="Repeated augmentation: each sampled video comes this many times per epoch, each with its "
                         "own augmentation, spread over the ranks; the epoch keeps its length; 1 = off")
+    g.add_argument("--layer_decay", default=1.0, type=float,
+                   help="Layer-wise LR decay: the head trains with --learning_rate, layer4 with lr * F, layer3 with "
+                        "lr * F^2, ..., the stem with lr * F^5 (every model family maps its modules onto these "
+                        "stages); 1 = off (one LR)")
+    g.add_argument("--precise_bn", default=0, type=int,
+                   help="After each training epoch (so before validation and in the checkpoint), recompute the "
+                        "BatchNorm running statistics (of the EMA model too) as the average over this many training "
+                        "batches, averaged over ranks; 0 = off (the running averages of training)")
     g.add_argument("--eval_weights", default="ema", type=str, choices=("ema", "raw"),
                    help="Weights of a checkpoint that --predict, --no_train and export_model use: its EMA "
                         "average when it has one (ema) or the raw trained weights (raw)")
@@ -290,6 +302,10 @@ def _add_run_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--manual_seed", default=1, type=int, help="Seed of random, numpy and torch")
     g.add_argument("--deterministic", action="store_true", help="Use deterministic algorithms (slower)")
     g.add_argument("--tensorboard", action="store_true", help="Write tensorboard scalars into --result_path")
+    g.add_argument("--tracker", default="none", type=str, choices=TRACKER_CHOICES,
+                   help="Also log options, per-epoch metrics and the confusion matrix to an experiment tracker "
+                        "(offline: wandb in mode offline unless WANDB_MODE says otherwise; mlflow into "
+                        "<result_path>/mlruns unless MLFLOW_TRACKING_URI is set); needs its package installed")
     g.add_argument("--log_interval", default=10, type=int, help="Batches between progress/log updates")
 
 

@@ -1,4 +1,5 @@
-"""Small shared helpers: meters, accuracy, TSV logs, seeding and RNG state capture, the process's age."""
+"""Small shared helpers: meters, accuracy, TSV logs, the confusion-matrix files, seeding and RNG state capture, the
+process's age."""
 
 from __future__ import annotations
 
@@ -289,3 +290,35 @@ def write_scalars(writer, epoch: int, metrics: dict) -> None:
         if key in metrics:
             writer.add_scalar(tag, metrics[key], epoch)
     writer.flush()
+
+
+def write_confusion_matrix(prefix: Path, labels: list[str], confusion: list[list[int]]) -> list[Path]:
+    """Write PREFIX.csv (and PREFIX.png if matplotlib is available); return the written paths."""
+    prefix = Path(prefix)
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    csv_path = prefix.with_name(prefix.name + ".csv")
+    with open(csv_path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["true \\ predicted", *labels])
+        writer.writerows([label, *row] for label, row in zip(labels, confusion))
+    written = [csv_path]
+    try:
+        import matplotlib  # optional dependency, imported only when a plot is drawn
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return written
+    size = min(40, 2 + 0.35 * len(labels))
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(confusion, cmap="Blues")
+    ticks = range(len(labels))
+    ax.set_xticks(ticks, labels, rotation=90, fontsize=6 if len(labels) > 30 else 9)
+    ax.set_yticks(ticks, labels, fontsize=6 if len(labels) > 30 else 9)
+    ax.set_xlabel("predicted (top-1)")
+    ax.set_ylabel("true")
+    fig.tight_layout()
+    png_path = prefix.with_name(prefix.name + ".png")
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)
+    return [*written, png_path]

@@ -1,16 +1,23 @@
 """Low-data fine-tuning on the demo task, with and without the fine-tuning recipe (an experiment, run once).
 
 Usage: ``python -m benchmarks.finetune_recipe [--work_dir DIR] [--pretrain_epochs 10] [--finetune_epochs 12]
-[--n_pretrain_per_class 100] [--n_finetune_per_class 6] [--seed 1]``
+[--n_pretrain_per_class 100] [--n_finetune_per_class 6] [--seeds 1 2 3] [--variants plain recipe]
+[--add_variant NAME "FLAGS"]``
 
 1. Writes the demo dataset (util_scripts/make_demo_dataset.py) and extracts its frames.
 2. Pretrains a 3D ResNet-10 on three of its classes (move_left, move_up, grow) with plain SGD (with fewer
    than ~100 videos per class it memorises the backgrounds instead of learning the motions).
 3. Fine-tunes that checkpoint on the other three (move_right, move_down, rotate_cw) from only
-   ``--n_finetune_per_class`` training videos each, from layer3 on, twice with the same schedule and seed:
-   ``plain`` (SGD, the flags' defaults) and ``recipe`` (AdamW, label smoothing, mixup + cutmix, EMA).
-4. Prints the validation accuracy (clip level, EMA weights for the recipe) of every epoch and the video-level
-   accuracy of the last epoch's inference, as JSON.
+   ``--n_finetune_per_class`` training videos each, from layer3 on, once per variant and seed (``--seeds``:
+   the fine-tune's --manual_seed), all with the same schedule: ``plain`` (SGD, the flags' defaults),
+   ``recipe`` (AdamW, label smoothing, mixup + cutmix, EMA), ``recipe+`` (the recipe with layer-wise LR decay
+   and precise BatchNorm statistics); a variant is a list of flags in ``VARIANTS`` (or ``--add_variant``).
+4. Prints, as JSON, per variant and seed the validation accuracy (clip level, EMA weights for the recipe) of
+   every epoch and the video-level accuracy of the last epoch's inference, and per variant the mean, standard
+   deviation (over seeds; 0 for one seed), minimum and maximum of the final clip- and video-level accuracies.
+
+The dataset and the pretrained model are made once, with the first seed, so the seeds vary only the
+fine-tuning (its data order, crops, mixing and initial head).
 
 The settings were chosen before running and are not tuned to this task; expect noise of a few points
 between seeds with ~30 validation videos.
@@ -21,6 +28,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -37,6 +45,7 @@ VARIANTS = {
     "recipe": ["--optimizer", "adamw", "--learning_rate", "1e-3", "--weight_decay", "0.05", "--label_smoothing",
                "0.1", "--mixup_alpha", "0.8", "--cutmix_alpha", "1.0", "--ema_decay", "0.9"],
 }
+VARIANTS["recipe+"] = [*VARIANTS["recipe"], "--layer_decay", "0.75", "--precise_bn", "4"]
 
 
 def _write_splits(folder: Path, lists: dict[str, list[str]], classes: tuple[str, ...], n_train: int) -> Path:
@@ -81,6 +90,40 @@ def _video_accuracy(annotation: Path, result: Path) -> float:
     return round(sum(hits) / len(hits), 4)
 
 
+def spread(values: list[float]) -> dict:
+    """Mean, standard deviation (sample, over the seeds; 0 for one), minimum and maximum of ``values``."""
+    return {"mean": round(statistics.fmean(values), 4),
+            "std": round(statistics.stdev(values), 4) if len(values) > 1 else 0.0,
+            "min": min(values), "max": max(values)}
+
+
+def summarize(runs: dict[int, dict]) -> dict:
+    """A variant's report: every seed's run, and the spread of the final clip and video accuracies."""
+    return {"runs": {str(seed): run for seed, run in runs.items()},
+            "val_clip_acc": spread([run["val_clip_acc"] for run in runs.values()]),
+            "val_video_acc": spread([run["val_video_acc"] for run in runs.values()])}
+
+
+def chosen_variants(names: list[str] | None, added: list[list[str]] | None) -> dict[str, list[str]]:
+    """VARIANTS (only ``names`` when given, in that order) plus ``added`` [name, "flags"] pairs."""
+    variants = {**VARIANTS, **{name: flags.split() for name, flags in added or []}}
+    unknown = [name for name in names or [] if name not in variants]
+    if unknown:
+        raise SystemExit(f"error: unknown variant(s) {', '.join(unknown)}; known: {', '.join(variants)}")
+    return {name: variants[name] for name in names} if names else variants
+
+
+def _finetune(work: Path, data: list[str], annotation: Path, pretrained: Path, flags: list[str], *, name: str,
+              seed: int, epochs: int) -> dict:
+    out = work / f"results_{name}_seed{seed}"
+    _main_py([*data, "--manual_seed", str(seed), "--annotation_path", str(annotation), "--result_path", str(out),
+              *CLIP, *flags, "--pretrain_path", str(pretrained), "--n_pretrain_classes", "3",
+              "--ft_begin_module", "layer3", "--n_epochs", str(epochs), "--checkpoint", str(epochs), "--inference",
+              "--inference_n_clips", "3"])
+    accs = _val_accs(out)
+    return {"val_clip_acc_per_epoch": accs, "val_clip_acc": accs[-1], "val_video_acc": _video_accuracy(annotation, out)}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.finetune_recipe", description=__doc__.split("\n\n")[0])
     p.add_argument("--work_dir", type=Path, default=None)
@@ -88,11 +131,18 @@ def main(argv=None) -> int:
     p.add_argument("--finetune_epochs", type=int, default=12)
     p.add_argument("--n_pretrain_per_class", type=int, default=100)
     p.add_argument("--n_finetune_per_class", type=int, default=6)
-    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--seeds", type=int, nargs="+", default=[1],
+                   help="fine-tune every variant once per seed (the first also makes the data and pretrained model)")
+    p.add_argument("--variants", nargs="+", default=None, help="only these variants (default: all)")
+    p.add_argument("--add_variant", nargs=2, action="append", metavar=("NAME", "FLAGS"),
+                   help='one more variant: its name and its main.py flags in one string, e.g. sgd_lr "--learning_rate '
+                        '0.003"')
     args = p.parse_args(argv)
+    variants = chosen_variants(args.variants, args.add_variant)
+    data_seed = args.seeds[0]
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="finetune_recipe_"))
     _run(["-m", "util_scripts.make_demo_dataset", str(work), "--n_train_per_class", str(args.n_pretrain_per_class),
-          "--n_test_per_class", "10", "--size", "96x72", "--n_frames", "24", "--seed", str(args.seed)])
+          "--n_test_per_class", "10", "--size", "96x72", "--n_frames", "24", "--seed", str(data_seed)])
     lists = _split_lists(work / "splits")
     _run(["-m", "util_scripts.generate_video_jpgs", str(work / "videos"), str(work / "jpg"), "ucf101", "--size", "48"])
     tasks = {"pretrain": (PRETRAIN_CLASSES, args.n_pretrain_per_class),
@@ -100,22 +150,18 @@ def main(argv=None) -> int:
     for task, (classes, n_train) in tasks.items():
         _run(["-m", "util_scripts.ucf101_json", str(_write_splits(work / f"{task}_splits", lists, classes, n_train)),
               str(work / "jpg"), str(work / task)])
-    data = ["--video_path", str(work / "jpg"), "--manual_seed", str(args.seed)]
+    data = ["--video_path", str(work / "jpg")]
     pre = work / "results_pretrain"
-    _main_py([*data, "--annotation_path", str(work / "pretrain" / "ucf101_01.json"), "--result_path", str(pre),
-              *CLIP, "--n_epochs", str(args.pretrain_epochs), "--checkpoint", str(args.pretrain_epochs),
-              "--learning_rate", "0.05", "--weight_decay", "1e-4"])
+    _main_py([*data, "--manual_seed", str(data_seed), "--annotation_path", str(work / "pretrain" / "ucf101_01.json"),
+              "--result_path", str(pre), *CLIP, "--n_epochs", str(args.pretrain_epochs),
+              "--checkpoint", str(args.pretrain_epochs), "--learning_rate", "0.05", "--weight_decay", "1e-4"])
     report = {"pretrain_val_acc": _val_accs(pre)[-1], "settings": {**vars(args), "work_dir": str(work)}}
     annotation = work / "finetune" / "ucf101_01.json"
-    for name, flags in VARIANTS.items():
-        out = work / f"results_{name}"
-        _main_py([*data, "--annotation_path", str(annotation), "--result_path", str(out), *CLIP, *flags,
-                  "--pretrain_path", str(pre / f"save_{args.pretrain_epochs}.pth"), "--n_pretrain_classes", "3",
-                  "--ft_begin_module", "layer3", "--n_epochs", str(args.finetune_epochs),
-                  "--checkpoint", str(args.finetune_epochs), "--inference", "--inference_n_clips", "3"])
-        accs = _val_accs(out)
-        report[name] = {"flags": " ".join(flags), "val_clip_acc_per_epoch": accs, "val_clip_acc": accs[-1],
-                        "val_video_acc": _video_accuracy(annotation, out)}
+    pretrained = pre / f"save_{args.pretrain_epochs}.pth"
+    for name, flags in variants.items():
+        runs = {seed: _finetune(work, data, annotation, pretrained, flags, name=name, seed=seed,
+                                epochs=args.finetune_epochs) for seed in args.seeds}
+        report[name] = {"flags": " ".join(flags), **summarize(runs)}
     print(json.dumps(report, indent=2))
     return 0
 

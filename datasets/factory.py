@@ -108,13 +108,13 @@ def _direction_flip(opt):
 
 
 def _loader(dataset: VideoClipDataset, sampler: EpochShardSampler, *, batch_size: int, opt, dist,
-            collate_fn=None, drop_last: bool = False) -> DataLoader:
+            collate_fn=None, drop_last: bool = False, persistent: bool = True) -> DataLoader:
     workers = _per_process(opt, "n_threads")
     device = getattr(dist, "device", None)
     return DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate_fn,
         drop_last=drop_last, pin_memory=device is not None and torch.device(device).type == "cuda",
-        persistent_workers=workers > 0, prefetch_factor=PREFETCH_FACTOR if workers > 0 else None,
+        persistent_workers=persistent and workers > 0, prefetch_factor=PREFETCH_FACTOR if workers > 0 else None,
         worker_init_fn=seed_worker, generator=torch.Generator().manual_seed(opt.manual_seed))
 
 
@@ -137,6 +137,19 @@ def build_train_loader(opt, dist) -> tuple[DataLoader, EpochShardSampler]:
     # A last batch of one clip would crash BatchNorm in training mode; every rank has as many items, so all drop it.
     drop_last = batch_size > 1 and len(sampler) % batch_size == 1
     return _loader(dataset, sampler, batch_size=batch_size, opt=opt, dist=dist, drop_last=drop_last), sampler
+
+
+def build_bn_stats_loader(opt, dist, train_loader: DataLoader) -> tuple[DataLoader, EpochShardSampler]:
+    """A second loader of the training clips for --precise_bn, and its sampler: set_epoch(epoch) gives the clips
+    of that epoch's first batches (what they are depends only on the seed and the epoch, so a resumed run sees
+    the same). Its own sampler and generator leave the training loader's order alone; its workers live only
+    while it is read (it reads a few batches per epoch)."""
+    rank, world_size = _world(dist)
+    sampler = EpochShardSampler(len(train_loader.dataset), shuffle=True, seed=opt.manual_seed, rank=rank,
+                                world_size=world_size)
+    loader = _loader(train_loader.dataset, sampler, batch_size=train_loader.batch_size, opt=opt, dist=dist,
+                     drop_last=train_loader.drop_last, persistent=False)
+    return loader, sampler
 
 
 def build_val_loader(opt, dist) -> DataLoader:

@@ -78,9 +78,12 @@ def eval_view(net: nn.Module) -> nn.Module:
     return net.module
 
 
-def infer_subset(opt: argparse.Namespace, net: nn.Module, dist: DistInfo, normalizer) -> None:
+def infer_subset(opt: argparse.Namespace, net: nn.Module, dist: DistInfo, normalizer) -> dict | None:
     """--inference: score --inference_subset on every rank; the main process merges the ranks' clips and writes
-    {subset}.json (in dataset order) and prints the accuracies when the videos have labels."""
+    {subset}.json (in dataset order) and prints the accuracies when the videos have labels.
+
+    Returns, on the main process of a single-label run with labelled videos, the accuracy report with the class
+    names (labels) and the top-1 confusion matrix of the videos (confusion); None elsewhere."""
     log.info("inference on the %s subset", opt.inference_subset)
     loader = dataset.build_inference_loader(opt, dist)
     class_names = dataset.get_class_names(opt)
@@ -90,6 +93,7 @@ def infer_subset(opt: argparse.Namespace, net: nn.Module, dist: DistInfo, normal
                                log_interval=opt.log_interval, multi_label=opt.multi_label, features=features)
     parts = gather_objects(aggregator.clips)
     feature_parts = gather_objects(features.clips) if features is not None else []
+    summary = None
     if dist.is_main:
         merged = merge_ranks(parts, class_names)
         records = _inference_records(opt, loader)
@@ -100,10 +104,14 @@ def infer_subset(opt: argparse.Namespace, net: nn.Module, dist: DistInfo, normal
         if opt.multi_label:
             report_video_map(opt, merged, records)
         else:
-            report_video_accuracy(opt, merged, {r.video_id: r.label for r in records})
+            labels = {r.video_id: r.label for r in records}
+            report = report_video_accuracy(opt, merged, labels)
+            if report is not None:
+                summary = {**report, "labels": class_names, "confusion": merged.confusion(labels)}
         if features is not None:
             _write_subset_features(opt, feature_parts, [r.video_id for r in records])
     barrier()
+    return summary
 
 
 def _write_subset_features(opt: argparse.Namespace, parts: list, video_order: Sequence[str]) -> Path:

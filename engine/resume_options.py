@@ -46,6 +46,7 @@ RESUME_POLICY: dict[str, Policy] = {
     # Carried on by the checkpoint's optimiser, LR scheduler, EMA and sampler state.
     "learning_rate": KEEP, "momentum": KEEP, "dampening": KEEP, "weight_decay": KEEP, "nesterov": KEEP,
     "no_decay_bn_bias": KEEP, "plateau_patience": KEEP, "ema_decay": KEEP,
+    "layer_decay": KEEP,  # the LR of each parameter group, carried on by the optimiser's state
     "multistep_milestones": KEEP,  # TAKE with --overwrite_milestones (see _TAKEN_WITH)
     "manual_seed": KEEP,  # seeds every epoch's shuffle: the resumed run keeps the interrupted run's order
     "repeated_aug": KEEP,  # shapes every epoch's order (and the items a mid-epoch resume skips)
@@ -54,6 +55,7 @@ RESUME_POLICY: dict[str, Policy] = {
     "warmup_epochs": TAKE, "overwrite_milestones": TAKE, "batch_size": TAKE, "accumulate_grad_batches": TAKE,
     "precision": TAKE, "compile": TAKE, "label_smoothing": TAKE, "mixup_alpha": TAKE, "cutmix_alpha": TAKE,
     "mix_prob": TAKE, "mix_switch_prob": TAKE, "clip_grad_norm": TAKE, "train_crop": TAKE,
+    "precise_bn": TAKE, "tracker": TAKE,  # a new tracker run starts when the tracker changes
     "train_crop_min_scale": TAKE, "train_crop_min_ratio": TAKE, "no_hflip": TAKE, "colorjitter": TAKE,
     "train_t_crop": TAKE, "root_path": TAKE, "video_path": TAKE, "annotation_path": TAKE, "result_path": TAKE,
     "file_type": TAKE, "n_threads": TAKE, "normalize_in_workers": TAKE, "exact_decode": TAKE, "accimage": TAKE,

@@ -89,6 +89,16 @@ class VideoScoreAggregator:
                 hits += int(label in scores.topk(min(k, scores.numel())).indices.tolist())
         return (hits / n, n) if n else None
 
+    def confusion(self, labels: Mapping[str, int]) -> list[list[int]]:
+        """Top-1 confusion matrix of the labelled videos: rows the true class, columns the top-1 predicted one."""
+        n = len(self.class_names)
+        matrix = [[0] * n for _ in range(n)]
+        for vid, scores in self.video_scores().items():
+            label = labels.get(vid)
+            if label is not None and label >= 0:
+                matrix[label][int(scores.argmax())] += 1
+        return matrix
+
     def accuracy_report(self, labels: Mapping[str, int]) -> dict | None:
         """Clip-level and video-level top-1 accuracy with their counts (None when no video has a label)."""
         clip, video = self.clip_accuracy(labels), self.accuracy(labels)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import logging
 import math
 import sys
@@ -29,6 +30,7 @@ from engine.distributed import DistInfo, all_reduce_sum, gather_objects
 from engine.ema import build_ema, ema_payload, restore_ema
 from engine.forward import autocast, prepare_batch
 from engine.mixing import eraser_from_opts, mixer_from_opts
+from engine.precise_bn import recompute_bn_stats
 from engine.preemption import Action, Preempted, StepControl
 from engine.stop_signals import signal_name
 from errors import UserError
@@ -304,12 +306,16 @@ def build_optimizer(net: nn.Module, opt: argparse.Namespace) -> torch.optim.Opti
     """SGD or AdamW (--optimizer) over every parameter, or over those from --ft_begin_module on when fine-tuning.
 
     --weight_decay applies to every parameter unless --no_decay_bn_bias (the default for AdamW) leaves the
-    BatchNorm and bias parameters out of it (see :func:`decay_param_groups`).
+    BatchNorm and bias parameters out of it (see :func:`decay_param_groups`). --layer_decay splits those
+    groups further by depth stage, each with its own LR (see :func:`layer_decay_param_groups`).
     """
     params = (model_lib.get_fine_tuning_parameters(net, opt.ft_begin_module) if opt.pretrain_path is not None
               else list(net.parameters()))
     if opt.no_decay_bn_bias:
         params = decay_param_groups(net, params, opt.weight_decay)
+    if opt.layer_decay != 1:
+        groups = params if opt.no_decay_bn_bias else [{"params": params, "weight_decay": opt.weight_decay}]
+        params = layer_decay_param_groups(net, groups, opt.learning_rate, opt.layer_decay)
     if opt.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=opt.learning_rate, weight_decay=opt.weight_decay)
     return torch.optim.SGD(params, lr=opt.learning_rate, momentum=opt.momentum,
@@ -327,6 +333,32 @@ def decay_param_groups(net: nn.Module, params: list[nn.Parameter], weight_decay:
                 exempt.add(id(param))
     return [{"params": [p for p in params if id(p) not in exempt], "weight_decay": weight_decay},
             {"params": [p for p in params if id(p) in exempt], "weight_decay": 0.0}]
+
+
+def layer_decay_param_groups(net: nn.Module, groups: list[dict], lr: float, layer_decay: float) -> list[dict]:
+    """``groups`` split by the model's depth stages (models.common.DEPTH_STAGES): stage k counted back from the
+    head (head 0, layer4 1, ..., stem 5) trains with ``lr * layer_decay ** k``. Each group keeps its other
+    settings (weight decay) and gains ``stage``; empty ones (frozen stages, no bias) are left out.
+
+    The schedulers multiply every group's LR by the same factor, so the ratios hold over the run (the plateau
+    scheduler stops cutting a group whose cut would be smaller than its eps, 1e-8: only at tiny LRs).
+    """
+    by_stage = unwrap_model(net).parameters_by_depth_stage()
+    stage_of = {id(p): stage for stage, params in by_stage.items() for p in params}
+    split = []
+    for depth, stage in enumerate(reversed(by_stage)):
+        for group in groups:
+            params = [p for p in group["params"] if stage_of[id(p)] == stage]
+            if params:
+                split.append({**group, "params": params, "lr": lr * layer_decay ** depth, "stage": stage})
+    return split
+
+
+def log_param_groups(optimizer: torch.optim.Optimizer) -> None:
+    """One line per parameter group: its stage, LR, parameter count and weight decay."""
+    for group in optimizer.param_groups:
+        log.info("parameter group %s: lr %.4g, %d parameters, weight decay %g", group.get("stage", "all"),
+                 group["lr"], sum(p.numel() for p in group["params"]), group["weight_decay"])
 
 
 def run_logger(opt: argparse.Namespace, dist: DistInfo, name: str, header: list[str],
@@ -362,6 +394,8 @@ class Trainer:
         model_lib.check_batch_norm_can_train(net, opt)
         self.opt, self.dist = opt, dist
         self.optimizer = build_optimizer(net, opt)  # before wrapping: fine-tuning freezes the bare model's stages
+        if opt.layer_decay != 1:
+            log_param_groups(self.optimizer)
         self.ema = build_ema(net, opt.ema_decay)
         self.mixer = mixer_from_opts(opt, unwrap_model(net).get_classifier().out_features)
         self.eraser = eraser_from_opts(opt)
@@ -372,6 +406,8 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, opt)
         self.scaler = torch.amp.GradScaler(dist.device.type) if opt.precision == "fp16" else None
         self.loader, self.sampler = dataset.build_train_loader(opt, dist)
+        self.bn_loader, self.bn_sampler = (dataset.build_bn_stats_loader(opt, dist, self.loader) if opt.precise_bn
+                                           else (None, None))
         self.control = StepControl(checkpoint_minutes=opt.checkpoint_minutes, is_main=dist.is_main)
         self.begin_epoch = 1
         self.start = EpochProgress()  # where begin_epoch starts (mid-epoch after a stop)
@@ -513,7 +549,19 @@ class Trainer:
         report_data_problems(self.loader, before, phase="train", epoch=epoch, device=self.dist.device)
         if self.train_logger is not None:
             self.train_logger.log({"epoch": epoch, **result})
+        if self.bn_loader is not None:
+            self._recompute_bn_stats(epoch, normalizer)
         return dict(result)
+
+    def _recompute_bn_stats(self, epoch: int, normalizer) -> None:
+        """--precise_bn: the BatchNorm statistics of the model (and of its EMA) from the first batches of a
+        separate pass over this epoch's training clips (engine.precise_bn)."""
+        self.bn_sampler.set_epoch(epoch)
+        models = [unwrap_model(self.model)] + ([self.ema.module] if self.ema is not None else [])
+        n = recompute_bn_stats(models, itertools.islice(self.bn_loader, self.opt.precise_bn), self.dist.device,
+                               normalizer=normalizer, precision=self.opt.precision)
+        log.info("precise BN: BatchNorm statistics of the model%s recomputed over %d training batches",
+                 " and its EMA" if self.ema is not None else "", n)
 
     def _log_first_step(self, data_wait_s: float) -> None:
         """How long the process took to its first optimiser step, and how much of that went to waiting for data

@@ -144,11 +144,16 @@ def init_weights(model: nn.Module, *, zero_linear_bias: bool = False) -> None:
             nn.init.constant_(m.bias, 0)
 
 
+# The depth stages of layer-wise LR decay (--layer_decay), from the input to the output: every family maps its
+# top-level modules onto them (:meth:`ClassifierHeadMixin.depth_stage`).
+DEPTH_STAGES = ("stem", "layer1", "layer2", "layer3", "layer4", "head")
+
+
 class ClassifierHeadMixin:
     """One head and stage API for every family, so fine-tuning never special-cases a model.
 
     Subclasses set ``classifier_name`` (the attribute holding the final nn.Linear) and may
-    override :meth:`named_stages`.
+    override :meth:`named_stages` and :meth:`depth_stage`.
     """
 
     classifier_name = "fc"
@@ -168,6 +173,22 @@ class ClassifierHeadMixin:
 
     def stage_names(self) -> list[str]:
         return [name for name, _ in self.named_stages()]
+
+    def depth_stage(self, stage_name: str) -> str:
+        """The entry of DEPTH_STAGES that the stage ``stage_name`` (one of :meth:`named_stages`) belongs to.
+
+        ResNet-like families name their stages of blocks layer1..layer4; everything before them is the stem.
+        """
+        if stage_name == self.classifier_name:
+            return "head"
+        return stage_name if stage_name in DEPTH_STAGES else "stem"
+
+    def parameters_by_depth_stage(self) -> dict[str, list[nn.Parameter]]:
+        """Every parameter under its depth stage, the stages in DEPTH_STAGES order (some may be empty)."""
+        stages = {stage: [] for stage in DEPTH_STAGES}
+        for name, module in self.named_stages():
+            stages[self.depth_stage(name)].extend(module.parameters())
+        return stages
 
 
 def _has_params(module: nn.Module) -> bool:

@@ -121,6 +121,15 @@ class DenseNet(ClassifierHeadMixin, nn.Module):
         stages = [(name, m) for name, m in self.features.named_children() if any(True for _ in m.parameters())]
         return stages + [("classifier", self.classifier)]
 
+    def depth_stage(self, stage_name: str) -> str:
+        # Dense block k and the transition after it form stage k; norm5 closes the last block.
+        if stage_name == "norm5":
+            return "layer4"
+        for prefix in ("denseblock", "transition"):
+            if stage_name.startswith(prefix):
+                return f"layer{stage_name.removeprefix(prefix)}"
+        return super().depth_stage(stage_name)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.relu(self.features(x))
         return self.classifier(torch.flatten(F.adaptive_avg_pool3d(out, 1), 1))

@@ -20,7 +20,6 @@ whose videos has a result is an error (its score would measure nothing but the m
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,7 +27,7 @@ from pathlib import Path
 from datasets.layout import subset_name
 from errors import UserError
 from util_scripts.common import run_cli
-from utils import mean_average_precision
+from utils import mean_average_precision, write_confusion_matrix
 
 METRICS = ("accuracy", "map")
 
@@ -195,38 +194,6 @@ def evaluate_map(gt_path: Path, result_path: Path, *, subset: str = "validation"
     value, per_class = mean_average_precision(rows, targets)
     return {"map": value, "per_class_ap": dict(zip(labels, per_class)), "n_ground_truth": len(gt),
             "n_result": len(present), "n_evaluated": len(evaluated)}
-
-
-def write_confusion_matrix(prefix: Path, labels: list[str], confusion: list[list[int]]) -> list[Path]:
-    """Write PREFIX.csv (and PREFIX.png if matplotlib is available); return the written paths."""
-    prefix = Path(prefix)
-    prefix.parent.mkdir(parents=True, exist_ok=True)
-    csv_path = prefix.with_name(prefix.name + ".csv")
-    with open(csv_path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["true \\ predicted", *labels])
-        writer.writerows([label, *row] for label, row in zip(labels, confusion))
-    written = [csv_path]
-    try:
-        import matplotlib  # optional dependency, imported only when a plot is drawn
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return written
-    size = min(40, 2 + 0.35 * len(labels))
-    fig, ax = plt.subplots(figsize=(size, size))
-    ax.imshow(confusion, cmap="Blues")
-    ticks = range(len(labels))
-    ax.set_xticks(ticks, labels, rotation=90, fontsize=6 if len(labels) > 30 else 9)
-    ax.set_yticks(ticks, labels, fontsize=6 if len(labels) > 30 else 9)
-    ax.set_xlabel("predicted (top-1)")
-    ax.set_ylabel("true")
-    fig.tight_layout()
-    png_path = prefix.with_name(prefix.name + ".png")
-    fig.savefig(png_path, dpi=100)
-    plt.close(fig)
-    return [*written, png_path]
 
 
 def build_parser() -> argparse.ArgumentParser:

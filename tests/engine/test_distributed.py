@@ -166,3 +166,16 @@ def test_a_stop_signal_sent_to_the_distributed_launcher_alone_reaches_its_worker
     assert re.match(rf"stopped by SIGTERM after {where}; saved .*latest\.pth", last_line), stderr
     assert (tmp_path / "latest.pth").is_file()
     assert (tmp_path / "stopped_resumable").read_text().startswith("143\n")
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_with_layer_decay_precise_bn_and_a_tracker_on_rank_0(tiny_dataset, tmp_path):
+    pytest.importorskip("mlflow")
+    proc = run_main([*dataset_args(tiny_dataset, tmp_path), "--n_epochs", 1, "--checkpoint", 1, "--batch_size", 4,
+                     "--layer_decay", 0.5, "--precise_bn", 1, "--tracker", "mlflow"], launcher=TORCHRUN,
+                    env={"MLFLOW_TRACKING_URI": None})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "weights identical on all 2 ranks" in proc.stdout
+    assert "precise BN: BatchNorm statistics of the model recomputed over 1 training batches" in proc.stdout
+    assert len(load_checkpoint(tmp_path / "save_1.pth")["optimizer"]["param_groups"]) == 6  # one per stage (sgd)
+    assert len(list((tmp_path / "mlruns").glob("*/*/meta.yaml"))) == 1  # one tracker run: rank 0's

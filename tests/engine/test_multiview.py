@@ -219,3 +219,12 @@ def test_option_checks(tmp_path):
         parse_opts([*base, "--inference_n_clips", "-1"])
     opt = parse_opts([*base, "--inference_n_clips", "4", "--inference_n_crops", "3"])
     assert (opt.inference_n_clips, opt.inference_n_crops) == (4, 3)
+
+
+def test_video_confusion_matrix_counts_the_labelled_videos_by_top_1():
+    agg = VideoScoreAggregator(["a", "b"])
+    agg.update(torch.tensor([[0.6, 0.4], [0.8, 0.2], [0.1, 0.9], [0.5, 0.5]]), ["x", "y", "y", "z"],
+               [[0, 8], [0, 8], [8, 16], [0, 8]])
+    # x: a -> a; y: label b, mean 0.45/0.55 -> b; z is unlabelled
+    assert agg.confusion({"x": 0, "y": 1, "z": -1}) == [[1, 0], [0, 1]]
+    assert agg.confusion({"x": 1, "y": 0}) == [[0, 1], [1, 0]]

@@ -119,6 +119,25 @@ def test_sigterm_mid_epoch_then_auto_resume_is_bit_identical(data, reference, tm
     assert not list(out.glob("previous_run_*"))  # every rerun resumed: nothing moved aside
 
 
+@pytest.mark.slow
+def test_a_mid_epoch_stop_with_layer_decay_precise_bn_and_ema_resumes_bit_identically(data, tmp_path):
+    recipe = ["--layer_decay", "0.5", "--precise_bn", "2", "--ema_decay", "0.9"]
+    ref, out = tmp_path / "ref", tmp_path / "run"
+    _finish(_start(data, ref, ranks=1, extra=recipe))
+    [(rc, stdout, stderr)] = _signal_after(_start(data, out, ranks=1, extra=recipe), out, 6, signal.SIGTERM)
+    assert rc == 128 + signal.SIGTERM, stdout + stderr
+    assert "precise BN" in stdout  # epoch 1's statistics were recomputed before the stop: the checkpoint has them
+    assert "parameter group head: lr 0.05, " in stdout and "parameter group stem: lr 0.00156" in stdout
+    _finish(_start(data, out, ranks=1, extra=recipe))
+    _assert_same_run(ref, out, "--layer_decay, --precise_bn and --ema_decay")
+    a, b = load_checkpoint(ref / f"save_{N_EPOCHS}.pth"), load_checkpoint(out / f"save_{N_EPOCHS}.pth")
+    for key, value in a["ema_state_dict"].items():
+        assert torch.equal(value, b["ema_state_dict"][key]), key
+    assert [g["lr"] for g in a["optimizer"]["param_groups"]] == [g["lr"] for g in b["optimizer"]["param_groups"]]
+    assert len(b["optimizer"]["param_groups"]) == 6
+    assert (b["options"]["layer_decay"], b["options"]["precise_bn"]) == (0.5, 2)  # saved with the run's options
+
+
 def _in_window(ds, out: Path, window: str, action: str, *, call: int = 1, extra=()) -> subprocess.CompletedProcess:
     """One run through tests/engine/window_main.py: `action` at the `call`-th entry into `window`."""
     cmd = [sys.executable, "tests/engine/window_main.py", *_args(ds, out, 2), "--resume_path", "auto", *extra]

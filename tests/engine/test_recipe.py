@@ -15,8 +15,9 @@ from torch import nn
 from checkpoint import load_checkpoint, save_checkpoint
 from engine.ema import build_ema
 from engine.mixing import ClipEraser, ClipMixer, eraser_from_opts
-from engine.training import build_optimizer, train_one_epoch
+from engine.training import build_optimizer, build_scheduler, step_scheduler, train_one_epoch
 from models import factory as model_lib
+from models.common import DEPTH_STAGES
 from opts import parse_opts
 from tests.conftest import DEVICES, TinyNet, dataset_args, log_rows, run_main
 from util_scripts import export_model
@@ -309,7 +310,7 @@ def test_fine_tuning_groups_hold_only_the_trained_stages():
     net = model_lib.generate_model(parse_opts(["--result_path", "x", "--model_depth", "10", "--n_classes", "3",
                                                "--resnet_widen_factor", "0.25"]))
     ns = SimpleNamespace(pretrain_path="p", ft_begin_module="layer4", no_decay_bn_bias=True, optimizer="adamw",
-                         learning_rate=1e-3, weight_decay=0.05)
+                         learning_rate=1e-3, weight_decay=0.05, layer_decay=1.0)
     groups = build_optimizer(net, ns).param_groups
     names = _names(net, groups[0]["params"]) | _names(net, groups[1]["params"])
     assert names == {n for n in dict(net.named_parameters()) if n.startswith(("layer4.", "fc."))}
@@ -323,6 +324,90 @@ def test_recipe_flags_are_checked():
     opt = parse_opts(["--result_path", "x"])
     assert (opt.optimizer, opt.label_smoothing, opt.mixup_alpha, opt.cutmix_alpha, opt.clip_grad_norm,
             opt.ema_decay, opt.accumulate_grad_batches, opt.no_decay_bn_bias) == ("sgd", 0, 0, 0, 0, 0, 1, False)
+
+
+# --- --layer_decay ----------------------------------------------------------------------------------------------
+
+
+def _assert_layer_decayed(optimizer, head_lr: float, decay: float) -> None:
+    """Every group's LR is head_lr * decay ** (its stage's distance from the head), and every stage has a group."""
+    depth = {stage: k for k, stage in enumerate(reversed(DEPTH_STAGES))}
+    assert {g["stage"] for g in optimizer.param_groups} == set(DEPTH_STAGES)
+    for group in optimizer.param_groups:
+        assert group["lr"] == pytest.approx(head_lr * decay ** depth[group["stage"]], rel=1e-12), group["stage"]
+
+
+def test_layer_decay_groups_are_stage_times_decay_with_lr_decayed_per_stage():
+    net, optimizer = _optimizer_for("--optimizer", "adamw", "--learning_rate", "0.1", "--weight_decay", "0.05",
+                                    "--layer_decay", "0.5")
+    stage_of = {id(p): stage for stage, params in net.parameters_by_depth_stage().items() for p in params}
+    plain_net, plain = _optimizer_for("--optimizer", "adamw", "--learning_rate", "0.1", "--weight_decay", "0.05")
+    decay_by_name = {name: g["weight_decay"] for g in plain.param_groups for name in _names(plain_net, g["params"])}
+    decay_of = {id(p): decay_by_name[name] for name, p in net.named_parameters()}
+    seen = [id(p) for g in optimizer.param_groups for p in g["params"]]
+    assert sorted(seen) == sorted(id(p) for p in net.parameters())  # each parameter in exactly one group
+    assert len(optimizer.param_groups) == 12  # 6 stages x (decayed, exempt)
+    for group in optimizer.param_groups:  # each group: one stage, one weight decay, that of the plain groups
+        assert {stage_of[id(p)] for p in group["params"]} == {group["stage"]}
+        assert {decay_of[id(p)] for p in group["params"]} == {group["weight_decay"]}
+    _assert_layer_decayed(optimizer, 0.1, 0.5)
+
+
+def test_layer_decay_is_off_by_default_and_checked():
+    for flags in ([], ["--optimizer", "adamw"]):
+        _, optimizer = _optimizer_for(*flags)
+        _, explicit_off = _optimizer_for(*flags, "--layer_decay", "1")
+        assert all("stage" not in g for g in optimizer.param_groups)
+        assert len(optimizer.param_groups) == len(explicit_off.param_groups) == (2 if flags else 1)
+    for bad in (["--layer_decay", "0"], ["--layer_decay", "1.5"], ["--layer_decay", "nan"], ["--precise_bn", "-1"],
+                ["--tracker", "comet"]):
+        with pytest.raises(SystemExit):
+            parse_opts(["--result_path", "x", *bad])
+    opt = parse_opts(["--result_path", "x"])
+    assert (opt.layer_decay, opt.precise_bn, opt.tracker) == (1.0, 0, "none")
+
+
+def test_layer_decay_leaves_frozen_stages_out():
+    net = model_lib.generate_model(parse_opts(["--result_path", "x", "--model_depth", "10", "--n_classes", "3",
+                                               "--resnet_widen_factor", "0.25"]))
+    ns = SimpleNamespace(pretrain_path="p", ft_begin_module="layer3", no_decay_bn_bias=False, optimizer="sgd",
+                         learning_rate=0.1, weight_decay=1e-3, momentum=0.9, dampening=0.0, nesterov=False,
+                         layer_decay=0.5)
+    optimizer = build_optimizer(net, ns)
+    assert [g["stage"] for g in optimizer.param_groups] == ["head", "layer4", "layer3"]
+    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([0.1, 0.05, 0.025])
+    trained = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    assert trained == {id(p) for p in net.parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("scheduler", [["--lr_scheduler", "multistep", "--multistep_milestones", "1", "2"],
+                                       ["--lr_scheduler", "cosine", "--warmup_epochs", "1", "--n_epochs", "4"],
+                                       ["--lr_scheduler", "plateau", "--plateau_patience", "0"]])
+def test_every_scheduler_keeps_the_layer_decay_ratios(scheduler):
+    opt = parse_opts(["--result_path", "x", "--model_depth", "10", "--resnet_widen_factor", "0.25", "--n_classes",
+                      "3", "--layer_decay", "0.5", *scheduler])
+    net = model_lib.generate_model(opt)
+    optimizer = build_optimizer(net, opt)
+    sched = build_scheduler(optimizer, opt)
+    head_lrs = []
+    for _ in range(3):
+        optimizer.step()
+        step_scheduler(sched, 1.0)  # a constant validation loss: plateau decays every epoch
+        head = optimizer.param_groups[0]["lr"]
+        head_lrs.append(head)
+        _assert_layer_decayed(optimizer, head, 0.5)
+    assert len(set(head_lrs)) > 1  # the schedule did change the LR
+
+
+def test_an_optimizer_state_with_stage_groups_loads_into_the_same_groups():
+    net, optimizer = _optimizer_for("--layer_decay", "0.75")
+    net(torch.randn(2, 3, 8, 32, 32)).sum().backward()
+    optimizer.step()
+    state = copy.deepcopy(optimizer.state_dict())
+    _, again = _optimizer_for("--layer_decay", "0.75")
+    again.load_state_dict(state)
+    assert [(g["stage"], g["lr"]) for g in again.param_groups] == [(g["stage"], g["lr"])
+                                                                   for g in optimizer.param_groups]
 
 
 # --- EMA weights in checkpoints, validation, --predict and export ----------------------------------------------

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from models import MODEL_DEPTHS, MODEL_FAMILIES, build_model
-from models.common import ZeroPadShortcut
-from tests.conftest import DEVICES
+from models.common import DEPTH_STAGES, ZeroPadShortcut
+from tests.conftest import DEVICES, smallest_family_model
 
 ALL_MODELS = [(family, depth) for family, depths in MODEL_DEPTHS.items() for depth in depths]
 SMALLEST = [(family, depths[0]) for family, depths in MODEL_DEPTHS.items()]
@@ -200,3 +200,28 @@ def test_torch_compile_matches_eager():
         eager = model(x)
         compiled = torch.compile(model)(x)
     torch.testing.assert_close(compiled, eager, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("family", sorted(MODEL_FAMILIES))
+def test_every_parameter_has_exactly_one_depth_stage_in_forward_order(family):
+    net = smallest_family_model(family)
+    stages = net.parameters_by_depth_stage()
+    assert list(stages) == list(DEPTH_STAGES) and all(stages.values())  # every stage holds parameters
+    owner = {}
+    for stage, params in stages.items():
+        for p in params:
+            assert id(p) not in owner, f"a parameter is in {owner[id(p)]} and {stage}"
+            owner[id(p)] = stage
+    named = list(net.named_parameters())
+    assert len(owner) == len(named)
+    # Registration order is forward order in every family: the stages never step back towards the input.
+    order = [DEPTH_STAGES.index(owner[id(p)]) for _, p in named]
+    assert order == sorted(order)
+    assert {owner[id(p)] for p in net.get_classifier().parameters()} == {"head"}
+
+
+def test_densenet_blocks_and_transitions_map_to_their_stage():
+    net = smallest_family_model("densenet")
+    assert [net.depth_stage(n) for n in ("conv1", "norm1", "denseblock2", "transition2", "denseblock4", "norm5",
+                                         "classifier")] == ["stem", "stem", "layer2", "layer2", "layer4", "layer4",
+                                                            "head"]
