@@ -11,7 +11,9 @@ Usage: ``python -m benchmarks.finetune_recipe [--work_dir DIR] [--pretrain_epoch
    ``--n_finetune_per_class`` training videos each, from layer3 on, once per variant and seed (``--seeds``:
    the fine-tune's --manual_seed), all with the same schedule: ``plain`` (SGD, the flags' defaults),
    ``recipe`` (AdamW, label smoothing, mixup + cutmix, EMA), ``recipe+`` (the recipe with layer-wise LR decay
-   and precise BatchNorm statistics); a variant is a list of flags in ``VARIANTS`` (or ``--add_variant``).
+   and precise BatchNorm statistics), ``full`` (recipe+ with RandAugment and random erasing; repeated
+   augmentation is left out: it serves multi-GPU batches); a variant is a list of flags in ``VARIANTS`` (or
+   ``--add_variant``).
 4. Prints, as JSON, per variant and seed the validation accuracy (clip level, EMA weights for the recipe) of
    every epoch and the video-level accuracy of the last epoch's inference, and per variant the mean, standard
    deviation (over seeds; 0 for one seed), minimum and maximum of the final clip- and video-level accuracies.
@@ -46,6 +48,7 @@ VARIANTS = {
                "0.1", "--mixup_alpha", "0.8", "--cutmix_alpha", "1.0", "--ema_decay", "0.9"],
 }
 VARIANTS["recipe+"] = [*VARIANTS["recipe"], "--layer_decay", "0.75", "--precise_bn", "4"]
+VARIANTS["full"] = [*VARIANTS["recipe+"], "--randaugment", "2", "9", "--random_erasing", "0.25"]
 
 
 def _write_splits(folder: Path, lists: dict[str, list[str]], classes: tuple[str, ...], n_train: int) -> Path:
