@@ -164,16 +164,24 @@ def _sharpness(x: torch.Tensor, value: float) -> torch.Tensor:
 
 def _warp(x: torch.Tensor, inverse: tuple[float, float, float, float], shift: tuple[float, float]) -> torch.Tensor:
     """Every frame resampled (nearest pixel, black outside): the output pixel at offset p from the frame's centre
-    shows the input at ``inverse @ p + shift`` (pixels, x to the right and y down)."""
-    frames, height, width = x.shape[0], x.shape[1], x.shape[2]
+    shows the input at ``inverse @ p + shift`` (pixels, x to the right and y down). The source pixel of each output
+    pixel is found once for the frame (grid_sample's nearest rule) and all frames are gathered with it: a few
+    times faster than resampling every frame."""
+    height, width = x.shape[1], x.shape[2]
     a, b, c, d = inverse
     # The same map in affine_grid's coordinates, where the frame spans [-1, 1] on both axes.
-    theta = torch.tensor([[a, b * height / width, 2 * shift[0] / width],
-                          [c * width / height, d, 2 * shift[1] / height]], dtype=torch.float32)
-    images = x.permute(0, 3, 1, 2).float()
-    grid = F.affine_grid(theta.expand(frames, 2, 3), list(images.shape), align_corners=False)
-    out = F.grid_sample(images, grid, mode="nearest", padding_mode="zeros", align_corners=False)
-    return out.round().to(torch.uint8).permute(0, 2, 3, 1)
+    theta = torch.tensor([[[a, b * height / width, 2 * shift[0] / width],
+                           [c * width / height, d, 2 * shift[1] / height]]], dtype=torch.float32)
+    grid = F.affine_grid(theta, [1, 1, height, width], align_corners=False)[0]  # (H, W, 2): x, y in [-1, 1]
+    # grid_sample's unnormalisation (align_corners=False) and its round-half-to-even nearest pixel.
+    cols = torch.round(((grid[..., 0] + 1) * width - 1) / 2).long()
+    rows = torch.round(((grid[..., 1] + 1) * height - 1) / 2).long()
+    outside = ((cols < 0) | (cols >= width) | (rows < 0) | (rows >= height)).numpy()
+    source = (rows.clamp(0, height - 1) * width + cols.clamp(0, width - 1)).flatten().numpy()
+    pixels = x.numpy().reshape(x.shape[0], height * width, x.shape[3])
+    out = np.take(pixels, source, axis=1).reshape(x.shape)  # numpy's take: far quicker than torch's indexing here
+    out[:, outside] = 0
+    return torch.from_numpy(out)
 
 
 def _rotate(x: torch.Tensor, degrees: float) -> torch.Tensor:
