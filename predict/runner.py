@@ -59,6 +59,10 @@ features): `run(opt, listeners=[...])` or `VideoPredictor.predict(video, listene
 - `finish_video(result: VideoResult)`: after the last segment; `result.usable`, `result.error`,
   `result.problems()`, `result.decoded_seconds`, `result.scores` (a `VideoScoreAggregator`).
 Nothing is called for videos skipped as already predicted or unusable at probing.
+
+A live source (a URL, `-`, a camera device, a FIFO: `predict.live`) is one "video" of unknown length
+(`video.live`, `video.meta.n_frames` 0) whose `finish_video` gets None; its `frame` calls carry the picture only with
+--output_video, else only for the first frame of every segment (None for the others: the queue stays small).
 """
 
 from __future__ import annotations
@@ -420,6 +424,8 @@ def _run(opt: argparse.Namespace, listeners: Sequence[PredictionListener]) -> in
     payload = load_checkpoint(opt.resume_path)
     spec = checkpoint_clip_spec(opt, payload, Path(opt.resume_path))
     checkpoint_views(opt, payload, Path(opt.resume_path), spec)
+    if live:
+        live_windows(opt, spec)
     net, class_names = load_predictor(opt, payload, Path(opt.resume_path), spec)
     # --output_topk 0 means all classes of the checkpoint's model (opts leaves it unresolved for --predict).
     topk = opt.output_topk if opt.output_topk > 0 else len(class_names)
@@ -462,11 +468,10 @@ def _device(opt: argparse.Namespace) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() and not opt.no_cuda else "cpu")
 
 
-def _run_live(opt: argparse.Namespace, spec: ClipSpec, net: nn.Module, class_names: list[str], topk: int,
-              store: PredictionStore, listeners: Sequence[PredictionListener]) -> int:
-    """--predict on a live source (predict.live): JSON lines as segments are scored; predictions.json/.csv/.html
-    of the whole run when it ends (a stop signal: "complete": false, the page marked partial); exit status 130
-    after a stop (main.py makes it 128 + the signal), 0 when the stream ended."""
+def live_windows(opt: argparse.Namespace, spec: ClipSpec) -> None:
+    """A live stream is cut into sliding windows (every --inference_stride frames): the checkpoint's evenly spaced
+    views are replaced (said in the log); typed --inference_n_clips and segment sampling, which need a whole video,
+    are refused."""
     if spec.temporal_sampling == "segment":
         raise UserError("live --predict needs --temporal_sampling dense clips (segment sampling spreads a clip over a "
                         "whole video, which a live stream does not have)")
@@ -477,6 +482,13 @@ def _run_live(opt: argparse.Namespace, spec: ClipSpec, net: nn.Module, class_nam
         log.info("live input: sliding windows every %d frames instead of the checkpoint's %d evenly spaced clips",
                  opt.inference_stride, opt.inference_n_clips)
         opt.inference_n_clips = 0
+
+
+def _run_live(opt: argparse.Namespace, spec: ClipSpec, net: nn.Module, class_names: list[str], topk: int,
+              store: PredictionStore, listeners: Sequence[PredictionListener]) -> int:
+    """--predict on a live source (predict.live): JSON lines as segments are scored; predictions.json/.csv/.html
+    of the whole run when it ends (a stop signal: "complete": false, the page marked partial); exit status 130
+    after a stop (main.py makes it 128 + the signal), 0 when the stream ended; a UserError when no frame came."""
     device = _device(opt)
     scorer = build_predictor(net, opt, spec, class_names=class_names, topk=topk, device=device)
     scorer.threads = 1  # one decoder thread: frame threads would hold every frame back by their number
@@ -500,6 +512,8 @@ def _run_live(opt: argparse.Namespace, spec: ClipSpec, net: nn.Module, class_nam
     for path in outputs.close({"results": store.results}, unusable=store.unusable, partial=partial):
         log.info("wrote %s", path)
     log.info("wrote %s and %s", store.json_path, store.csv_path)
+    if result.video is None and not result.stopped:
+        raise UserError(f"no frame came from {opt.predict}: {result.ended or 'the stream ended'}")
     return 130 if result.stopped else 0
 
 

@@ -21,7 +21,7 @@ import pytest
 
 from datasets.live_source import LiveFrame
 from predict.live import ChunkQueue, _Chunk, _Clip, _Window
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_main
 
 pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs the ffmpeg binary (a live stream)")
 LINE_FIELDS = {"source", "segment", "frames", "result", "latency_s", "dropped_segments", "reconnects"}
@@ -86,7 +86,7 @@ def test_stdin_mpegts_pipe(checkpoint, tmp_path):
     and the run's predictions.json/.csv/.html when the pipe ends."""
     ffmpeg = subprocess.Popen(["ffmpeg", "-v", "error", "-re", *STREAM[:3], STREAM[3] + ":duration=2", *STREAM[4:],
                                "-"], stdout=subprocess.PIPE)
-    run = _predict(checkpoint, "-", tmp_path / "out", stdin=ffmpeg.stdout)
+    run = _predict(checkpoint, "-", tmp_path / "out", "--save_features", stdin=ffmpeg.stdout)
     ffmpeg.stdout.close()
     stdout, stderr = run.communicate(timeout=120)
     ffmpeg.wait()
@@ -99,7 +99,8 @@ def test_stdin_mpegts_pipe(checkpoint, tmp_path):
     assert len(entry["segments"]) == len(lines) and entry["result"]
     assert set(entry["live"]) >= {"dropped_segments", "dropped_frames", "reconnects", "latency_s"}
     assert entry["live"]["latency_s"]["n"] == len(lines)
-    assert (tmp_path / "out" / "predictions.csv").is_file() and (tmp_path / "out" / "predictions.html").is_file()
+    for name in ("predictions.csv", "predictions.html", "features.h5"):
+        assert (tmp_path / "out" / name).is_file()
 
 
 def _wait_for(predicate, timeout: float = 60.0) -> None:
@@ -190,3 +191,14 @@ def test_http_server_killed_and_restarted_on_the_same_port(checkpoint, tmp_path)
     assert "reconnected to" in stdout and "gave up after 2 reconnection attempt(s)" in stdout  # the log: stdout
     data, entry = _live_entry(tmp_path / "out")
     assert data["complete"] is True and entry["live"]["reconnects"] == 1 and "reconnected 1 times" in entry["problems"]
+
+
+def test_a_source_that_never_answers_and_whole_video_views_are_one_line_errors(checkpoint, tmp_path):
+    url = f"http://127.0.0.1:{_free_port()}"  # nobody listens
+    base = ["--predict", url, "--resume_path", checkpoint, "--result_path", tmp_path / "out", "--no_cuda"]
+    nothing = run_main([*base, "--live_reconnect", "0"], timeout=120)
+    assert nothing.returncode == 2 and nothing.stderr.strip().splitlines()[-1].startswith(f"error: no frame came "
+                                                                                          f"from {url}")
+    clips = run_main([*base, "--inference_n_clips", "3"], timeout=120)
+    assert clips.returncode == 2 and "error: live --predict cuts sliding windows" in clips.stderr
+    assert "Traceback" not in nothing.stderr + clips.stderr
