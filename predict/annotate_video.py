@@ -218,7 +218,9 @@ def _draw_timeline(draw: ImageDraw.ImageDraw, width: int, height: int, t: float,
     # drawn as soon as a segment covers it), and an end-aligned last window shows the part it adds.
     for seg in reversed(timeline):
         x0, x1 = int(seg.start_s * scale), max(int(seg.start_s * scale) + 1, int(round(seg.end_s * scale)))
-        draw.rectangle((x0, y0, min(x1, width) - 1, height - 1), fill=colors.rgb(seg.label))
+        if x1 <= 0 or x0 >= width:  # outside the strip (a live stream's: before it, or scored ahead of the frame)
+            continue
+        draw.rectangle((max(x0, 0), y0, min(x1, width) - 1, height - 1), fill=colors.rgb(seg.label))
     cursor = min(width - 1, int(t * scale))
     draw.rectangle((max(0, cursor - 1), y0, min(width - 1, cursor + 1), height - 1), fill=(255, 255, 255))
     return 0, y0, width, height

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+import shutil
+import socket
+import subprocess
+import threading
 from pathlib import Path
 
 import pytest
 
-from datasets.live_source import is_live_source, source_kind
+from datasets.live_source import LiveStream, is_live_source, source_kind
 from opts import parse_opts
 
 
@@ -51,3 +55,43 @@ def test_live_output_needs_predict(capsys, tmp_path):
     with pytest.raises(SystemExit):
         parse_opts(["--result_path", str(tmp_path), "--live_output", "x.jsonl"])
     assert "--live_output needs --predict" in capsys.readouterr().err
+
+
+class _SilentThenWholeServer:
+    """An HTTP server of MPEG-TS: the first client gets half the stream and then silence (the connection stays
+    open), the second the whole stream; then it stops listening."""
+
+    HEADER = b"HTTP/1.0 200 OK\r\nContent-Type: video/mp2t\r\n\r\n"
+
+    def __init__(self, data: bytes):
+        self.data = data
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        silent, _ = self.sock.accept()
+        silent.sendall(self.HEADER + self.data[: len(self.data) // 2])
+        whole, _ = self.sock.accept()
+        whole.sendall(self.HEADER + self.data)
+        whole.close()
+        self.sock.close()
+        silent.close()
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs the ffmpeg binary (an MPEG-TS stream)")
+def test_a_stalled_connection_is_dropped_after_the_stall_time_and_reconnected():
+    data = subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=64x48:rate=20:duration=2",
+                           "-c:v", "libx264", "-preset", "ultrafast", "-g", "10", "-f", "mpegts", "-"],
+                          capture_output=True, check=True).stdout
+    server = _SilentThenWholeServer(data)
+    stream = LiveStream(server.url, stall_s=0.5, reconnect=1)
+    frames = list(stream)
+    assert {f.connection for f in frames} == {1, 2} and stream.state.reconnects == 1
+    assert stream.state.losses[0] != "end of stream"  # the first connection timed out: it never ended
+    assert "gave up after 1 reconnection attempt(s)" in stream.state.ended
+    times = [f.seconds for f in frames]
+    assert times == sorted(times) and [f.number for f in frames] == list(range(len(frames)))
+    second = [f for f in frames if f.connection == 2]
+    assert len(second) == 40 and second[0].seconds >= max(f.seconds for f in frames if f.connection == 1)
