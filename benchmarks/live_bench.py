@@ -1,14 +1,14 @@
 """Live `--predict` against a local stream server, measured as a user would run it (an experiment, run by hand).
 
-Usage: ``python -m benchmarks.live_bench [--seconds 300] [--protocol http|rtsp] [--size 640x480] [--fps 30]
+Usage: ``python -m benchmarks.live_bench [--seconds 300] [--size 640x480] [--fps 30]
 [--model_depth 18] [--sample_size 112] [--sample_duration 8] [--stride 16] [--output FILE]``
 
 ffmpeg serves a synthetic `testsrc2` stream in real time (`-re`, H.264 ultrafast/zerolatency, MPEG-TS over HTTP in
-listen mode, or RTSP with ffmpeg as the server); `main.py --predict URL --live_reconnect 0` follows it in a child
-process until the stream ends. Reported: segments labelled and expected (stream frames / stride), segments dropped,
-latency median / p90 / max (from the run's predictions.json), and the child's resident memory (VmRSS) sampled every
-5 s: after the first 30 s, at the end and its peak, to show whether memory stays flat. Random weights: speed and
-memory do not depend on them.
+listen mode; ffmpeg cannot serve RTSP itself, it only pushes to a server); `main.py --predict URL --live_reconnect 0`
+follows it in a child process until the stream ends. Reported: segments labelled and expected (stream frames /
+stride), segments dropped, latency median / p90 / max (from the run's predictions.json), and the child's resident
+memory (VmRSS) sampled every 5 s: after the first 30 s, at the end and its peak, to show whether memory stays flat.
+Random weights: speed and memory do not depend on them.
 """
 
 from __future__ import annotations
@@ -35,14 +35,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def serve(protocol: str, port: int, *, seconds: float, size: str, fps: int) -> tuple[subprocess.Popen, str]:
+def serve(port: int, *, seconds: float, size: str, fps: int) -> tuple[subprocess.Popen, str]:
     """The ffmpeg stream server and the URL a client opens."""
     source = ["ffmpeg", "-v", "error", "-re", "-f", "lavfi", "-i",
               f"testsrc2=size={size}:rate={fps}:duration={seconds}",
               "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-g", str(fps)]
-    if protocol == "rtsp":
-        url = f"rtsp://127.0.0.1:{port}/live"
-        return subprocess.Popen([*source, "-f", "rtsp", "-rtsp_flags", "listen", url]), url
     url = f"http://127.0.0.1:{port}"
     return subprocess.Popen([*source, "-f", "mpegts", "-listen", "1", url]), url
 
@@ -76,7 +73,6 @@ def follow(url: str, checkpoint: Path, out: Path, args) -> tuple[int, list[tuple
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seconds", type=float, default=300.0)
-    p.add_argument("--protocol", choices=("http", "rtsp"), default="http")
     p.add_argument("--size", default="640x480")
     p.add_argument("--fps", type=int, default=30)
     p.add_argument("--model_depth", type=int, default=18)
@@ -92,13 +88,17 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     checkpoint = write_checkpoint(work / f"r3d{args.model_depth}_{args.sample_duration}x{args.sample_size}.pth", args)
     out = work / "predictions"
-    server, url = serve(args.protocol, _free_port(), seconds=args.seconds, size=args.size, fps=args.fps)
+    server, url = serve(_free_port(), seconds=args.seconds, size=args.size, fps=args.fps)
     try:
         time.sleep(0.5)  # the server listens before the client connects
         status, samples = follow(url, checkpoint, out, args)
     finally:
         server.kill()
-    entry = next(iter(json.loads((out / "predictions.json").read_text())["results"].values()))
+    results = json.loads((out / "predictions.json").read_text())["results"] if status in (0, 2) else {}
+    if not results:
+        print(f"main.py --predict {url} labelled nothing (exit status {status})", file=sys.stderr)
+        return 1
+    entry = next(iter(results.values()))
     after_30 = next((rss for t, rss in samples if t >= 30), None)
     result = {"settings": {k: str(v) for k, v in vars(args).items()}, "exit_status": status,
               "segments": len(entry["segments"]), "expected_segments": int(args.seconds * args.fps) // args.stride,
