@@ -37,6 +37,7 @@ from datasets.clip_loader import decode_views, view_params
 from datasets.live_source import STDIN, LiveFrame, LiveStream
 from datasets.video_files import VideoMeta, displayed_size
 from engine.features import ClassifierInputCapture
+from engine.stop_signals import StopRequested, signal_name
 from predict.video_predictor import PredictionListener, VideoInfo, VideoPredictor
 
 log = logging.getLogger(__name__)
@@ -229,7 +230,7 @@ class LivePredictor:
         try:
             self._follow(stream, chunks, result, listeners, lines, tap)
         except KeyboardInterrupt as e:  # Ctrl-C, or a SIGTERM/SIGUSR1 raised by engine.stop_signals
-            result.stopped = str(e) or "Ctrl-C"
+            result.stopped = f"stopped by {signal_name(e.signum) if isinstance(e, StopRequested) else 'Ctrl-C'}"
         finally:
             stream.stopping.set()
             if tap is not None:

@@ -501,7 +501,7 @@ def _run_live(opt: argparse.Namespace, spec: ClipSpec, net: nn.Module, class_nam
                  opt.live_output or "stdout")
         result = predictor.run(str(opt.predict), [*listeners, outputs], lines)
         stats = result.latency_stats()
-        lines.say(f"{'stopped: ' + result.stopped if result.stopped else 'stream ended: ' + result.ended}; "
+        lines.say(f"{result.stopped or 'stream ended: ' + result.ended}; "
                   f"{len(result.segments)} segments, {result.dropped_segments} dropped, {result.reconnects} "
                   f"reconnects; latency median {stats.get('median', 0):.3f} s, p90 {stats.get('p90', 0):.3f} s",
                   force=True)

@@ -147,7 +147,7 @@ def test_fifo_writer_that_pauses_and_a_new_writer_then_sigterm(checkpoint, tmp_p
     assert run.returncode == 128 + signal.SIGTERM, stderr
     lines = segments()
     assert len(lines) > first_run
-    assert "no frame for" in stderr and "stopped: stopped by SIGTERM" in stderr
+    assert "no frame for" in stderr and "live: stopped by SIGTERM;" in stderr
     data, entry = _live_entry(tmp_path / "out")
     assert data["complete"] is False and len(entry["segments"]) == len(lines)
     assert entry["live"]["reconnects"] >= 1 and "SIGTERM" in entry["live"]["stopped"]
