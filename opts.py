@@ -26,6 +26,7 @@ import torch
 from datasets.clip_spec import resolve_input
 from datasets.file_types import FILE_READERS, file_types, flow_file_types
 from datasets.layout import DATASETS, MULTI_LABEL_DATASETS, SUBSET_NAMES
+from datasets.live_source import STDIN, is_url
 from datasets.spatial_transforms import MEAN_STD
 from datasets.temporal_transforms import TEMPORAL_SAMPLINGS
 
@@ -128,6 +129,8 @@ NUMBER_BOUNDS: dict[str, Bounds] = {
     "inference_n_crops": ANY,  # argparse choices
     "world_size": Bounds(low=-1),  # nodes; -1 (the original's default) and 0 mean one
     "dist_timeout": AT_LEAST_1,
+    "live_stall_seconds": POSITIVE,
+    "live_reconnect": Bounds(low=-1),  # -1: forever
 }
 
 
@@ -336,12 +339,29 @@ def _add_inference_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--inference_n_crops", default=1, type=int, choices=(1, 3),
                    help="Spatial crops per clip: 1 (--inference_crop) or 3 (left/center/right, or "
                         "top/center/bottom for portrait videos); scores are averaged over all views")
-    g.add_argument("--predict", default=None, type=Path,
+    g.add_argument("--predict", default=None, type=predict_source,
                    help="Predict top-k labels of a video file or of every video under a directory (no annotation "
                         "file); needs --resume_path; writes predictions.json/.csv/.html into --result_path (default: "
-                        "<path>_predictions beside the input)")
+                        "<path>_predictions beside the input). A live source (a URL FFmpeg opens, '-' for stdin, a "
+                        "camera device such as /dev/video0, a FIFO) is followed as it arrives: a JSON line per "
+                        "segment (see --live_output)")
     g.add_argument("--class_names", default=None, type=Path,
                    help="For --predict: text file with one class name per line (for checkpoints without names)")
+    g.add_argument("--live_output", default=None, type=Path,
+                   help="For --predict on a live source (a URL such as rtsp:// or http://, '-' for stdin, a camera "
+                        "device, a FIFO): append the JSON line of every segment to this file (default: stdout)")
+    g.add_argument("--live_stall_seconds", default=10.0, type=float,
+                   help="For live --predict: a URL or device that delivers no data for this many seconds is "
+                        "reconnected (pipes are waited for)")
+    g.add_argument("--live_reconnect", default=5, type=int,
+                   help="For live --predict: reconnection attempts in a row after the stream is lost or stalls, "
+                        "waiting 0.5 s, then twice as long after every failed try, at most 30 s (-1: forever; 0: "
+                        "stop when the stream ends)")
+
+
+def predict_source(text: str) -> Path | str:
+    """--predict's value: a path, or a URL / '-' kept as text (a Path would fold the URL's '//')."""
+    return text if text == STDIN or is_url(text) else Path(text)
 
 
 def _add_device_args(parser: argparse.ArgumentParser) -> None:
@@ -418,6 +438,9 @@ def _check(parser: argparse.ArgumentParser, opt: argparse.Namespace) -> None:
         problems.append("--predict needs --resume_path (the checkpoint to predict with)")
     if opt.output_video and opt.predict is None:
         problems.append("--output_video needs --predict (the videos to annotate)")
+    live_flags = [f"--{name}" for name in ("live_output",) if getattr(opt, name) is not None]
+    if live_flags and opt.predict is None:
+        problems.append(f"{' '.join(live_flags)} needs --predict (a live source)")
     if opt.save_features and opt.predict is None and not opt.inference:
         problems.append("--save_features needs --predict or --inference (the clips to embed)")
     if opt.inference_n_crops == 3 and opt.inference_crop != "center":
@@ -490,7 +513,7 @@ def _resolve(opt: argparse.Namespace) -> None:
     resume_auto = opt.resume_path is not None and str(opt.resume_path) == RESUME_AUTO
     if opt.root_path is not None:
         for name in _ROOTED_PATHS:
-            if getattr(opt, name) is not None and not (name == "resume_path" and resume_auto):
+            if isinstance(getattr(opt, name), Path) and not (name == "resume_path" and resume_auto):
                 setattr(opt, name, opt.root_path / getattr(opt, name))
     if opt.pretrain_path is not None:
         # The model is built with the pretrained class count first, then its head is replaced.

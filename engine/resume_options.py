@@ -66,6 +66,7 @@ RESUME_POLICY: dict[str, Policy] = {
     "inference_crop": TAKE, "inference_align_last_window": TAKE, "inference_no_average": TAKE, "output_video": TAKE,
     "save_features": TAKE,
     "inference_batch_size": TAKE, "output_topk": TAKE, "inference_n_clips": TAKE, "inference_n_crops": TAKE,
+    "live_output": TAKE, "live_stall_seconds": TAKE, "live_reconnect": TAKE,
     "predict": TAKE, "class_names": TAKE, "no_cuda": TAKE, "distributed": TAKE, "dist_url": TAKE,
     "world_size": TAKE, "batchnorm_sync": TAKE, "dist_timeout": TAKE,
     "randaugment": TAKE, "random_erasing": TAKE,  # augmentation, like --colorjitter

@@ -23,7 +23,7 @@ import os
 import re
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 
@@ -179,15 +179,18 @@ def _shorten(label: str, room: float, draw: ImageDraw.ImageDraw, font) -> str:
 
 def draw_overlay(image: Image.Image, t: float, duration: float, current: Segment | None,
                  timeline: Sequence[Segment], *, topk: int = 3,
-                 colors: ClassColors | None = None) -> list[tuple[int, int, int, int]]:
+                 colors: ClassColors | None = None, origin: float = 0.0) -> list[tuple[int, int, int, int]]:
     """Draw the top-k box (top left, see-through) and the timeline strip (bottom) onto `image` (RGB) in place.
+    The strip shows `duration` seconds from `origin` on (a live stream's: the latest ones).
 
     Returns the boxes (x0, y0, x1, y1), exclusive ends, outside which no pixel was changed.
     """
     width, height = image.size
     colors = colors or ClassColors()
     draw = ImageDraw.Draw(image)
-    boxes = [_draw_timeline(draw, width, height, t, duration, timeline, colors)]
+    boxes = [_draw_timeline(draw, width, height, t - origin, duration,
+                            [replace(s, start_s=s.start_s - origin, end_s=s.end_s - origin) for s in timeline]
+                            if origin else timeline, colors)]
     layout = label_box(width, height, current.top[:topk] if current else (), draw)
     box = layout.box
     image.paste(Image.blend(image.crop(box), Image.new("RGB", (box[2] - box[0], box[3] - box[1])), BOX_OPACITY),
@@ -215,7 +218,9 @@ def _draw_timeline(draw: ImageDraw.ImageDraw, width: int, height: int, t: float,
     # drawn as soon as a segment covers it), and an end-aligned last window shows the part it adds.
     for seg in reversed(timeline):
         x0, x1 = int(seg.start_s * scale), max(int(seg.start_s * scale) + 1, int(round(seg.end_s * scale)))
-        draw.rectangle((x0, y0, min(x1, width) - 1, height - 1), fill=colors.rgb(seg.label))
+        if x1 <= 0 or x0 >= width:  # outside the strip (a live stream's: before it, or scored ahead of the frame)
+            continue
+        draw.rectangle((max(x0, 0), y0, min(x1, width) - 1, height - 1), fill=colors.rgb(seg.label))
     cursor = min(width - 1, int(t * scale))
     draw.rectangle((max(0, cursor - 1), y0, min(width - 1, cursor + 1), height - 1), fill=(255, 255, 255))
     return 0, y0, width, height
@@ -322,12 +327,14 @@ class AnnotatedVideoWriter:
         max_buffered, buffer_bytes: frames kept waiting for their segment, and their decoded size at most.
         crf: H.264 quality (lower is better; 18 is visually lossless).
         class_names: the model's classes, in order (their colours; see ClassColors).
+        rolling: a live stream of unknown length: the strip shows the latest `duration_s` seconds, and segments
+            older than that are forgotten (memory stays flat).
     """
 
     def __init__(self, path: Path, *, duration_s: float, fps: float = 25.0, topk: int = 3,
                  max_buffered: int = DEFAULT_MAX_BUFFERED, buffer_bytes: int = DEFAULT_BUFFER_BYTES,
                  crf: int = 18, codec: str | None = None,
-                 class_names: Sequence[str] = ()):
+                 class_names: Sequence[str] = (), rolling: bool = False):
         self.path = Path(path)
         self.colors = ClassColors(class_names)
         self.fps = fps
@@ -336,6 +343,8 @@ class AnnotatedVideoWriter:
         self.max_buffered = max(1, max_buffered)
         self.buffer_bytes = buffer_bytes
         self.segments: list[Segment] = []
+        self.rolling = rolling
+        self._written_s = 0.0  # time of the last frame encoded
         self._buffer: deque = deque()  # (number, seconds, frame)
         self.encoder = FrameEncoder(self.path, fps=fps, crf=crf, codec=codec)
 
@@ -353,6 +362,9 @@ class AnnotatedVideoWriter:
         """The top-k labels of a scored segment [start_s, end_s) (best first)."""
         self.segments.append(Segment(float(start_s), float(end_s), tuple(top)))
         self.segments.sort(key=lambda s: (s.start_s, s.end_s))
+        if self.rolling:  # what the strip can no longer show, and no frame waits for
+            oldest = min([self._written_s, *(seconds for _, seconds, _ in self._buffer)]) - self.duration_s
+            self.segments = [seg for seg in self.segments if seg.end_s >= oldest]
         self._flush(final=False)
 
     def close(self) -> Path:
@@ -386,7 +398,7 @@ class AnnotatedVideoWriter:
         for seg in self.segments:
             if seg.start_s > t:
                 break
-            if seg.covers(t, final=seg.end_s >= self.duration_s - 1e-3):
+            if seg.covers(t, final=not self.rolling and seg.end_s >= self.duration_s - 1e-3):
                 found = seg
         return found
 
@@ -408,10 +420,12 @@ class AnnotatedVideoWriter:
         array = frame if isinstance(frame, np.ndarray) else upright_array(frame)
         image = Image.fromarray(array)
         current = self.segment_at(seconds) or self.latest_before(seconds)
+        origin = max(0.0, seconds - self.duration_s) if self.rolling else 0.0
         boxes = draw_overlay(image, seconds, self.duration_s, current, self.segments,
-                             topk=self.topk, colors=self.colors)
+                             topk=self.topk, colors=self.colors, origin=origin)
         return np.asarray(image), boxes
 
     def _write(self, seconds: float, frame) -> None:
+        self._written_s = seconds
         array, _ = self.render(seconds, frame)
         self.encoder.write(array, seconds, None if isinstance(frame, np.ndarray) else frame)

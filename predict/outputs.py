@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 REPORT_NAME = "predictions.html"
 FEATURES_NAME = "features.h5"
 ANNOTATED_DIR = "annotated"
+LIVE_TIMELINE_S = 60.0  # seconds the timeline strip of an annotated live stream shows (the latest ones)
 
 
 def clips_per_batch_for_annotation(max_pixels: int, *, clip_frames: int, stride: int) -> int:
@@ -87,8 +88,10 @@ class PredictOutputs:
         self._writer, self._annotated = None, None
         if self.output_video:
             name = safe_file_name(video.video_id, self._taken)
-            self._writer = AnnotatedVideoWriter(self.out_dir / ANNOTATED_DIR / name, duration_s=meta.duration,
-                                                fps=meta.fps, topk=self.topk, class_names=self.class_names)
+            live = getattr(video, "live", False)  # no length known: a strip of the latest LIVE_TIMELINE_S
+            self._writer = AnnotatedVideoWriter(self.out_dir / ANNOTATED_DIR / name,
+                                                duration_s=LIVE_TIMELINE_S if live else meta.duration, fps=meta.fps,
+                                                topk=self.topk, class_names=self.class_names, rolling=live)
             self._annotated = f"{ANNOTATED_DIR}/{name}"
 
     def frame(self, number: int, seconds: float, frame) -> None:

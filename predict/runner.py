@@ -59,11 +59,16 @@ features): `run(opt, listeners=[...])` or `VideoPredictor.predict(video, listene
 - `finish_video(result: VideoResult)`: after the last segment; `result.usable`, `result.error`,
   `result.problems()`, `result.decoded_seconds`, `result.scores` (a `VideoScoreAggregator`).
 Nothing is called for videos skipped as already predicted or unusable at probing.
+
+A live source (a URL, `-`, a camera device, a FIFO: `predict.live`) is one "video" of unknown length
+(`video.live`, `video.meta.n_frames` 0) whose `finish_video` gets None; its `frame` calls carry the picture only with
+--output_video, else only for the first frame of every segment (None for the others: the queue stays small).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import logging
@@ -80,11 +85,13 @@ from checkpoint import Checkpoint, load_checkpoint
 from datasets.annotations import check_unique_names
 from datasets.clip_spec import CLIP_OPTIONS, ClipSpec
 from datasets.layout import VIDEO_EXTENSIONS, has_video_extension
+from datasets.live_source import is_live_source
 from datasets.video_files import NoVideoStream, announced_seconds, probe_video
 from datasets.views import InferenceViews
 from errors import UserError
 from models import factory as model_lib
 from opts import RESUME_AUTO
+from predict.live import LiveLines, LivePredictor
 from predict.outputs import PredictOutputs, clips_per_batch_for_annotation
 from predict.video_predictor import PredictionListener, VideoInfo, VideoPredictor, VideoResult
 from utils import atomic_file, beside_input
@@ -407,15 +414,24 @@ def run(opt: argparse.Namespace, listeners: Sequence[PredictionListener] = ()) -
 def _run(opt: argparse.Namespace, listeners: Sequence[PredictionListener]) -> int:
     if str(opt.resume_path) == RESUME_AUTO:
         raise UserError("--predict needs an explicit --resume_path checkpoint file (not 'auto')")
-    paths = find_videos(Path(opt.predict))
+    live = is_live_source(opt.predict)
+    if live and opt.result_path is None:
+        raise UserError(f"--predict {opt.predict} is a live source: give --result_path for its predictions")
+    if live and opt.live_output is None:
+        _log_to_stderr()  # stdout carries the segment lines, nothing else
+    paths = [] if live else find_videos(Path(opt.predict))
     out_dir = prepare_result_dir(Path(opt.result_path) if opt.result_path else beside_input(opt.predict, RESULT_TAIL))
     payload = load_checkpoint(opt.resume_path)
     spec = checkpoint_clip_spec(opt, payload, Path(opt.resume_path))
     checkpoint_views(opt, payload, Path(opt.resume_path), spec)
+    if live:
+        live_windows(opt, spec)
     net, class_names = load_predictor(opt, payload, Path(opt.resume_path), spec)
     # --output_topk 0 means all classes of the checkpoint's model (opts leaves it unresolved for --predict).
     topk = opt.output_topk if opt.output_topk > 0 else len(class_names)
     store = PredictionStore(out_dir, result_settings(opt, topk), n_classes=len(class_names))
+    if live:
+        return _run_live(opt, spec, net, class_names, topk, store, listeners)
     todo = [p for p in paths if not store.done(str(p), p)]
     if len(todo) < len(paths):
         log.info("%d of %d video(s) already in %s: skipped", len(paths) - len(todo), len(paths), store.json_path)
@@ -423,7 +439,7 @@ def _run(opt: argparse.Namespace, listeners: Sequence[PredictionListener]) -> in
     if not videos and len(todo) == len(paths):
         store.write(complete=True)
         raise UserError(f"none of the {len(paths)} video(s) could be used ({next(iter(store.unusable.values()))})")
-    device = torch.device("cuda" if torch.cuda.is_available() and not opt.no_cuda else "cpu")
+    device = _device(opt)
     predictor = build_predictor(net, opt, spec, class_names=class_names, topk=topk, device=device)
     log.info("predicting %d video(s) with %s on %s", len(videos), opt.resume_path, device)
     if opt.output_video and videos:  # labels drawn on time: a batch's segments must come while its frames wait
@@ -446,6 +462,79 @@ def _run(opt: argparse.Namespace, listeners: Sequence[PredictionListener]) -> in
         log.warning("%d video(s) could not be used: %s", len(store.unusable),
                     "; ".join(f"{k}: {v}" for k, v in store.unusable.items()))
     return 0
+
+
+def _device(opt: argparse.Namespace) -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() and not opt.no_cuda else "cpu")
+
+
+def live_windows(opt: argparse.Namespace, spec: ClipSpec) -> None:
+    """A live stream is cut into sliding windows (every --inference_stride frames): the checkpoint's evenly spaced
+    views are replaced (said in the log); typed --inference_n_clips and segment sampling, which need a whole video,
+    are refused."""
+    if spec.temporal_sampling == "segment":
+        raise UserError("live --predict needs --temporal_sampling dense clips (segment sampling spreads a clip over a "
+                        "whole video, which a live stream does not have)")
+    if opt.inference_n_clips:
+        if "inference_n_clips" in opt.explicit_flags:
+            raise UserError("live --predict cuts sliding windows every --inference_stride frames; drop "
+                            "--inference_n_clips (evenly spaced clips need the whole video)")
+        log.info("live input: sliding windows every %d frames instead of the checkpoint's %d evenly spaced clips",
+                 opt.inference_stride, opt.inference_n_clips)
+        opt.inference_n_clips = 0
+
+
+def _run_live(opt: argparse.Namespace, spec: ClipSpec, net: nn.Module, class_names: list[str], topk: int,
+              store: PredictionStore, listeners: Sequence[PredictionListener]) -> int:
+    """--predict on a live source (predict.live): JSON lines as segments are scored; predictions.json/.csv/.html
+    of the whole run when it ends (a stop signal: "complete": false, the page marked partial); exit status 130
+    after a stop (main.py makes it 128 + the signal), 0 when the stream ended; a UserError when no frame came."""
+    device = _device(opt)
+    scorer = build_predictor(net, opt, spec, class_names=class_names, topk=topk, device=device)
+    scorer.threads = 1  # one decoder thread: frame threads would hold every frame back by their number
+    outputs = PredictOutputs(store.json_path.parent, class_names=class_names, output_video=opt.output_video,
+                             save_features=opt.save_features, topk=min(topk, 5), checkpoint=str(opt.resume_path))
+    predictor = LivePredictor(scorer, stall_s=opt.live_stall_seconds, reconnect=opt.live_reconnect,
+                              keep_frames=opt.output_video)
+    with _live_lines(opt.live_output) as lines:
+        log.info("following %s with %s on %s (segment JSON lines to %s)", opt.predict, opt.resume_path, device,
+                 opt.live_output or "stdout")
+        result = predictor.run(str(opt.predict), [*listeners, outputs], lines)
+        stats = result.latency_stats()
+        lines.say(f"{result.stopped or 'stream ended: ' + result.ended}; "
+                  f"{len(result.segments)} segments, {result.dropped_segments} dropped, {result.reconnects} "
+                  f"reconnects; latency median {stats.get('median', 0):.3f} s, p90 {stats.get('p90', 0):.3f} s",
+                  force=True)
+    if result.video is not None:
+        store.add(result.video.video_id, result.entry(class_names, topk))
+    store.write(complete=not result.stopped)
+    partial = f"live run {result.stopped}" if result.stopped else ""
+    for path in outputs.close({"results": store.results}, unusable=store.unusable, partial=partial):
+        log.info("wrote %s", path)
+    log.info("wrote %s and %s", store.json_path, store.csv_path)
+    if result.video is None and not result.stopped:
+        raise UserError(f"no frame came from {opt.predict}: {result.ended or 'the stream ended'}")
+    return 130 if result.stopped else 0
+
+
+@contextlib.contextmanager
+def _live_lines(path: Path | None):
+    """Where the segment lines go: --live_output (appended to), else stdout."""
+    if path is None:
+        yield LiveLines(sys.stdout)
+        return
+    try:
+        out = open(path, "a", encoding="utf-8")
+    except OSError as e:
+        raise UserError(f"cannot write --live_output {path}: {e.strerror or e}") from None
+    with out:
+        yield LiveLines(out)
+
+
+def _log_to_stderr() -> None:
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler) and handler.stream is sys.stdout:
+            handler.setStream(sys.stderr)
 
 
 def _predict_all(predictor: VideoPredictor, videos: Sequence[VideoInfo], store: PredictionStore, topk: int,

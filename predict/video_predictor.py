@@ -53,6 +53,7 @@ class VideoInfo:
     path: Path
     meta: VideoMeta
     announced_seconds: float = 0.0  # the container's own duration (0: unknown)
+    live: bool = False  # a live source (predict.live): no known length, `meta.n_frames` is 0
 
     @property
     def duration_seconds(self) -> float:
@@ -288,14 +289,18 @@ class VideoPredictor:
         return round(meta.frame_time(first), 3), round(max(end_s, meta.frame_time(first)), 3)
 
     @torch.inference_mode()
-    def _score(self, pending, result: VideoResult, listeners, tap) -> None:
-        if not pending:
-            return
-        batch = torch.from_numpy(np.stack([view for _, views in pending for view in views]))
+    def scores_of(self, views: Sequence[np.ndarray]) -> torch.Tensor:
+        """Class scores (CPU, one row per view) of uint8 (T, H, W, C) views: normalised, batched, scored."""
+        batch = torch.from_numpy(np.stack(views))
         clips, _ = prepare_batch(batch, None, self.device, self.normalizer, keep_layout=True)
         with autocast(self.device, self.precision):
             outputs = self.net(clips)
-        scores = class_scores(outputs, self.multi_label).cpu()
+        return class_scores(outputs, self.multi_label).cpu()
+
+    def _score(self, pending, result: VideoResult, listeners, tap) -> None:
+        if not pending:
+            return
+        scores = self.scores_of([view for _, views in pending for view in views])
         n = self.spatial.n_crops
         vid = result.video.video_id
         result.scores.update(scores, [vid] * len(scores), [_span(clip) for clip, _ in pending for _ in range(n)])

@@ -189,6 +189,26 @@ def test_frames_wait_for_their_segment_within_a_bound(tmp_path):
     assert not list(tmp_path.glob(".*"))  # the temporary file was moved into place
 
 
+def test_a_live_stream_has_a_rolling_strip_and_forgets_old_segments(tmp_path):
+    """rolling: the strip shows the latest duration_s seconds (the cursor at its right end once past it), and the
+    segments no frame or strip needs any more are dropped, so a long stream does not pile them up."""
+    writer = AnnotatedVideoWriter(tmp_path / "live.mp4", duration_s=1.0, fps=10, rolling=True)
+    frame = np.zeros((72, 96, 3), np.uint8)
+    labels = [TOP, list(reversed(TOP))]
+    for k in range(50):
+        writer.add_frame(k, k / 10, frame)
+        if k % 2:
+            writer.add_segment((k - 1) / 10, (k + 1) / 10, labels[(k // 2) % 2])
+    assert len(writer.segments) <= 8 and writer.segments[-1].start_s == pytest.approx(4.8)
+    array, boxes = writer.render(4.9, frame)
+    strip = array[boxes[0][1] + 1]
+    colors = ClassColors()
+    assert tuple(strip[15]) == colors.rgb(labels[0][0]["label"]) != colors.rgb(labels[1][0]["label"])  # 4.0-4.2 s
+    assert tuple(strip[95]) == (255, 255, 255)  # the cursor: now, at the strip's right end
+    writer.close()
+    assert probe_video(tmp_path / "live.mp4").n_frames == 50
+
+
 def test_abort_leaves_nothing(tmp_path):
     with pytest.raises(KeyboardInterrupt), AnnotatedVideoWriter(tmp_path / "x.mp4", duration_s=1.0) as writer:
         writer.add_frame(0, 0.0, np.zeros((16, 16, 3), np.uint8))
