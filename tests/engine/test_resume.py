@@ -152,18 +152,18 @@ def test_resume_with_the_recipe_is_exact(tiny_dataset, tmp_path):
 
 # The augmentations of the recipe at once: RandAugment in the workers, random erasing on the device, repeated copies.
 # Every flag of the recipe that changes what is trained (--tracker only reports: tests/engine/test_tracking.py).
-RECIPE = ["--randaugment", 2, 9, "--random_erasing", 0.5, "--repeated_aug", 2, "--layer_decay", 0.75,
-          "--precise_bn", 2, "--ema_decay", 0.9, "--optimizer", "adamw", "--label_smoothing", 0.1, "--mixup_alpha",
-          0.8, "--cutmix_alpha", 1.0, "--train_crop", "random", "--colorjitter", "--n_epochs", 3, "--checkpoint", 3,
-          "--manual_seed", 7, "--deterministic", "--log_interval", 1]
+WHOLE_RECIPE = ["--randaugment", 2, 9, "--random_erasing", 0.5, "--repeated_aug", 2, "--layer_decay", 0.75,
+                "--precise_bn", 2, "--ema_decay", 0.9, "--optimizer", "adamw", "--label_smoothing", 0.1,
+                "--mixup_alpha", 0.8, "--cutmix_alpha", 1.0, "--train_crop", "random", "--colorjitter", "--n_epochs", 3,
+                "--checkpoint", 3, "--manual_seed", 7, "--deterministic", "--log_interval", 1]
 
 
 def test_a_mid_epoch_stop_with_the_whole_recipe_resumes_bit_identical(tiny_dataset, tmp_path):
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
-    proc = run_main([*dataset_args(tiny_dataset, straight), *RECIPE])
+    proc = run_main([*dataset_args(tiny_dataset, straight), *WHOLE_RECIPE])
     assert proc.returncode == 0, proc.stdout + proc.stderr
     # SIGTERM as the 3rd training batch is prepared (epoch 2, batch 1 of 2): that step ends, latest.pth is written.
-    args = [*dataset_args(tiny_dataset, stopped), *RECIPE, "--resume_path", "auto"]
+    args = [*dataset_args(tiny_dataset, stopped), *WHOLE_RECIPE, "--resume_path", "auto"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOOLKIT_TEST_WINDOW": "batch", "TOOLKIT_TEST_ACTION": "SIGTERM",
            "TOOLKIT_TEST_CALL": "3"}
     first = subprocess.run([sys.executable, "tests/engine/window_main.py", *map(str, args)], cwd=ROOT, env=env,
