@@ -196,6 +196,11 @@ def export_onnx_files(results: ExportResults, args: argparse.Namespace, payload:
                       example: torch.Tensor, check: torch.Tensor, path: Path) -> None:
     """Add the fp32 .onnx, and with --optimize/--quantize its optimised and int8 copies (all with the metadata),
     to ``results``."""
+    source = f"checkpoint {args.checkpoint}"
+    data = dict(video_path=args.video_path, annotation_path=args.annotation_path, source=source)
+    # first, so a dataset that is not there stops the export before anything is written
+    calibration = (dataset_clips(payload, subset=args.calibration_subset, n_clips=args.calibration_clips, **data)
+                   if args.quantize else [])
     metadata = export_metadata(payload, source=args.checkpoint, eval_weights=args.eval_weights, precision="fp32",
                                opset=args.opset)
     write_metadata(export_onnx(model, example, path, opset=args.opset), metadata)
@@ -204,9 +209,6 @@ def export_onnx_files(results: ExportResults, args: argparse.Namespace, payload:
         optimized = optimize(path, path.with_name(f"{path.stem}_optimized.onnx"), metadata)
         results["onnx_optimized"] = (optimized, parity_onnx(optimized, model, check))
     if args.quantize:
-        source = f"checkpoint {args.checkpoint}"
-        data = dict(video_path=args.video_path, annotation_path=args.annotation_path, source=source)
-        calibration = dataset_clips(payload, subset=args.calibration_subset, n_clips=args.calibration_clips, **data)
         int8_metadata = export_metadata(payload, source=args.checkpoint, eval_weights=args.eval_weights,
                                         precision="int8", opset=args.opset,
                                         calibration={"subset": args.calibration_subset, "clips": len(calibration)})
