@@ -1,4 +1,4 @@
-"""Deployable ONNX files beside a plain export: metadata, a graph optimised by ONNX Runtime, int8 quantisation.
+"""ONNX files for deployment: the plain export, metadata, a graph optimised by ONNX Runtime, int8 quantisation.
 
 - `write_metadata` stores the checkpoint's description (engine.onnx_model.export_metadata) in a file's
   metadata_props, so main.py can run the file like the checkpoint.
@@ -17,11 +17,13 @@ from __future__ import annotations
 import logging
 import math
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from checkpoint import Checkpoint
 from datasets.factory import build_dataset
@@ -33,6 +35,27 @@ from opts import build_parser as main_parser
 log = logging.getLogger(__name__)
 
 CALIBRATION_SUBSETS = {"training": "train", "validation": "val"}
+
+
+def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, *, opset: int = 17) -> Path:
+    """Write an ONNX graph with a dynamic batch dimension (input 'clips', output 'logits')."""
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            # The TorchScript-based exporter needs no onnxscript and handles these conv nets fully.
+            torch.onnx.export(
+                model,
+                (example,),
+                str(path),
+                dynamo=False,
+                input_names=["clips"],
+                output_names=["logits"],
+                dynamic_axes={"clips": {0: "batch"}, "logits": {0: "batch"}},
+                opset_version=opset,
+            )
+    except (ImportError, ModuleNotFoundError) as e:
+        raise UserError(f"ONNX export is unavailable in this environment: {e}") from None
+    return path
 
 
 def write_metadata(path: Path, metadata: dict[str, str]) -> Path:

@@ -37,6 +37,7 @@ from datasets.clip_spec import ClipSpec
 from engine.onnx_export import (
     CALIBRATION_SUBSETS,
     dataset_clips,
+    export_onnx,
     optimize,
     quantize_int8,
     top1_agreement,
@@ -110,27 +111,6 @@ def export_torchscript(model: nn.Module, example: torch.Tensor, path: Path) -> P
         warnings.simplefilter("ignore", DeprecationWarning)
         traced = torch.jit.trace(model, example)
         traced.save(str(path))
-    return path
-
-
-def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, *, opset: int) -> Path:
-    """Write an ONNX graph with a dynamic batch dimension (input 'clips', output 'logits')."""
-    try:
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            # The TorchScript-based exporter needs no onnxscript and handles these conv nets fully.
-            torch.onnx.export(
-                model,
-                (example,),
-                str(path),
-                dynamo=False,
-                input_names=["clips"],
-                output_names=["logits"],
-                dynamic_axes={"clips": {0: "batch"}, "logits": {0: "batch"}},
-                opset_version=opset,
-            )
-    except (ImportError, ModuleNotFoundError) as e:
-        raise UserError(f"ONNX export is unavailable in this environment: {e}") from None
     return path
 
 
