@@ -36,6 +36,7 @@ from engine.distributed import (
     report_rank_failure,
 )
 from engine.inference import eval_view, infer_subset
+from engine.onnx_model import exported_for_run, is_onnx_file
 from engine.preemption import Preempted
 from engine.resume_options import apply_resume_policy
 from engine.setup_check import check_same_setup, data_fingerprint, model_fingerprint, setup_options
@@ -187,13 +188,14 @@ def _share_per_process(opt: argparse.Namespace, dist: DistInfo) -> None:
 def _run(opt: argparse.Namespace, dist: DistInfo) -> None:
     dataset.check_data_paths(opt)
     _share_per_process(opt, dist)
-    resume = find_resume(opt.resume_path, opt.result_path)
+    exported = exported_for_run(opt, dist.device) if is_onnx_file(opt.resume_path) else None
+    resume = exported.resume if exported is not None else find_resume(opt.resume_path, opt.result_path)
     if opt.no_train and resume is not None:  # evaluate on clips like those the checkpoint was trained on
         resume.payload.clip.apply_to(opt, source=f"checkpoint {resume.path}")
     if resume is not None and not opt.no_train:  # before anything is built or seeded from the options
         apply_resume_policy(opt, resume.payload.options, source=resume.path, report=dist.is_main)
     _configure_torch(opt, dist)
-    net = model_lib.model_for_run(opt, dist, resume)
+    net = exported.model if exported is not None else model_lib.model_for_run(opt, dist, resume)
     check_same_setup({"options": setup_options(opt), "model": model_fingerprint(net)}, dist)
     dataset.check_class_count(opt, net.get_classifier().out_features)
     criterion = build_criterion(opt).to(dist.device)  # validation's; training's may smooth the labels

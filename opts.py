@@ -294,7 +294,8 @@ def _add_recipe_args(parser: argparse.ArgumentParser) -> None:
 def _add_run_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("run control, checkpoints and logs")
     g.add_argument("--resume_path", default=None, type=Path,
-                   help="Checkpoint to resume from; 'auto' = newest save_*.pth in --result_path (or start fresh)")
+                   help="Checkpoint to resume from; 'auto' = newest save_*.pth in --result_path (or start fresh); "
+                        "an .onnx file of util_scripts.export_model for --predict, --no_train and --inference")
     g.add_argument("--no_train", action="store_true", help="Skip training")
     g.add_argument("--no_val", action="store_true", help="Skip validation")
     g.add_argument("--n_val_samples", default=3, type=int, help="Clips per validation video")

@@ -67,9 +67,24 @@ def table_rows(report: dict) -> list[list[str]]:
                 note += f"; compiled in {entry['compile_s']:.1f} s ({entry.get('compile_cache', '')})"
             rows.append(_row("main.py end to end", f"{v}, {entry.get('workers')} workers", None, entry, note))
     rows += _video_loader_rows(parts.get("video_loader"))
+    rows += _deploy_rows(parts.get("deploy", {}))
     for size, entry in parts.get("predict", {}).items():
         rows.append(_row("predict", f"{size}, {entry['video_seconds']:g} s video", None, None,
                          f"{entry['video_s_per_s']:.2f} s of video/s, peak RSS {entry['peak_rss_gb']:.2f} GB"))
+    return rows
+
+
+def _deploy_rows(part: dict) -> list[list[str]]:
+    """One row per model, batch and ONNX Runtime variant: eager clips/s -> its clips/s, latencies."""
+    rows = []
+    for model, batches in part.items():
+        for batch, runtimes in batches.items():
+            eager = runtimes["eager"]
+            for name, entry in runtimes.items():
+                note = (f"latency median {entry['latency_ms_median']:.1f} ms, p90 {entry['latency_ms_p90']:.1f} ms"
+                        f" (eager {eager['latency_ms_median']:.1f} ms)")
+                if name != "eager":
+                    rows.append(_row(f"deploy {model}", f"{batch}, {name}", eager, entry, note))
     return rows
 
 

@@ -88,6 +88,7 @@ from datasets.layout import VIDEO_EXTENSIONS, has_video_extension
 from datasets.live_source import is_live_source
 from datasets.video_files import NoVideoStream, announced_seconds, probe_video
 from datasets.views import InferenceViews
+from engine.onnx_model import OnnxModel, exported_for_predict, is_onnx_file
 from errors import UserError
 from models import factory as model_lib
 from opts import RESUME_AUTO
@@ -159,10 +160,12 @@ def checkpoint_views(opt: argparse.Namespace, payload: Checkpoint, source: Path,
     return stored.apply_to(opt, source=where, temporal_sampling=spec.temporal_sampling)
 
 
-def load_predictor(opt: argparse.Namespace, payload: Checkpoint, source: Path,
-                   spec: ClipSpec) -> tuple[nn.Module, list[str]]:
-    """The model with the checkpoint's weights (eval mode, CPU) and its class names (--class_names, else the
-    clip spec's)."""
+def load_predictor(opt: argparse.Namespace, payload: Checkpoint, source: Path, spec: ClipSpec, *,
+                   exported: OnnxModel | None = None) -> tuple[nn.Module, list[str]]:
+    """The model with the checkpoint's weights (eval mode, CPU), or the `exported` ONNX model of an .onnx
+    --resume_path, and its class names (--class_names, else the clip spec's)."""
+    if exported is not None:
+        return exported, _class_names(opt, spec.class_names, exported.n_classes)
     flags = {name: getattr(opt, name) for name in model_lib.MODEL_FLAGS if name in opt.explicit_flags}
     if not payload.arch:  # nothing in the file names the model: the flags' (default) one
         flags.update(model=opt.model, model_depth=opt.model_depth)
@@ -421,12 +424,15 @@ def _run(opt: argparse.Namespace, listeners: Sequence[PredictionListener]) -> in
         _log_to_stderr()  # stdout carries the segment lines, nothing else
     paths = [] if live else find_videos(Path(opt.predict))
     out_dir = prepare_result_dir(Path(opt.result_path) if opt.result_path else beside_input(opt.predict, RESULT_TAIL))
-    payload = load_checkpoint(opt.resume_path)
+    device = _device(opt)
+    exported = exported_for_predict(opt, device) if is_onnx_file(opt.resume_path) else None
+    payload = exported.payload if exported is not None else load_checkpoint(opt.resume_path)
     spec = checkpoint_clip_spec(opt, payload, Path(opt.resume_path))
     checkpoint_views(opt, payload, Path(opt.resume_path), spec)
     if live:
         live_windows(opt, spec)
-    net, class_names = load_predictor(opt, payload, Path(opt.resume_path), spec)
+    net, class_names = load_predictor(opt, payload, Path(opt.resume_path), spec,
+                                      exported=exported.model if exported is not None else None)
     # --output_topk 0 means all classes of the checkpoint's model (opts leaves it unresolved for --predict).
     topk = opt.output_topk if opt.output_topk > 0 else len(class_names)
     store = PredictionStore(out_dir, result_settings(opt, topk), n_classes=len(class_names))
@@ -439,7 +445,6 @@ def _run(opt: argparse.Namespace, listeners: Sequence[PredictionListener]) -> in
     if not videos and len(todo) == len(paths):
         store.write(complete=True)
         raise UserError(f"none of the {len(paths)} video(s) could be used ({next(iter(store.unusable.values()))})")
-    device = _device(opt)
     predictor = build_predictor(net, opt, spec, class_names=class_names, topk=topk, device=device)
     log.info("predicting %d video(s) with %s on %s", len(videos), opt.resume_path, device)
     if opt.output_video and videos:  # labels drawn on time: a batch's segments must come while its frames wait

@@ -9,7 +9,8 @@ from tests.conftest import ROOT
 
 PACKAGES = ("datasets", "models", "engine", "predict", "util_scripts", "benchmarks")
 # Imported inside a function on purpose: optional (or, for TensorBoard, heavy) dependencies.
-LAZY_ALLOWED = ("simplejpeg", "torchvision", "matplotlib", "onnxruntime", "torch.utils.tensorboard", "wandb", "mlflow")
+LAZY_ALLOWED = ("simplejpeg", "torchvision", "matplotlib", "onnxruntime", "onnx", "torch.utils.tensorboard", "wandb",
+                "mlflow")
 
 
 def _product_files() -> list[Path]:

@@ -24,6 +24,9 @@ The 'video_loader' part (only when named) measures the clips/s of one loader wor
 --video_gop frames, --video_sizes) and from its prepared copy (util_scripts.prepare_videos), each against a naive
 PyAV reader, plus the disk each takes (benchmarks.video_loader); about a minute on 2 CPU cores with the defaults
 (more the first time, when the videos are made).
+The 'deploy' part (only when named) times inference of ResNets (--deploy_depths, clips of --deploy_frames x
+--deploy_size^2, batches --deploy_batches) in eager PyTorch and ONNX Runtime fp32 and int8 (benchmarks.deploy_bench):
+clips/s and median/p90 latency per batch.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ import torch
 
 from benchmarks import parts as bench_parts
 from benchmarks.data import SyntheticSpec, bench_opts, make_synthetic_dataset, mean_frame_bytes
+from benchmarks.deploy_bench import deploy_part
 from benchmarks.gpu_decode import nvjpeg_available
 from benchmarks.main_bench import epoch_batches, long_epoch_annotation, main_part
 from benchmarks.predict_bench import predict_part, prepare_predict
@@ -51,8 +55,8 @@ from engine.compiled import CACHE_ENV
 from errors import UserError
 from util_scripts.common import run_cli
 
-PARTS = ("model", "loader", "e2e", "inference", "main", "predict", "video_loader")
-# main, predict, video_loader: only when asked for (main.py runs, videos)
+PARTS = ("model", "loader", "e2e", "inference", "main", "predict", "video_loader", "deploy")
+# main, predict, video_loader, deploy: only when asked for (main.py runs, videos, ONNX exports)
 DEFAULT_PARTS = ("model", "loader", "e2e", "inference")
 VARIANTS = ("original", "fast", "fast_compile")
 DEFAULTS = {  # device type -> defaults of the size options
@@ -117,6 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="short sides of the JPEG frames (default: the prepared copy's and 240, generate_video_jpgs')")
     v.add_argument("--video_clip_duration", type=int, default=16, help="frames per training clip (default 16)")
     v.add_argument("--video_clips", type=int, default=8, help="clips per timed window at least (default 8)")
+    d = p.add_argument_group("deploy part")
+    d.add_argument("--deploy_depths", type=int, nargs="+", default=[18, 50], help="ResNet depths (default 18 50)")
+    d.add_argument("--deploy_batches", type=int, nargs="+", default=[1, 8], help="batch sizes (default 1 8)")
+    d.add_argument("--deploy_frames", type=int, default=16, help="frames per clip (default 16)")
+    d.add_argument("--deploy_size", type=int, default=112, help="clip height and width (default 112)")
     p.add_argument("--output", type=Path, default=None,
                    help="JSON results file (default: benchmark.json in --data_dir, not the current directory)")
     return p
@@ -208,6 +217,8 @@ class Runner:
             parts["predict"] = predict_part(args, args.data_dir)
         if "video_loader" in args.parts:
             parts["video_loader"] = video_loader_part(args)
+        if "deploy" in args.parts:
+            parts["deploy"] = deploy_part(args)
         return parts
 
     def _gpu_decode(self) -> bool:

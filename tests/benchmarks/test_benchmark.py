@@ -215,3 +215,19 @@ def test_benchmark_video_loader_part(tmp_path):
     assert "video loader" in proc.stdout and "prepared_48" in proc.stdout
     (manifest,) = (tmp_path / "data").glob("video_loader_v*/camera_96x64_*/prepared_48/manifest.json")
     assert len(json.loads(manifest.read_text())["videos"]) == 2  # made by util_scripts.prepare_videos
+
+
+def test_benchmark_deploy_part(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = _run(["--device", "cpu", "--parts", "deploy", "--deploy_depths", "10", "--deploy_batches", "1", "2",
+                 "--deploy_frames", "4", "--deploy_size", "32", "--repeats", "1", "--videos_per_class", "1",
+                 "--n_frames", "4", "--data_dir", str(tmp_path / "data"), "--output", str(out)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    part = json.loads(out.read_text())["parts"]["deploy"]
+    assert set(part) == {"resnet-10 4x32"} and set(part["resnet-10 4x32"]) == {"batch 1", "batch 2"}
+    for runtimes in part["resnet-10 4x32"].values():
+        assert set(runtimes) == {"eager", "ort_fp32", "ort_int8"}  # no CUDA here
+        for entry in runtimes.values():
+            assert entry["clips_per_s"] > 0 and entry["calls"] == 5
+            assert 0 < entry["latency_ms_median"] <= entry["latency_ms_p90"]
+    assert "deploy resnet-10 4x32" in proc.stdout and "ort_int8" in proc.stdout
