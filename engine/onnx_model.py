@@ -29,8 +29,8 @@ log = logging.getLogger(__name__)
 ONNX_SUFFIX = ".onnx"
 METADATA_KEY = "action_recognition.checkpoint"
 METADATA_FORMAT = 1
-# What an exported file keeps of its checkpoint: everything that describes the model and its clips, no weights.
-DESCRIPTION_FIELDS = ("epoch", "arch", "model_kwargs", "class_names", "options", "clip_spec")
+# What an exported file keeps of its checkpoint: everything that describes the model (and its clip spec), no weights.
+DESCRIPTION_FIELDS = ("epoch", "arch", "model_kwargs", "class_names", "options")
 # ORT's graph optimisation levels by name; 'extended' is the most a saved file should hold (see engine.onnx_export).
 OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
 
@@ -44,9 +44,9 @@ def export_metadata(payload: Checkpoint, *, source: Path, **export_info) -> dict
     """The metadata_props of a file exported from checkpoint ``payload``: its description (the clip spec
     resolved, so older checkpoints get the spec they imply) and how it was exported (``export_info``: weights,
     precision, ...), as one JSON string."""
-    described = {k: payload[k] for k in DESCRIPTION_FIELDS if payload.field(k) is not None}
-    described["clip_spec"] = payload.clip.to_dict()
-    described["export"] = {"format": METADATA_FORMAT, "checkpoint": str(source), **export_info}
+    described = {**{k: payload.field(k) for k in DESCRIPTION_FIELDS if payload.field(k) is not None},
+                 "clip_spec": payload.clip.to_dict(),
+                 "export": {"format": METADATA_FORMAT, "checkpoint": str(source), **export_info}}
     return {METADATA_KEY: json.dumps(described, default=str)}
 
 
