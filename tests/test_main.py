@@ -53,7 +53,9 @@ def test_the_time_to_the_first_optimiser_step_is_logged_once(device_run):
     found = FIRST_STEP.findall(proc.stdout)  # the line the benchmark's main part reads
     assert len(found) == 1, proc.stdout  # two epochs, one line: the process's first step only
     total, waiting, without = map(float, found[0])
-    assert 0 < waiting < total and without == pytest.approx(total - waiting, abs=0.011)
+    # The wait for the first batch can round to 0.00 s when the workers are quick (an idle machine): a timing, not a
+    # behaviour; what the line must say is a split of the total into waiting and the rest.
+    assert 0 <= waiting < total and without == pytest.approx(total - waiting, abs=0.011)
 
 
 def test_predict_from_a_run_on_its_device_and_on_the_cpu(device_run, tmp_path):
