@@ -54,8 +54,7 @@ class VideoScoreAggregator:
 
     def top(self, scores: torch.Tensor, k: int) -> list[dict]:
         """The ``k`` best classes of a score vector, best first: [{"label": name, "score": float}, ...]."""
-        values, indices = scores.topk(min(k, scores.numel()))
-        return [{"label": self.class_names[i], "score": v} for v, i in zip(values.tolist(), indices.tolist())]
+        return top_classes(scores, self.class_names, k)
 
     def finalize(self, topk: int, *, average: bool = True) -> dict:
         """The results dict of the original's JSON schema (averaged per video, or one entry per clip)."""
@@ -105,3 +104,14 @@ class VideoScoreAggregator:
         if clip is None or video is None:
             return None
         return {"clip_acc": clip[0], "clips": clip[1], "video_acc": video[0], "videos": video[1]}
+
+
+SCORE_DIGITS = 6  # decimals of the scores in prediction files (predictions.json/.csv, live JSON lines)
+
+
+def top_classes(scores: torch.Tensor, class_names: Sequence[str], k: int, *, digits: int | None = None) -> list[dict]:
+    """The ``k`` best classes of a score vector, best first: [{"label": name, "score": float}, ...], the scores
+    rounded to ``digits`` when given (as the prediction files store them)."""
+    values, indices = scores.topk(min(k, scores.numel()))
+    return [{"label": class_names[i], "score": v if digits is None else round(v, digits)}
+            for v, i in zip(values.tolist(), indices.tolist())]

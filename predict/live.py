@@ -37,6 +37,7 @@ from datasets.clip_loader import decode_views, view_params
 from datasets.live_source import STDIN, LiveFrame, LiveStream
 from datasets.video_files import VideoMeta, displayed_size
 from engine.features import ClassifierInputCapture
+from engine.scoring import SCORE_DIGITS, top_classes
 from engine.stop_signals import StopRequested, signal_name
 from predict.video_predictor import PredictionListener, VideoInfo, VideoPredictor
 
@@ -135,12 +136,6 @@ class _Window:
                      last.connection, [np.stack([v[k] for _, v in self.frames]) for k in range(n_views)])
 
 
-def top_labels(scores: torch.Tensor, class_names: Sequence[str], k: int) -> list[dict]:
-    """The k best classes of a score vector, best first, as predictions.json lists them."""
-    values, indices = scores.topk(min(k, scores.numel()))
-    return [{"label": class_names[i], "score": round(v, 6)} for v, i in zip(values.tolist(), indices.tolist())]
-
-
 @dataclass
 class LiveResult:
     """What a live run found: the summary entry of predictions.json is made from it (`entry`)."""
@@ -174,7 +169,8 @@ class LiveResult:
         problems += [f"reconnected {self.reconnects} times"] if self.reconnects else []
         fps = self.video.meta.fps if self.video else 0.0
         return {"duration": round(self.end_s, 3), "fps": fps, "n_frames": self.n_frames,
-                "result": top_labels(mean, class_names, topk) if mean is not None else [], "segments": self.segments,
+                "result": top_classes(mean, class_names, topk, digits=SCORE_DIGITS) if mean is not None else [],
+                "segments": self.segments,
                 "decoded_seconds": round(self.end_s, 3), "duration_seconds": round(self.end_s, 3),
                 "n_decoded_frames": self.n_frames, "problems": problems, "file": None,
                 "live": {"source": self.source, "dropped_segments": self.dropped_segments,
@@ -310,7 +306,7 @@ class LivePredictor:
         features = tap.take() if tap is not None else None
         for k, clip in enumerate(clips):
             clip_scores = scores[k * n: (k + 1) * n].mean(dim=0)
-            top = top_labels(clip_scores, self.scorer.class_names, self.scorer.topk)
+            top = top_classes(clip_scores, self.scorer.class_names, self.scorer.topk, digits=SCORE_DIGITS)
             span = [round(clip.start_s, 3), round(clip.end_s, 3)]
             for listener in listeners:
                 listener.segment(span[0], span[1], top, clip_scores,

@@ -89,6 +89,7 @@ from datasets.live_source import is_live_source
 from datasets.video_files import NoVideoStream, announced_seconds, probe_video
 from datasets.views import InferenceViews
 from engine.onnx_model import OnnxModel, exported_for_predict, is_onnx_file
+from engine.scoring import SCORE_DIGITS, top_classes
 from errors import UserError
 from models import factory as model_lib
 from opts import RESUME_AUTO
@@ -309,7 +310,7 @@ def result_entry(result: VideoResult, topk: int) -> dict:
     scores, video = result.scores, result.video
 
     def top(values: torch.Tensor) -> list[dict]:
-        return [{**t, "score": round(t["score"], 6)} for t in scores.top(values, topk)]
+        return top_classes(values, scores.class_names, topk, digits=SCORE_DIGITS)
 
     vid = video.video_id
     segments = [{"segment": list(result.segment_times[tuple(span)]), "result": top(s),
