@@ -142,12 +142,12 @@ def load_exported(path, *, cuda: bool = False, threads: int | None = None) -> Ex
     session = ort_session(path, cuda=cuda, threads=threads)
     payload = Checkpoint(_read_description(session.get_modelmeta().custom_metadata_map, path))
     payload.clip  # noqa: B018 - a malformed stored clip spec is refused now, in one line, not mid-run
-    model = OnnxModel(session, source=path)
-    info = payload.get("export", {})
+    exported = ExportedModel(path, OnnxModel(session, source=path), payload)
+    info = exported.export_info
     log.info("exported model %s (%s %s, epoch %d of %s) run with ONNX Runtime on %s, %d threads", path,
              payload.arch or "model", info.get("precision", "fp32"), payload.epoch, info.get("checkpoint", "?"),
              ", ".join(session.get_providers()), session.get_session_options().intra_op_num_threads)
-    return ExportedModel(path, model, payload)
+    return exported
 
 
 def _read_description(metadata: dict, path: Path) -> dict:
