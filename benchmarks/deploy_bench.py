@@ -4,7 +4,7 @@ For each depth of --deploy_depths and each batch of --deploy_batches: clips/s an
 (median and 90th percentile over --repeats timed calls, at least 5) of
 - ``eager``: the PyTorch model (eval, inference mode), as main.py runs it on the device;
 - ``ort_fp32``: its ONNX export optimised by ONNX Runtime (engine.onnx_export.optimize; 'all' at load);
-- ``ort_int8``: the static int8 quantisation (engine.onnx_export.quantize_int8), calibrated on a few random clips:
+- ``ort_int8``: the static int8 quantisation (engine.onnx_export.export_int8), calibrated on a few random clips:
   random weights and inputs are enough for speed (the accuracy change is measured by util_scripts.export_model on
   real clips);
 - ``ort_fp32_cuda``: the fp32 graph on ONNX Runtime's CUDA provider, when the device is CUDA and onnxruntime-gpu
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from engine.onnx_export import export_onnx, optimize, quantize_int8
+from engine.onnx_export import export_int8, export_onnx, optimize
 from engine.onnx_model import OnnxModel, ort_session
 from models import build_model
 
@@ -56,7 +56,7 @@ def build_runtimes(depth: int, shape: tuple[int, ...], folder: Path,
     fp32 = optimize(plain, folder / "model_optimized.onnx", description)
     calibration = [torch.randn(1, *shape, generator=torch.Generator().manual_seed(k)).numpy()
                    for k in range(CALIBRATION_CLIPS)]
-    int8 = quantize_int8(plain, folder / "model_int8.onnx", calibration, description)
+    int8 = export_int8(model, torch.randn(1, *shape), folder / "model_int8.onnx", calibration, description)
     runtimes = {"eager": model.to(device),
                 "ort_fp32": OnnxModel(ort_session(fp32), source=fp32),
                 "ort_int8": OnnxModel(ort_session(int8), source=int8)}

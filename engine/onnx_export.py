@@ -9,9 +9,8 @@
 - `quantize_int8` is static quantisation (onnxruntime.quantization.quantize_static): int8 weights per output
   channel, uint8 activations with ranges calibrated (min/max) on real clips, QDQ format (ORT fuses each
   DequantizeLinear -> Conv -> QuantizeLinear into its int8 QLinearConv kernel, which covers 3D convolutions).
-  On an idle 2-core AVX-512 VNNI CPU that kernel is slower for 3D convolutions than ORT's fp32 ones (resnet-18,
-  16x112 clips, batch 8: 7.2 clips/s against 10.6 fp32 and 13.5 eager); the QOperator format, unsigned weights
-  and symmetric int8 activations were slower still (README, "Fast inference with ONNX Runtime").
+- `export_int8` exports and quantises the model with its RGB stem as a 2D convolution over time-stacked frames
+  (engine.time_unfold): ORT's int8 kernel is slow on 3D convolutions of 3-channel input and fast on the rest.
 - `dataset_clips` reads those clips through the project's own dataset pipeline with the checkpoint's clip spec.
 """
 
@@ -32,6 +31,7 @@ from checkpoint import Checkpoint
 from datasets.factory import build_dataset
 from engine.forward import prepare_batch
 from engine.onnx_model import ort_session
+from engine.time_unfold import unfold_input_convs
 from errors import UserError
 from opts import build_parser as main_parser
 
@@ -103,6 +103,15 @@ def quantize_int8(source: Path, target: Path, calibration: Sequence[np.ndarray],
         quantize_static(str(prepared), str(target), Clips(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
     return write_metadata(target, metadata)
+
+
+def export_int8(model: nn.Module, example: torch.Tensor, target: Path, calibration: Sequence[np.ndarray],
+                metadata: dict[str, str], *, opset: int = 17) -> Path:
+    """The int8 file of ``model``: its export with the input convolutions unfolded in time (engine.time_unfold),
+    quantised by `quantize_int8`."""
+    with tempfile.TemporaryDirectory() as tmp:
+        source = export_onnx(unfold_input_convs(model), example, Path(tmp) / "unfolded.onnx", opset=opset)
+        return quantize_int8(source, target, calibration, metadata)
 
 
 def dataset_clips(payload: Checkpoint, *, subset: str, n_clips: int, video_path: Path | None = None,

@@ -37,9 +37,9 @@ from datasets.clip_spec import ClipSpec
 from engine.onnx_export import (
     CALIBRATION_SUBSETS,
     dataset_clips,
+    export_int8,
     export_onnx,
     optimize,
-    quantize_int8,
     top1_agreement,
     write_metadata,
 )
@@ -192,8 +192,8 @@ def export_onnx_files(results: ExportResults, args: argparse.Namespace, payload:
         int8_metadata = export_metadata(payload, source=args.checkpoint, eval_weights=args.eval_weights,
                                         precision="int8", opset=args.opset,
                                         calibration={"subset": args.calibration_subset, "clips": len(calibration)})
-        int8 = quantize_int8(path, path.with_name(f"{path.stem}_int8.onnx"),
-                             [clip.numpy() for clip, _ in calibration], int8_metadata)
+        int8 = export_int8(model, example, path.with_name(f"{path.stem}_int8.onnx"),
+                           [clip.numpy() for clip, _ in calibration], int8_metadata, opset=args.opset)
         results["onnx_int8"] = (int8, parity_onnx(int8, model, check))
         clips = dataset_clips(payload, subset="validation", n_clips=args.accuracy_clips, **data)
         results.int8 = {"calibration": {"subset": args.calibration_subset, "clips": len(calibration)},

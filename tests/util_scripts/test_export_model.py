@@ -156,6 +156,11 @@ def test_optimize_and_quantize_write_files_parity_and_accuracy(memorised_checkpo
     loaded = load_exported(out / "save_1_int8.onnx")
     assert loaded.export_info["precision"] == "int8" and loaded.export_info["calibration"]["clips"] == 8
     assert loaded.model(torch.randn(2, 3, 8, 32, 32)).shape == (2, 2)
+    # the 7x7x7 stem on the 3-channel clip is a 2D convolution over time-stacked frames (engine.time_unfold)
+    onnx = pytest.importorskip("onnx")
+    shapes = [list(init.dims) for init in onnx.load(str(out / "save_1_int8.onnx")).graph.initializer]
+    assert [3 * 7, 7, 7] in [dims[1:] for dims in shapes if len(dims) == 4]
+    assert not [dims for dims in shapes if len(dims) == 5 and dims[1] == 3]
 
 
 def test_deploy_flags_are_checked_in_one_line(tmp_path):
