@@ -15,6 +15,7 @@ import os
 import pickle
 import random
 import shutil
+import subprocess
 import threading
 import time
 from dataclasses import replace
@@ -791,3 +792,33 @@ def test_a_video_named_mp4_that_is_not_one_reads_like_its_real_format(real_forma
     assert all(np.array_equal(a, b) for a, b in zip(fetched(reader, liar, wanted), fetched(reader, honest, wanted)))
     with vf.open_for_reading(write_video(tmp_path / "real.mp4", frames)) as container:
         assert "mp4" in container.format.name
+
+
+def _mp4_layouts(tmp_path: Path) -> dict[str, Path]:
+    """One video in the MP4 layouts cameras, phones and streaming tools write."""
+    frames = [corpus_frame(i) for i in range(40)]
+    files = {"index_at_end": write_video(tmp_path / "end.mp4", frames),
+             "faststart": write_video(tmp_path / "start.mp4", frames, faststart=True)}
+    if have_ffmpeg():
+        source = str(files["index_at_end"])
+        ffmpeg = ["ffmpeg", "-v", "error", "-y"]
+        files["fragmented"] = tmp_path / "frag.mp4"
+        subprocess.run([*ffmpeg, "-i", source, "-c", "copy", "-movflags", "frag_keyframe+empty_moov",
+                        str(files["fragmented"])], check=True)
+        files["audio_stream_first"] = tmp_path / "audio_first.mp4"
+        subprocess.run([*ffmpeg, "-f", "lavfi", "-i", "sine=duration=4", "-i", source, "-map", "0:a", "-map", "1:v",
+                        "-c:v", "copy", "-c:a", "aac", str(files["audio_stream_first"])], check=True)
+    return files
+
+
+def test_mp4_layouts_read_the_frames_of_a_decode_from_the_start(tmp_path):
+    """open_for_reading skips FFmpeg's decoding at open: runs read through seeks (back and forward) are still the
+    frames of a plain decode, whatever the MP4's layout."""
+    for layout, path in _mp4_layouts(tmp_path).items():
+        with av.open(str(path)) as container:
+            expected = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+        reader = VideoFileReader()
+        for run in ([30, 31, 32, 33], [3, 4, 5, 6, 7, 8, 9], [20, 22, 24, 39], [0]):
+            got = fetched(reader, path, run)
+            assert all(np.array_equal(g, expected[i]) for g, i in zip(got, run)), (layout, run)
+            assert [frame_number(g) for g in got] == [i % 32 for i in run], (layout, run)  # numbered mod 32
