@@ -120,7 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--video_jpg_sizes", type=int, nargs="+",
                    help="short sides of the JPEG frames (default: the prepared copy's and 240, generate_video_jpgs')")
     v.add_argument("--video_clip_duration", type=int, default=16, help="frames per training clip (default 16)")
-    v.add_argument("--video_clips", type=int, default=8, help="clips per timed window at least (default 8)")
+    v.add_argument("--video_clips", type=int, default=32,
+                   help="clips per timed window at least (default 32: a camera file's clip costs more the further it "
+                        "lies from its keyframe, so windows of 8 clips varied by a quarter)")
     d = p.add_argument_group("deploy part")
     d.add_argument("--deploy_depths", type=int, nargs="+", default=[18, 50], help="ResNet depths (default 18 50)")
     d.add_argument("--deploy_batches", type=int, nargs="+", default=[1, 8], help="batch sizes (default 1 8)")
