@@ -64,6 +64,7 @@ def test_a_conv_alone_is_unfolded_without_relu_or_pool():
     ("wideresnet", 50, {"k": 1}),
     ("resnext", 50, {"cardinality": 8}),
     ("densenet", 121, {}),
+    ("mc3", 10, {}),
 ])
 def test_every_family_unfolds_its_stem_and_keeps_its_outputs(family, depth, kwargs):
     torch.manual_seed(0)
