@@ -76,6 +76,11 @@ def _triple(value: int | tuple[int, ...]) -> tuple[int, ...]:
     return value if isinstance(value, tuple) else (value,) * 3
 
 
+def _splittable(pool: nn.MaxPool3d) -> bool:
+    """A max-pool `TimeUnfoldedConv` can split into its spatial and temporal parts."""
+    return _triple(pool.dilation) == (1, 1, 1) and not pool.return_indices
+
+
 def unfoldable(module: nn.Module) -> bool:
     return (isinstance(module, nn.Conv3d) and module.in_channels <= MAX_UNFOLDED_INPUT_CHANNELS
             and module.groups == 1 and module.dilation == (1, 1, 1) and module.padding_mode == "zeros"
@@ -99,10 +104,10 @@ def unfold_input_convs(model: nn.Module) -> fx.GraphModule:
         if relu is not None:
             _bypass(traced, relu, node)
         pool = _sole_user(node, modules, nn.MaxPool3d)
-        if pool is not None and _triple(modules[pool.target].dilation) == (1, 1, 1):
-            _bypass(traced, pool, node)
-        else:
+        if pool is not None and not _splittable(modules[pool.target]):
             pool = None
+        if pool is not None:
+            _bypass(traced, pool, node)
         parent, _, attribute = node.target.rpartition(".")
         setattr(traced.get_submodule(parent), attribute,
                 TimeUnfoldedConv(conv, relu=relu is not None, pool=None if pool is None else modules[pool.target]))

@@ -93,3 +93,10 @@ def test_resnet_stem_takes_in_its_batchnorm_relu_and_max_pool():
 def test_grouped_and_dilated_convs_stay_3d():
     for conv in (nn.Conv3d(4, 8, 3, groups=2), nn.Conv3d(3, 8, 3, dilation=2)):
         assert not any(isinstance(m, TimeUnfoldedConv) for m in unfold_input_convs(nn.Sequential(conv)).modules())
+
+
+def test_a_pool_that_returns_indices_or_dilates_stays_outside_the_stem():
+    for pool in (nn.MaxPool3d(3, 2, 1, return_indices=True), nn.MaxPool3d(3, 2, 2, dilation=2)):
+        model = nn.Sequential(nn.Conv3d(3, 8, 3, padding=1), nn.ReLU(), pool).eval()
+        (stem,) = [m for m in unfold_input_convs(model).modules() if isinstance(m, TimeUnfoldedConv)]
+        assert stem.relu and stem.pool is None
