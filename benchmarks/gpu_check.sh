@@ -12,13 +12,14 @@
 # is printed with its goal, the value measured and met / NOT met (or not measured) in targets.txt. Parts, in order:
 #   model         model only: fp32 eager, bf16 + channels_last_3d, and compiled (retried eager if compiling fails)
 #   main          `python main.py` training, eager: steady-state clips/s, time to first optimiser step
+#   main_video    the same with --file_type video on the dataset's training videos as a prepare_videos mp4 copy
 #   main_compile  the same with --compile (its graphs come from the model part through the shared compile cache)
 #   predict       `main.py --predict` on a 60-s 1080p H.264 video made on the machine: s of video/s, peak RSS
 #   e2e           train_one_epoch fed by the fast loader vs the original-style loader
 #   inference     sliding-window inference, original vs fast
 #   loader        loader only, 4 and 16 workers, original vs fast (and nvjpeg when torchvision is there)
-# The dataset, the main parts' long epoch, the predict video and its checkpoint are written in the background
-# while the tests run (`python -m util_scripts.benchmark --prepare`).
+# The dataset, the main parts' long epoch, main_video's mp4 copy, the predict video and its checkpoint are written
+# in the background while the tests run (`python -m util_scripts.benchmark --prepare`).
 #
 # Written to OUTPUT_DIR: gpu_check.log (this script's output), install.log, nvidia-smi.txt, versions.json,
 # pytest_gpu.log + pytest_gpu.xml, data_prep*.log, bench_<part>.log/.json, bench_gpu.json, targets.txt.
@@ -26,7 +27,8 @@
 # Environment knobs (defaults in brackets):
 #   GPU_CHECK_TOTAL_S [300]  GPU_CHECK_PYTEST_S [60]  GPU_CHECK_TEST_TIMEOUT_S [50, per test]
 #   SKIP_PYTEST=1 / SKIP_BENCH=1         skip a step
-#   BENCH_PARTS ["model main main_compile predict e2e inference loader"]  BENCH_COMPILE [1]  BENCH_GPU_DECODE [auto]
+#   BENCH_PARTS ["model main main_video main_compile predict e2e inference loader"]  BENCH_COMPILE [1]
+#   BENCH_GPU_DECODE [auto]
 #   BENCH_DEVICE [cuda]  BENCH_SIZE ["--model resnet --model_depth 50 --batch_size 64 --sample_duration 16
 #     --sample_size 112 --workers 4 16"]  BENCH_TIMING ["--warmup 3 --steps 10 --loader_steps 4 --repeats 2"]
 #   BENCH_DATA ["--videos_per_class 128 --n_frames 20"]: the benchmark's synthetic photo-like 320x240 JPEG
@@ -138,19 +140,22 @@ if [[ ${GPU_CHECK_TINY:-0} == 1 ]]; then
 fi
 # One compile cache for every part and main.py run: the graphs the model part compiles are loaded by the others.
 export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-$DATA_DIR/inductor_cache}
-read -r -a PARTS <<< "${BENCH_PARTS:-model main main_compile predict e2e inference loader}"
+read -r -a PARTS <<< "${BENCH_PARTS:-model main main_video main_compile predict e2e inference loader}"
 # Seconds each part may take at most (the shared budget may leave less): compiling (model, main_compile) costs most.
-declare -A CAPS=([model]=75 [main]=40 [main_compile]=60 [predict]=35 [e2e]=35 [inference]=25 [loader]=35)
+declare -A CAPS=([model]=75 [main]=40 [main_video]=40 [main_compile]=60 [predict]=35 [e2e]=35 [inference]=25
+                 [loader]=35)
 
 # The benchmark's data, written in the background while the tests run: the JPEG dataset (with the main parts' long
-# epoch) in one process, the predict part's video and checkpoint in another; the parts then find them ready.
+# epoch and main_video's prepared mp4 copy) in one process, the predict part's video and checkpoint in another; the
+# parts then find them ready.
 PREP_PIDS=()
 start_data_prep() {
   local common
   # shellcheck disable=SC2206  # word splitting of the option strings is intended
   common=(--prepare --device cpu $SIZE $DATA --epoch_videos "$EPOCH_VIDEOS" --predict_sizes 1080p
           --predict_seconds "$PREDICT_SECONDS" --data_dir "$DATA_DIR")
-  timeout -k 10 "$(budget 200)" "$PY" -m "$MODULE" --parts model main "${common[@]}" > "$OUT_DIR/data_prep.log" 2>&1 &
+  timeout -k 10 "$(budget 200)" "$PY" -m "$MODULE" --parts model main main_video "${common[@]}" \
+    > "$OUT_DIR/data_prep.log" 2>&1 &
   PREP_PIDS+=($!)
   if [[ " ${PARTS[*]} " == *" predict "* ]]; then
     timeout -k 10 "$(budget 200)" "$PY" -m "$MODULE" --parts predict "${common[@]}" \

@@ -12,6 +12,10 @@ What main.py's own log says is what is measured:
   spent waiting for data, which the target leaves out).
 - the data-wait share and clips/s of the whole epoch, from its end-of-epoch line (start-up included), and with
   --compile the compile time and cache use it logs (whether the graphs came from the shared compile cache).
+
+Variants (VARIANTS): 'fast' (eager) and 'fast_compile' (--compile) read the benchmark's JPEG frames; 'fast_video'
+(eager; the benchmark's `main_video` part) reads the same training videos as mp4 files with `--file_type video`:
+their training copy by util_scripts.prepare_videos (`prepared_video_copy`), made from camera-style H.264 files.
 """
 
 from __future__ import annotations
@@ -26,6 +30,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
+
+from benchmarks.video_loader import encode_camera_video, run_tool
+from datasets.layout import FRAME_GLOB
+
 PROGRESS = re.compile(r"train epoch 1 \[(\d+)/(\d+)\] ")
 EPOCH = re.compile(r"train epoch 1: .*\(([\d.]+) clips/s, data wait (\d+)%\)")
 COMPILED = re.compile(r"compiled in ([\d.]+) s: (.*) \(cache ")
@@ -34,6 +44,10 @@ FIRST_STEP = re.compile(r"first optimiser step done ([\d.]+) s after the process
 STEADY_FROM = 0.25  # the steady-state window starts after this share of the epoch's batches
 LINES_PER_EPOCH = 12  # progress lines wanted in the epoch (main.py's default --log_interval 10 at most)
 ROOT = Path(__file__).resolve().parents[1]
+CAMERA_GOP = 250  # keyframe interval of the camera-style files the prepared copy is made from
+VARIANTS = {"fast": dict(compile_model=False, file_type="jpg"),  # variant -> how main.py runs and what it reads
+            "fast_compile": dict(compile_model=True, file_type="jpg"),
+            "fast_video": dict(compile_model=False, file_type="video")}
 
 
 @dataclass(frozen=True)
@@ -99,13 +113,30 @@ def long_epoch_annotation(annotation_path: Path, epoch_videos: int) -> Path:
     return path
 
 
+def prepared_video_copy(video_path: Path, annotation_path: Path) -> Path:
+    """The training videos of the benchmark's JPEG dataset (frames under `video_path`) as a prepared video set: each
+    one encoded as a camera stores video, then `python -m util_scripts.prepare_videos` (its defaults: short side
+    128, a keyframe every 16 frames) into the returned folder at the same relative paths (label/id.mp4), so the
+    annotation files of the frames list the copy too. Written once beside the frames (each step skips what exists)."""
+    camera, prepared = video_path.parent / "camera_mp4", video_path.parent / "prepared_mp4"
+    for vid, entry in json.loads(annotation_path.read_text())["database"].items():
+        label = entry["annotations"]["label"]
+        target = camera / label / f"{vid}.mp4"
+        if entry["subset"] == "training" and not target.is_file():
+            frames = [np.asarray(Image.open(p).convert("RGB"))
+                      for p in sorted((video_path / label / vid).glob(FRAME_GLOB))]
+            encode_camera_video(target, frames, (frames[0].shape[1], frames[0].shape[0]), gop=CAMERA_GOP)
+    run_tool("prepare_videos", camera, prepared)
+    return prepared
+
+
 def epoch_batches(args) -> int:
     """Batches in the main part's epoch (--epoch_videos, rounded down to whole batches)."""
     return max(2, args.epoch_videos // args.batch_size)
 
 
 def main_argv(args, *, video_path: Path, annotation_path: Path, result_path: Path, n_classes: int,
-              compile_model: bool) -> list[str]:
+              compile_model: bool, file_type: str = "jpg") -> list[str]:
     """main.py's command line: one long training epoch of the benchmark's model, no validation, no checkpoint."""
     batches = epoch_batches(args)
     argv = ["--video_path", str(video_path), "--annotation_path", str(annotation_path), "--dataset", args.dataset,
@@ -118,6 +149,8 @@ def main_argv(args, *, video_path: Path, annotation_path: Path, result_path: Pat
         argv.append("--no_cuda")
     if compile_model:
         argv.append("--compile")
+    if file_type != "jpg":
+        argv += ["--file_type", file_type]
     return argv
 
 
@@ -139,17 +172,19 @@ def run_main(argv: list[str], *, batch_size: int) -> dict:
 
 
 def main_part(args, *, video_path: Path, annotation_path: Path, n_classes: int, variants: list[str]) -> dict:
-    """main.py end to end per variant ('fast': eager, 'fast_compile': --compile), with the project's defaults for
-    the device; each run in a fresh result folder (removed afterwards)."""
+    """main.py end to end per variant (VARIANTS), with the project's defaults for the device; each run in a fresh
+    result folder (removed afterwards)."""
     annotation = long_epoch_annotation(annotation_path, epoch_batches(args) * args.batch_size)
     out = {}
     for variant in variants:
+        how = VARIANTS[variant]
+        source = prepared_video_copy(video_path, annotation_path) if how["file_type"] == "video" else video_path
         print(f"  main.py {variant} ({epoch_batches(args)} batches, {args.e2e_workers} workers) ...", flush=True)
         args.data_dir.mkdir(parents=True, exist_ok=True)
         result_path = Path(tempfile.mkdtemp(prefix=f"main_{variant}_", dir=args.data_dir))
         try:
-            argv = main_argv(args, video_path=video_path, annotation_path=annotation, n_classes=n_classes,
-                             result_path=result_path, compile_model=variant == "fast_compile")
+            argv = main_argv(args, video_path=source, annotation_path=annotation, n_classes=n_classes,
+                             result_path=result_path, **how)
             out[variant] = {**run_main(argv, batch_size=args.batch_size), "workers": args.e2e_workers}
         finally:
             shutil.rmtree(result_path, ignore_errors=True)

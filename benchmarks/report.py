@@ -56,7 +56,7 @@ def table_rows(report: dict) -> list[list[str]]:
                 if part == "e2e" and o is not None:
                     note = (f"data wait {100 * o['data_wait_share']:.0f}% -> {100 * f['data_wait_share']:.0f}%")
                 rows.append(_row(label, f"{v}, {f.get('workers')} workers", o, f, note))
-    for v in ("fast", "fast_compile"):
+    for v in ("fast", "fast_compile", "fast_video"):
         entry = parts.get("main", {}).get(v)
         if entry is not None:
             wait = entry.get("epoch_data_wait_share")
@@ -153,6 +153,8 @@ def issue_targets(workers=(), cameras=()) -> list[Target]:
             Target("e2e_over_model_only", "end to end over model only", 0.9),
             Target("e2e_fast_vs_original", "end to end vs original-style", 3.0),
             Target("main_over_model_only", "main.py steady state over model only, eager", 0.9),
+            Target("main_video_over_model_only",
+                   "main.py --file_type video (prepared mp4 copy) steady state over model only, eager", 0.9),
             Target("main_compile_over_model_only", "main.py --compile steady state over model only, compiled", 0.9),
             Target("main_compile_vs_fp32", "main.py --compile steady state vs fp32 model only", 1.8),
             Target("main_compile_clips_per_s", "main.py --compile steady state, clips/s", 1750),
@@ -196,6 +198,7 @@ def measured_values(report: dict) -> dict[str, float]:
     main = parts.get("main", {})
     eager, compiled = main.get("fast"), main.get("fast_compile")
     put("main_over_model_only", _ratio(_rate(eager), _rate(fast)))
+    put("main_video_over_model_only", _ratio(_rate(main.get("fast_video")), _rate(fast)))
     put("main_compile_over_model_only", _ratio(_rate(compiled), _rate(model.get("fast_compile"))))
     put("main_compile_vs_fp32", _ratio(_rate(compiled), _rate(original)))
     put("main_compile_clips_per_s", _rate(compiled))

@@ -31,6 +31,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,6 +71,13 @@ class Source:
 
 def write_camera_video(path: Path, size: tuple[int, int], *, seconds: float, gop: int, seed: int) -> None:
     """One H.264 .mp4 of photo-like frames with a keyframe every `gop` frames (and none between)."""
+    encode_camera_video(path, photo_like_arrays(np.random.default_rng(seed), max(1, round(seconds * FPS)), size),
+                        size, gop=gop)
+
+
+def encode_camera_video(path: Path, frames: Iterable[np.ndarray], size: tuple[int, int], *, gop: int) -> None:
+    """RGB uint8 `frames` of `size` as an H.264 .mp4 the way a camera writes it (CAMERA_ENCODER), a keyframe every
+    `gop` frames; written under a temporary name first, so an interrupted run leaves no half file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.partial.mp4")
     with av.open(str(tmp), "w") as container:
@@ -77,7 +85,7 @@ def write_camera_video(path: Path, size: tuple[int, int], *, seconds: float, gop
         stream.width, stream.height = size
         stream.pix_fmt = "yuv420p"
         stream.options = {**CAMERA_ENCODER, "g": str(gop), "keyint_min": str(gop), "sc_threshold": "0"}
-        for frame in photo_like_arrays(np.random.default_rng(seed), max(1, round(seconds * FPS)), size):
+        for frame in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         container.mux(stream.encode())
     tmp.replace(path)
@@ -104,16 +112,17 @@ def derived_sources(camera: Source, *, short_side: int, jpg_sizes: list[int]) ->
     """The prepared copy and the JPEG frames of a camera set, made by the project's tools (which skip what exists)."""
     folder = camera.video_path.parent
     prepared = folder / f"prepared_{short_side}"
-    _run_tool("prepare_videos", camera.video_path, prepared, "--short_side", short_side)
+    run_tool("prepare_videos", camera.video_path, prepared, "--short_side", short_side)
     sources = [Source(f"prepared_{short_side}", "video", prepared, camera.annotation_path, camera.name)]
     for size in jpg_sizes:
         frames = folder / f"jpg_{size}"
-        _run_tool("generate_video_jpgs", camera.video_path, frames, "kinetics", "--size", size)
+        run_tool("generate_video_jpgs", camera.video_path, frames, "kinetics", "--size", size)
         sources.append(Source(f"jpg_{size}", "jpg", frames, camera.annotation_path, camera.name))
     return sources
 
 
-def _run_tool(name: str, *args) -> None:
+def run_tool(name: str, *args) -> None:
+    """`python -m util_scripts.NAME ARGS` as a user runs it; UserError with its last line when it fails."""
     proc = subprocess.run([sys.executable, "-m", f"util_scripts.{name}", *map(str, args)], cwd=ROOT,
                           capture_output=True, text=True)
     if proc.returncode != 0:

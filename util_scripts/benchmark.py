@@ -1,8 +1,8 @@
 """Measure model, loader, end-to-end training and inference speed, original-style vs the fast defaults.
 
-Usage: ``python -m util_scripts.benchmark [--device auto|cpu|cuda] [--parts model loader e2e inference predict
-video_loader]
-[--workers 4 16] [--compile] [--model resnet --model_depth 50 --batch_size 64 ...] [--output FILE.json]``
+Usage: ``python -m util_scripts.benchmark [--device auto|cpu|cuda] [--parts model loader e2e inference main
+main_video predict video_loader deploy] [--workers 4 16] [--compile]
+[--model resnet --model_depth 50 --batch_size 64 ...] [--output FILE.json]``
 
 Without --video_path/--annotation_path it writes (once, cached under --data_dir) a synthetic
 dataset of photo-like 320x240 JPEG frames. Each part runs both variants in the same process:
@@ -15,8 +15,11 @@ The 'predict' part (only when named in --parts) runs ``main.py --predict`` on sy
 H.264 videos of --predict_seconds in a child process: seconds of video per second and peak RSS.
 The 'main' part (only when named) runs ``python main.py`` training for one epoch of --epoch_videos clips,
 eager and with --compile: steady-state clips/s and time to first optimiser step from main.py's own log.
+The 'main_video' part (only when named) runs the same eager epoch with ``--file_type video`` on the dataset's
+training videos as mp4, in their util_scripts.prepare_videos copy (made once, from camera-style H.264 files).
 --variants limits the variants measured (e.g. ``--parts main --compile --variants fast_compile``);
---prepare only writes the data the named parts need (the dataset, the predict part's checkpoint and videos).
+--prepare only writes the data the named parts need (the dataset, main_video's prepared mp4 copy, the predict part's
+checkpoint and videos).
 Compiled graphs are cached in TORCHINDUCTOR_CACHE_DIR (default: <data_dir>/inductor_cache) for every part and
 main.py run, so a graph compiled once is loaded by the next process, as in a user's second run.
 The 'video_loader' part (only when named) measures the clips/s of one loader worker for training clips
@@ -45,7 +48,7 @@ from benchmarks import parts as bench_parts
 from benchmarks.data import SyntheticSpec, bench_opts, make_synthetic_dataset, mean_frame_bytes
 from benchmarks.deploy_bench import deploy_part
 from benchmarks.gpu_decode import nvjpeg_available
-from benchmarks.main_bench import epoch_batches, long_epoch_annotation, main_part
+from benchmarks.main_bench import epoch_batches, long_epoch_annotation, main_part, prepared_video_copy
 from benchmarks.predict_bench import predict_part, prepare_predict
 from benchmarks.report import format_table, summarize_targets
 from benchmarks.video_loader import video_loader_part
@@ -55,8 +58,8 @@ from engine.compiled import CACHE_ENV
 from errors import UserError
 from util_scripts.common import run_cli
 
-PARTS = ("model", "loader", "e2e", "inference", "main", "predict", "video_loader", "deploy")
-# main, predict, video_loader, deploy: only when asked for (main.py runs, videos, ONNX exports)
+PARTS = ("model", "loader", "e2e", "inference", "main", "main_video", "predict", "video_loader", "deploy")
+# main, main_video, predict, video_loader, deploy: only when asked for (main.py runs, videos, ONNX exports)
 DEFAULT_PARTS = ("model", "loader", "e2e", "inference")
 VARIANTS = ("original", "fast", "fast_compile")
 DEFAULTS = {  # device type -> defaults of the size options
@@ -211,10 +214,12 @@ class Runner:
             parts["e2e"] = self._each(bench_parts.end_to_end, args.e2e_workers, **self.window)
         if "inference" in args.parts:
             parts["inference"] = self._each(bench_parts.inference, args.e2e_workers, repeats=args.repeats)
-        if "main" in args.parts:
+        main_variants = ([v for v in self.variants if v != "original"] if "main" in args.parts else []) + (
+            ["fast_video"] if "main_video" in args.parts else [])
+        if main_variants:
             parts["main"] = main_part(args, video_path=self.paths["video_path"],
                                       annotation_path=self.paths["annotation_path"], n_classes=self.n_classes,
-                                      variants=[v for v in self.variants if v != "original"])
+                                      variants=main_variants)
         if "predict" in args.parts:
             parts["predict"] = predict_part(args, args.data_dir)
         if "video_loader" in args.parts:
@@ -239,9 +244,11 @@ def prepare(args) -> None:
     part's checkpoint and videos."""
     if set(args.parts) - {"predict"}:
         start = time.perf_counter()
-        _, annotation_path, _ = _data(args)
-        if "main" in args.parts:
+        video_path, annotation_path, _ = _data(args)
+        if {"main", "main_video"} & set(args.parts):
             long_epoch_annotation(annotation_path, epoch_batches(args) * args.batch_size)
+        if "main_video" in args.parts:
+            prepared_video_copy(video_path, annotation_path)
         print(f"dataset: {annotation_path.parent} in {time.perf_counter() - start:.1f} s")
     if "predict" in args.parts:
         start = time.perf_counter()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import subprocess
@@ -11,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 from benchmarks.data import photo_like_frames
-from benchmarks.main_bench import epoch_summary, first_step, progress_lines, steady_state
+from benchmarks.main_bench import VARIANTS, epoch_summary, first_step, main_argv, progress_lines, steady_state
 from benchmarks.report import format_table, format_targets, merge_reports, summarize_targets, target_rows
 from tests.conftest import ROOT
 
@@ -109,7 +110,7 @@ def _gpu_check_reports() -> list[dict]:
     return [{**head, "elapsed_s": 60, "parts": {"model": {"original": rate(900, peak_memory_gb=10.0),
                                                           "fast": rate(1050, peak_memory_gb=5.0),
                                                           "fast_compile": rate(2000, peak_memory_gb=5.5)}}},
-            {**head, "elapsed_s": 20, "parts": {"main": {"fast": main_eager}}},
+            {**head, "elapsed_s": 20, "parts": {"main": {"fast": main_eager, "fast_video": rate(980, workers=16)}}},
             {**head, "elapsed_s": 50, "parts": {"main": {"fast_compile": main_compiled}}},
             {**head, "elapsed_s": 15, "parts": {"predict": {"1080p": {"video_seconds": 60, "frame_size": [1920, 1080],
                                                                       "video_s_per_s": 23.4, "elapsed_s": 2.56,
@@ -118,9 +119,11 @@ def _gpu_check_reports() -> list[dict]:
 
 def test_targets_table_marks_met_and_not_met_from_the_merged_parts():
     merged = merge_reports(_gpu_check_reports())
-    assert set(merged["parts"]["main"]) == {"fast", "fast_compile"} and merged["elapsed_s"] == 145
+    assert set(merged["parts"]["main"]) == {"fast", "fast_compile", "fast_video"} and merged["elapsed_s"] == 145
     verdicts = {label: (measured, verdict) for label, _, measured, verdict in target_rows(merged)}
     assert verdicts["main.py steady state over model only, eager"] == ("0.95", "met")  # 1000 / 1050
+    video = "main.py --file_type video (prepared mp4 copy) steady state over model only, eager"
+    assert verdicts[video] == ("0.93", "met")  # 980 / 1050
     assert verdicts["main.py --compile steady state over model only, compiled"] == ("0.85", "NOT met")  # 1700 / 2000
     assert verdicts["main.py --compile steady state vs fp32 model only"] == ("1.89", "met")  # 1700 / 900
     assert verdicts["main.py --compile steady state, clips/s"] == ("1700.00", "NOT met")
@@ -187,6 +190,33 @@ def test_benchmark_main_part_runs_main_py(tmp_path):
     assert 0 <= entry["first_step_data_wait_s"] < entry["first_step_s"]
     assert "first_step_s" in report["targets"] and "main_over_model_only" not in report["targets"]  # no model part
     assert not list((tmp_path / "data").glob("main_fast_*"))  # main.py's result folder is removed
+
+
+def test_benchmark_main_video_part_trains_from_a_prepared_mp4_copy(tmp_path):
+    data = ["--device", "cpu", "--model_depth", "10", "--batch_size", "2", "--sample_duration", "4", "--sample_size",
+            "32", "--workers", "1", "--videos_per_class", "1", "--n_frames", "6", "--epoch_videos", "12",
+            "--data_dir", str(tmp_path / "data")]
+    prep = _run(["--prepare", "--parts", "main_video", *data])
+    assert prep.returncode == 0, prep.stderr[-3000:]
+    (frames,) = (tmp_path / "data").glob("bench_frames_*")
+    training = sorted(p.relative_to(frames / "jpg") for p in (frames / "jpg").glob("*/*") if p.name.endswith("_v0"))
+    prepared = frames / "prepared_mp4"
+    assert sorted(p.relative_to(prepared).with_suffix("") for p in prepared.glob("*/*.mp4")) == training
+    assert json.loads((prepared / "manifest.json").read_text())  # made by util_scripts.prepare_videos
+    out = tmp_path / "bench.json"
+    proc = _run(["--parts", "main_video", *data, "--output", str(out)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert set(report["parts"]["main"]) == {"fast_video"}
+    entry = report["parts"]["main"]["fast_video"]
+    assert entry["clips_per_s"] > 0 and entry["epoch_batches"] == 6
+    assert "fast_video, 1 workers" in proc.stdout
+    argv = main_argv(argparse.Namespace(dataset="kinetics", model="resnet", model_depth=10, batch_size=2,
+                                        sample_size=32, sample_duration=4, e2e_workers=1, epoch_videos=12,
+                                        device="cpu"),
+                     video_path=prepared, annotation_path=frames / "kinetics.json", result_path=tmp_path / "r",
+                     n_classes=4, **VARIANTS["fast_video"])
+    assert argv[argv.index("--file_type") + 1] == "video" and "--compile" not in argv
 
 
 def test_benchmark_video_loader_part(tmp_path):
