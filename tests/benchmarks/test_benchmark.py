@@ -172,10 +172,15 @@ def test_main_py_steady_state_and_first_step_are_read_from_its_log():
     assert epoch_summary("") == {}
 
 
-def test_benchmark_main_part_runs_main_py(tmp_path):
-    data = ["--device", "cpu", "--model_depth", "10", "--batch_size", "2", "--sample_duration", "4", "--sample_size",
+def _main_data(tmp_path) -> list[str]:
+    """Flags of a tiny main-part run: 6 batches of 2 clips (4x32x32) from one training video per class."""
+    return ["--device", "cpu", "--model_depth", "10", "--batch_size", "2", "--sample_duration", "4", "--sample_size",
             "32", "--workers", "1", "--videos_per_class", "1", "--n_frames", "6", "--epoch_videos", "12",
             "--data_dir", str(tmp_path / "data")]
+
+
+def test_benchmark_main_part_runs_main_py(tmp_path):
+    data = _main_data(tmp_path)
     prep = _run(["--prepare", "--parts", "main", *data])
     assert prep.returncode == 0, prep.stderr[-3000:]
     assert list((tmp_path / "data").glob("*/kinetics_epoch12.json")) and "dataset:" in prep.stdout
@@ -193,9 +198,7 @@ def test_benchmark_main_part_runs_main_py(tmp_path):
 
 
 def test_benchmark_main_video_part_trains_from_a_prepared_mp4_copy(tmp_path):
-    data = ["--device", "cpu", "--model_depth", "10", "--batch_size", "2", "--sample_duration", "4", "--sample_size",
-            "32", "--workers", "1", "--videos_per_class", "1", "--n_frames", "6", "--epoch_videos", "12",
-            "--data_dir", str(tmp_path / "data")]
+    data = _main_data(tmp_path)
     prep = _run(["--prepare", "--parts", "main_video", *data])
     assert prep.returncode == 0, prep.stderr[-3000:]
     (frames,) = (tmp_path / "data").glob("bench_frames_*")
