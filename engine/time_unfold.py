@@ -7,12 +7,13 @@ has only a few channels: resnet's 7x7x7 stem on the 3-channel clip took 130 ms o
 neighbours as channels (3 x 7 = 21) runs in 9 ms in int8.
 
 `TimeUnfoldedConv` computes exactly what its Conv3d did (equal up to float rounding): the clip is padded in time,
-the kt frames each output frame reads are stacked as channels, and one Conv2d with the Conv3d's weights (reshaped,
-(co, ci, kt, kh, kw) -> (co, ci * kt, kh, kw)) runs over all output frames as one batch. `unfold_input_convs`
-traces a copy of the model (torch.fx) and replaces each eligible convolution, folding the BatchNorm, the ReLU and
-the spatial part of the max-pool that follow it into the 2D step: left after the reshape back to 3D, they would
-stop ONNX Runtime from fusing them into the int8 kernel and from running the pool channels-last (together 28 of
-39 ms per clip for resnet-18 at batch 8). The original model is not touched.
+the kt frames each output frame reads are stacked as channels (tap-major), and one Conv2d with the Conv3d's weights
+rearranged to match ((co, ci, kt, kh, kw) -> (co, kt * ci, kh, kw)) runs over all output frames as one batch.
+`unfold_input_convs` traces a copy of the model (torch.fx) and replaces each eligible convolution, folding the
+BatchNorm, the ReLU and the spatial part of the max-pool that follow it into the 2D step: left after the reshape
+back to 3D, they would stop ONNX Runtime from fusing them into the int8 kernel and from running the pool
+channels-last (together about 18 of 39 ms per clip for resnet-18 at batch 8, ORT's profile). The original model
+is not touched.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ class TimeUnfoldedConv(nn.Module):
         co, ci, kt, kh, kw = conv.weight.shape
         self.kt, self.st, self.pt = conv.kernel_size[0], conv.stride[0], conv.padding[0]
         self.relu = relu
-        self.conv = nn.Conv2d(ci * kt, co, (kh, kw), stride=conv.stride[1:], padding=conv.padding[1:],
+        self.conv = nn.Conv2d(kt * ci, co, (kh, kw), stride=conv.stride[1:], padding=conv.padding[1:],
                               bias=conv.bias is not None)
         with torch.no_grad():
             # input channel k * ci + c of the 2D convolution is channel c of temporal tap k
