@@ -60,6 +60,7 @@ from av.video.reformatter import VideoReformatter
 from PIL import Image
 
 from datasets.file_reader import FileReader
+from datasets.h264_references import ReferenceTracker, headers_only, nal_length_size
 from datasets.layout import VideoFileFinder, has_video_extension
 from errors import ReadError, UserError
 from utils import atomic_file
@@ -76,7 +77,7 @@ MP4_FAMILY_SUFFIXES = (".mp4", ".m4v", ".mov")  # opened by FFmpeg's mov demuxer
 # find_stream_info's options in open_for_reading: its decoders skip every frame, and it stops reading at once
 NO_DECODING_AT_OPEN = {"skip_frame": "all", "analyzeduration": "1", "probesize": "32"}
 MAX_DEMUX_ERRORS = 16  # consecutive demuxer errors after which the rest of a file is given up
-CACHE_VERSION = 4  # bump when VideoMeta changes meaning: older cache entries are probed again
+CACHE_VERSION = 5  # bump when VideoMeta changes meaning: older cache entries are probed again
 TRUNCATION_SLACK = 0.05  # a video is truncated when more than 5 % (and 2 frames) of the announced length is gone
 # swscale threads per conversion. PyAV makes a new scaler for every frame, so its default (one thread per core)
 # starts a thread pool per frame, whose threads then fight the decoder's: measured 2-6 ms per 1080p frame against
@@ -145,12 +146,18 @@ class VideoMeta:
     packet_pos: tuple[int, ...] | None = None  # BY_PACKET: byte position of the packet of each frame
     timestamp_fault: str = ""  # why the container's timestamps cannot number the frames ('' when they can)
     keyframes: tuple[int, ...] | None = None  # numbers of the frames a decode can start from after a seek, sorted
+    # (frame, the last frame that uses it (-1: none), bytes of its slice headers) of the reference pictures that only
+    # non-reference pictures use (H.264, `datasets.h264_references`): decoding from a later frame on does not need them
+    disposable_refs: tuple[tuple[int, int, int], ...] | None = None
     _index: dict = field(default=None, init=False, repr=False, compare=False)
+    _disposable: dict = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self):
         for name in ("pts", "packet_pos", "keyframes"):  # lists when read back from the JSON cache
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, tuple(getattr(self, name)))
+        if self.disposable_refs is not None:
+            object.__setattr__(self, "disposable_refs", tuple(map(tuple, self.disposable_refs)))
 
     @property
     def seekable(self) -> bool:
@@ -182,6 +189,14 @@ class VideoMeta:
             object.__setattr__(self, "_index", {key: k for k, key in enumerate(keys)})
         return self._index
 
+    def header_bytes_if_unused(self, i: int, first: int) -> int | None:
+        """When frame i is a reference picture that no frame from frame `first` on depends on, the bytes of its
+        slice headers (see `disposable_refs`); else None."""
+        if self._disposable is None:
+            object.__setattr__(self, "_disposable", {i: rest for i, *rest in self.disposable_refs or ()})
+        last_user, header_bytes = self._disposable.get(i, (first, None))
+        return header_bytes if last_user < first else None
+
     def keyframe_before(self, i: int) -> int | None:
         """The number of the last keyframe at or before frame i; None when none is known there."""
         k = bisect.bisect_right(self.keyframes or (), i)
@@ -203,6 +218,7 @@ class VideoMeta:
     def to_json(self) -> dict:
         d = asdict(self)
         d.pop("_index")
+        d.pop("_disposable")
         return d
 
 
@@ -325,20 +341,27 @@ def decode_packet(packet, counts: DecodeCounts | None = None) -> list:
 
 
 def decode_frames(container, stream, counts: DecodeCounts | None = None,
-                  droppable: Callable[[object], bool] | None = None) -> Iterator:
+                  droppable: Callable[[object], bool] | None = None,
+                  stub: Callable[[object], object | None] | None = None) -> Iterator:
     """Every decodable frame of `stream` from the current position, packet by packet, in the decoder's order. Each
     frame carries its packet's byte position as `frame.opaque` (with a stream from `decoding_stream`).
 
     `droppable(packet)`: True for a packet whose own frame is not wanted. The decoder then skips it when no other
     frame refers to it (a non-reference picture), which changes no other picture: leading up to a clip, about half
-    of the frames of a typical H.264 file need no decoding."""
+    of the frames of a typical H.264 file need no decoding.
+    `stub(packet)`: for a droppable packet, a packet to decode in its place (None: the packet itself), for a
+    reference picture that nothing wanted depends on; its decoding errors are expected and not counted."""
     dropping = None  # unknown: the first packet sets the decoder's mode either way
     for packet in demux_packets(container, stream):
         packet.opaque = packet.pos
-        if droppable is not None and (drop := droppable(packet)) != dropping:
+        drop = droppable is not None and droppable(packet)
+        if drop != dropping:
             dropping = drop
             stream.codec_context.skip_frame = "NONREF" if drop else "DEFAULT"
-        yield from decode_packet(packet, counts)
+        if drop and stub is not None and (replacement := stub(packet)) is not None:
+            yield from decode_packet(replacement)
+        else:
+            yield from decode_packet(packet, counts)
 
 
 class FrameNumbers:
@@ -393,15 +416,40 @@ def probe_video(path: Path) -> VideoMeta:
 def _probe(path: Path) -> tuple[VideoMeta, PacketLog]:
     with av.open(str(path)) as container:
         stream = decoding_stream(container)
-        log, first = PacketLog(), None
+        log, first, tracker = PacketLog(), None, _reference_tracker(stream)
         for packet in demux_packets(container, stream):
             log.add(packet)
+            if tracker is not None and packet.size:
+                tracker.add(memoryview(packet), packet.pts, keyframe=packet.is_keyframe)
             if first is None:
                 first = next(iter(decode_packet(packet)), None)
         fault = log.timestamp_fault(decoder_reorders=bool(stream.codec_context.has_b_frames))
         if not fault:
-            return _timestamp_meta(stream, log, first), log
-    return _decode_order_meta(path, fault), log
+            return _with_disposable_refs(_timestamp_meta(stream, log, first), tracker), log
+    return _with_disposable_refs(_decode_order_meta(path, fault), tracker), log
+
+
+def _reference_tracker(stream) -> ReferenceTracker | None:
+    """A tracker of the reference pictures of an H.264 stream stored with length prefixes (MP4, MOV, MKV)."""
+    extradata = stream.codec_context.extradata
+    if stream.codec_context.name != "h264" or nal_length_size(extradata) is None:
+        return None
+    return ReferenceTracker(bytes(extradata))
+
+
+def _with_disposable_refs(meta: VideoMeta, tracker: ReferenceTracker | None) -> VideoMeta:
+    """`meta` with its `disposable_refs`, the tracker's packets turned into frame numbers by their pts (a picture or
+    user without a number, e.g. hidden by an edit list, leaves its picture out). Only for frames numbered by
+    timestamps: the decoder finishes a picture decoded from its headers alone when the next one starts, and gives
+    it the next packet's byte position (but its own pts)."""
+    if tracker is None or meta.numbering != BY_TIMESTAMPS:
+        return meta
+    found = []
+    for key, picture in tracker.disposable().items():
+        numbers = [meta.frame_index(pts) for pts in (key, *picture.users)]
+        if None not in numbers:
+            found.append((numbers[0], max(numbers[1:], default=-1), picture.header_bytes))
+    return replace(meta, disposable_refs=tuple(sorted(found)))
 
 
 def _timestamp_meta(stream, log: PacketLog, first) -> VideoMeta:
@@ -700,7 +748,10 @@ class DecodePass:
     Before a run it seeks to the keyframe before the run's first frame only when that decodes fewer frames than
     going on from where it stands (a run further on in the same group of pictures just continues), and it leaves
     undecoded the non-reference pictures that the run does not want (those leading up to it, those between frames
-    taken with a stride). Neither changes a decoded picture: the frames are those of a decode from the start.
+    taken with a stride). The reference pictures that only such pictures use (`VideoMeta.disposable_refs`) it
+    decodes from their slice headers alone (`datasets.h264_references.headers_only`): the decoder keeps its books
+    on them, and their content, which no wanted frame reads, costs next to nothing. None of this changes a wanted
+    picture: the frames are those of a decode from the start.
     """
 
     def __init__(self, path: Path, meta: VideoMeta, *, threads: int = 1, counts: DecodeCounts | None = None):
@@ -715,7 +766,8 @@ class DecodePass:
         self.numbers = FrameNumbers(meta)
         self.done = -1  # frames up to this number do not come out any more without a seek
         self._wanted: frozenset[int] = frozenset()  # the run being decoded: packets of other frames before its
-        self._last_wanted = -1  # last frame may be dropped
+        self._first_wanted = self._last_wanted = -1  # last frame may be dropped
+        self._length_size = nal_length_size(self.stream.codec_context.extradata) if meta.disposable_refs else None
         self._frames = self._decode()
 
     def __enter__(self) -> DecodePass:
@@ -745,15 +797,31 @@ class DecodePass:
         return out
 
     def _decode(self) -> Iterator:
-        return decode_frames(self.container, self.stream, self.counts, droppable=self._unwanted)
+        return decode_frames(self.container, self.stream, self.counts, droppable=self._unwanted,
+                             stub=self._headers_only if self._length_size else None)
+
+    def _number(self, packet) -> int | None:
+        """The frame number of a packet's picture (None: not known before decoding)."""
+        if self.meta.numbering == BY_TIMESTAMPS:
+            return self.meta.frame_index(packet.pts)
+        if self.meta.numbering == BY_PACKET:
+            return self.meta.packet_index(packet.pos)
+        return None  # frames counted from the start must all come out
+
+    def _headers_only(self, packet):
+        """For a droppable packet of a reference picture that no frame of the run depends on, the packet with its
+        slice data cut off; None for any other."""
+        number = self._number(packet)
+        header_bytes = None if number is None else self.meta.header_bytes_if_unused(number, self._first_wanted)
+        if header_bytes is None:
+            return None
+        stub = av.Packet(headers_only(bytes(packet), self._length_size, header_bytes))
+        stub.stream = packet.stream
+        stub.pts, stub.dts, stub.time_base, stub.opaque = packet.pts, packet.dts, packet.time_base, packet.opaque
+        return stub
 
     def _unwanted(self, packet) -> bool:
-        if self.meta.numbering == BY_TIMESTAMPS:
-            number = self.meta.frame_index(packet.pts)
-        elif self.meta.numbering == BY_PACKET:
-            number = self.meta.packet_index(packet.pos)
-        else:
-            return False  # frames counted from the start must all come out
+        number = self._number(packet)
         # Not past the run's last frame: the next run (a window that follows) may want those and go on to them.
         if number is None or number in self._wanted or number > self._last_wanted:
             return False
@@ -763,7 +831,7 @@ class DecodePass:
     def _go_to(self, run: Sequence[int]) -> None:
         if self._should_seek(run[0]):
             self._seek(run[0])
-        self._wanted, self._last_wanted = frozenset(run), run[-1]
+        self._wanted, self._first_wanted, self._last_wanted = frozenset(run), run[0], run[-1]
         self.done = max(self.done, run[0] - 1)
 
     def _should_seek(self, first: int) -> bool:
