@@ -27,7 +27,8 @@ API:
 - `upright_array(frame, size)` / `upright_image(frame, min_size)`: an av.VideoFrame as an upright RGB
   array / PIL image, scaled by swscale (in the stored orientation) before it is turned.
 - `DecodePass(path, meta)`: a file open for decoding runs of wanted frames forward: it seeks to the keyframe
-  before a run only when that saves decoding, and leaves the non-reference pictures before a run undecoded.
+  before a run only when that saves decoding, leaves the non-reference pictures before a run undecoded, and decodes
+  the H.264 reference pictures that only those use from their slice headers alone (`VideoMeta.disposable_refs`).
 - `VideoFileReader` (--file_type video, a datasets.file_reader.FileReader): `fetch(path, indices)` gives the
   av.VideoFrames of given frame numbers through a `DecodePass` kept open per process for the last video (with its
   last frames); frame counts, timings and keyframes come from the probe cache.
