@@ -4,6 +4,7 @@ did, and the tracker of the reference lists follows the standard or gives up."""
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
@@ -24,7 +25,15 @@ from datasets.h264_references import (
     nal_length_size,
     split_nals,
 )
-from datasets.video_files import VideoFileReader, VideoMetaCache, probe_video, stream_frames, upright_array
+from datasets.video_files import (
+    VideoFileReader,
+    VideoMetaCache,
+    pack_disposable,
+    probe_video,
+    stream_frames,
+    unpack_disposable,
+    upright_array,
+)
 from tests.video_corpus import corpus_frame, make_timestamp_corpus
 
 N_FRAMES = 72
@@ -105,7 +114,7 @@ def test_clips_are_the_frames_of_a_decode_from_the_start_whatever_the_encoder(en
     for clip in clips:  # one reader: runs go on from where the last one stopped, or seek
         got = [upright_array(f) for f in reader.fetch(path, clip)]
         assert all(np.array_equal(g, reference[i]) for g, i in zip(got, clip)), clip
-    before_the_end = [i for i, _, _ in meta.disposable_refs or () if i < N_FRAMES - 1]  # the last has no users
+    before_the_end = [i for i in meta.disposable() if i < N_FRAMES - 1]  # the last picture has no users
     assert bool(before_the_end) == leaves_out and (stubs.n > 0) == leaves_out
 
 
@@ -151,7 +160,7 @@ def test_a_picture_cut_to_its_headers_keeps_every_bit_of_them(encoded):
 
 def test_streams_the_tracker_does_not_follow_leave_out_nothing(encoded, tmp_path):
     assert tracked(encoded["open_gop"]).failure == "a keyframe that is not an IDR picture"
-    assert probe_video(encoded["open_gop"]).disposable_refs == ()
+    assert probe_video(encoded["open_gop"]).disposable_refs == pack_disposable([])
     # frames numbered by decoding (duplicate timestamps): a picture cut to its headers would carry the next
     # packet's byte position, so nothing is cut
     dup_pts = make_timestamp_corpus(tmp_path)["dup_pts.mp4"]
@@ -176,8 +185,9 @@ def test_the_metadata_cache_keeps_the_disposable_pictures(encoded, tmp_path):
     meta = first.probe(encoded["veryfast"])
     first.save()
     again = VideoMetaCache(cache_path).probe(encoded["veryfast"])
-    assert again.disposable_refs == meta.disposable_refs and again.disposable_refs
-    last_user = {i: user for i, user, _ in meta.disposable_refs}
+    assert again.disposable_refs == meta.disposable_refs and len(again.disposable()) >= 5
+    assert len(json.loads(cache_path.read_text())[str(encoded["veryfast"].resolve())]["meta"]["disposable_refs"]) < 100
+    last_user = {i: user for i, (user, _) in again.disposable().items()}
     frame = next(i for i, user in last_user.items() if user > i)
     assert again.header_bytes_if_unused(frame, last_user[frame] + 1) is not None
     assert again.header_bytes_if_unused(frame, last_user[frame]) is None  # its last user is wanted
@@ -219,3 +229,9 @@ def test_b_lists_order_by_display_time_and_swap_when_alike():
     assert dpb.lists(between, SPS, 4) == [early, late]
     after_both = _Slice(0, False, 1, 2, num_ref_idx=(1, 1))  # both lists would start with `late`: list 1 swaps
     assert dpb.lists(after_both, SPS, 12) == [late, early]
+
+
+def test_the_disposable_pictures_pack_into_a_short_string_and_back():
+    entries = [(2, 3, 8), (6, 7, 9), (10, 11, 9), (70000, -1, 12), (70004, 70009, 255)]
+    assert unpack_disposable(pack_disposable(entries)) == {f: (u, b) for f, u, b in entries}
+    assert unpack_disposable(pack_disposable([])) == {} == unpack_disposable(None)
