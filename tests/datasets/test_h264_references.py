@@ -235,3 +235,13 @@ def test_the_disposable_pictures_pack_into_a_short_string_and_back():
     entries = [(2, 3, 8), (6, 7, 9), (10, 11, 9), (70000, -1, 12), (70004, 70009, 255)]
     assert unpack_disposable(pack_disposable(entries)) == {f: (u, b) for f, u, b in entries}
     assert unpack_disposable(pack_disposable([])) == {} == unpack_disposable(None)
+
+
+def test_a_reader_with_several_decoder_threads_gives_the_same_frames(encoded, monkeypatch):
+    path = encoded["veryfast"]
+    reference = {i: upright_array(f) for i, _, f in stream_frames(path)}
+    stubs, reader = Stubs(monkeypatch), VideoFileReader(threads=3)
+    for clip in ([40, 41, 42, 43, 44, 45, 46, 47], [60, 62, 64, 66], [10, 11, 12], [30, 31, 32, 33, 34, 35]):
+        got = [upright_array(f) for f in reader.fetch(path, clip)]
+        assert all(np.array_equal(g, reference[i]) for g, i in zip(got, clip)), clip
+    assert stubs.n > 0
