@@ -515,8 +515,8 @@ class ReferenceTracker:
                 header, sps = _parse_slice(nal, self.sps, self.pps)
                 if picture is None:
                     picture, first = self._start(header, sps, key, keyframe), (header, sps)
-                elif (header.frame_num, header.idr, bool(header.nal_ref_idc)) != (
-                        first[0].frame_num, first[0].idr, bool(first[0].nal_ref_idc)):
+                elif (header.frame_num, header.poc_lsb, header.idr, bool(header.nal_ref_idc)) != (
+                        first[0].frame_num, first[0].poc_lsb, first[0].idr, bool(first[0].nal_ref_idc)):
                     raise Unsupported("a packet with more than one picture")
                 picture.uses.update(p.index for p in self.dpb.lists(header, sps, picture.poc))
                 picture.header_bytes = (None if None in (picture.header_bytes, header.header_bytes)

@@ -245,3 +245,19 @@ def test_a_reader_with_several_decoder_threads_gives_the_same_frames(encoded, mo
         got = [upright_array(f) for f in reader.fetch(path, clip)]
         assert all(np.array_equal(g, reference[i]) for g, i in zip(got, clip)), clip
     assert stubs.n > 0
+
+
+def test_a_packet_holding_two_pictures_or_a_gap_in_frame_num_stops_the_tracker(encoded):
+    with av.open(str(encoded["veryfast"])) as container:
+        stream = container.streams.video[0]
+        extradata = bytes(stream.codec_context.extradata)
+        packets = [(bytes(p), p.pts, p.is_keyframe) for p in container.demux(stream) if p.size]
+    packed = ReferenceTracker(extradata)
+    packed.add(packets[0][0], 0, keyframe=True)
+    packed.add(packets[1][0] + packets[2][0], 1, keyframe=False)  # two pictures in one packet
+    assert packed.failure == "a packet with more than one picture"
+    references = [k for k, (data, _, _) in enumerate(packets) if (data[4] >> 5) & 3][:3]  # nal_ref_idc of 1st NAL
+    gap = ReferenceTracker(extradata)
+    for k in (0, references[2]):  # the reference pictures between are missing
+        gap.add(packets[k][0], k, keyframe=packets[k][2])
+    assert gap.failure == "a gap in frame_num"
