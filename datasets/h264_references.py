@@ -135,11 +135,13 @@ def _parse_sps(nal: bytes) -> tuple[int, _Sps]:
                     _skip_scaling_list(bits, 16 if i < 6 else 64)
     log2_max_frame_num = bits.ue() + 4
     poc_type = bits.ue()
-    log2_max_poc_lsb = 0
+    log2_max_poc_lsb = 4
     if poc_type == 0:
         log2_max_poc_lsb = bits.ue() + 4
-    elif poc_type == 1:
-        raise Unsupported("picture order count type 1")
+    elif poc_type != 2:
+        raise Unsupported(f"picture order count type {poc_type}")
+    if log2_max_frame_num > 16 or log2_max_poc_lsb > 16:  # the standard's limits; more is a damaged SPS
+        raise Unsupported("bad sequence parameter set")
     max_num_ref_frames = bits.ue()
     gaps_allowed = bool(bits.u(1))
     bits.ue(), bits.ue()  # picture size in macroblocks

@@ -279,3 +279,10 @@ def test_real_camera_footage_reads_the_same_frames(monkeypatch):
             got = [upright_array(f) for f in reader.fetch(path, run)]
             assert all(np.array_equal(g, reference[i]) for g, i in zip(got, run)), run
     assert stubs.n > 0
+
+
+def test_a_sequence_parameter_set_out_of_the_standard_s_bounds_stops_the_tracker():
+    # profile 66, level 30, sps_id 0, then log2_max_frame_num_minus4 = 31 (the standard allows 0 to 12)
+    sps = bytes([0x67, 66, 0, 30, 0b10000010, 0b00001111, 0b11000000, 0x80, 0, 0, 0])
+    avcc = bytes([1, 66, 0, 30, 0xFF, 0xE1]) + len(sps).to_bytes(2, "big") + sps + bytes([0])
+    assert ReferenceTracker(avcc).failure == "bad sequence parameter set"
