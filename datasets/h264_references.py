@@ -233,7 +233,10 @@ def _parse_slice(nal: bytes, sps_table: dict, pps_table: dict) -> tuple[_Slice, 
 def _read_slice(nal: bytes, nal_header: int, sps_table: dict, pps_table: dict) -> tuple[_Slice, _Sps, _Bits]:
     bits = _Bits(_rbsp(nal))
     bits.ue()  # first_mb_in_slice
-    slice_type, pps_id = bits.ue() % 5, bits.ue()
+    slice_type, pps_id = bits.ue(), bits.ue()
+    if slice_type > 9:
+        raise Unsupported("bad slice header")
+    slice_type %= 5
     if pps_id not in pps_table or pps_table[pps_id].sps_id not in sps_table:
         raise Unsupported("a slice refers to a parameter set the stream does not hold")
     pps = pps_table[pps_id]
@@ -266,6 +269,8 @@ def _read_header(bits: _Bits, header: _Slice, sps: _Sps, pps: _Pps) -> _Slice:
             if kind == _B:
                 num[1] = bits.ue() + 1
         header.num_ref_idx = (num[0], num[1] if kind == _B else 0)
+        if max(header.num_ref_idx) > 32:  # the standard's limit: the decoder refuses the slice
+            raise Unsupported("bad slice header")
         header.modifications = (_parse_modifications(bits), _parse_modifications(bits) if kind == _B else [])
     if (pps.weighted_pred and kind in (_P, _SP)) or (pps.weighted_bipred_idc == 1 and kind == _B):
         _skip_pred_weight_table(bits, sps, header.num_ref_idx, 2 if kind == _B else 1)
