@@ -16,6 +16,7 @@ import datasets.video_files as vf
 from datasets.h264_references import (
     MAX_HEADER_BYTES,
     ReferenceTracker,
+    Unsupported,
     _Dpb,
     _parse_slice,
     _Picture,
@@ -286,3 +287,20 @@ def test_a_sequence_parameter_set_out_of_the_standard_s_bounds_stops_the_tracker
     sps = bytes([0x67, 66, 0, 30, 0b10000010, 0b00001111, 0b11000000, 0x80, 0, 0, 0])
     avcc = bytes([1, 66, 0, 30, 0xFF, 0xE1]) + len(sps).to_bytes(2, "big") + sps + bytes([0])
     assert ReferenceTracker(avcc).failure == "bad sequence parameter set"
+
+
+def bits_to_nal(header: int, bits: str) -> bytes:
+    """A NAL unit of the one-byte `header` and the payload `bits` ('0'/'1', a stop bit and zeros appended)."""
+    bits += "1" + "0" * (-(len(bits) + 1) % 8)
+    return bytes([header]) + int(bits, 2).to_bytes(len(bits) // 8, "big")
+
+
+def test_slice_headers_the_decoder_refuses_stop_the_tracker(encoded):
+    tracker = tracked(encoded["veryfast"])  # its parameter sets: frame_num in 4 bits, display count in 6
+    start = "1" + "1" + "1" + "0001" + "000010" + "1"  # first MB 0, P, PPS 0, frame_num, display count, override
+    refs_32, refs_33 = bits_to_nal(0x41, start + "00000100000"), bits_to_nal(0x41, start + "00000100001")
+    with pytest.raises(Unsupported, match="the data ends inside a header"):  # 32 references: read on
+        _parse_slice(refs_32, tracker.sps, tracker.pps)
+    for nal in (refs_33, bits_to_nal(0x41, "1" + "0001011" + "1")):  # 33 references; slice type 10
+        with pytest.raises(Unsupported, match="bad slice header"):
+            _parse_slice(nal, tracker.sps, tracker.pps)
